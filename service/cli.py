@@ -1,0 +1,347 @@
+"""The `cordt1` command line: thin wrappers around library functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service import __version__
+from service.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("cordt1")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    config: Path | None = ctx.obj.get("config")
+    try:
+        return load_settings(config, **overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cordt1")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file (also $CORDT1_CONFIG).",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, log_level: str) -> None:
+    """cordt1: 7 T MP2RAGE cervical cord T1 maps and Z-score reports from DICOM."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    _configure_logging(log_level)
+
+
+def _service_options(func: Any) -> Any:
+    options = [
+        click.option("--ae-title", default=None, help="Our AE title."),
+        click.option("--port", type=int, default=None, help="DICOM port to listen on."),
+        click.option("--host", default=None, help="Address to listen on."),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None),
+        click.option(
+            "--destination",
+            "destinations",
+            multiple=True,
+            help="Result destination AET@HOST:PORT (repeatable).",
+        ),
+        click.option("--broker", default=None, help="Celery broker URL (e.g. redis://...)."),
+        click.option("--database-url", default=None, help="Job store SQLAlchemy URL."),
+        click.option("--site-protocols", type=click.Path(path_type=Path), default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(
+    ae_title: str | None,
+    port: int | None,
+    host: str | None,
+    data_dir: Path | None,
+    destinations: tuple[str, ...],
+    broker: str | None,
+    database_url: str | None,
+    site_protocols: Path | None,
+) -> dict[str, Any]:
+    return {
+        "node": {"ae_title": ae_title, "port": port, "host": host},
+        "data_dir": data_dir,
+        "send": {"destinations": list(destinations) or None},
+        "broker_url": broker,
+        "database_url": database_url,
+        "site_protocols": site_protocols,
+    }
+
+
+@cli.command()
+@_service_options
+@click.option("--workers", type=int, default=None, help="Local worker processes (0: none).")
+@click.pass_context
+def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
+    """Receive exams by DICOM, process them and send the results."""
+    from service.server import Service
+
+    settings = _settings(ctx, workers=workers, **_overrides(**flags))
+    Service(settings).run_forever()
+
+
+@cli.command()
+@_service_options
+@click.option("--settings-json", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--concurrency", type=int, default=1, show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
+    """Run a Celery worker that processes jobs (on this or another host)."""
+    from service.celery_app import create_app
+
+    if settings_json is not None:
+        settings = Settings.model_validate_json(settings_json.read_text())
+    else:
+        settings = _settings(ctx, **_overrides(**flags))
+    app = create_app(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"cordt1-{settings.node.ae_title}@%h",
+        ]
+    )
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--database-url", default=None)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(
+    ctx: click.Context, data_dir: Path | None, database_url: str | None, limit: int, as_json: bool
+) -> None:
+    """List recent jobs and their states."""
+    from service.store import JobStore
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
+    store = JobStore(settings.job_store_url)
+    jobs = store.list_jobs(limit=limit)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "counts": store.counts(),
+                    "jobs": [
+                        {
+                            "id": j.id,
+                            "state": j.state.value,
+                            "study_uid": j.study_uid,
+                            "error": j.error,
+                            "created_at": j.created_at,
+                            "finished_at": j.finished_at,
+                            "out_dir": j.result.get("out_dir"),
+                        }
+                        for j in jobs
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    counts = store.counts()
+    click.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
+    for j in jobs:
+        line = f"#{j.id:<5} {j.state.value:<8} study {j.study_uid}"
+        if j.error:
+            line += f"  error: {j.error}"
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--database-url", default=None)
+@click.option("--broker", default=None)
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    job_id: int,
+    data_dir: Path | None,
+    database_url: str | None,
+    broker: str | None,
+) -> None:
+    """Queue a failed job again."""
+    from service.celery_app import PROCESS_TASK, create_app
+    from service.store import JobState, JobStore
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url, broker_url=broker)
+    store = JobStore(settings.job_store_url)
+    try:
+        job = store.get_job(job_id)
+    except KeyError as exc:
+        raise click.ClickException(f"no job {job_id}") from exc
+    if job.state is not JobState.FAILED:
+        raise click.ClickException(f"job {job_id} is {job.state.value}, only failed jobs retry")
+    store.requeue(job_id)
+    create_app(settings).send_task(PROCESS_TASK, args=[job_id])
+    click.echo(f"job {job_id} queued again")
+
+
+@cli.command()
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--site-protocols", type=click.Path(exists=True, path_type=Path), default=None)
+@click.pass_context
+def process(
+    ctx: click.Context, input_dir: Path, out_dir: Path, site_protocols: Path | None
+) -> None:
+    """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/."""
+    from service.offline import process_folder
+
+    settings = _settings(ctx, site_protocols=site_protocols)
+    report = process_folder(input_dir, out_dir, settings)
+    for line in report.lines():
+        click.echo(line)
+    if report.failed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--controls", type=int, default=1, show_default=True)
+@click.option("--patients", type=int, default=1, show_default=True)
+@click.option("--follow-up", is_flag=True, help="Add a later exam per patient.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--matrix", type=int, default=448, show_default=True)
+@click.option("--slices", "slices_per_slab", type=int, default=12, show_default=True)
+@click.option("--slabs", type=click.IntRange(1, 2), default=2, show_default=True)
+@click.option("--oblique-deg", type=float, default=0.0, show_default=True)
+@click.option("--enhanced", is_flag=True, help="Enhanced MR multi-frame instead of single-frame.")
+@click.option(
+    "--transfer-syntax",
+    type=click.Choice(["explicit", "implicit", "j2k", "rle", "jpegls"]),
+    default="explicit",
+    show_default=True,
+)
+@click.option("--protocol", default=None, help="Protocol preset name.")
+def phantom(
+    out_dir: Path, controls: int, patients: int, follow_up: bool, seed: int, **options: Any
+) -> None:
+    """Write synthetic 7 T MP2RAGE exams with ground truth."""
+    from service.phantom import PhantomOptions, write_cohort
+
+    values = {k: v for k, v in options.items() if v is not None}
+    try:
+        phantom_options = PhantomOptions(**values)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cohort = write_cohort(
+        out_dir,
+        controls=controls,
+        patients=patients,
+        follow_up=follow_up,
+        seed=seed,
+        options=phantom_options,
+    )
+    click.echo(f"cohort written: {cohort}")
+
+
+@cli.group()
+def mp2rage() -> None:
+    """The MP2RAGE signal model."""
+
+
+@mp2rage.command("uni")
+@click.option("--tr", type=float, required=True, help="TR_MP2RAGE (s).")
+@click.option("--ti", type=float, nargs=2, required=True, help="TI1 TI2 (s).")
+@click.option("--flip", type=float, nargs=2, required=True, help="Flip angles (deg).")
+@click.option("--echo-spacing", type=float, required=True, help="Readout echo spacing (s).")
+@click.option("--n-excitations", type=int, required=True, help="Excitations per block.")
+@click.option("--efficiency", type=float, default=0.96, show_default=True)
+@click.option("--b1", type=float, default=1.0, show_default=True, help="Relative B1+.")
+@click.option("--t1", type=float, multiple=False, required=True, help="T1 values (s).")
+@click.argument("more_t1", nargs=-1, type=float)
+def mp2rage_uni(
+    tr: float,
+    ti: tuple[float, float],
+    flip: tuple[float, float],
+    echo_spacing: float,
+    n_excitations: int,
+    efficiency: float,
+    b1: float,
+    t1: float,
+    more_t1: tuple[float, ...],
+) -> None:
+    """Print the UNI value (JSON list, [-0.5, 0.5]) of each T1 in seconds."""
+    from processing.mp2rage import MP2RAGEProtocol, uni_from_t1
+
+    try:
+        protocol = MP2RAGEProtocol(
+            tr_mp2rage_s=tr,
+            ti1_s=ti[0],
+            ti2_s=ti[1],
+            flip1_deg=flip[0],
+            flip2_deg=flip[1],
+            echo_spacing_s=echo_spacing,
+            n_excitations=n_excitations,
+            efficiency=efficiency,
+        )
+        values = uni_from_t1([t1, *more_t1], protocol, b1)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps([round(float(v), 6) for v in values]))
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option("--broker", default=None, help="Celery broker (default: embedded).")
+@click.option("--matrix", type=int, default=448, show_default=True)
+@click.option("--keep-running", is_flag=True, help="Leave the service and PACS running.")
+def demo(workdir: Path | None, broker: str | None, matrix: int, keep_running: bool) -> None:
+    """Start everything, send a synthetic exam from a simulated scanner, show the results."""
+    from service.demo import run_demo
+
+    code = run_demo(workdir=workdir, broker=broker, matrix=matrix, keep_running=keep_running)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cordt1` console script."""
+    try:
+        cli.main(args=argv, prog_name="cordt1", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The MP2RAGE protocol of an exam: standard DICOM tags first, a site profile for the rest.
+
+Standard tags carry TR_MP2RAGE (RepetitionTime), TI1/TI2 (InversionTime of the INV1/INV2
+series) and the flip angles (FlipAngle). The readout echo spacing, excitations per block and
+inversion efficiency live in private headers, so a site writes them once per protocol in a TOML
+profile. A value found in neither place is an explicit error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from processing.mp2rage import MP2RAGEProtocol
+
+__all__ = [
+    "ProtocolError",
+    "SiteProtocol",
+    "load_site_protocols",
+    "protocol_from_headers",
+]
+
+
+class ProtocolError(ValueError):
+    """A protocol value is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SiteProtocol:
+    """Values of one protocol that the DICOM headers do not carry.
+
+    ``protocol_name`` is matched against ProtocolName (shell wildcards allowed, ``*`` for a
+    site-wide default). Timing fields other than echo spacing, excitations and efficiency
+    are only used where the headers lack them.
+    """
+
+    protocol_name: str
+    echo_spacing_s: float | None = None
+    n_excitations: int | None = None
+    efficiency: float | None = None
+    n_before_centre: int | None = None
+    tr_mp2rage_s: float | None = None
+    ti1_s: float | None = None
+    ti2_s: float | None = None
+    flip1_deg: float | None = None
+    flip2_deg: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.protocol_name:
+            raise ValueError("site protocol entry needs a protocol_name")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "protocol_name" and value is not None and not value > 0:
+                if f.name == "n_before_centre" and value == 0:
+                    continue
+                raise ValueError(f"site protocol {self.protocol_name!r}: {f.name} must be > 0")
+
+
+def load_site_protocols(path: Path | None) -> list[SiteProtocol]:
+    """Read the ``[[protocol]]`` entries of a site profile (empty list for ``None``).
+
+    Raises
+    ------
+    ValueError
+        If the file has unknown keys or invalid values (the message names the entry).
+    """
+    if path is None:
+        return []
+    with Path(path).open("rb") as fh:
+        data = tomllib.load(fh)
+    known = {f.name for f in fields(SiteProtocol)}
+    out = []
+    for i, entry in enumerate(data.get("protocol", [])):
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"{path}: protocol entry {i + 1} has unknown keys {sorted(unknown)}")
+        out.append(SiteProtocol(**entry))
+    return out
+
+
+def _lookup(ds: Dataset | None, keyword: str) -> Any:
+    """A header value, looked up at the top level and in functional groups (Enhanced MR)."""
+    if ds is None:
+        return None
+    value = ds.get(keyword)
+    if value not in (None, ""):
+        return value
+    for group_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(group_keyword)
+        if not groups:
+            continue
+        for item in groups[0]:
+            if item.VR != "SQ":
+                continue
+            for nested in item.value:
+                value = nested.get(keyword)
+                if value not in (None, ""):
+                    return value
+    return None
+
+
+def _first_float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, list | tuple | MultiValue):
+            value = value[0]
+        number = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if number > 0 else None
+
+
+def _match(profiles: list[SiteProtocol], protocol_name: str) -> SiteProtocol | None:
+    exact = [p for p in profiles if p.protocol_name == protocol_name]
+    if exact:
+        return exact[0]
+    patterns = [p for p in profiles if fnmatch.fnmatchcase(protocol_name, p.protocol_name)]
+    patterns.sort(key=lambda p: p.protocol_name == "*")
+    return patterns[0] if patterns else None
+
+
+def protocol_from_headers(
+    *,
+    uni: Dataset,
+    inv1: Dataset | None,
+    inv2: Dataset | None,
+    profiles: list[SiteProtocol],
+) -> tuple[MP2RAGEProtocol, dict[str, str]]:
+    """Assemble the MP2RAGE protocol of one acquisition.
+
+    Parameters
+    ----------
+    uni, inv1, inv2 : pydicom.dataset.Dataset
+        One instance (header) of the UNI, INV1 and INV2 series; INV1/INV2 may be missing.
+    profiles : list of SiteProtocol
+        The site's protocol profile.
+
+    Returns
+    -------
+    protocol : MP2RAGEProtocol
+    sources : dict
+        For each value, where it came from (``"header"`` or ``"site profile"``).
+
+    Raises
+    ------
+    ProtocolError
+        Naming every value found in neither the headers nor the profile, or an inconsistency.
+    """
+    protocol_name = str(uni.get("ProtocolName", "") or uni.get("SeriesDescription", ""))
+    profile = _match(profiles, protocol_name)
+    from_header: dict[str, float | None] = {
+        "tr_mp2rage_s": _ms_to_s(
+            _lookup(uni, "RepetitionTime") or _lookup(inv1, "RepetitionTime")
+        ),
+        "ti1_s": _ms_to_s(_lookup(inv1, "InversionTime") or _lookup(inv1, "InversionTimes")),
+        "ti2_s": _ms_to_s(_lookup(inv2, "InversionTime") or _lookup(inv2, "InversionTimes")),
+        "flip1_deg": _first_float(_lookup(inv1, "FlipAngle")),
+        "flip2_deg": _first_float(_lookup(inv2, "FlipAngle")),
+        "echo_spacing_s": None,
+        "n_excitations": None,
+        "efficiency": None,
+    }
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    missing: list[str] = []
+    for name, header_value in from_header.items():
+        profile_value = getattr(profile, name) if profile else None
+        if header_value is not None:
+            values[name], sources[name] = header_value, "header"
+        elif profile_value is not None:
+            values[name], sources[name] = profile_value, "site profile"
+        else:
+            missing.append(name)
+    if missing:
+        where = (
+            f"site protocol entry {profile.protocol_name!r}"
+            if profile
+            else f"no site protocol entry matches ProtocolName {protocol_name!r}"
+        )
+        raise ProtocolError(
+            "MP2RAGE protocol value(s) missing: "
+            + ", ".join(missing)
+            + f" (not in the DICOM headers; {where}; set them in the site_protocols file)"
+        )
+    if profile and profile.n_before_centre is not None:
+        values["n_before_centre"] = profile.n_before_centre
+        sources["n_before_centre"] = "site profile"
+    values["n_excitations"] = int(values["n_excitations"])
+    try:
+        protocol = MP2RAGEProtocol(**values)
+    except ValueError as exc:
+        raise ProtocolError(f"MP2RAGE protocol is inconsistent: {exc}") from exc
+    return protocol, sources
+
+
+def _ms_to_s(value: Any) -> float | None:
+    number = _first_float(value)
+    return None if number is None else number / 1000.0

@@ -1,0 +1,389 @@
+"""The job store: received instances, jobs and an audit trail of events.
+
+SQLite (embedded, default) or PostgreSQL (several hosts), through SQLAlchemy Core. The store is
+the source of truth: the broker only carries job ids, and unfinished jobs are re-queued at
+start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+__all__ = ["Job", "JobState", "JobStore"]
+
+
+class JobState(StrEnum):
+    """Life cycle of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.SENDING)
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), index=True, nullable=False),
+    Column("series_uid", String(64), index=True, nullable=False),
+    Column("component", String(16), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("calling_ae", String(16), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("own_result", Boolean, nullable=False, default=False),
+    Column("info", Text, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), index=True, nullable=False),
+    Column("patient_key", String(64), index=True, nullable=False, default=""),
+    Column("state", String(16), index=True, nullable=False),
+    Column("complete", Boolean, nullable=False, default=True),
+    Column("reason", Text, nullable=False, default=""),
+    Column("series", Text, nullable=False),
+    Column("n_instances", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=False, default=""),
+    Column("result", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=True, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table."""
+
+    id: int
+    study_uid: str
+    patient_key: str
+    state: JobState
+    complete: bool
+    reason: str
+    series_uids: tuple[str, ...]
+    attempts: int
+    error: str
+    result: dict[str, Any]
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def _from_row(cls, row: Any) -> Job:
+        return cls(
+            id=row.id,
+            study_uid=row.study_uid,
+            patient_key=row.patient_key,
+            state=JobState(row.state),
+            complete=bool(row.complete),
+            reason=row.reason,
+            series_uids=tuple(json.loads(row.series)),
+            attempts=row.attempts,
+            error=row.error,
+            result=json.loads(row.result),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class JobStore:
+    """Access to the job store.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL (``sqlite:////abs/path/jobs.sqlite`` or
+        ``postgresql+psycopg2://user@host/db``).
+    """
+
+    def __init__(self, url: str) -> None:
+        if not url or "://" not in url:
+            raise ValueError(f"job store URL must be an SQLAlchemy URL, got {url!r}")
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    # --- instances -------------------------------------------------------------------------
+    def record_instance(
+        self,
+        *,
+        sop_instance_uid: str,
+        study_uid: str,
+        series_uid: str,
+        component: str,
+        path: str,
+        calling_ae: str,
+        received_at: float,
+        own_result: bool,
+        info: dict[str, Any],
+    ) -> None:
+        """Insert or replace the row of one received instance (idempotent)."""
+        row = {
+            "sop_instance_uid": sop_instance_uid,
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "component": component,
+            "path": path,
+            "calling_ae": calling_ae,
+            "received_at": received_at,
+            "own_result": own_result,
+            "info": json.dumps(info, sort_keys=True),
+        }
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(instances.c.sop_instance_uid).where(
+                    instances.c.sop_instance_uid == sop_instance_uid
+                )
+            ).first()
+            if existing:
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.sop_instance_uid == sop_instance_uid)
+                    .values(**row)
+                )
+            else:
+                conn.execute(insert(instances).values(**row))
+
+    def instance_infos(self, *, include_own: bool = False) -> list[dict[str, Any]]:
+        """Every recorded instance's header summary, oldest first."""
+        query = select(instances.c.info).order_by(instances.c.received_at)
+        if not include_own:
+            query = query.where(instances.c.own_result.is_(False))
+        with self.engine.connect() as conn:
+            return [json.loads(r.info) for r in conn.execute(query)]
+
+    def instance_paths(self, series_uids: Sequence[str]) -> dict[str, list[str]]:
+        """Spool paths of the instances of each series."""
+        out: dict[str, list[str]] = {uid: [] for uid in series_uids}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(instances.c.series_uid, instances.c.path).where(
+                    instances.c.series_uid.in_(list(series_uids))
+                )
+            )
+            for row in rows:
+                out[row.series_uid].append(row.path)
+        return out
+
+    # --- jobs ------------------------------------------------------------------------------
+    def create_job(
+        self,
+        *,
+        study_uid: str,
+        patient_key: str,
+        series_uids: Sequence[str],
+        n_instances: int,
+        complete: bool,
+        reason: str = "",
+    ) -> int:
+        """Record a new queued job and return its id."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(jobs).values(
+                    study_uid=study_uid,
+                    patient_key=patient_key,
+                    state=JobState.QUEUED.value,
+                    complete=complete,
+                    reason=reason,
+                    series=json.dumps(sorted(series_uids)),
+                    n_instances=n_instances,
+                    attempts=0,
+                    error="",
+                    result="{}",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            job_id = int(result.inserted_primary_key[0])
+            self._event(
+                conn, "job.created", f"job {job_id} queued ({reason or 'complete'})", job_id
+            )
+        return job_id
+
+    def has_job(self, study_uid: str, series_uids: Sequence[str], n_instances: int) -> bool:
+        """Whether a job for exactly these series and instance count exists already."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.study_uid == study_uid,
+                    jobs.c.series == json.dumps(sorted(series_uids)),
+                    jobs.c.n_instances == n_instances,
+                )
+            ).first()
+        return row is not None
+
+    def get_job(self, job_id: int) -> Job:
+        """The job with this id.
+
+        Raises
+        ------
+        KeyError
+            If there is no such job.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise KeyError(f"no job {job_id}")
+        return Job._from_row(row)
+
+    def list_jobs(
+        self, *, limit: int = 100, states: Sequence[JobState] | None = None
+    ) -> list[Job]:
+        """Most recent jobs first."""
+        query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(jobs.c.state.in_([s.value for s in states]))
+        with self.engine.connect() as conn:
+            return [Job._from_row(r) for r in conn.execute(query)]
+
+    def claim(self, job_id: int) -> bool:
+        """Move a queued job to running; False if another worker has it or it is finished."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
+                .values(
+                    state=JobState.RUNNING.value,
+                    attempts=jobs.c.attempts + 1,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+            claimed = result.rowcount == 1
+            if claimed:
+                self._event(conn, "job.running", f"job {job_id} started", job_id)
+        return claimed
+
+    def set_state(
+        self,
+        job_id: int,
+        state: JobState,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Change a job's state, with its error text or result summary."""
+        now = time.time()
+        values: dict[str, Any] = {"state": state.value, "updated_at": now}
+        if error is not None:
+            values["error"] = error
+        if result is not None:
+            values["result"] = json.dumps(result, sort_keys=True, default=str)
+        if state in (JobState.DONE, JobState.FAILED):
+            values["finished_at"] = now
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            message = f"job {job_id} {state.value}" + (f": {error}" if error else "")
+            self._event(conn, f"job.{state.value}", message, job_id)
+
+    def requeue(self, job_id: int) -> None:
+        """Put a failed or interrupted job back in the queue (retry)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(state=JobState.QUEUED.value, error="", updated_at=time.time())
+            )
+            self._event(conn, "job.requeued", f"job {job_id} queued again", job_id)
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs that were queued or interrupted (for re-queueing after a restart)."""
+        return self.list_jobs(limit=100000, states=UNFINISHED)
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
+            found = {row[0]: int(row[1]) for row in rows}
+        return {state.value: found.get(state.value, 0) for state in JobState}
+
+    # --- audit trail -----------------------------------------------------------------------
+    def log_event(self, kind: str, message: str, job_id: int | None = None) -> None:
+        """Append one line to the audit trail (no patient data in ``message``)."""
+        with self.engine.begin() as conn:
+            self._event(conn, kind, message, job_id)
+
+    def events(self, *, job_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Audit trail lines, newest first."""
+        query = select(events).order_by(events.c.id.desc()).limit(limit)
+        if job_id is not None:
+            query = query.where(events.c.job_id == job_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def iter_events(self, kind_prefix: str) -> Iterator[dict[str, Any]]:
+        """Every audit line whose kind starts with ``kind_prefix``, oldest first."""
+        query = select(events).where(events.c.kind.startswith(kind_prefix)).order_by(events.c.id)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield dict(row._mapping)
+
+    @staticmethod
+    def _event(conn: Any, kind: str, message: str, job_id: int | None) -> None:
+        conn.execute(
+            insert(events).values(time=time.time(), job_id=job_id, kind=kind, message=message)
+        )

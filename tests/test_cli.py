@@ -1,0 +1,85 @@
+"""The command line, called as `main([...])` like a user would type it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.bloch_reference import ReferenceSequence, simulate_uni
+
+
+def test_mp2rage_uni_prints_the_signal_model(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "mp2rage",
+        "uni",
+        "--tr",
+        "5.0",
+        "--ti",
+        "0.8",
+        "2.7",
+        "--flip",
+        "4",
+        "5",
+        "--echo-spacing",
+        "0.0067",
+        "--n-excitations",
+        "48",
+        "--t1",
+        "0.5",
+        "1.0",
+        "1.5",
+    ]
+    assert main(argv) == 0
+    values = json.loads(capsys.readouterr().out)
+    sequence = ReferenceSequence(
+        tr_mp2rage_s=5.0,
+        ti1_s=0.8,
+        ti2_s=2.7,
+        flip1_deg=4,
+        flip2_deg=5,
+        echo_spacing_s=0.0067,
+        n_excitations=48,
+        n_before_centre=24,
+        efficiency=0.96,
+    )
+    expected = [float(simulate_uni(t1, sequence)) for t1 in (0.5, 1.0, 1.5)]
+    assert len(values) == 3
+    assert all(-0.5 <= v <= 0.5 for v in values)
+    assert values == pytest.approx(expected, abs=2e-6)
+
+
+def test_mp2rage_uni_rejects_impossible_timing(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "mp2rage",
+        "uni",
+        "--tr",
+        "3.0",
+        "--ti",
+        "0.8",
+        "2.9",
+        "--flip",
+        "4",
+        "5",
+        "--echo-spacing",
+        "0.0067",
+        "--n-excitations",
+        "48",
+        "--t1",
+        "1.0",
+    ]
+    assert main(argv) == 1
+    assert "TD3" in capsys.readouterr().err
+
+
+def test_status_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--data-dir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["jobs"] == [] and report["counts"]["failed"] == 0
+
+
+def test_retry_refuses_unknown_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["retry", "7", "--data-dir", str(tmp_path)]) == 1
+    assert "no job 7" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""Configuration: defaults < TOML < environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import CONFIG_ENV, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+
+
+def test_layers_override_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "cordt1.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        '[node]\nae_title = "FROMTOML"\nport = 1111\nsettle_s = 9\n'
+        '[send]\ndestinations = ["PACS@10.0.0.1:104"]\n'
+    )
+    monkeypatch.setenv("CORDT1_NODE__PORT", "2222")
+    monkeypatch.setenv("CORDT1_NODE__SETTLE_S", "3")
+    settings = load_settings(config, node={"settle_s": 1.5})
+    assert settings.node.ae_title == "FROMTOML"
+    assert settings.node.port == 2222
+    assert settings.node.settle_s == 1.5
+    assert settings.send.destinations == ["PACS@10.0.0.1:104"]
+    assert settings.job_store_url == f"sqlite:///{tmp_path / 'data' / 'jobs.sqlite'}"
+    assert settings.celery_broker_url == "filesystem://"
+
+
+def test_unknown_key_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "cordt1.toml"
+    config.write_text("data_dri = '/tmp'\n")
+    with pytest.raises(ValidationError, match="data_dri"):
+        load_settings(config)
+
+
+def test_invalid_ae_title_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="AE title"):
+        load_settings(node={"ae_title": "WAY_TOO_LONG_AE_TITLE"})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="configuration file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_relative_data_dir_becomes_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(data_dir=Path("d")).data_dir == tmp_path / "d"
