@@ -55,3 +55,10 @@ def test_relative_data_dir_becomes_absolute(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert load_settings(data_dir=Path("d")).data_dir == tmp_path / "d"
+
+
+def test_shipped_example_configuration_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    settings = load_settings(root / "deploy" / "cordt1.example.toml")
+    assert settings.node.allowed_calling_aes == {"MR7T": "10.20.30.40", "PACS": ""}
+    assert settings.send.retry_interval_s == 900

@@ -1,0 +1,283 @@
+"""The header facts the node keeps about one received instance (never pixel data)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from dicom_node.components import Component, classify
+from dicom_node.validation import check_uid
+
+__all__ = ["InstanceInfo", "OwnResultMarkers", "patient_key", "read_instance_info"]
+
+
+@dataclass(frozen=True)
+class OwnResultMarkers:
+    """How to recognise instances this service produced (so they never start a new job).
+
+    An instance is our own result when any configured marker matches:
+
+    - ``manufacturer``: equals Manufacturer (0008,0070), case-insensitive;
+    - ``software_name``: equals ManufacturerModelName (0008,1090) or the first word of any
+      SoftwareVersions (0018,1020) value, case-insensitive;
+    - ``private_creator``: equals a private creator value in the top-level dataset.
+
+    Parameters
+    ----------
+    manufacturer : str or None
+        Manufacturer our writers put in results, e.g. ``"cordt1"``.
+    software_name : str or None
+        Software name our writers put in results.
+    private_creator : str or None
+        Private creator our writers reserve, e.g. ``"CORDT1"``.
+
+    Raises
+    ------
+    ValueError
+        If no marker is given (results would loop back as new jobs).
+    """
+
+    manufacturer: str | None = None
+    software_name: str | None = None
+    private_creator: str | None = None
+
+    def __post_init__(self) -> None:
+        values = (self.manufacturer, self.software_name, self.private_creator)
+        for value in values:
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"own-result markers must be non-empty strings, got {value!r}")
+        if all(value is None for value in values):
+            raise ValueError(
+                "OwnResultMarkers needs at least one of manufacturer, software_name, "
+                "private_creator; otherwise results sent back by a PACS start new jobs"
+            )
+
+    def matches(self, ds: Dataset) -> bool:
+        """Return ``True`` if ``ds`` carries one of the markers.
+
+        Parameters
+        ----------
+        ds : pydicom.dataset.Dataset
+            Header of the instance.
+
+        Returns
+        -------
+        bool
+        """
+        if self.manufacturer is not None and _norm(ds.get("Manufacturer")) == _norm(
+            self.manufacturer
+        ):
+            return True
+        if self.software_name is not None:
+            name = _norm(self.software_name)
+            if _norm(ds.get("ManufacturerModelName")) == name:
+                return True
+            for version in _as_list(ds.get("SoftwareVersions")):
+                text = _norm(version)
+                if text == name or (text.split() or [""])[0] == name:
+                    return True
+        if self.private_creator is not None:
+            creator = _norm(self.private_creator)
+            for element in ds:
+                if element.tag.is_private_creator and _norm(element.value) == creator:
+                    return True
+        return False
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """Header facts about one spooled instance.
+
+    Attributes
+    ----------
+    study_uid, series_uid, sop_instance_uid, sop_class_uid, transfer_syntax_uid : str
+        Identifiers from the dataset and its file meta.
+    component : Component
+        What the series holds (see :func:`dicom_node.components.classify`).
+    modality : str
+        Modality (0008,0060), ``""`` when absent.
+    series_number : int or None
+        SeriesNumber.
+    series_description, protocol_name : str
+        ``""`` when absent.
+    patient_key : str
+        First 16 hex characters of a SHA-256 of issuer and patient ID (see
+        :func:`patient_key`); never the raw ID.
+    images_in_acquisition : int or None
+        ImagesInAcquisition (0020,1002), the expected count for single-frame series.
+    number_of_frames : int or None
+        NumberOfFrames for multi-frame (enhanced) instances.
+    acquisition_number : int or None
+        AcquisitionNumber.
+    frame_of_reference_uid : str or None
+        FrameOfReferenceUID.
+    calling_ae : str
+        AE title of the sender.
+    path : pathlib.Path
+        The spooled Part-10 file.
+    size_bytes : int
+        Size of that file.
+    received_at : float
+        Epoch seconds of reception.
+    is_own_result : bool
+        ``True`` when :class:`OwnResultMarkers` recognised the instance as produced by us.
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    component: Component
+    modality: str
+    series_number: int | None
+    series_description: str
+    protocol_name: str
+    patient_key: str
+    images_in_acquisition: int | None
+    number_of_frames: int | None
+    acquisition_number: int | None
+    frame_of_reference_uid: str | None
+    calling_ae: str
+    path: Path
+    size_bytes: int
+    received_at: float
+    is_own_result: bool
+
+
+def patient_key(issuer_of_patient_id: str, patient_id: str) -> str:
+    """Return a pseudonymous key for a patient: safe to log and to compare.
+
+    The key is the first 16 hex characters of SHA-256 over
+    ``IssuerOfPatientID + "\\" + PatientID`` (UTF-8). The backslash cannot occur in either
+    value (LO), so different (issuer, ID) pairs never collide by concatenation.
+
+    Parameters
+    ----------
+    issuer_of_patient_id : str
+        IssuerOfPatientID (0010,0021), ``""`` when absent.
+    patient_id : str
+        PatientID (0010,0020), ``""`` when absent.
+
+    Returns
+    -------
+    str
+        16 lowercase hex characters.
+
+    Examples
+    --------
+    >>> len(patient_key("HOSP", "123")), patient_key("HOSP", "123") == patient_key("HOSP", "12")
+    (16, False)
+    """
+    raw = f"{issuer_of_patient_id.strip()}\\{patient_id.strip()}".encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_instance_info(
+    ds: Dataset,
+    *,
+    path: Path,
+    calling_ae: str,
+    received_at: float,
+    own_markers: OwnResultMarkers,
+    size_bytes: int | None = None,
+) -> InstanceInfo:
+    """Read the header facts of a (header-only) dataset.
+
+    Pixel data is never touched; a dataset read with ``stop_before_pixels=True`` is enough.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The instance, with file meta (for the transfer syntax).
+    path : pathlib.Path
+        Where the instance is spooled.
+    calling_ae : str
+        AE title of the sender (``""`` when rebuilt from disk and unknown).
+    received_at : float
+        Epoch seconds of reception.
+    own_markers : OwnResultMarkers
+        Rule that recognises our own results.
+    size_bytes : int, optional
+        File size; read from ``path`` when not given.
+
+    Returns
+    -------
+    InstanceInfo
+
+    Raises
+    ------
+    ValueError
+        If a Study/Series/SOP Instance/SOP Class UID or the transfer syntax is missing or
+        invalid, or if a count attribute is not an integer.
+    """
+    study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+    series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    sop_class_uid = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    file_meta = getattr(ds, "file_meta", None)
+    ts_uid = check_uid(
+        file_meta.get("TransferSyntaxUID") if file_meta is not None else None,
+        "file meta TransferSyntaxUID",
+    )
+    frame_of_reference = ds.get("FrameOfReferenceUID")
+    if size_bytes is None:
+        size_bytes = Path(path).stat().st_size
+    return InstanceInfo(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=ts_uid,
+        component=classify(ds),
+        modality=str(ds.get("Modality", "") or ""),
+        series_number=_optional_int(ds, "SeriesNumber"),
+        series_description=str(ds.get("SeriesDescription", "") or ""),
+        protocol_name=str(ds.get("ProtocolName", "") or ""),
+        patient_key=patient_key(
+            str(ds.get("IssuerOfPatientID", "") or ""), str(ds.get("PatientID", "") or "")
+        ),
+        images_in_acquisition=_optional_int(ds, "ImagesInAcquisition"),
+        number_of_frames=_optional_int(ds, "NumberOfFrames"),
+        acquisition_number=_optional_int(ds, "AcquisitionNumber"),
+        frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
+        calling_ae=calling_ae.strip(),
+        path=Path(path),
+        size_bytes=int(size_bytes),
+        received_at=float(received_at),
+        is_own_result=own_markers.matches(ds),
+    )
+
+
+def _optional_int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{keyword} is not a valid integer string") from exc
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue):
+        raise ValueError(f"{keyword} must be a single integer, got {len(value)} values")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{keyword} must be an integer, got {value!r}") from exc
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
+def _norm(value: object) -> str:
+    return "" if value is None else str(value).strip().casefold()

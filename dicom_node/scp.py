@@ -1,0 +1,546 @@
+"""Storage SCP: accept C-STORE, spool the bytes durably, announce header facts.
+
+The C-STORE handler does little: check free disk, read the header (never pixel data), write
+the received Part-10 bytes to the spool (fsync), call ``on_instance``, answer. Every status it
+returns is listed in :mod:`dicom_node.status`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_info
+from dicom_node.spool import Spool
+from dicom_node.status import StoreStatus
+from dicom_node.validation import check_ae_title, check_uid
+
+__all__ = ["AssociationRecord", "ScpConfig", "StorageSCP"]
+
+LOGGER = logging.getLogger(__name__)
+
+_REJECT_PERMANENT = 0x01
+_SOURCE_SERVICE_USER = 0x01
+_DIAG_CALLING_AE_NOT_RECOGNISED = 0x03
+_DIAG_CALLED_AE_NOT_RECOGNISED = 0x07
+
+
+@dataclass
+class ScpConfig:
+    """Settings of the storage SCP.
+
+    Parameters
+    ----------
+    ae_title : str
+        Our AE title (1-16 characters).
+    host : str
+        Address to listen on (``"0.0.0.0"`` for all interfaces).
+    port : int
+        TCP port; 0 lets the OS pick a free port (read it from :attr:`StorageSCP.port`).
+    allowed_calling_aes : Mapping[str, str | None]
+        Calling AE title -> host name or IP address it must connect from, or ``None`` for
+        any address. An **empty mapping accepts every calling AE** (use only in closed
+        networks). Unknown AEs or wrong addresses are rejected at association time.
+    check_called_ae : bool
+        Reject associations whose called AE title is not ``ae_title``.
+    max_associations : int
+        Concurrent associations; more are rejected (local limit exceeded).
+    min_free_bytes : int
+        C-STORE is refused with 0xA700 when storing the instance would leave less free
+        space on the spool file system.
+    maximum_pdu_size : int
+        Largest PDU we accept (0 = unlimited); 128 KiB cut CPU per image ~20 %.
+    acse_timeout_s, dimse_timeout_s, network_timeout_s : float
+        pynetdicom timeouts in seconds.
+
+    Raises
+    ------
+    ValueError
+        On an invalid AE title, port, limit or timeout.
+    """
+
+    ae_title: str
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: Mapping[str, str | None] = field(default_factory=dict)
+    check_called_ae: bool = True
+    max_associations: int = 10
+    min_free_bytes: int = 2 * 1024**3
+    maximum_pdu_size: int = 131072
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.ae_title = check_ae_title(self.ae_title, "ScpConfig.ae_title")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError("ScpConfig.host must be a non-empty address")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"ScpConfig.port must be 0..65535, got {self.port!r}")
+        allowed: dict[str, str | None] = {}
+        for title, address in dict(self.allowed_calling_aes).items():
+            key = check_ae_title(title, "allowed calling AE title")
+            if address is not None and (not isinstance(address, str) or not address.strip()):
+                raise ValueError(f"allowed host for {key!r} must be a non-empty string or None")
+            allowed[key] = address.strip() if address is not None else None
+        self.allowed_calling_aes = allowed
+        if self.max_associations < 1:
+            raise ValueError(
+                f"ScpConfig.max_associations must be >= 1, got {self.max_associations}"
+            )
+        if self.min_free_bytes < 0:
+            raise ValueError(f"ScpConfig.min_free_bytes must be >= 0, got {self.min_free_bytes}")
+        if self.maximum_pdu_size != 0 and self.maximum_pdu_size < 4096:
+            raise ValueError(
+                f"ScpConfig.maximum_pdu_size must be 0 or >= 4096, got {self.maximum_pdu_size}"
+            )
+        for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"ScpConfig.{name} must be > 0 seconds, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AssociationRecord:
+    """What happened on one association (for the audit trail).
+
+    Attributes
+    ----------
+    calling_ae, called_ae : str
+        AE titles as sent by the peer.
+    address : str
+        Peer IP address.
+    port : int
+        Peer TCP port.
+    accepted : bool
+        Whether the association was accepted.
+    reason : str
+        Why it was rejected, or how it ended (``"released"``, ``"aborted"``, ...).
+    instances : int
+        Instances stored with success.
+    failures : int
+        C-STORE requests answered with a failure status.
+    bytes : int
+        Size in bytes of the instances stored with success.
+    started_at, ended_at : float
+        Epoch seconds.
+    """
+
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int
+    accepted: bool
+    reason: str
+    instances: int
+    failures: int
+    bytes: int
+    started_at: float
+    ended_at: float
+
+
+@dataclass
+class _AssocState:
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int
+    started_at: float
+    accepted: bool = False
+    reason: str = "connection closed"
+    instances: int = 0
+    failures: int = 0
+    bytes_received: int = 0
+
+
+class StorageSCP:
+    """A Storage + Verification SCP that spools every instance before acknowledging it.
+
+    Parameters
+    ----------
+    config : ScpConfig
+        Network and policy settings.
+    spool : Spool
+        Where instances go.
+    on_instance : Callable[[InstanceInfo], None]
+        Called (in the association thread) after the file is on disk; keep it fast. If it
+        raises, the peer gets 0xC211 and the file stays spooled.
+    on_association : Callable[[AssociationRecord], None] or None
+        Called once per association when it ends or is rejected.
+    own_markers : OwnResultMarkers
+        Recognises our own results (``InstanceInfo.is_own_result``).
+    """
+
+    def __init__(
+        self,
+        config: ScpConfig,
+        spool: Spool,
+        on_instance: Callable[[InstanceInfo], None],
+        on_association: Callable[[AssociationRecord], None] | None = None,
+        *,
+        own_markers: OwnResultMarkers,
+    ) -> None:
+        if not isinstance(config, ScpConfig):
+            raise TypeError("config must be a ScpConfig")
+        if not isinstance(spool, Spool):
+            raise TypeError("spool must be a Spool")
+        if not callable(on_instance):
+            raise TypeError("on_instance must be callable")
+        if on_association is not None and not callable(on_association):
+            raise TypeError("on_association must be callable or None")
+        if not isinstance(own_markers, OwnResultMarkers):
+            raise TypeError("own_markers must be an OwnResultMarkers")
+        self._config = config
+        self._spool = spool
+        self._on_instance = on_instance
+        self._on_association = on_association
+        self._own_markers = own_markers
+        self._server: ThreadedAssociationServer | None = None
+        self._ae: AE | None = None
+        self._allowed_ips: dict[str, frozenset[str] | None] = {}
+        self._states: dict[Association, _AssocState] = {}
+        self._lock = threading.Lock()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start listening in background threads; returns once the socket accepts.
+
+        Raises
+        ------
+        RuntimeError
+            If already started.
+        ValueError
+            If an allowed host name cannot be resolved.
+        OSError
+            If the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("StorageSCP is already running")
+        self._allowed_ips = {
+            title: None if host is None else _resolve(host)
+            for title, host in self._config.allowed_calling_aes.items()
+        }
+        ae = AE(ae_title=self._config.ae_title)
+        ae.acse_timeout = self._config.acse_timeout_s
+        ae.dimse_timeout = self._config.dimse_timeout_s
+        ae.network_timeout = self._config.network_timeout_s
+        ae.maximum_associations = self._config.max_associations
+        ae.maximum_pdu_size = self._config.maximum_pdu_size
+        ae.require_called_aet = False  # checked in _handle_requested, which records it
+        ae.add_supported_context(Verification)
+        for sop_class in storage_sop_classes():
+            ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._handle_requested),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_RELEASED, self._handle_released),
+            (evt.EVT_ABORTED, self._handle_aborted),
+            (evt.EVT_CONN_CLOSE, self._handle_conn_close),
+            (evt.EVT_C_STORE, self._handle_store),
+        ]
+        server = ae.start_server(
+            (self._config.host, self._config.port), block=False, evt_handlers=handlers
+        )
+        self._ae = ae
+        self._server = server
+        self.port = int(server.server_address[1])
+        LOGGER.info(
+            "storage SCP %s listening on %s:%d",
+            self._config.ae_title,
+            self._config.host,
+            self.port,
+        )
+
+    def stop(self) -> None:
+        """Stop listening and end open associations (idempotent)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            LOGGER.info("storage SCP %s stopped", self._config.ae_title)
+        if self._ae is not None:
+            self._ae.shutdown()
+            self._ae = None
+
+    @property
+    def is_running(self) -> bool:
+        """``True`` between :meth:`start` and :meth:`stop`."""
+        return self._server is not None
+
+    def __enter__(self) -> StorageSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ associations
+    def _handle_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        requestor = assoc.requestor
+        primitive = requestor.primitive
+        state = _AssocState(
+            calling_ae=str(primitive.calling_ae_title if primitive else "").strip(),
+            called_ae=str(primitive.called_ae_title if primitive else "").strip(),
+            address=str(requestor.address),
+            port=int(requestor.port),
+            started_at=time.time(),
+        )
+        with self._lock:
+            self._states[assoc] = state
+        reason = self._refusal_reason(state)
+        if reason is None:
+            return
+        diagnostic = (
+            _DIAG_CALLED_AE_NOT_RECOGNISED
+            if reason.startswith("called")
+            else _DIAG_CALLING_AE_NOT_RECOGNISED
+        )
+        LOGGER.warning(
+            "rejecting association from %r at %s: %s", state.calling_ae, state.address, reason
+        )
+        state.reason = reason
+        assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, diagnostic)
+        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom does)
+        self._finish(assoc)
+
+    def _refusal_reason(self, state: _AssocState) -> str | None:
+        if self._config.check_called_ae and state.called_ae != self._config.ae_title:
+            return f"called AE title {state.called_ae!r} is not {self._config.ae_title!r}"
+        if not self._allowed_ips:
+            return None
+        if state.calling_ae not in self._allowed_ips:
+            return "calling AE title not in allowed_calling_aes"
+        allowed = self._allowed_ips[state.calling_ae]
+        if allowed is not None and state.address not in allowed:
+            return "calling AE title not allowed from this address"
+        return None
+
+    def _handle_accepted(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is not None:
+            state.accepted = True
+            state.reason = "connection closed without release"
+
+    def _handle_rejected(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is None:
+            return
+        primitive = event.assoc.acceptor.primitive
+        diagnostic = (
+            (primitive.result_source, primitive.diagnostic) if primitive is not None else None
+        )
+        if diagnostic == (0x03, 0x02):
+            state.reason = "too many associations (max_associations reached)"
+        else:
+            state.reason = f"rejected during negotiation (source, diagnostic) = {diagnostic}"
+        LOGGER.warning(
+            "rejected association from %r at %s: %s", state.calling_ae, state.address, state.reason
+        )
+        self._finish(event.assoc)
+
+    def _handle_released(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is not None:
+            state.reason = "released"
+
+    def _handle_aborted(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is not None:
+            state.reason = "aborted"
+
+    def _handle_conn_close(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        state = self._state(assoc)
+        if state is None:
+            return
+        if not state.accepted or assoc is threading.current_thread() or not assoc.is_alive():
+            self._finish(assoc)
+            return
+        # EVT_RELEASED/EVT_ABORTED may still be on their way in the association thread:
+        # record the association once that thread has ended.
+        threading.Thread(
+            target=self._finish_after_thread, args=(assoc,), name="scp-assoc-record", daemon=True
+        ).start()
+
+    def _finish_after_thread(self, assoc: Association) -> None:
+        assoc.join(timeout=self._config.network_timeout_s + self._config.dimse_timeout_s)
+        self._finish(assoc)
+
+    def _state(self, assoc: Association) -> _AssocState | None:
+        with self._lock:
+            return self._states.get(assoc)
+
+    def _finish(self, assoc: Association) -> None:
+        with self._lock:
+            state = self._states.pop(assoc, None)
+        if state is None:
+            return
+        record = AssociationRecord(
+            calling_ae=state.calling_ae,
+            called_ae=state.called_ae,
+            address=state.address,
+            port=state.port,
+            accepted=state.accepted,
+            reason=state.reason,
+            instances=state.instances,
+            failures=state.failures,
+            bytes=state.bytes_received,
+            started_at=state.started_at,
+            ended_at=time.time(),
+        )
+        if state.accepted:
+            LOGGER.info(
+                "association from %r at %s ended (%s): %d instances, %d failures, %d bytes",
+                record.calling_ae,
+                record.address,
+                record.reason,
+                record.instances,
+                record.failures,
+                record.bytes,
+            )
+        if self._on_association is None:
+            return
+        try:
+            self._on_association(record)
+        except Exception:
+            LOGGER.exception("on_association callback failed for %r", record.calling_ae)
+
+    # ------------------------------------------------------------------ C-STORE
+    def _handle_store(self, event: evt.Event) -> int:
+        state = self._state(event.assoc)
+        calling_ae = state.calling_ae if state is not None else ""
+        status = self._store(event, calling_ae)
+        if state is not None and status != StoreStatus.SUCCESS:
+            state.failures += 1
+        return int(status)
+
+    def _store(self, event: evt.Event, calling_ae: str) -> StoreStatus:
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        try:
+            encoded = event.encoded_dataset()
+            free = self._spool.free_bytes()
+            if free - len(encoded) < self._config.min_free_bytes:
+                LOGGER.error(
+                    "refusing C-STORE %s from %r: %d bytes free, %d needed + min_free_bytes %d",
+                    sop_uid,
+                    calling_ae,
+                    free,
+                    len(encoded),
+                    self._config.min_free_bytes,
+                )
+                return StoreStatus.OUT_OF_RESOURCES
+            received_at = time.time()
+            try:
+                ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+                uids = _header_uids(ds)
+            except Exception as exc:
+                return self._reject_undecodable(encoded, calling_ae, sop_uid, exc)
+            study_uid, series_uid, instance_uid, class_uid = uids
+            if instance_uid != sop_uid or class_uid != str(request.AffectedSOPClassUID):
+                LOGGER.error(
+                    "C-STORE %s from %r: dataset SOP class/instance %s/%s differ from request",
+                    sop_uid,
+                    calling_ae,
+                    class_uid,
+                    instance_uid,
+                )
+                return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            target = self._spool.path_for(study_uid, series_uid, instance_uid)
+            try:
+                info = read_instance_info(
+                    ds,
+                    path=target,
+                    calling_ae=calling_ae,
+                    received_at=received_at,
+                    own_markers=self._own_markers,
+                    size_bytes=len(encoded),
+                )
+            except ValueError as exc:
+                return self._reject_undecodable(encoded, calling_ae, sop_uid, exc)
+            self._spool.write(encoded, study_uid, series_uid, instance_uid)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
+                return StoreStatus.OUT_OF_RESOURCES
+            LOGGER.error(
+                "C-STORE %s from %r: spool write failed: %s", sop_uid, calling_ae, _short(exc)
+            )
+            return StoreStatus.PROCESSING_FAILURE
+        except Exception as exc:
+            LOGGER.error("C-STORE %s from %r failed: %s", sop_uid, calling_ae, _short(exc))
+            return StoreStatus.PROCESSING_FAILURE
+        try:
+            self._on_instance(info)
+        except Exception as exc:
+            LOGGER.error(
+                "on_instance failed for %s from %r (file kept in spool): %s",
+                sop_uid,
+                calling_ae,
+                _short(exc),
+            )
+            return StoreStatus.PROCESSING_FAILURE
+        state = self._state(event.assoc)
+        if state is not None:
+            state.instances += 1
+            state.bytes_received += len(encoded)
+        return StoreStatus.SUCCESS
+
+    def _reject_undecodable(
+        self, encoded: bytes, calling_ae: str, sop_uid: str, exc: Exception
+    ) -> StoreStatus:
+        reason = f"header not understood: {_short(exc)}"
+        try:
+            kept = self._spool.quarantine(encoded, reason, calling_ae=calling_ae)
+        except OSError as write_error:
+            LOGGER.error(
+                "C-STORE %s from %r not understood and not quarantined (%s): %s",
+                sop_uid,
+                calling_ae,
+                _short(write_error),
+                reason,
+            )
+        else:
+            LOGGER.error(
+                "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
+            )
+        return StoreStatus.CANNOT_UNDERSTAND
+
+
+def _header_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    return (
+        check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+        check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+        check_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+    )
+
+
+def _resolve(host: str) -> frozenset[str]:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise ValueError(f"allowed host {host!r} cannot be resolved: {exc}") from exc
+    return frozenset(str(info[4][0]) for info in infos)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,209 @@
+"""Crash-safe files for received instances: ``root/<study>/<series>/<sop>.dcm``.
+
+Every write goes to a hidden temporary file in the target folder, is flushed and fsynced,
+renamed over the final name with :func:`os.replace` and the folder is fsynced, so a reader
+sees either nothing or the whole file, and a file that exists survives a power cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from dicom_node.validation import check_uid
+
+__all__ = ["PARTIAL_SUFFIX", "Spool"]
+
+PARTIAL_SUFFIX = ".part"
+"""Suffix of temporary files; they are never valid instances (see :meth:`Spool.remove_partial`)."""
+
+
+class Spool:
+    """Folder tree of received Part-10 files plus a quarantine for undecodable input.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Spool folder; created if missing.
+    quarantine_dir : pathlib.Path, optional
+        Where undecodable input goes; default ``root.parent / "quarantine"``.
+
+    Raises
+    ------
+    ValueError
+        If ``root`` exists and is not a folder.
+    """
+
+    def __init__(self, root: Path, quarantine_dir: Path | None = None) -> None:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"spool root {root} exists and is not a folder")
+        self.root: Path = root
+        self.quarantine_dir: Path = (
+            Path(quarantine_dir) if quarantine_dir is not None else root.parent / "quarantine"
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Return where an instance is (or would be) spooled.
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_uid : str
+            StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        ValueError
+            If a UID is not a valid DICOM UID (this rejects ``/``, ``..`` and friends).
+        """
+        study = check_uid(study_uid, "StudyInstanceUID")
+        series = check_uid(series_uid, "SeriesInstanceUID")
+        sop = check_uid(sop_uid, "SOPInstanceUID")
+        return self.root / study / series / f"{sop}.dcm"
+
+    def write(self, encoded: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Store the Part-10 bytes of one instance atomically and durably.
+
+        A second write of the same SOP instance replaces the first (idempotent re-send).
+
+        Parameters
+        ----------
+        encoded : bytes
+            Preamble, file meta and dataset (pynetdicom ``event.encoded_dataset()``).
+        study_uid, series_uid, sop_uid : str
+            UIDs that name the folders and the file.
+
+        Returns
+        -------
+        pathlib.Path
+            The final file; it is on disk (fsynced) when this returns.
+
+        Raises
+        ------
+        ValueError
+            If a UID is invalid or ``encoded`` is empty.
+        OSError
+            If the disk refuses the write (the temporary file is removed).
+        """
+        if not encoded:
+            raise ValueError("refusing to spool an empty instance")
+        target = self.path_for(study_uid, series_uid, sop_uid)
+        _make_dirs_durable(target.parent, stop_at=self.root)
+        _atomic_write(target, encoded)
+        return target
+
+    def quarantine(self, encoded: bytes, reason: str, *, calling_ae: str = "") -> Path:
+        """Keep input that could not be understood, with a JSON sidecar.
+
+        Parameters
+        ----------
+        encoded : bytes
+            The bytes as received.
+        reason : str
+            Why it was quarantined (no patient data).
+        calling_ae : str, optional
+            Sender's AE title.
+
+        Returns
+        -------
+        pathlib.Path
+            The quarantined data file; the sidecar is the same name with ``.json``.
+        """
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        stem = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:12]
+        data_path = self.quarantine_dir / f"{stem}.dcm"
+        sidecar = {
+            "reason": reason,
+            "calling_ae": calling_ae.strip(),
+            "received_at": now,
+            "size_bytes": len(encoded),
+        }
+        _atomic_write(data_path, encoded)
+        _atomic_write(
+            data_path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8")
+        )
+        return data_path
+
+    def free_bytes(self) -> int:
+        """Return the free space of the spool's file system in bytes.
+
+        Returns
+        -------
+        int
+        """
+        return shutil.disk_usage(self.root).free
+
+    def iter_files(self) -> Iterator[Path]:
+        """Yield every completely spooled instance (for rebuilding state after a restart).
+
+        Yields
+        ------
+        pathlib.Path
+            Files ``root/<study>/<series>/<sop>.dcm``; temporary files are skipped.
+        """
+        yield from sorted(self.root.glob("*/*/*.dcm"))
+
+    def remove_partial(self) -> int:
+        """Delete temporary files left by a crash during a write.
+
+        Call it at start-up, before the SCP listens.
+
+        Returns
+        -------
+        int
+            Number of files removed.
+        """
+        removed = 0
+        for path in self.root.glob(f"*/*/.*{PARTIAL_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.stem[:40]}.", suffix=PARTIAL_SUFFIX
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _make_dirs_durable(folder: Path, *, stop_at: Path) -> None:
+    if folder.is_dir():
+        return
+    missing: list[Path] = []
+    current = folder
+    while not current.exists() and current != stop_at:
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_dir(created.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

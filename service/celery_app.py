@@ -1,0 +1,90 @@
+"""The Celery application: the broker carries job ids, the job store holds the truth.
+
+Embedded default: a filesystem queue in ``data_dir/broker`` (no server needed; see
+docs/operations.md for its crash behaviour). With ``redis://`` workers on other hosts take jobs
+and a killed worker's job is delivered again after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from service.jobs import JobRunner, SendOutcome
+from service.settings import Settings
+from service.store import JobStore
+
+__all__ = ["PROCESS_TASK", "SEND_TASK", "create_app"]
+
+log = logging.getLogger(__name__)
+
+PROCESS_TASK = "cordt1.process_job"
+SEND_TASK = "cordt1.send_results"
+#: Longer than any job may run, so Redis never re-delivers a job that is still running.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+
+
+def _filesystem_options(data_dir: Path) -> dict[str, Any]:
+    base = (data_dir / "broker").resolve()
+    for sub in ("queue", "processed", "control"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(base / "queue"),
+        "data_folder_out": str(base / "queue"),
+        "control_folder": str(base / "control"),
+        "processed_folder": str(base / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app for these settings, with the two job tasks registered.
+
+    The tasks close over ``settings``; each worker process opens its own job store
+    connection on first use (after the fork).
+    """
+    app = Celery("cordt1", broker=settings.celery_broker_url, set_as_current=False)
+    url = settings.celery_broker_url
+    if url.startswith("filesystem://"):
+        transport_options = _filesystem_options(settings.data_dir)
+    elif url.startswith(("redis://", "rediss://")):
+        transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    else:
+        transport_options = {}
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_connection_timeout=5,
+    )
+    runners: dict[str, JobRunner] = {}
+
+    def runner() -> JobRunner:
+        if "runner" not in runners:
+            runners["runner"] = JobRunner(settings, JobStore(settings.job_store_url))
+        return runners["runner"]
+
+    @app.task(name=PROCESS_TASK)
+    def process_job(job_id: int) -> None:
+        if runner().process(job_id):
+            app.send_task(SEND_TASK, args=[job_id])
+
+    @app.task(name=SEND_TASK)
+    def send_results(job_id: int) -> None:
+        outcome = runner().send(job_id)
+        if outcome is SendOutcome.RETRY:
+            log.warning("job %d: destination unreachable, retry later", job_id)
+            app.send_task(SEND_TASK, args=[job_id], countdown=settings.send.retry_interval_s)
+
+    return app

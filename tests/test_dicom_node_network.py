@@ -1,0 +1,286 @@
+"""Our SCU talks to our SCP over real sockets on free ports (in-process, fast)."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
+from dicom_node.scu import Destination, SendError, echo, send
+from dicom_node.spool import Spool
+from dicom_node.status import StoreStatus
+from tests.test_dicom_node_factories import free_port, make_mr
+
+OUR_AE = "CORDT1"
+MARKERS = OwnResultMarkers(manufacturer="cordt1")
+
+
+@dataclass
+class Node:
+    scp: StorageSCP
+    spool: Spool
+    instances: queue.Queue[InstanceInfo]
+    records: queue.Queue[AssociationRecord]
+
+    @property
+    def destination(self) -> Destination:
+        assert self.scp.port is not None
+        return Destination(OUR_AE, "127.0.0.1", self.scp.port)
+
+    def record(self) -> AssociationRecord:
+        return self.records.get(timeout=10)
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    started: list[StorageSCP] = []
+
+    def _start(on_instance: Callable[[InstanceInfo], None] | None = None, **config: Any) -> Node:
+        instances: queue.Queue[InstanceInfo] = queue.Queue()
+        records: queue.Queue[AssociationRecord] = queue.Queue()
+        spool = Spool(tmp_path / "spool")
+        settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "min_free_bytes": 0}
+        settings.update(config)
+        scp = StorageSCP(
+            ScpConfig(OUR_AE, **settings),
+            spool,
+            on_instance or instances.put,
+            records.put,
+            own_markers=MARKERS,
+        )
+        scp.start()
+        started.append(scp)
+        return Node(scp, spool, instances, records)
+
+    yield _start
+    for scp in started:
+        scp.stop()
+
+
+def test_sent_instances_arrive_byte_correct_in_the_spool(start_node: Callable[..., Node]) -> None:
+    node = start_node(allowed_calling_aes={"SCANNER": "127.0.0.1"})
+    study = generate_uid()
+    sent = [make_mr(study_uid=study, component=c, patient_id="SECRET-ID") for c in ("UNI", "INV1")]
+    report = send(sent, node.destination, calling_ae="SCANNER", timeout_s=10)
+    assert report.n_stored == 2 and report.failed == ()
+    infos = {info.sop_instance_uid: info for info in (node.instances.get(timeout=5) for _ in sent)}
+    for ds in sent:
+        info = infos[ds.SOPInstanceUID]
+        assert info.path == node.spool.path_for(study, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        assert info.calling_ae == "SCANNER"
+        stored = dcmread(info.path)
+        assert stored.PixelData == ds.PixelData
+        assert stored == ds  # every element equal
+        assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert info.size_bytes == info.path.stat().st_size
+    record = node.record()
+    assert (record.calling_ae, record.accepted, record.reason) == ("SCANNER", True, "released")
+    assert record.instances == 2 and record.failures == 0
+    assert record.bytes == sum(info.size_bytes for info in infos.values())
+    assert record.ended_at >= record.started_at
+
+
+def test_compressed_instance_is_stored_as_received_without_decoding(
+    start_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decoding(self: Dataset) -> None:
+        raise AssertionError("pixel data must not be decoded while receiving")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(no_decoding))
+    node = start_node()
+    ds = make_mr(component="INV2")
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
+    info = node.instances.get(timeout=5)
+    assert info.transfer_syntax_uid == RLELossless
+    assert dcmread(info.path).PixelData == ds.PixelData
+
+
+def test_files_on_disk_can_be_sent_and_own_results_are_flagged(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = start_node()
+    path = tmp_path / "result.dcm"
+    make_mr(manufacturer="cordt1").save_as(path, enforce_file_format=True)
+    send([path], node.destination, calling_ae="CORDT1", timeout_s=10)
+    info = node.instances.get(timeout=5)
+    assert info.is_own_result is True
+    assert dcmread(info.path) == dcmread(path)
+
+
+def test_unknown_calling_ae_is_rejected_and_recorded(start_node: Callable[..., Node]) -> None:
+    node = start_node(allowed_calling_aes={"SCANNER": None})
+    with pytest.raises(SendError, match=r"rejected.*[Cc]alling AE") as caught:
+        send([make_mr()], node.destination, calling_ae="INTRUDER", timeout_s=10)
+    assert str(node.destination) in str(caught.value)
+    record = node.record()
+    assert record.calling_ae == "INTRUDER" and record.accepted is False
+    assert "not in allowed_calling_aes" in record.reason
+    assert list(node.spool.iter_files()) == []
+
+
+def test_known_ae_from_the_wrong_address_is_rejected(start_node: Callable[..., Node]) -> None:
+    node = start_node(allowed_calling_aes={"SCANNER": "192.0.2.10"})
+    with pytest.raises(SendError, match="rejected"):
+        send([make_mr()], node.destination, calling_ae="SCANNER", timeout_s=10)
+    record = node.record()
+    assert not record.accepted and "address" in record.reason
+
+
+def test_wrong_called_ae_is_rejected(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    wrong = Destination("NOTUS", "127.0.0.1", node.destination.port)
+    with pytest.raises(SendError, match=r"[Cc]alled AE"):
+        send([make_mr()], wrong, calling_ae="SCANNER", timeout_s=10)
+    assert "called AE title 'NOTUS'" in node.record().reason
+
+
+def test_low_disk_refuses_with_a700_and_stores_nothing(start_node: Callable[..., Node]) -> None:
+    node = start_node(min_free_bytes=2**62)
+    with pytest.raises(SendError, match="0xA700") as caught:
+        send([make_mr(), make_mr()], node.destination, calling_ae="SCANNER", timeout_s=10)
+    report = caught.value.report
+    assert report is not None
+    assert [o.status for o in report.outcomes] == [StoreStatus.OUT_OF_RESOURCES] * 2
+    assert list(node.spool.root.rglob("*")) == []
+    assert node.instances.empty()
+    assert node.record().failures == 2
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_hostile_uid_is_quarantined_not_spooled(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    ds = make_mr()
+    ds.StudyInstanceUID = "1.2/../../../evil"
+    with pytest.raises(SendError, match="0xC210"):
+        send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
+    assert list(node.spool.root.rglob("*")) == []
+    (kept,) = node.spool.quarantine_dir.glob("*.dcm")
+    assert b"evil" in kept.read_bytes()
+    assert "StudyInstanceUID" in kept.with_suffix(".json").read_text()
+
+
+def test_failing_callback_is_a_failure_status_but_the_file_stays(
+    start_node: Callable[..., Node],
+) -> None:
+    def broken(info: InstanceInfo) -> None:
+        raise RuntimeError("database down")
+
+    node = start_node(on_instance=broken)
+    ds = make_mr()
+    with pytest.raises(SendError, match="0xC211"):
+        send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
+    (spooled,) = node.spool.iter_files()
+    assert spooled.name == f"{ds.SOPInstanceUID}.dcm"
+
+
+def test_resending_the_same_instance_is_idempotent(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    ds = make_mr()
+    send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
+    send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
+    assert len(list(node.spool.iter_files())) == 1
+
+
+def test_associations_beyond_the_limit_are_rejected_and_recorded(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node(max_associations=1)
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = holder.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assert held.is_established
+    try:
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], node.destination, calling_ae="SCANNER", timeout_s=10)
+        record = node.record()
+        assert record.calling_ae == "SCANNER" and not record.accepted
+        assert "max_associations" in record.reason
+    finally:
+        held.release()
+
+
+def test_echo_reports_reachability(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    assert echo(node.destination, "SCANNER", timeout_s=5) is True
+    node.scp.stop()
+    assert echo(node.destination, "SCANNER", timeout_s=5) is False
+
+
+def test_send_to_a_closed_port_raises_send_error_naming_destination() -> None:
+    destination = Destination("PACS", "127.0.0.1", free_port())
+    with pytest.raises(SendError, match=r"PACS@127\.0\.0\.1:\d+.*connection refused") as caught:
+        send([make_mr()], destination, calling_ae="CORDT1", timeout_s=5)
+    assert caught.value.destination == destination
+    assert caught.value.report is None
+
+
+def test_send_validates_input_before_connecting(tmp_path: Path) -> None:
+    destination = Destination("PACS", "127.0.0.1", 104)
+    ds = make_mr()
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(ValueError, match="TransferSyntaxUID"):
+        send([ds], destination, calling_ae="CORDT1")
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom")
+    with pytest.raises(ValueError, match="not a readable DICOM file"):
+        send([tmp_path / "junk.dcm"], destination, calling_ae="CORDT1")
+    with pytest.raises(ValueError, match="calling AE"):
+        send([make_mr()], destination, calling_ae="")
+    assert send([], destination, calling_ae="CORDT1").outcomes == ()
+
+
+def test_more_than_128_contexts_are_refused() -> None:
+    many = []
+    for index in range(129):
+        ds = make_mr()
+        ds.SOPClassUID = f"1.2.840.10008.5.1.4.1.1.{1000 + index}"
+        many.append(ds)
+    with pytest.raises(ValueError, match="at most 128"):
+        send(many, Destination("PACS", "127.0.0.1", 104), calling_ae="CORDT1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("PACS:104", "no AE title"),
+        ("@host:104", "no AE title"),
+        ("PACS@host", "no HOST:PORT"),
+        ("PACS@:104", "no HOST:PORT"),
+        ("PACS@host:abc", "not a number"),
+        ("PACS@host:0", "1..65535"),
+        ("PACS@host:70000", "1..65535"),
+        ("WAY_TOO_LONG_AE_TITLE@host:104", "longer than 16"),
+        ("PACS@::1:104", "brackets"),
+    ],
+)
+def test_destination_parse_errors_are_clear(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Destination.parse(text)
+
+
+def test_destination_parse_round_trips() -> None:
+    assert Destination.parse(" PACS@10.0.0.5:104 ") == Destination("PACS", "10.0.0.5", 104)
+    v6 = Destination.parse("PACS@[::1]:11112")
+    assert v6.host == "::1" and str(v6) == "PACS@[::1]:11112"
+
+
+def test_scp_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="port"):
+        ScpConfig("CORDT1", port=70000)
+    with pytest.raises(ValueError, match="longer than 16"):
+        ScpConfig("CORDT1", allowed_calling_aes={"X" * 17: None})
+    with pytest.raises(ValueError, match="timeout"):
+        ScpConfig("CORDT1", dimse_timeout_s=0)
+    config = ScpConfig(" CORDT1 ", allowed_calling_aes={" SCANNER ": None})
+    assert config.ae_title == "CORDT1" and dict(config.allowed_calling_aes) == {"SCANNER": None}

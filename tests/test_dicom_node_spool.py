@@ -1,0 +1,125 @@
+"""Spool: atomic, durable, idempotent files; hostile UIDs never become paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dicom_node.spool import PARTIAL_SUFFIX, Spool
+
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_write_puts_exact_bytes_under_study_series_sop(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    payload = b"\0" * 128 + b"DICM" + os.urandom(1000)
+    path = spool.write(payload, STUDY, SERIES, SOP)
+    assert path == tmp_path / "spool" / STUDY / SERIES / f"{SOP}.dcm"
+    assert path.read_bytes() == payload
+    assert _files(tmp_path / "spool") == [path]
+
+
+def test_target_appears_only_complete_via_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    payload = os.urandom(50_000)
+    seen: list[tuple[bool, bytes]] = []
+    real_replace = os.replace
+
+    def spy_replace(src: str, dst: str) -> None:
+        # Just before the rename the final name must not exist, the temp file is complete.
+        seen.append((Path(dst).exists(), Path(src).read_bytes()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    spool.write(payload, STUDY, SERIES, SOP)
+    assert seen == [(False, payload)]
+
+
+def test_failed_write_leaves_no_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        spool.write(b"data", STUDY, SERIES, SOP)
+    assert _files(tmp_path / "spool") == []
+
+
+def test_duplicate_instance_overwrites_idempotently(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    first = spool.write(b"same bytes", STUDY, SERIES, SOP)
+    second = spool.write(b"same bytes", STUDY, SERIES, SOP)
+    assert first == second
+    assert second.read_bytes() == b"same bytes"
+    assert len(_files(tmp_path / "spool")) == 1
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["..", "../1.2", "1.2/3", "/etc", "1..2", ".1.2", "1.2.", "", "1" * 65, "1.2\x00", "1.a"],
+)
+def test_hostile_uids_are_rejected_before_touching_disk(tmp_path: Path, hostile: str) -> None:
+    spool = Spool(tmp_path / "spool")
+    for uids in ((hostile, SERIES, SOP), (STUDY, hostile, SOP), (STUDY, SERIES, hostile)):
+        with pytest.raises(ValueError, match="not a valid DICOM UID"):
+            spool.write(b"x", *uids)
+    assert _files(tmp_path) == []
+
+
+def test_empty_payload_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        Spool(tmp_path / "spool").write(b"", STUDY, SERIES, SOP)
+
+
+def test_quarantine_keeps_bytes_and_sidecar(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = spool.quarantine(b"garbage", "header not understood", calling_ae="SCANNER ")
+    assert kept.parent == tmp_path / "quarantine"
+    assert kept.read_bytes() == b"garbage"
+    sidecar = json.loads(kept.with_suffix(".json").read_text())
+    assert sidecar["reason"] == "header not understood"
+    assert sidecar["calling_ae"] == "SCANNER"
+    assert sidecar["size_bytes"] == 7
+    assert isinstance(sidecar["received_at"], float)
+    assert list(spool.iter_files()) == []
+
+
+def test_quarantine_folder_can_be_configured(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", quarantine_dir=tmp_path / "bad")
+    assert spool.quarantine(b"x", "why").parent == tmp_path / "bad"
+
+
+def test_free_bytes_reports_the_file_system(tmp_path: Path) -> None:
+    free = Spool(tmp_path / "spool").free_bytes()
+    assert isinstance(free, int)
+    assert 0 < free <= os.statvfs(tmp_path).f_blocks * os.statvfs(tmp_path).f_frsize
+
+
+def test_iter_files_skips_and_remove_partial_cleans_crash_leftovers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    done = spool.write(b"ok", STUDY, SERIES, SOP)
+    leftover = done.parent / f".{SOP}.abc{PARTIAL_SUFFIX}"
+    leftover.write_bytes(b"half")
+    assert list(spool.iter_files()) == [done]
+    assert spool.remove_partial() == 1
+    assert not leftover.exists()
+    assert done.exists()
+
+
+def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        Spool(tmp_path / "f")
