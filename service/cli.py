@@ -332,7 +332,7 @@ def demo(workdir: Path | None, broker: str | None, matrix: int, keep_running: bo
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cordt1` console script."""
     try:
-        cli.main(args=argv, prog_name="cordt1", standalone_mode=False)
+        returned = cli.main(args=argv, prog_name="cordt1", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 1
-    return 0
+    # click hands back the exit code of `raise click.exceptions.Exit(n)` in this mode.
+    return returned if isinstance(returned, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+"""`cordt1 process` and `cordt1 phantom` on synthetic exams with known truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from scipy.ndimage import binary_erosion
+
+from service.cli import main
+from service.nifti import from_nifti
+from tests.service_harness import PhantomExam, make_exams
+
+
+@pytest.fixture(scope="module")
+def exams(tmp_path_factory: pytest.TempPathFactory) -> list[PhantomExam]:
+    return make_exams(tmp_path_factory.mktemp("cohort"), patients=1, controls=1, seed=5)
+
+
+def _process(input_dir: Path, out: Path, profile: Path | None) -> int:
+    argv = ["process", str(input_dir), "--out", str(out)]
+    if profile is not None:
+        argv += ["--site-protocols", str(profile)]
+    return main(argv)
+
+
+def _truth_t1_check(exam: PhantomExam, out_dir: Path, n_slabs: int = 2) -> None:
+    """Our T1 agrees with the phantom's true T1 in deep white matter, on the exam's grid."""
+    for slab in range(1, n_slabs + 1):
+        t1_ms, affine = from_nifti(nib.load(out_dir / "nifti" / f"slab{slab}_t1_ms.nii.gz"))
+        truth, _ = from_nifti(nib.load(exam.truth_dir / f"slab{slab}_t1_true_ms.nii.gz"))
+        wm, truth_affine = from_nifti(nib.load(exam.truth_dir / f"slab{slab}_wm.nii.gz"))
+        np.testing.assert_allclose(affine, truth_affine, atol=1e-4)
+        deep = binary_erosion(wm.astype(bool), structure=np.ones((1, 3, 3)))
+        ours = float(np.median(t1_ms[deep]))
+        expected = float(np.median(truth[deep]))
+        # Not B1-corrected: the phantom's B1 field in the cord is 0.88-1.04, so allow 5 %.
+        assert abs(ours - expected) / expected < 0.05, (slab, ours, expected)
+
+
+def test_process_writes_t1_maps_nifti_and_summary(
+    exams: list[PhantomExam], tmp_path: Path
+) -> None:
+    exam = exams[0]
+    assert _process(exam.dicom_dir, tmp_path, exam.site_protocols) == 0
+    out_dir = tmp_path / exam.study_uid
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["exam"]["study_instance_uid"] == exam.study_uid
+    assert [s["slab"] for s in summary["slabs"]] == [1, 2]
+    slab = summary["slabs"][0]
+    assert slab["protocol"]["sources"]["ti1_s"] == "header"
+    assert slab["protocol"]["sources"]["echo_spacing_s"] == "site profile"
+    assert slab["b1_corrected"] is False
+    # The scanner's T1 map was made with the same lookup idea: we must agree closely.
+    assert abs(slab["scanner_t1_agreement"]["median_difference_ms"]) < 5
+    pm = pydicom.dcmread(out_dir / "dicom" / "t1map_slab1.dcm")
+    assert pm.StudyInstanceUID == exam.study_uid
+    assert "RESEARCH USE ONLY" in pm.SeriesDescription
+    _truth_t1_check(exam, out_dir)
+
+
+@pytest.mark.slow
+def test_every_written_dicom_object_passes_dciodvfy(
+    exams: list[PhantomExam], tmp_path: Path
+) -> None:
+    exam = exams[0]
+    assert _process(exam.dicom_dir, tmp_path, exam.site_protocols) == 0
+    files = sorted((tmp_path / exam.study_uid / "dicom").glob("*.dcm"))
+    assert files
+    for path in files:
+        out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert errors == [], (path.name, errors)
+
+
+def test_missing_protocol_profile_names_the_missing_values(
+    exams: list[PhantomExam], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _process(exams[0].dicom_dir, tmp_path, None) == 1
+    output = capsys.readouterr().out
+    assert "FAILED" in output
+    assert "echo_spacing_s" in output and "n_excitations" in output
+
+
+def test_one_broken_exam_does_not_stop_the_others(
+    exams: list[PhantomExam], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    for exam in exams:
+        shutil.copytree(exam.dicom_dir, folder / exam.root.parent.name)
+    broken = folder / exams[1].root.parent.name
+    for series in broken.glob("*"):
+        if "UNI" in series.name or "T1MAP" in series.name:
+            shutil.rmtree(series)
+    (folder / "not-dicom.txt").write_text("hello")
+    assert _process(folder, tmp_path / "out", exams[0].site_protocols) == 1
+    output = capsys.readouterr().out
+    assert f"done   {exams[0].study_uid}" in output
+    assert f"FAILED {exams[1].study_uid}" in output
+    assert "no UNI and no T1 map" in output
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"oblique_deg": 15.0, "matrix": 192},
+        {"enhanced": True, "transfer_syntax": "j2k", "slabs": 1},
+        {"transfer_syntax": "rle", "protocol": "siemens-7t-cspine-tr6", "slice_mm": 5.0},
+    ],
+    ids=["oblique-192", "enhanced-j2k-1slab", "rle-other-protocol"],
+)
+def test_scanner_variety_is_processed(options: dict[str, object], tmp_path: Path) -> None:
+    exam = make_exams(tmp_path / "phantom", seed=9, **options)[0]
+    assert _process(exam.dicom_dir, tmp_path / "out", exam.site_protocols) == 0
+    out_dir = tmp_path / "out" / exam.study_uid
+    summary = json.loads((out_dir / "summary.json").read_text())
+    for slab in summary["slabs"]:
+        assert abs(slab["scanner_t1_agreement"]["median_difference_ms"]) < 5
+    n_slabs = 1 if options.get("slabs") == 1 else 2
+    assert len(summary["slabs"]) == n_slabs
+    _truth_t1_check(exam, out_dir, n_slabs)
+
+
+def test_phantom_command_writes_a_cohort(tmp_path: Path) -> None:
+    argv = ["phantom", "--out", str(tmp_path), "--controls", "1", "--patients", "0"]
+    argv += ["--matrix", "128", "--slices", "4", "--slabs", "1", "--seed", "3"]
+    assert main(argv) == 0
+    cohort = json.loads((tmp_path / "cohort.json").read_text())
+    assert [s["kind"] for s in cohort] == ["control"]
+    assert (tmp_path / "site-protocols.toml").exists()
+    assert main(["phantom", "--out", str(tmp_path), "--matrix", "7"]) == 1

@@ -1,0 +1,227 @@
+"""End to end: DCMTK storescu as the scanner -> `cordt1 serve` -> a real Orthanc as the PACS."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from service.pacs import OrthancPacs, free_port, orthanc_binary
+from service.store import JobState
+from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exam(tmp_path_factory: pytest.TempPathFactory) -> PhantomExam:
+    return make_exams(tmp_path_factory.mktemp("phantom"), seed=21)[0]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancPacs]:
+    assert orthanc_binary(), "Orthanc is not installed (scripts/bootstrap.sh installs it)"
+    pacs = OrthancPacs.start(tmp_path / "orthanc")
+    yield pacs
+    pacs.stop()
+
+
+def _dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
+    path = tmp_path / "check.dcm"
+    path.write_bytes(data)
+    out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def _check_results_in_pacs(
+    pacs: OrthancPacs, exam: PhantomExam, service: ServiceProcess, tmp_path: Path
+) -> None:
+    jobs = service.wait_for_jobs(finished)
+    assert [j.state for j in jobs] == [JobState.DONE], [j.error for j in jobs]
+    job = jobs[0]
+    expected = {slab["result_sop_instance_uid"] for slab in job.result["summary"]["slabs"]}
+    assert len(expected) == 2  # one T1 map per slab
+    in_pacs = pacs.sop_instance_uids(exam.study_uid)
+    assert expected <= in_pacs
+    uni_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in exam.dicom_dir.glob("*UNI*/*.dcm")
+    }
+    for uid in expected:
+        data = pacs.instance_file(uid)
+        pm = pydicom.dcmread(io.BytesIO(data))
+        assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
+        assert pm.StudyInstanceUID == exam.study_uid
+        assert "DERIVED" in pm.ImageType
+        assert pm.Manufacturer == "cordt1"
+        referenced = {
+            ref.ReferencedSOPInstanceUID
+            for series in pm.ReferencedSeriesSequence
+            for ref in series.ReferencedInstanceSequence
+        }
+        assert referenced and referenced <= uni_uids
+        assert _dciodvfy_errors(data, tmp_path) == []
+    events = [e["kind"] for e in service.store().events(limit=500)]
+    assert "association" in events and "results.sent" in events
+
+
+def test_exam_from_scanner_reaches_the_pacs_with_embedded_defaults(
+    exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    service = ServiceProcess(
+        tmp_path, destination=orthanc.destination, site_protocols=exam.site_protocols
+    ).start()
+    try:
+        sent = storescu(service.port, [exam.dicom_dir])
+        assert sent.returncode == 0, sent.stderr
+        _check_results_in_pacs(orthanc, exam, service, tmp_path)
+    finally:
+        service.stop()
+
+
+def test_exam_reaches_the_pacs_through_redis_and_postgresql(
+    exam: PhantomExam,
+    orthanc: OrthancPacs,
+    tmp_path: Path,
+    redis_url: str,
+    postgres_url: str,
+) -> None:
+    service = ServiceProcess(
+        tmp_path,
+        destination=orthanc.destination,
+        site_protocols=exam.site_protocols,
+        broker=redis_url.rsplit("/", 1)[0] + "/7",
+        database_url=postgres_url,
+    ).start()
+    try:
+        sent = storescu(service.port, [exam.dicom_dir])
+        assert sent.returncode == 0, sent.stderr
+        _check_results_in_pacs(orthanc, exam, service, tmp_path)
+    finally:
+        service.stop()
+
+
+def test_missing_protocol_values_fail_the_job_with_a_clear_error(
+    exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    empty_profile = tmp_path / "site.toml"
+    empty_profile.write_text("")
+    service = ServiceProcess(
+        tmp_path, destination=orthanc.destination, site_protocols=empty_profile
+    ).start()
+    try:
+        assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.FAILED]
+        assert "echo_spacing_s" in jobs[0].error and "n_excitations" in jobs[0].error
+        assert orthanc.sop_instance_uids(exam.study_uid) == set()
+    finally:
+        service.stop()
+
+
+def test_pacs_down_is_retried_then_failed_and_retry_delivers(
+    exam: PhantomExam, tmp_path: Path
+) -> None:
+    dead_port = free_port()
+    service = ServiceProcess(
+        tmp_path,
+        destination=f"ORTHANC@127.0.0.1:{dead_port}",
+        site_protocols=exam.site_protocols,
+        extra_toml="",
+    )
+    text = service.config.read_text()
+    service.config.write_text(
+        text.replace("attempts = 3", "attempts = 2").replace(
+            "retry_interval_s = 5", "retry_interval_s = 1"
+        )
+    )
+    service.start()
+    try:
+        assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.FAILED]
+        assert "not delivered after 2 attempt(s)" in jobs[0].error
+        assert f"127.0.0.1:{dead_port}" in jobs[0].error
+    finally:
+        service.stop()
+
+
+def test_unknown_calling_ae_is_rejected_and_recorded(
+    exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    service = ServiceProcess(
+        tmp_path,
+        destination=orthanc.destination,
+        site_protocols=exam.site_protocols,
+    )
+    text = service.config.read_text()
+    service.config.write_text(
+        text.replace("[send]", '[node.allowed_calling_aes]\nMR7T = "127.0.0.1"\n\n[send]')
+    )
+    service.start()
+    try:
+        rejected = storescu(service.port, [exam.dicom_dir], calling_ae="INTRUDER")
+        assert rejected.returncode != 0
+        accepted = storescu(service.port, [exam.dicom_dir], calling_ae="MR7T")
+        assert accepted.returncode == 0, accepted.stderr
+        jobs = service.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.DONE]
+        messages = [e["message"] for e in service.store().events(limit=500)]
+        assert any("INTRUDER" in m and "rejected" in m for m in messages)
+        assert not list((service.data_dir / "spool").rglob("*INTRUDER*"))
+    finally:
+        service.stop()
+
+
+def test_results_sent_back_by_the_pacs_start_no_job(
+    exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    service = ServiceProcess(
+        tmp_path, destination=orthanc.destination, site_protocols=exam.site_protocols
+    ).start()
+    store = service.store()
+    try:
+        assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished)
+        result_files = [Path(p) for p in jobs[0].result["dicom"]]
+        echoed = storescu(service.port, result_files, calling_ae="ORTHANC", extra=("-R",))
+        assert echoed.returncode == 0, echoed.stderr
+        own = [i for i in store.instance_infos(include_own=True) if i["is_own_result"]]
+        assert len(own) == len(result_files)
+        # Absence of a job can only be shown by waiting: three times the settle time.
+        time.sleep(3.0)
+        assert len(store.list_jobs()) == 1
+    finally:
+        store.close()
+        service.stop()
+
+
+def test_jobs_queued_while_no_worker_runs_finish_after_a_restart(
+    exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    receiver = ServiceProcess(
+        tmp_path,
+        destination=orthanc.destination,
+        site_protocols=exam.site_protocols,
+        workers=0,
+    ).start()
+    try:
+        assert storescu(receiver.port, [exam.dicom_dir]).returncode == 0
+        jobs = receiver.wait_for_jobs(lambda js: len(js) == 1)
+        assert jobs[0].state is JobState.QUEUED
+    finally:
+        receiver.stop()
+    text = receiver.config.read_text().replace("workers = 0", "workers = 1")
+    receiver.config.write_text(text)
+    restarted = receiver.start()
+    try:
+        jobs = restarted.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.DONE]
+        assert jobs[0].attempts == 1  # delivered once, even though it was queued twice
+    finally:
+        restarted.stop()
