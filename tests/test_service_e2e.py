@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,40 @@ def test_jobs_queued_while_no_worker_runs_finish_after_a_restart(
         assert jobs[0].attempts == 1  # delivered once, even though it was queued twice
     finally:
         restarted.stop()
+
+
+def test_serve_flags_override_the_configuration(tmp_path: Path) -> None:
+    from service.demo import dcmtk_tool
+    from service.pacs import wait_for_port
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--ae-title",
+        "FLAGAET",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--destination",
+        "PACS@127.0.0.1:1",
+        "--workers",
+        "0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout_s=60)
+        echoscu = dcmtk_tool("echoscu")
+        assert echoscu
+        good = subprocess.run([echoscu, "-aec", "FLAGAET", "127.0.0.1", str(port)], check=False)
+        bad = subprocess.run([echoscu, "-aec", "CORDT1", "127.0.0.1", str(port)], check=False)
+        assert good.returncode == 0 and bad.returncode != 0
+        assert (tmp_path / "d" / "jobs.sqlite").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
