@@ -1,0 +1,209 @@
+"""Grey/white matter split inside the cord: Gaussian mixture + spatial prior + smoothness.
+
+GM (T1 about 1.31 s) and WM (about 1.19 s) differ by less than twice the voxel noise at 7 T,
+so a voxel-wise threshold fails. The split combines three pieces of evidence in log-odds:
+
+- intensity: a two-class Gaussian mixture (shared variance) fitted per exam by EM inside the
+  cord, with the spatial prior as each voxel's mixing weight; voxels far outside both classes
+  (lesions, partial volume) carry no intensity evidence;
+- the spatial GM prior (from the template, sampled on the exam grid);
+- smoothness: a mean-field Potts term that pulls each voxel towards its in-plane neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+__all__ = ["TissueMixture", "fit_tissue_mixture", "split_gm_wm"]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+_PRIOR_RANGE = (0.01, 0.99)
+
+
+@dataclass(frozen=True)
+class TissueMixture:
+    """Two-class Gaussian mixture of T1 inside the cord.
+
+    Attributes
+    ----------
+    gm_ms, wm_ms : float
+        Class means (ms).
+    sd_ms : float
+        Shared within-class standard deviation (ms).
+    """
+
+    gm_ms: float
+    wm_ms: float
+    sd_ms: float
+
+    def log_odds(self, t1_ms: FloatArray, *, outlier_sd: float = 2.5) -> FloatArray:
+        """Log-likelihood ratio GM : WM per voxel (0 for values far outside both classes)."""
+        t1 = np.asarray(t1_ms, dtype=np.float64)
+        var = self.sd_ms**2
+        llr = ((t1 - self.wm_ms) ** 2 - (t1 - self.gm_ms) ** 2) / (2 * var)
+        low = min(self.gm_ms, self.wm_ms) - outlier_sd * self.sd_ms
+        high = max(self.gm_ms, self.wm_ms) + outlier_sd * self.sd_ms
+        return np.where(np.isfinite(t1) & (t1 >= low) & (t1 <= high), llr, 0.0)
+
+
+def fit_tissue_mixture(
+    t1_ms: FloatArray, gm_prior: FloatArray, *, iterations: int = 30
+) -> TissueMixture:
+    """Fit the GM/WM mixture by EM with the spatial prior as per-voxel mixing weight.
+
+    Parameters
+    ----------
+    t1_ms, gm_prior : ndarray
+        T1 (ms) and GM prior probability of the voxels to fit (same shape, any).
+    iterations : int
+        EM iterations.
+
+    Returns
+    -------
+    TissueMixture
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> prior = np.r_[np.full(3000, 0.8), np.full(7000, 0.1)]
+    >>> t1 = np.r_[rng.normal(1310, 70, 3000), rng.normal(1190, 70, 7000)]
+    >>> m = fit_tissue_mixture(t1, prior)
+    >>> bool(abs(m.gm_ms - 1310) < 30 and abs(m.wm_ms - 1190) < 20)
+    True
+    """
+    t1 = np.asarray(t1_ms, dtype=np.float64).ravel()
+    prior = np.clip(np.asarray(gm_prior, dtype=np.float64).ravel(), *_PRIOR_RANGE)
+    if t1.shape != prior.shape:
+        raise ValueError("t1_ms and gm_prior must have the same number of voxels")
+    keep = np.isfinite(t1) & np.isfinite(prior)
+    t1, prior = t1[keep], prior[keep]
+    if t1.size < 20:
+        raise ValueError(f"too few voxels ({t1.size}) to fit a GM/WM mixture")
+    # Robust EM: lesions (T1 far above GM) and partial volume would drag the GM class up, so
+    # each M-step uses only voxels within a few SD of the class means.
+    q = prior.copy()
+    median = float(np.median(t1))
+    gm = wm = median
+    var = (1.4826 * float(np.median(np.abs(t1 - median)))) ** 2
+    inlier = np.ones(t1.size, dtype=bool)
+    for _ in range(iterations):
+        w = q * inlier
+        gm = float(np.sum(w * t1) / max(w.sum(), 1e-9))
+        w = (1 - q) * inlier
+        wm = float(np.sum(w * t1) / max(w.sum(), 1e-9))
+        resid = q * (t1 - gm) ** 2 + (1 - q) * (t1 - wm) ** 2
+        var = max(float(np.sum(resid * inlier) / max(inlier.sum(), 1)), 1.0)
+        sd = np.sqrt(var)
+        inlier = (t1 > min(gm, wm) - 3.0 * sd) & (t1 < max(gm, wm) + 2.5 * sd)
+        llr = ((t1 - wm) ** 2 - (t1 - gm) ** 2) / (2 * var)
+        logit = np.clip(llr + np.log(prior / (1 - prior)), -30, 30)
+        q = 1.0 / (1.0 + np.exp(-logit))
+    return TissueMixture(gm_ms=gm, wm_ms=wm, sd_ms=float(np.sqrt(var)))
+
+
+def _smooth_inside(t1: FloatArray, mask: BoolArray, sigma_vox: tuple[float, float]) -> FloatArray:
+    """In-plane Gaussian smoothing restricted to ``mask`` (normalised convolution)."""
+    sigma = (0.0, *sigma_vox)
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
+    total = ndimage.gaussian_filter(np.where(mask, t1, 0.0), sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mask & (weight > 1e-6), total / weight, t1)
+
+
+def split_gm_wm(
+    t1_ms: FloatArray,
+    cord: BoolArray,
+    gm_prior: FloatArray,
+    *,
+    voxel_mm: tuple[float, float, float],
+    smoothness: float = 1.5,
+    iterations: int = 8,
+    edge_mm: float = 0.35,
+    denoise_mm: float = 0.25,
+) -> tuple[BoolArray, BoolArray]:
+    """Split the cord into grey and white matter.
+
+    Parameters
+    ----------
+    t1_ms : ndarray, shape (n_slices, rows, cols)
+        T1 (ms).
+    cord : ndarray of bool, same shape
+        Whole-cord mask (from :func:`segment_cord`).
+    gm_prior : ndarray, same shape
+        GM probability per voxel (template prior sampled on the exam grid); NaN counts as
+        "no information" (0.5 is not assumed: NaN voxels get the cord's mean prior).
+    voxel_mm : tuple of float
+        ``(slice_mm, row_mm, col_mm)``.
+    smoothness : float
+        Weight (log-odds) of the neighbourhood agreement term.
+    iterations : int
+        Mean-field iterations.
+    edge_mm : float
+        Voxels closer than this to the cord edge (partial volume with CSF) carry no
+        intensity evidence.
+
+    Returns
+    -------
+    gm, wm : ndarray of bool
+        Disjoint masks whose union is ``cord``.
+
+    Raises
+    ------
+    ValueError
+        For mismatched shapes, bad voxel sizes or a cord too small to fit the mixture.
+    """
+    t1 = np.asarray(t1_ms, dtype=np.float64)
+    cord = np.asarray(cord, dtype=bool)
+    prior = np.asarray(gm_prior, dtype=np.float64)
+    if t1.ndim != 3 or cord.shape != t1.shape or prior.shape != t1.shape:
+        raise ValueError(
+            f"t1_ms, cord and gm_prior must be 3-D with one shape, got {t1.shape}, "
+            f"{cord.shape}, {prior.shape}"
+        )
+    spacing = tuple(float(x) for x in voxel_mm)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"voxel_mm must be 3 positive sizes, got {voxel_mm}")
+    if smoothness < 0 or iterations < 0 or edge_mm < 0:
+        raise ValueError("smoothness, iterations and edge_mm must be >= 0")
+    gm = np.zeros(cord.shape, dtype=bool)
+    if not cord.any():
+        return gm, gm.copy()
+    if not np.isfinite(prior[cord]).any():
+        raise ValueError("gm_prior has no finite value inside the cord")
+    mean_prior = float(np.nanmean(prior[cord]))
+    prior = np.clip(np.where(np.isfinite(prior), prior, mean_prior), *_PRIOR_RANGE)
+
+    # work on the cord's bounding box
+    box = ndimage.find_objects(cord.astype(np.int8))[0]
+    box = tuple(
+        slice(max(b.start - 2, 0), min(b.stop + 2, n)) if axis else b
+        for axis, (b, n) in enumerate(zip(box, cord.shape, strict=True))
+    )
+    c, t, p = cord[box], t1[box], prior[box]
+    depth = np.stack(
+        [ndimage.distance_transform_edt(sl, sampling=spacing[1:]) for sl in c]
+    )  # distance to the edge, in-plane
+    interior = c & (depth > edge_mm) & np.isfinite(t)
+    if denoise_mm > 0:
+        t = _smooth_inside(t, interior, (denoise_mm / spacing[1], denoise_mm / spacing[2]))
+    fit_on = interior if interior.sum() >= 50 else c & np.isfinite(t)
+    mixture = fit_tissue_mixture(t[fit_on], p[fit_on])
+    llr = np.where(interior, mixture.log_odds(t), 0.0)
+    base = llr + np.log(p / (1 - p))
+    kernel = np.ones((1, 3, 3))
+    kernel[0, 1, 1] = 0.0
+    neighbours = ndimage.convolve(c.astype(np.float64), kernel, mode="constant")
+    q = np.where(c, 1.0 / (1.0 + np.exp(-np.clip(base, -30, 30))), 0.0)
+    for _ in range(iterations):
+        gm_sum = ndimage.convolve(q, kernel, mode="constant")
+        wm_sum = neighbours - gm_sum
+        field = smoothness * (gm_sum - wm_sum) / np.maximum(neighbours, 1.0)
+        q = np.where(c, 1.0 / (1.0 + np.exp(-np.clip(base + field, -30, 30))), 0.0)
+    gm[box] = c & (q > 0.5)
+    return gm, cord & ~gm
