@@ -214,14 +214,29 @@ def retry(
 @click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--site-protocols", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Normative model directory (Z-scores, abnormal voxels, lesion candidates).",
+)
+@click.option("--z-threshold", type=float, default=None, help="Abnormal above this Z.")
 @click.pass_context
 def process(
-    ctx: click.Context, input_dir: Path, out_dir: Path, site_protocols: Path | None
+    ctx: click.Context,
+    input_dir: Path,
+    out_dir: Path,
+    site_protocols: Path | None,
+    model_dir: Path | None,
+    z_threshold: float | None,
 ) -> None:
     """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/."""
     from service.offline import process_folder
 
-    settings = _settings(ctx, site_protocols=site_protocols)
+    settings = _settings(
+        ctx, site_protocols=site_protocols, model_dir=model_dir, z_threshold=z_threshold
+    )
     report = process_folder(input_dir, out_dir, settings)
     for line in report.lines():
         click.echo(line)
@@ -267,6 +282,49 @@ def phantom(
         options=phantom_options,
     )
     click.echo(f"cohort written: {cohort}")
+
+
+@cli.group()
+def model() -> None:
+    """Normative models built from healthy controls."""
+
+
+@model.command("build")
+@click.argument("controls_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--site-protocols", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--overwrite", is_flag=True, help="Replace a model already in OUT.")
+@click.pass_context
+def model_build(
+    ctx: click.Context,
+    controls_dir: Path,
+    out_dir: Path,
+    site_protocols: Path | None,
+    overwrite: bool,
+) -> None:
+    """Build a normative T1 model from the DICOM exams of healthy controls in CONTROLS_DIR."""
+    from datetime import UTC, datetime
+
+    from service.exam import ExamError
+    from service.model_build import build_model
+    from service.protocol import load_site_protocols
+
+    settings = _settings(ctx, site_protocols=site_protocols)
+    try:
+        metadata = build_model(
+            controls_dir,
+            out_dir,
+            profiles=load_site_protocols(settings.site_protocols),
+            created_at=datetime.now(UTC),
+            overwrite=overwrite,
+            progress=lambda message: click.echo(f"  {message}"),
+        )
+    except (ExamError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"model {metadata.model_version}: {metadata.n_controls} controls, protocol "
+        f"{metadata.protocol_name!r}, written to {out_dir}"
+    )
 
 
 @cli.group()

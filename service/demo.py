@@ -189,8 +189,11 @@ def run_demo(
             click.style(f"results in the PACS {elapsed:.1f} s after the exam was sent", fg="green")
         )
         _say(f"{len(expected)} T1 Parametric Map(s) stored in {pacs.where(study_uid)}")
-        t1 = summary["t1_ms"]["foreground"]
-        _say(f"T1 in the imaged tissue: median {t1.get('median')} ms")
+        t1 = summary["t1_ms"]
+        _say(
+            f"mean T1 in the cord {t1.get('cord')} ms (white matter {t1.get('wm')} ms, "
+            f"grey matter {t1.get('gm')} ms); QC {summary['qc']['verdict']}"
+        )
         _say(f"outputs (DICOM, NIfTI, summary.json): {job.result['out_dir']}")
         _say(f"job list: cordt1 --config {config} status")
         code = 0

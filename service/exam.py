@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import pydicom
 from dicom_node.components import Component, classify
 from service.volumes import SeriesVolume, group_by_series, load_series, same_grid
 
-__all__ = ["ExamError", "ExamSeries", "Slab", "find_exam_series", "match_slabs"]
+__all__ = ["ExamError", "ExamSeries", "Slab", "dicom_files", "find_exam_series", "match_slabs"]
 
 
 class ExamError(Exception):
@@ -48,6 +49,19 @@ class Slab:
         if volume is None:
             raise ExamError(f"slab {self.index} has neither UNI nor T1 map")
         return volume
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """Every Part-10 DICOM file under ``folder`` (any layout), sorted."""
+    files = []
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            with path.open("rb") as fh:
+                head = fh.read(132)
+            if head[128:132] == b"DICM":
+                files.append(path)
+    return sorted(files)
 
 
 def find_exam_series(paths: Iterable[Path]) -> dict[str, ExamSeries]:

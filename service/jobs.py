@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import shutil
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -19,6 +20,7 @@ from dicom_node.scu import Destination, SendError, send
 from reports.identity import ResultIdentity
 from service import __version__
 from service.exam import ExamError, ExamSeries
+from service.model_build import ScoringModel, load_scoring_model
 from service.pipeline import process_exam
 from service.protocol import load_site_protocols
 from service.settings import Settings
@@ -56,6 +58,7 @@ class JobRunner:
 
     settings: Settings
     store: JobStore
+    _scoring_model: ScoringModel | None = field(default=None, repr=False)
 
     def job_dir(self, job_id: int) -> Path:
         """Where a job writes its outputs."""
@@ -81,6 +84,9 @@ class JobRunner:
                 out_dir,
                 profiles=load_site_protocols(self.settings.site_protocols),
                 identity=result_identity(self.settings),
+                model=self._model(),
+                z_threshold=self.settings.z_threshold,
+                prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid),
             )
         except ExamError as exc:
             log.warning("job %d failed: %s", job_id, exc)
@@ -154,6 +160,39 @@ class JobRunner:
             result=result,
         )
         return SendOutcome.RETRY
+
+    def _model(self) -> ScoringModel | None:
+        """The configured normative model (loaded once per worker process)."""
+        if self.settings.model_dir is None:
+            return None
+        if self._scoring_model is None:
+            try:
+                self._scoring_model = load_scoring_model(self.settings.model_dir)
+            except (OSError, ValueError) as exc:
+                raise ExamError(
+                    f"normative model {self.settings.model_dir} cannot be loaded: {exc}"
+                ) from exc
+        return self._scoring_model
+
+    def _prior_summary(self, job_id: int, patient: str, study_uid: str) -> dict[str, Any] | None:
+        """Summary of the same patient's most recent earlier exam, if one was processed."""
+        if not patient:
+            return None
+        earlier = [
+            j
+            for j in self.store.list_jobs(limit=100000, states=[JobState.DONE])
+            if j.patient_key == patient
+            and j.study_uid != study_uid
+            and j.id != job_id
+            and "summary" in j.result
+        ]
+        if not earlier:
+            return None
+        latest = max(
+            earlier, key=lambda j: (j.result["summary"]["exam"].get("study_date", ""), j.id)
+        )
+        summary: dict[str, Any] = latest.result["summary"]
+        return summary
 
     def _exam(self, study_uid: str, series_uids: tuple[str, ...]) -> ExamSeries:
         exam = ExamSeries(study_uid=study_uid)

@@ -1,4 +1,5 @@
-"""Run one exam end to end on files: T1 maps, result objects, NIfTI copies, summary.json.
+"""Run one exam end to end on files: T1, segmentation, template, Z-scores, lesions, QC, and
+every output (result DICOM objects, NIfTI maps and masks, summary.json).
 
 The same function serves the offline CLI (`cordt1 process`) and the Celery worker, so both
 produce identical outputs.
@@ -11,24 +12,43 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
+from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
+from processing.stats import DEFAULT_Z_THRESHOLD
+from processing.template import geometric_gm_prior
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind, build_parametric_map
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
+from service.history import follow_up_block
 from service.nifti import to_nifti
 from service.protocol import ProtocolError, SiteProtocol, protocol_from_headers
+from service.quantify import (
+    SlabAnatomy,
+    SlabScores,
+    assess_exam,
+    lesion_template_centres,
+    normal_appearing_statistics,
+    pool_region_statistics,
+    score_slab,
+    segment_slab,
+    stats_to_summary,
+)
 
-__all__ = ["ExamOutputs", "process_exam"]
+if TYPE_CHECKING:
+    from service.model_build import ScoringModel
+
+__all__ = ["ExamOutputs", "process_exam", "slab_t1"]
 
 log = logging.getLogger(__name__)
 
-RESULT_SERIES_NUMBER = 9100
+T1_SERIES_NUMBER = 9100
+Z_SERIES_NUMBER = 9200
 
 
 @dataclass
@@ -68,19 +88,33 @@ def _t1_statistics(t1_ms: NDArray[np.float64], mask: NDArray[np.bool_]) -> dict[
     }
 
 
-def _slab_t1(
+def slab_t1(
     slab: Slab, profiles: list[SiteProtocol]
-) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """T1 (ms) of one slab from UNI and the protocol, or the scanner's map without UNI."""
+) -> tuple[NDArray[np.float64], dict[str, Any], MP2RAGEProtocol | None]:
+    """T1 (ms) of one slab from UNI and the protocol, or the scanner's map without UNI.
+
+    Returns
+    -------
+    t1_ms, info, protocol
+        ``protocol`` is None when the scanner's T1 map was used.
+
+    Raises
+    ------
+    ExamError
+        If the protocol values are missing or inconsistent.
+    """
     if slab.uni is None:
         assert slab.t1map is not None
-        return slab.t1map.array.astype(np.float64), {"t1_source": "scanner T1 map"}
-    protocol, sources = protocol_from_headers(
-        uni=slab.uni.datasets[0],
-        inv1=slab.inv1.datasets[0] if slab.inv1 else None,
-        inv2=slab.inv2.datasets[0] if slab.inv2 else None,
-        profiles=profiles,
-    )
+        return slab.t1map.array.astype(np.float64), {"t1_source": "scanner T1 map"}, None
+    try:
+        protocol, sources = protocol_from_headers(
+            uni=slab.uni.datasets[0],
+            inv1=slab.inv1.datasets[0] if slab.inv1 else None,
+            inv2=slab.inv2.datasets[0] if slab.inv2 else None,
+            profiles=profiles,
+        )
+    except ProtocolError as exc:
+        raise ExamError(str(exc)) from exc
     table = _lookup_table(protocol)
     t1_ms = t1_from_uni(stored_to_uni(slab.uni.array), table) * 1000.0
     info = {
@@ -98,7 +132,7 @@ def _slab_t1(
             round(float(v) * 1000, 1) for v in table.monotonic_part()[0][[0, -1]]
         ],
     }
-    return t1_ms, info
+    return t1_ms, info, protocol
 
 
 def _scanner_agreement(
@@ -128,12 +162,70 @@ def _exam_identity(slab: Slab) -> dict[str, Any]:
     }
 
 
+def _check_model(
+    scoring: ScoringModel, slabs: list[Slab], protocol: MP2RAGEProtocol | None
+) -> None:
+    from service.model_store import ProtocolMismatch, check_protocol
+
+    if len(slabs) != scoring.n_slabs:
+        raise ExamError(
+            f"exam has {len(slabs)} slab(s); normative model {scoring.metadata.model_version} "
+            f"was built for {scoring.n_slabs}: a missing or extra slab cannot be scored"
+        )
+    if protocol is None:
+        raise ExamError("exam has no UNI series: its protocol cannot be checked against the model")
+    try:
+        check_protocol(scoring.metadata, protocol)
+    except ProtocolMismatch as exc:
+        raise ExamError(str(exc)) from exc
+
+
+class _Writer:
+    """Writes one exam's files and remembers them."""
+
+    def __init__(self, out: ExamOutputs) -> None:
+        self.out = out
+        (out.out_dir / "dicom").mkdir(parents=True, exist_ok=True)
+        (out.out_dir / "nifti").mkdir(parents=True, exist_ok=True)
+
+    def nifti(self, name: str, array: NDArray[Any], affine_lps: NDArray[np.float64]) -> None:
+        path = self.out.out_dir / "nifti" / name
+        nib.save(to_nifti(array, affine_lps), path)
+        self.out.nifti_files.append(path)
+
+    def parametric_map(
+        self,
+        slab: Slab,
+        values: NDArray[np.float64],
+        kind: MapKind,
+        series_number: int,
+        identity: ResultIdentity,
+        name: str,
+    ) -> str:
+        reference = slab.reference
+        pm = build_parametric_map(
+            reference.datasets,
+            reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
+            kind,
+            series_number=series_number,
+            identity=identity,
+        )
+        path = self.out.out_dir / "dicom" / name
+        pm.save_as(path, enforce_file_format=True)
+        self.out.dicom_files.append(path)
+        return str(pm.SOPInstanceUID)
+
+
 def process_exam(
     exam: ExamSeries,
     out_dir: Path,
     *,
     profiles: list[SiteProtocol],
     identity: ResultIdentity,
+    model: ScoringModel | None = None,
+    reader_lesions: list[NDArray[np.int32]] | None = None,
+    z_threshold: float = DEFAULT_Z_THRESHOLD,
+    prior_summary: dict[str, Any] | None = None,
 ) -> ExamOutputs:
     """Compute and write every result of one exam into ``out_dir``.
 
@@ -147,47 +239,64 @@ def process_exam(
         The site protocol profile (values the headers lack).
     identity : ResultIdentity
         Software name, version and research-use text every result carries.
+    model : ScoringModel or None
+        Normative model; without it T1, segmentation and regional T1 are still written.
+    reader_lesions : list of ndarray or None
+        Reader lesion labels per slab (on each slab's grid).
+    z_threshold : float
+        One-sided threshold for abnormal voxels.
+    prior_summary : dict or None
+        summary.json of the same patient's previous exam, for the follow-up comparison.
 
     Raises
     ------
     ExamError
-        If the exam cannot be processed (missing series, protocol values, bad geometry).
+        If the exam cannot be processed (missing series or protocol values, bad geometry,
+        protocol or slab count not the model's).
     """
     try:
         slabs = match_slabs(exam)
     except ValueError as exc:
         raise ExamError(f"cannot read the exam's images: {exc}") from exc
+    if reader_lesions is not None and len(reader_lesions) != len(slabs):
+        raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
+    t1_maps, infos, protocols = zip(*(slab_t1(slab, profiles) for slab in slabs), strict=True)
+    if model is not None:
+        _check_model(model, slabs, protocols[0])
     out = ExamOutputs(out_dir=out_dir, summary={})
-    (out_dir / "dicom").mkdir(parents=True, exist_ok=True)
-    (out_dir / "nifti").mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out)
+    n_slabs = len(slabs)
+    prior = model.gm_prior if model is not None else geometric_gm_prior(n_slabs)
+
+    anatomies: list[SlabAnatomy] = []
+    scores: list[SlabScores] = []
+    foregrounds = []
     slab_summaries = []
-    all_t1 = []
-    for slab in slabs:
-        try:
-            t1_ms, info = _slab_t1(slab, profiles)
-        except ProtocolError as exc:
-            raise ExamError(str(exc)) from exc
-        mask = _foreground(slab)
-        reference = slab.reference
+    for i, slab in enumerate(slabs):
+        t1_ms, reference = t1_maps[i], slab.reference
+        voxel_mm, affine = reference.voxel_mm, reference.affine_lps
+        foreground = _foreground(slab)
+        foregrounds.append(foreground)
+        anatomy = segment_slab(
+            t1_ms,
+            index=slab.index,
+            n_slabs=n_slabs,
+            voxel_mm=voxel_mm,
+            affine_lps=affine,
+            gm_prior_template=prior,
+            inv2=slab.inv2.array if slab.inv2 is not None else None,
+        )
+        slab_scores = score_slab(
+            t1_ms,
+            anatomy,
+            model=model.model if model else None,
+            voxel_mm=voxel_mm,
+            affine_lps=affine,
+            reader_lesions=reader_lesions[i] if reader_lesions is not None else None,
+        )
+        anatomies.append(anatomy)
+        scores.append(slab_scores)
         finite = np.isfinite(t1_ms)
-        outside = float(np.mean(~finite[mask])) if mask.any() else 1.0
-        pm = build_parametric_map(
-            reference.datasets,
-            reference.to_source_order(np.where(finite, t1_ms, 0.0)),
-            MapKind.T1_MS,
-            series_number=RESULT_SERIES_NUMBER + slab.index,
-            identity=identity,
-        )
-        pm_path = out_dir / "dicom" / f"t1map_slab{slab.index}.dcm"
-        pm.save_as(pm_path, enforce_file_format=True)
-        out.dicom_files.append(pm_path)
-        nifti_path = out_dir / "nifti" / f"slab{slab.index}_t1_ms.nii.gz"
-        nib.save(
-            to_nifti(np.where(finite, t1_ms, 0.0).astype(np.float32), reference.affine_lps),
-            nifti_path,
-        )
-        out.nifti_files.append(nifti_path)
-        all_t1.append(t1_ms[mask])
         slab_summaries.append(
             {
                 "slab": slab.index,
@@ -199,28 +308,155 @@ def process_exam(
                     for name in ("uni", "inv1", "inv2", "t1map", "b1map")
                     if getattr(slab, name) is not None
                 ),
-                **info,
+                **infos[i],
                 "b1_corrected": False,
-                "foreground_t1_ms": _t1_statistics(t1_ms, mask),
-                "outside_lookup_percent": round(100.0 * outside, 2),
-                "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, mask),
-                "result_sop_instance_uid": str(pm.SOPInstanceUID),
+                "foreground_t1_ms": _t1_statistics(t1_ms, foreground),
+                "outside_lookup_percent": round(100.0 * float(np.mean(~finite[foreground])), 2)
+                if foreground.any()
+                else 100.0,
+                "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
+                "cord_slices_found": int(anatomy.segmentation.found.sum()),
+                "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
             }
         )
-    pooled = np.concatenate(all_t1) if all_t1 else np.empty(0)
-    out.summary = {
+
+    cord_t1 = np.concatenate([t[a.cord] for t, a in zip(t1_maps, anatomies, strict=True)])
+    outside_in_cord = float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else None
+    qc = assess_exam(
+        anatomies=anatomies,
+        inv2=[s.inv2.array if s.inv2 is not None else None for s in slabs],
+        foregrounds=foregrounds,
+        outside_lookup_in_cord=outside_in_cord,
+        voxel_mm=[s.reference.voxel_mm for s in slabs],
+        model_valid=[s.model_valid for s in scores] if model is not None else [],
+        protocol_matches_model=True if model is not None else None,
+        b1_corrected=False,
+    )
+    scored = model is not None and qc.verdict != "fail"
+
+    for slab, t1_ms, anatomy, slab_scores, slab_summary in zip(
+        slabs, t1_maps, anatomies, scores, slab_summaries, strict=True
+    ):
+        affine = slab.reference.affine_lps
+        k = slab.index
+        slab_summary["result_sop_instance_uid"] = writer.parametric_map(
+            slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, identity, f"t1map_slab{k}.dcm"
+        )
+        writer.nifti(f"slab{k}_t1_ms.nii.gz", np.nan_to_num(t1_ms).astype(np.float32), affine)
+        for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
+            writer.nifti(f"slab{k}_{name}.nii.gz", mask.astype(np.uint8), affine)
+        writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels.astype(np.int16), affine)
+        if scored and slab_scores.z is not None:
+            slab_summary["z_sop_instance_uid"] = writer.parametric_map(
+                slab,
+                slab_scores.z,
+                MapKind.Z_SCORE,
+                Z_SERIES_NUMBER + k,
+                identity,
+                f"zmap_slab{k}.dcm",
+            )
+            writer.nifti(
+                f"slab{k}_z.nii.gz", np.nan_to_num(slab_scores.z).astype(np.float32), affine
+            )
+        for name, labels in (
+            ("lesions_reader", slab_scores.reader_lesions),
+            ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
+        ):
+            if labels is not None:
+                writer.nifti(f"slab{k}_{name}.nii.gz", labels.astype(np.int16), affine)
+
+    summary = _summary(
+        slabs, slab_summaries, t1_maps, anatomies, scores, scored, z_threshold, identity
+    )
+    summary["qc"] = {"verdict": qc.verdict, "reasons": list(qc.reasons), "metrics": qc.metrics}
+    if model is not None:
+        summary["model"] = model.summary()
+    if prior_summary is not None and scored:
+        summary["follow_up"] = follow_up_block(prior_summary, summary)
+    summary["outputs"] = {
+        "dicom": [p.name for p in out.dicom_files],
+        "nifti": [p.name for p in out.nifti_files],
+    }
+    out.summary = summary
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    log.info(
+        "exam processed: %d slab(s), QC %s, %d result object(s)",
+        len(slabs),
+        qc.verdict,
+        len(out.dicom_files),
+    )
+    return out
+
+
+def _summary(
+    slabs: list[Slab],
+    slab_summaries: list[dict[str, Any]],
+    t1_maps: tuple[NDArray[np.float64], ...],
+    anatomies: list[SlabAnatomy],
+    scores: list[SlabScores],
+    scored: bool,
+    z_threshold: float,
+    identity: ResultIdentity,
+) -> dict[str, Any]:
+    z_maps = [s.z if scored else None for s in scores]
+    stats = pool_region_statistics(
+        t1_maps, z_maps, [a.masks for a in anatomies], threshold=z_threshold
+    )
+    regions = stats_to_summary(stats)
+    lesions = []
+    for slab, anatomy, slab_scores in zip(slabs, anatomies, scores, strict=True):
+        centres: dict[str, dict[int, list[float]]] = {}
+        for source, labels in (
+            ("reader", slab_scores.reader_lesions),
+            ("candidate", slab_scores.candidate_lesions),
+        ):
+            if labels is not None:
+                centres[source] = lesion_template_centres(labels, anatomy.coords)
+        for lesion in slab_scores.lesions:
+            if lesion.source == "candidate" and not scored:
+                continue
+            entry = lesion.to_dict()
+            entry["label_in_slab"] = lesion.id
+            entry["id"] = len(lesions) + 1
+            entry["slab"] = slab.index
+            entry["centre_template"] = centres.get(lesion.source, {}).get(lesion.id)
+            lesions.append(entry)
+    summary: dict[str, Any] = {
         "software": {"name": identity.software_name, "version": identity.software_version},
         "exam": _exam_identity(slabs[0]),
         "slabs": slab_summaries,
-        "t1_ms": {"foreground": _t1_statistics(pooled, np.ones(pooled.shape, bool))},
         "b1_corrected": False,
         "b1_note": "T1 not corrected for B1+ (no B1 map used)",
         "research_use": identity.research_use_text,
-        "outputs": {
-            "dicom": [p.name for p in out.dicom_files],
-            "nifti": [p.name for p in out.nifti_files],
-        },
+        "t1_ms": {key: block["mean_t1_ms"] for key, block in regions.items()},
+        "regions": regions,
+        "lesions": lesions,
     }
-    (out_dir / "summary.json").write_text(json.dumps(out.summary, indent=2, sort_keys=True))
-    log.info("exam processed: %d slab(s), %d result object(s)", len(slabs), len(out.dicom_files))
-    return out
+    lesion_masks = [
+        (s.reader_lesions > 0) if s.reader_lesions is not None else np.zeros(t.shape, bool)
+        for s, t in zip(scores, t1_maps, strict=True)
+    ]
+    if scored:
+        summary["z_threshold"] = z_threshold
+        summary["abnormal_percent"] = {k: b["abnormal_percent"] for k, b in regions.items()}
+        summary["mean_z"] = {k: b["mean_z"] for k, b in regions.items()}
+        summary["normal_appearing"] = stats_to_summary(
+            normal_appearing_statistics(
+                t1_maps,
+                z_maps,
+                [a.masks for a in anatomies],
+                lesion_masks,
+                threshold=z_threshold,
+            )
+        )
+    for source in ("reader", "candidate"):
+        chosen = [les for s in scores for les in s.lesions if les.source == source]
+        if chosen and (source == "reader" or scored):
+            summary["lesion_summary"] = {
+                **patient_lesion_summary(
+                    chosen, [a.gm for a in anatomies], [a.wm for a in anatomies]
+                ),
+                "source": source,
+            }
+            break
+    return summary

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     site_protocols: Path | None = Field(
         None, description="TOML file with the protocol values the headers do not carry."
     )
+    model_dir: Path | None = Field(
+        None, description="Normative model directory (`cordt1 model build`); none: T1 only."
+    )
+    z_threshold: float = Field(
+        1.96, gt=0, description="One-sided Z above which a voxel counts as abnormal."
+    )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"

@@ -1,0 +1,281 @@
+"""`cordt1 model build`: a normative T1 model from the DICOM exams of healthy controls.
+
+Two passes: every control is segmented with the geometric GM prior, a GM prior is learned
+from those segmentations, then every control is segmented again with the learned prior and
+its T1 averaged into the template. The learned prior is saved with the model, so patients are
+segmented the same way the controls were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dicom_node.instance import patient_key
+from processing.mp2rage import MP2RAGEProtocol
+from processing.normative import NormativeModel, build_normative_model
+from processing.template import (
+    TEMPLATE_EXTENT,
+    TEMPLATE_SHAPE_UV,
+    TEMPLATE_Z_BINS_PER_SLAB,
+    geometric_gm_prior,
+    gm_prior_from_controls,
+)
+from service import __version__
+from service.exam import ExamError, ExamSeries, Slab, dicom_files, find_exam_series, match_slabs
+from service.model_store import (
+    ModelMetadata,
+    ProtocolMismatch,
+    check_protocol,
+    load_model,
+    save_model,
+)
+from service.pipeline import slab_t1
+from service.protocol import SiteProtocol
+from service.quantify import SlabAnatomy, segment_slab
+
+__all__ = ["ScoringModel", "build_model", "load_scoring_model"]
+
+log = logging.getLogger(__name__)
+
+GM_PRIOR_FILE = "gm_prior.npz"
+SMOOTHING_SIGMA_VOX = 1.0
+SHRINKAGE_N0 = 5.0
+MIN_CONTROLS = 3
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A normative model ready to score exams."""
+
+    model: NormativeModel
+    metadata: ModelMetadata
+    gm_prior: NDArray[np.float64]
+
+    @property
+    def n_slabs(self) -> int:
+        """Slabs per exam the model was built for."""
+        return int(self.metadata.template_parameters["n_slabs"])
+
+    def summary(self) -> dict[str, object]:
+        """The ``model`` block of summary.json."""
+        return {
+            "model_version": self.metadata.model_version,
+            "protocol_name": self.metadata.protocol_name,
+            "n_controls": self.metadata.n_controls,
+            "created_at": self.metadata.created_at.isoformat(),
+            "software_version": self.metadata.software_version,
+        }
+
+
+def _prior_bytes(prior: NDArray[np.float64]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, gm_prior=prior)
+    return buffer.getvalue()
+
+
+def load_scoring_model(directory: Path) -> ScoringModel:
+    """Load a model directory written by :func:`build_model`.
+
+    Raises
+    ------
+    ValueError
+        If the GM prior does not match the model's recorded hash (edited or mixed files).
+    """
+    model, metadata = load_model(directory)
+    path = Path(directory) / GM_PRIOR_FILE
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != metadata.extra.get("gm_prior_sha256"):
+        raise ValueError(f"{path}: GM prior does not belong to model {metadata.model_version}")
+    with np.load(io.BytesIO(data)) as arrays:
+        prior = np.asarray(arrays["gm_prior"], dtype=np.float64)
+    return ScoringModel(model=model, metadata=metadata, gm_prior=prior)
+
+
+@dataclass
+class _Control:
+    key: str
+    study_uid: str
+    slabs: list[Slab]
+    t1_ms: list[NDArray[np.float64]]
+    anatomies: list[SlabAnatomy]
+
+
+def _segment(control: _Control, prior: NDArray[np.float64], n_slabs: int) -> list[SlabAnatomy]:
+    return [
+        segment_slab(
+            t1,
+            index=slab.index,
+            n_slabs=n_slabs,
+            voxel_mm=slab.reference.voxel_mm,
+            affine_lps=slab.reference.affine_lps,
+            gm_prior_template=prior,
+            inv2=slab.inv2.array if slab.inv2 is not None else None,
+        )
+        for slab, t1 in zip(control.slabs, control.t1_ms, strict=True)
+    ]
+
+
+def _merge_slabs(templates: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    merged = templates[0].copy()
+    for template in templates[1:]:
+        merged = np.where(np.isfinite(merged), merged, template)
+    return merged
+
+
+def _load_control(
+    exam: ExamSeries, profiles: list[SiteProtocol]
+) -> tuple[_Control, MP2RAGEProtocol, str]:
+    slabs = match_slabs(exam)
+    t1_maps = []
+    protocol: MP2RAGEProtocol | None = None
+    for slab in slabs:
+        t1_ms, _info, slab_protocol = slab_t1(slab, profiles)
+        if slab_protocol is None:
+            raise ExamError(f"control {exam.study_uid}: no UNI series, cannot build a model")
+        protocol = slab_protocol
+        t1_maps.append(t1_ms)
+    assert protocol is not None
+    header = slabs[0].reference.datasets[0]
+    key = patient_key(str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", "")))
+    protocol_name = str(header.get("ProtocolName", "") or "")
+    return _Control(key, exam.study_uid, slabs, t1_maps, []), protocol, protocol_name
+
+
+def build_model(
+    controls_dir: Path,
+    out_dir: Path,
+    *,
+    profiles: list[SiteProtocol],
+    created_at: datetime,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ModelMetadata:
+    """Build and save a normative model from every exam under ``controls_dir``.
+
+    Raises
+    ------
+    ExamError
+        If fewer than three controls can be read, their protocols or slab counts differ,
+        or a control cannot be processed (the message names its study UID).
+    """
+    say = progress or (lambda _msg: None)
+    exams = find_exam_series(dicom_files(controls_dir))
+    if len(exams) < MIN_CONTROLS:
+        raise ExamError(
+            f"{len(exams)} control exam(s) found in {controls_dir}; at least {MIN_CONTROLS} "
+            "are needed for a normative model"
+        )
+    controls: list[_Control] = []
+    reference: tuple[MP2RAGEProtocol, str, int] | None = None
+    for study_uid, exam in sorted(exams.items()):
+        try:
+            control, protocol, protocol_name = _load_control(exam, profiles)
+        except (ExamError, ValueError) as exc:
+            raise ExamError(f"control {study_uid}: {exc}") from exc
+        n_slabs = len(control.slabs)
+        if reference is None:
+            reference = (protocol, protocol_name, n_slabs)
+        else:
+            _check_same_protocol(reference, protocol, n_slabs, study_uid)
+        controls.append(control)
+        say(f"read control {len(controls)}/{len(exams)}")
+    assert reference is not None
+    protocol, protocol_name, n_slabs = reference
+    keys = [c.key for c in controls]
+    if len(set(keys)) != len(keys):
+        raise ExamError("a control appears twice (same patient): one exam per control")
+
+    geometric = geometric_gm_prior(n_slabs)
+    for i, control in enumerate(controls, start=1):
+        control.anatomies = _segment(control, geometric, n_slabs)
+        say(f"segmented control {i}/{len(controls)} (geometric prior)")
+    learned = gm_prior_from_controls([(a.coords, a.gm) for c in controls for a in c.anatomies])
+    t1_templates, masks = [], []
+    for i, control in enumerate(controls, start=1):
+        control.anatomies = _segment(control, learned, n_slabs)
+        template = _merge_slabs(
+            [
+                a.coords.to_template(t1, a.cord)
+                for a, t1 in zip(control.anatomies, control.t1_ms, strict=True)
+            ]
+        )
+        t1_templates.append(template)
+        masks.append(np.isfinite(template))
+        say(f"segmented control {i}/{len(controls)} (learned prior)")
+    in_cord = np.hypot(*_uv_grid()) <= 1.0
+    gm_cells = (learned >= 0.5) & in_cord[None]
+    model = build_normative_model(
+        t1_templates,
+        masks,
+        tissue_maps={"gm": gm_cells, "wm": ~gm_cells},
+        smoothing_sigma_vox=SMOOTHING_SIGMA_VOX,
+        shrinkage_n0=SHRINKAGE_N0,
+    )
+    prior_data = _prior_bytes(learned)
+    metadata = ModelMetadata(
+        created_at=created_at,
+        software_version=__version__,
+        protocol=protocol,
+        protocol_name=protocol_name,
+        controls=tuple(keys),
+        template_parameters={
+            "n_slabs": n_slabs,
+            "shape_uv": list(TEMPLATE_SHAPE_UV),
+            "extent_uv": TEMPLATE_EXTENT,
+            "z_bins_per_slab": TEMPLATE_Z_BINS_PER_SLAB,
+        },
+        z_bins_per_slab=TEMPLATE_Z_BINS_PER_SLAB,
+        smoothing_sigma_vox=SMOOTHING_SIGMA_VOX,
+        shrinkage_n0=SHRINKAGE_N0,
+        min_count=MIN_CONTROLS,
+        extra={"gm_prior_sha256": hashlib.sha256(prior_data).hexdigest()},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / GM_PRIOR_FILE).write_bytes(prior_data)
+    saved = save_model(model, out_dir, metadata, overwrite=overwrite)
+    log.info("normative model %s built from %d controls", saved.model_version, len(controls))
+    return saved
+
+
+def _uv_grid() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    n_u, n_v = TEMPLATE_SHAPE_UV
+    cu = (np.arange(n_u) + 0.5) / n_u * 2 * TEMPLATE_EXTENT - TEMPLATE_EXTENT
+    cv = (np.arange(n_v) + 0.5) / n_v * 2 * TEMPLATE_EXTENT - TEMPLATE_EXTENT
+    uu, vv = np.meshgrid(cu, cv, indexing="ij")
+    return uu, vv
+
+
+def _check_same_protocol(
+    reference: tuple[MP2RAGEProtocol, str, int],
+    protocol: MP2RAGEProtocol,
+    n_slabs: int,
+    study_uid: str,
+) -> None:
+    ref_protocol, ref_name, ref_slabs = reference
+    probe = ModelMetadata(
+        created_at=datetime.fromisoformat("2000-01-01T00:00:00+00:00"),
+        software_version=__version__,
+        protocol=ref_protocol,
+        protocol_name=ref_name,
+        controls=("probe",),
+        template_parameters={},
+        z_bins_per_slab=TEMPLATE_Z_BINS_PER_SLAB,
+        smoothing_sigma_vox=SMOOTHING_SIGMA_VOX,
+        shrinkage_n0=SHRINKAGE_N0,
+        min_count=MIN_CONTROLS,
+    )
+    try:
+        check_protocol(probe, protocol)
+    except ProtocolMismatch as exc:
+        raise ExamError(f"control {study_uid} was acquired with another protocol: {exc}") from exc
+    if n_slabs != ref_slabs:
+        raise ExamError(f"control {study_uid} has {n_slabs} slab(s), the others {ref_slabs}")

@@ -1,0 +1,271 @@
+"""The quantitative stages of one exam, slab by slab: segmentation, template coordinates,
+regions, Z-scores, lesions, and their pooling into the summary (issue 4).
+
+Plain orchestration of `processing/` functions; no DICOM and no files here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from processing.lesions import LesionStats, candidates, characterise
+from processing.normative import NormativeModel, z_scores
+from processing.qc import QcVerdict, assess, estimate_snr
+from processing.regions import estimate_levels, label_regions, region_masks
+from processing.segmentation import CordSegmentation, segment_cord, split_gm_wm
+from processing.stats import DEFAULT_Z_THRESHOLD, RegionStats, normal_appearing, region_statistics
+from processing.template import CordCoordinates, cord_coordinates
+
+__all__ = [
+    "SlabAnatomy",
+    "SlabScores",
+    "assess_exam",
+    "lesion_template_centres",
+    "pool_region_statistics",
+    "score_slab",
+    "segment_slab",
+]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+
+@dataclass
+class SlabAnatomy:
+    """Segmentation and template mapping of one slab."""
+
+    index: int
+    segmentation: CordSegmentation
+    coords: CordCoordinates
+    gm: BoolArray
+    wm: BoolArray
+    labels: NDArray[np.int16]
+    levels: NDArray[np.int16]
+    masks: dict[str, BoolArray]
+
+    @property
+    def cord(self) -> BoolArray:
+        """Whole cord (GM + WM)."""
+        return self.gm | self.wm
+
+
+@dataclass
+class SlabScores:
+    """Z-scores and lesions of one slab (``z`` is None without a model)."""
+
+    z: FloatArray | None
+    model_valid: BoolArray | None
+    reader_lesions: NDArray[np.int32] | None
+    candidate_lesions: NDArray[np.int32] | None
+    lesions: list[LesionStats] = field(default_factory=list)
+
+
+def segment_slab(
+    t1_ms: FloatArray,
+    *,
+    index: int,
+    n_slabs: int,
+    voxel_mm: tuple[float, float, float],
+    affine_lps: FloatArray,
+    gm_prior_template: FloatArray,
+    inv2: FloatArray | None = None,
+) -> SlabAnatomy:
+    """Cord, GM/WM, template coordinates, region labels and levels of one slab."""
+    segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
+    coords = cord_coordinates(
+        segmentation.cord, segmentation.centre_ji, affine_lps, slab=index, n_slabs=n_slabs
+    )
+    prior = coords.sample(gm_prior_template)
+    gm, wm = split_gm_wm(t1_ms, segmentation.cord, prior, voxel_mm=voxel_mm)
+    labels = label_regions(coords, gm, wm)
+    levels = estimate_levels(coords, n_slabs)
+    return SlabAnatomy(
+        index=index,
+        segmentation=segmentation,
+        coords=coords,
+        gm=gm,
+        wm=wm,
+        labels=labels,
+        levels=levels,
+        masks=region_masks(labels, gm, wm, levels),
+    )
+
+
+def score_slab(
+    t1_ms: FloatArray,
+    anatomy: SlabAnatomy,
+    *,
+    model: NormativeModel | None,
+    voxel_mm: tuple[float, float, float],
+    affine_lps: FloatArray,
+    reader_lesions: NDArray[np.int32] | None = None,
+    candidate_z_threshold: float = 2.5,
+) -> SlabScores:
+    """Z-scores against the model, automatic lesion candidates, lesion statistics."""
+    z = None
+    valid = None
+    candidate_labels = None
+    if model is not None:
+        mean_ms = anatomy.coords.sample(model.mean_ms)
+        sd_ms = anatomy.coords.sample(model.sd_ms)
+        z = np.where(anatomy.cord, z_scores(t1_ms, mean_ms, sd_ms), np.nan)
+        valid = anatomy.cord & np.isfinite(z)
+        candidate_labels = candidates(
+            z, t1_ms, anatomy.cord, voxel_mm=voxel_mm, z_threshold=candidate_z_threshold
+        )
+    lesions: list[LesionStats] = []
+    for labels, source in ((reader_lesions, "reader"), (candidate_labels, "candidate")):
+        if labels is None or not np.any(labels):
+            continue
+        lesions += characterise(
+            labels,
+            t1_ms,
+            gm=anatomy.gm,
+            wm=anatomy.wm,
+            cord=anatomy.cord,
+            affine_lps=affine_lps,
+            levels=np.broadcast_to(anatomy.levels[:, None, None], labels.shape),
+            region_labels=anatomy.labels,
+            source=source,  # type: ignore[arg-type]
+        )
+    return SlabScores(
+        z=z,
+        model_valid=valid,
+        reader_lesions=reader_lesions,
+        candidate_lesions=candidate_labels,
+        lesions=lesions,
+    )
+
+
+def lesion_template_centres(
+    labels: NDArray[np.int32], coords: CordCoordinates
+) -> dict[int, list[float]]:
+    """Mean (slab, s, u, v) of each labelled lesion: a frame shared by a patient's exams."""
+    out: dict[int, list[float]] = {}
+    s = np.broadcast_to(coords.s[:, None, None], labels.shape)
+    for lesion_id in (int(v) for v in np.unique(labels) if v > 0):
+        sel = (labels == lesion_id) & np.isfinite(coords.u) & np.isfinite(coords.v)
+        if not sel.any():
+            continue
+        out[lesion_id] = [
+            float(coords.slab),
+            round(float(s[sel].mean()), 4),
+            round(float(coords.u[sel].mean()), 4),
+            round(float(coords.v[sel].mean()), 4),
+        ]
+    return out
+
+
+def pool_region_statistics(
+    t1_ms: Sequence[FloatArray],
+    z: Sequence[FloatArray | None],
+    masks: Sequence[dict[str, BoolArray]],
+    *,
+    threshold: float = DEFAULT_Z_THRESHOLD,
+) -> dict[str, RegionStats]:
+    """Region statistics over all slabs of an exam (voxels pooled)."""
+    keys = sorted({key for m in masks for key in m})
+    flat_t1 = np.concatenate([np.ravel(t) for t in t1_ms])
+    flat_z = np.concatenate(
+        [
+            np.ravel(zz) if zz is not None else np.full(t.size, np.nan)
+            for zz, t in zip(z, t1_ms, strict=True)
+        ]
+    )
+    flat_masks = {
+        key: np.concatenate(
+            [
+                np.ravel(m[key]) if key in m else np.zeros(t.size, bool)
+                for m, t in zip(masks, t1_ms, strict=True)
+            ]
+        )
+        for key in keys
+    }
+    return region_statistics(flat_t1, flat_z, flat_masks, threshold=threshold)
+
+
+def normal_appearing_statistics(
+    t1_ms: Sequence[FloatArray],
+    z: Sequence[FloatArray | None],
+    masks: Sequence[dict[str, BoolArray]],
+    lesion_masks: Sequence[BoolArray],
+    *,
+    threshold: float = DEFAULT_Z_THRESHOLD,
+) -> dict[str, RegionStats]:
+    """NAWM / NAGM statistics (lesion voxels removed), pooled over slabs."""
+    per_slab = [normal_appearing(m, lesion) for m, lesion in zip(masks, lesion_masks, strict=True)]
+    return pool_region_statistics(t1_ms, z, per_slab, threshold=threshold)
+
+
+def assess_exam(
+    *,
+    anatomies: Sequence[SlabAnatomy],
+    inv2: Sequence[FloatArray | None],
+    foregrounds: Sequence[BoolArray],
+    outside_lookup_in_cord: float | None,
+    voxel_mm: Sequence[tuple[float, float, float]],
+    model_valid: Sequence[BoolArray | None],
+    protocol_matches_model: bool | None,
+    b1_corrected: bool,
+) -> QcVerdict:
+    """The QC verdict of a whole exam (all slabs together)."""
+    areas, found, shifts = [], [], []
+    for anatomy, vox in zip(anatomies, voxel_mm, strict=True):
+        seg = anatomy.segmentation
+        areas.append(seg.area_mm2(vox))
+        found.append(seg.found)
+        centre = seg.centre_ji * np.asarray(vox[1:])
+        shift = np.full(len(seg.found), np.nan)
+        shift[1:] = np.hypot(*np.diff(centre, axis=0).T)
+        shifts.append(shift)
+    snr = None
+    snrs = []
+    for image, fg in zip(inv2, foregrounds, strict=True):
+        if image is None or not fg.any():
+            continue
+        try:
+            snrs.append(estimate_snr(image, fg))
+        except ValueError:  # no air in the field of view: SNR cannot be measured
+            continue
+    if snrs:
+        snr = float(np.median(snrs))
+    template_fit = None
+    if all(v is not None for v in model_valid) and model_valid:
+        cord_voxels = sum(int(a.cord.sum()) for a in anatomies)
+        fitted = sum(int(v.sum()) for v in model_valid if v is not None)
+        template_fit = fitted / cord_voxels if cord_voxels else 0.0
+    return assess(
+        snr=snr,
+        outside_lookup_fraction=outside_lookup_in_cord,
+        cord_area_mm2_per_slice=np.concatenate(areas),
+        cord_found_per_slice=np.concatenate(found),
+        centre_shift_mm_per_slice=np.concatenate(shifts),
+        template_fit=template_fit,
+        protocol_matches_model=protocol_matches_model,
+        b1_corrected=b1_corrected,
+    )
+
+
+def stats_to_summary(stats: dict[str, RegionStats]) -> dict[str, Any]:
+    """The per-region blocks of summary.json."""
+
+    def number(value: float | None, digits: int) -> float | None:
+        if value is None or not np.isfinite(value):
+            return None
+        return round(float(value), digits)
+
+    return {
+        key: {
+            "voxels": s.voxels,
+            "mean_t1_ms": number(s.mean_t1_ms, 1),
+            "median_t1_ms": number(s.median_t1_ms, 1),
+            "mean_z": number(s.mean_z, 3),
+            "abnormal_percent": number(s.abnormal_percent, 2),
+        }
+        for key, s in stats.items()
+    }
