@@ -320,6 +320,11 @@ def process_exam(
             }
         )
 
+    if not any(a.segmentation.found.any() for a in anatomies):
+        raise ExamError(
+            "no spinal cord found on any slice (is this a cervical cord MP2RAGE? "
+            "check the field of view and the T1 map)"
+        )
     cord_t1 = np.concatenate([t[a.cord] for t, a in zip(t1_maps, anatomies, strict=True)])
     outside_in_cord = float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else None
     qc = assess_exam(

@@ -341,8 +341,6 @@ class _Placer:
         return None
 
     def place(self, frame: _Frame) -> tuple[int, int] | None:
-        if frame.references:
-            return self.by_reference(frame)
         if not any(g.shape[1:] == (self.rows, self.columns) for g in self.grids):
             raise _size_error(self.seg_uid, self.rows, self.columns, self.volumes)
         return self.by_geometry(frame)

@@ -1,0 +1,188 @@
+"""The quantitative pipeline on phantom cohorts: model build, scoring, lesions, follow-up,
+and the bad inputs that must end an exam with a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from service.cli import main
+from service.exam import ExamError, find_exam_series
+from service.jobs import result_identity
+from service.model_build import build_model, load_scoring_model
+from service.nifti import from_nifti
+from service.pipeline import process_exam
+from service.protocol import load_site_protocols
+from service.settings import Settings
+from tests.service_harness import PhantomExam, make_exams
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_KEYS = {"t1_ms", "abnormal_percent", "mean_z", "z_threshold", "lesions", "model", "qc"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[PhantomExam]]:
+    root = tmp_path_factory.mktemp("cohort")
+    exams = make_exams(root / "controls", controls=5, patients=0, seed=31)
+    patients = make_exams(root / "patients", controls=0, patients=2, seed=32)
+    return root, exams + patients
+
+
+@pytest.fixture(scope="module")
+def model_dir(cohort: tuple[Path, list[PhantomExam]]) -> Path:
+    root, exams = cohort
+    out = root / "model"
+    build_model(
+        root / "controls",
+        out,
+        profiles=load_site_protocols(exams[0].site_protocols),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return out
+
+
+def _score(exam: PhantomExam, model_dir: Path | None, out: Path, **kwargs: object) -> dict:
+    series = find_exam_series(sorted(exam.dicom_dir.rglob("*.dcm")))[exam.study_uid]
+    outputs = process_exam(
+        series,
+        out,
+        profiles=load_site_protocols(exam.site_protocols),
+        identity=result_identity(Settings()),
+        model=load_scoring_model(model_dir) if model_dir else None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return outputs.summary
+
+
+def test_model_directory_is_versioned_and_reloadable(model_dir: Path) -> None:
+    scoring = load_scoring_model(model_dir)
+    assert scoring.metadata.n_controls == 5
+    assert scoring.metadata.model_version.startswith("nm-")
+    assert scoring.metadata.protocol_name == "mp2rage_cspine_0.3"
+    assert scoring.n_slabs == 2
+    prior = model_dir / "gm_prior.npz"
+    prior.write_bytes(prior.read_bytes() + b"x")
+    with pytest.raises(ValueError, match="GM prior does not belong"):
+        load_scoring_model(model_dir)
+    prior.write_bytes(prior.read_bytes()[:-1])
+
+
+def test_patient_summary_has_the_output_contract(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    patient = cohort[1][-1]
+    summary = _score(patient, model_dir, tmp_path)
+    assert set(summary) >= REQUIRED_KEYS
+    for key in ("cord", "wm", "gm", "wm_dorsal_columns", "gm_ventral_horns_left"):
+        assert key in summary["t1_ms"] and key in summary["abnormal_percent"]
+    assert summary["qc"]["verdict"] in ("pass", "warn")
+    for lesion in summary["lesions"]:
+        assert lesion["source"] == "candidate"
+        for field in (
+            "volume_mm3",
+            "extent_mm",
+            "location",
+            "composition",
+            "gm_percent",
+            "mean_t1_ms",
+            "side",
+            "level",
+        ):
+            assert field in lesion
+    for name in ("t1_ms", "z", "cord", "gm", "wm", "labels", "lesions_candidates"):
+        assert (tmp_path / "nifti" / f"slab1_{name}.nii.gz").exists()
+    # The largest truth lesion is found by an automatic candidate.
+    truth = json.loads((patient.truth_dir / "truth.json").read_text())
+    biggest = max(truth["lesions"], key=lambda lesion: lesion["volume_mm3"])
+    slab = biggest["slab"]
+    truth_labels, _ = from_nifti(nib.load(patient.truth_dir / f"slab{slab}_lesions.nii.gz"))
+    found, _ = from_nifti(nib.load(tmp_path / "nifti" / f"slab{slab}_lesions_candidates.nii.gz"))
+    assert np.any(found[truth_labels == biggest["id"]] > 0)
+
+
+def test_patients_score_higher_than_a_control(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    control = cohort[1][0]
+    patient = cohort[1][-1]
+    control_summary = _score(control, model_dir, tmp_path / "c")
+    patient_summary = _score(patient, model_dir, tmp_path / "p")
+    assert patient_summary["mean_z"]["cord"] > control_summary["mean_z"]["cord"]
+    assert (
+        patient_summary["abnormal_percent"]["cord"] > control_summary["abnormal_percent"]["cord"]
+    )
+
+
+def test_other_protocol_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    other = make_exams(tmp_path / "other", seed=33, protocol="siemens-7t-cspine-tr6")[0]
+    with pytest.raises(ExamError, match="TI1"):
+        _score(other, model_dir, tmp_path / "out")
+
+
+def test_missing_slab_is_refused(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    exam = cohort[1][-1]
+    copy = tmp_path / "exam"
+    shutil.copytree(exam.root, copy)
+    for folder in (copy / "dicom").glob("*slab2"):
+        shutil.rmtree(folder)
+    cut = PhantomExam(copy, copy / "dicom", copy / "truth", exam.study_uid, exam.site_protocols)
+    with pytest.raises(ExamError, match="slab"):
+        _score(cut, model_dir, tmp_path / "out")
+
+
+def test_exam_without_a_cord_is_a_clear_error(
+    cohort: tuple[Path, list[PhantomExam]], tmp_path: Path
+) -> None:
+    exam = cohort[1][0]
+    copy = tmp_path / "exam"
+    shutil.copytree(exam.root, copy)
+    for path in (copy / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.full(ds.pixel_array.shape, 2000, ds.pixel_array.dtype).tobytes()
+        ds.save_as(path)
+    blank = PhantomExam(copy, copy / "dicom", copy / "truth", exam.study_uid, exam.site_protocols)
+    with pytest.raises(ExamError, match="no spinal cord found"):
+        _score(blank, None, tmp_path / "out")
+
+
+def test_follow_up_compares_with_the_earlier_exam(model_dir: Path, tmp_path: Path) -> None:
+    from service.phantom import write_cohort
+    from tests.service_harness import SMALL_EXAM
+
+    write_cohort(
+        tmp_path / "fu", controls=0, patients=1, follow_up=True, seed=34, options=SMALL_EXAM
+    )
+    out = tmp_path / "out"
+    argv = ["process", str(tmp_path / "fu"), "--out", str(out), "--model", str(model_dir)]
+    argv += ["--site-protocols", str(tmp_path / "fu" / "site-protocols.toml")]
+    assert main(argv) == 0
+    summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]
+    summaries.sort(key=lambda s: s["exam"]["study_date"])
+    assert "follow_up" not in summaries[0]
+    follow_up = summaries[1]["follow_up"]
+    assert follow_up["compared"] is True
+    assert follow_up["prior_study_instance_uid"] == summaries[0]["exam"]["study_instance_uid"]
+    assert follow_up["trend"] in ("worse", "stable", "better")
+    assert "cord" in follow_up["regions"]
+
+
+def test_model_build_needs_three_controls_of_one_protocol(
+    cohort: tuple[Path, list[PhantomExam]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two = tmp_path / "two"
+    for exam in cohort[1][:2]:
+        shutil.copytree(exam.dicom_dir, two / exam.study_uid)
+    argv = ["model", "build", str(two), "--out", str(tmp_path / "m")]
+    argv += ["--site-protocols", str(cohort[1][0].site_protocols)]
+    assert main(argv) == 1
+    assert "at least 3" in capsys.readouterr().err
