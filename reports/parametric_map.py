@@ -35,23 +35,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from reports.common import body_part_examined, prepare_sources
 from reports.identity import ResultIdentity, apply_identity
 
 __all__ = ["MAP_STYLES", "MapKind", "MapStyle", "build_parametric_map"]
 
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # (Float/DoubleFloat) PixelData
-_TYPE2_PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-_ORIENTATION_TOL = 1e-4
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -104,120 +92,6 @@ MAP_STYLES: dict[MapKind, MapStyle] = {
         window_explanation="Z -4 to 4",
     ),
 }
-
-
-def _header_copy(ds: Dataset) -> Dataset:
-    """A dataset sharing every element of ``ds`` except pixel data (cheap, no decoding)."""
-    copy = Dataset({tag: elem for tag, elem in ds.items() if tag not in _PIXEL_TAGS})
-    if hasattr(ds, "file_meta"):
-        copy.file_meta = ds.file_meta
-    return copy
-
-
-def _replace(ds: Dataset, keyword: str, value: object) -> None:
-    """Set ``keyword`` on a header copy without touching the element it shares with the source.
-
-    Assigning to an existing keyword would change the shared DataElement in place, i.e. the
-    caller's dataset; deleting it first makes the copy get a new element.
-    """
-    if keyword in ds:
-        delattr(ds, keyword)
-    setattr(ds, keyword, value)
-
-
-def _is_multiframe(ds: Dataset) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1
-
-
-def _require(ds: Dataset, keyword: str) -> None:
-    if not ds.get(keyword):
-        raise ValueError(f"source image {ds.get('SOPInstanceUID', '?')} has no {keyword}")
-
-
-def _frame_item(frame: Dataset, shared: Dataset, keyword: str) -> Dataset | None:
-    for group in (frame, shared):
-        sequence = group.get(keyword)
-        if sequence:
-            return sequence[0]
-    return None
-
-
-def _share_multiframe_geometry(src: Dataset) -> None:
-    """Make pixel measures and orientation shared (highdicom reads them from there)."""
-    shared = Dataset(dict(src.SharedFunctionalGroupsSequence[0].items()))
-    frames = src.PerFrameFunctionalGroupsSequence
-    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
-        if shared.get(keyword):
-            continue
-        items = [_frame_item(frame, shared, keyword) for frame in frames]
-        if any(item is None for item in items):
-            raise ValueError(f"multi-frame source {src.SOPInstanceUID} lacks {keyword}")
-        if keyword == "PlaneOrientationSequence":
-            cosines = np.array([[float(v) for v in i.ImageOrientationPatient] for i in items])
-            if np.max(np.abs(cosines - cosines[0])) > _ORIENTATION_TOL:
-                raise ValueError(
-                    f"multi-frame source {src.SOPInstanceUID} has frames of different "
-                    "orientation; one map per orientation is needed"
-                )
-        else:
-            spacing = np.array([[float(v) for v in i.PixelSpacing] for i in items])
-            if not np.allclose(spacing, spacing[0], rtol=1e-4, atol=0):
-                raise ValueError(
-                    f"multi-frame source {src.SOPInstanceUID} has frames of different "
-                    "pixel spacing"
-                )
-        setattr(shared, keyword, [items[0]])
-    _replace(src, "SharedFunctionalGroupsSequence", [shared])
-
-
-def _prepare_sources(source_images: Sequence[Dataset]) -> tuple[list[Dataset], int, int, int]:
-    """Validate the sources; return header copies ready for highdicom and (frames, rows, cols)."""
-    if isinstance(source_images, Dataset) or not isinstance(source_images, Sequence):
-        raise TypeError("source_images must be a sequence of pydicom Datasets")
-    if len(source_images) == 0:
-        raise ValueError("at least one source image is required")
-    for ds in source_images:
-        if not isinstance(ds, Dataset):
-            raise TypeError(f"source_images holds a {type(ds).__name__}, not a pydicom Dataset")
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        for ds in source_images:
-            _require(ds, keyword)
-    series = {str(ds.SeriesInstanceUID) for ds in source_images}
-    if len(series) > 1:
-        raise ValueError(
-            f"source images come from {len(series)} series; build one map per source series"
-        )
-    sources = [_header_copy(ds) for ds in source_images]
-    first = sources[0]
-    rows, columns = int(first.get("Rows", 0)), int(first.get("Columns", 0))
-    if _is_multiframe(first) or any(_is_multiframe(ds) for ds in sources):
-        if len(sources) != 1:
-            raise ValueError("give exactly one multi-frame source image (or single-frame ones)")
-        _share_multiframe_geometry(first)
-        n_frames = int(first.NumberOfFrames)
-    else:
-        for ds in sources:
-            for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-                _require(ds, keyword)
-            if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
-                raise ValueError("source images differ in Rows/Columns")
-            cosines = np.array([float(v) for v in ds.ImageOrientationPatient])
-            reference = np.array([float(v) for v in first.ImageOrientationPatient])
-            if np.max(np.abs(cosines - reference)) > _ORIENTATION_TOL:
-                raise ValueError("source images differ in ImageOrientationPatient")
-            _replace(ds, "ImageOrientationPatient", list(first.ImageOrientationPatient))
-        if first.get("SliceThickness") in (None, ""):
-            spacing = first.get("SpacingBetweenSlices")
-            if spacing in (None, ""):
-                raise ValueError(
-                    "source images have neither SliceThickness nor SpacingBetweenSlices"
-                )
-            _replace(first, "SliceThickness", spacing)
-        n_frames = len(sources)
-    for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in first:
-            setattr(first, keyword, "")
-    return sources, n_frames, rows, columns
 
 
 def _prepare_values(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -298,7 +172,7 @@ def build_parametric_map(
         raise TypeError(f"series_number must be an int, got {type(series_number).__name__}")
     if series_number < 1:
         raise ValueError(f"series_number must be positive, got {series_number}")
-    sources, n_frames, rows, columns = _prepare_sources(source_images)
+    sources, n_frames, rows, columns = prepare_sources(source_images, what="map")
     pixels = _prepare_values(values, (n_frames, rows, columns))
     style = MAP_STYLES[kind]
 
@@ -338,7 +212,7 @@ def build_parametric_map(
         content_qualification=qualification,
         plane_positions=plane_positions,
     )
-    pm.BodyPartExamined = str(sources[0].get("BodyPartExamined") or "") or "CSPINE"
+    pm.BodyPartExamined = body_part_examined(sources[0])
     pm.SeriesDescription = f"{identity.software_name} {style.series_description}"
     apply_identity(pm, identity)
     return pm

@@ -41,6 +41,7 @@ def write_service_config(
     site_protocols: Path,
     broker: str | None = None,
     database_url: str | None = None,
+    model_dir: Path | None = None,
     settle_s: float = 2.0,
 ) -> Path:
     """Write a TOML configuration for a local `cordt1 serve`."""
@@ -53,6 +54,8 @@ def write_service_config(
         lines.append(f'broker_url = "{broker}"')
     if database_url:
         lines.append(f'database_url = "{database_url}"')
+    if model_dir:
+        lines.append(f'model_dir = "{model_dir}"')
     lines += [
         "",
         "[node]",

@@ -76,8 +76,10 @@ class ServiceProcess:
         database_url: str | None = None,
         extra_toml: str = "",
         workers: int = 1,
+        model_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.data_dir = workdir / "data"
         self.config = write_service_config(
@@ -88,6 +90,7 @@ class ServiceProcess:
             site_protocols=site_protocols,
             broker=broker,
             database_url=database_url,
+            model_dir=model_dir,
             settle_s=1.0,
         )
         text = self.config.read_text().replace("workers = 1", f"workers = {workers}")

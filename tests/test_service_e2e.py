@@ -263,3 +263,37 @@ def test_serve_flags_override_the_configuration(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from service.model_build import build_model
+    from service.protocol import load_site_protocols
+
+    controls = make_exams(tmp_path / "controls", controls=5, patients=0, seed=41)
+    patient = make_exams(tmp_path / "patients", seed=42)[0]
+    build_model(
+        tmp_path / "controls",
+        tmp_path / "model",
+        profiles=load_site_protocols(controls[0].site_protocols),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    service = ServiceProcess(
+        tmp_path / "svc",
+        destination=orthanc.destination,
+        site_protocols=patient.site_protocols,
+        model_dir=tmp_path / "model",
+    ).start()
+    try:
+        assert storescu(service.port, [patient.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.DONE], [j.error for j in jobs]
+        summary = jobs[0].result["summary"]
+        assert summary["model"]["n_controls"] == 5
+        assert summary["qc"]["verdict"] != "fail", summary["qc"]
+        assert "cord" in summary["abnormal_percent"]
+        z_maps = {s["z_sop_instance_uid"] for s in summary["slabs"]}
+        assert len(z_maps) == 2 and z_maps <= orthanc.sop_instance_uids(patient.study_uid)
+    finally:
+        service.stop()
