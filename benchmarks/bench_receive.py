@@ -338,7 +338,8 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     from dicom_node.instance import InstanceInfo
     from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
     from dicom_node.spool import Spool
-    from service.server import info_to_dict, own_markers
+    from service.exam import own_markers
+    from service.server import info_to_dict
     from service.settings import NodeSettings
     from service.store import JobStore
 

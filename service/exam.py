@@ -10,9 +10,18 @@ from pathlib import Path
 import pydicom
 
 from dicom_node.components import Component, classify
+from dicom_node.instance import OwnResultMarkers
 from service.volumes import SeriesVolume, group_by_series, load_series, same_grid
 
-__all__ = ["ExamError", "ExamSeries", "Slab", "dicom_files", "find_exam_series", "match_slabs"]
+__all__ = [
+    "ExamError",
+    "ExamSeries",
+    "Slab",
+    "dicom_files",
+    "find_exam_series",
+    "match_slabs",
+    "own_markers",
+]
 
 
 class ExamError(Exception):
@@ -64,8 +73,16 @@ def dicom_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
+def own_markers() -> OwnResultMarkers:
+    """How results written by this software are recognised (a PACS may send them back)."""
+    return OwnResultMarkers(manufacturer="cordt1", software_name="cordt1")
+
+
 def find_exam_series(paths: Iterable[Path]) -> dict[str, ExamSeries]:
     """Group files by study, then by component and series (headers only).
+
+    Results this software wrote (e.g. an earlier run's output in the same folder) are left
+    out: they are never inputs.
 
     Returns
     -------
@@ -73,8 +90,11 @@ def find_exam_series(paths: Iterable[Path]) -> dict[str, ExamSeries]:
         StudyInstanceUID -> ExamSeries.
     """
     exams: dict[str, ExamSeries] = {}
+    markers = own_markers()
     for series_uid, files in group_by_series(paths).items():
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        if markers.matches(header):
+            continue
         study_uid = str(header.get("StudyInstanceUID", ""))
         exam = exams.setdefault(study_uid, ExamSeries(study_uid=study_uid))
         exam.by_component.setdefault(classify(header), {})[series_uid] = list(files)

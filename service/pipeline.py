@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from numpy.typing import NDArray
 
+from dicom_node.components import Component
 from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
 from processing.stats import DEFAULT_Z_THRESHOLD
 from processing.template import geometric_gm_prior
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind, build_parametric_map
+from reports.segmentation import SegmentSpec, build_segmentation, segment_numbers, segment_specs
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
 from service.history import follow_up_block
 from service.nifti import to_nifti
@@ -37,8 +40,10 @@ from service.quantify import (
     pool_region_statistics,
     score_slab,
     segment_slab,
+    split_tissues,
     stats_to_summary,
 )
+from service.reader_lesions import ReaderLesionError, lesions_from_seg
 
 if TYPE_CHECKING:
     from service.model_build import ScoringModel
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 T1_SERIES_NUMBER = 9100
 Z_SERIES_NUMBER = 9200
+SEG_SERIES_NUMBER = 9300
 
 
 @dataclass
@@ -162,6 +168,25 @@ def _exam_identity(slab: Slab) -> dict[str, Any]:
     }
 
 
+def _reader_lesions_from_exam(
+    exam: ExamSeries, slabs: list[Slab]
+) -> list[NDArray[np.int32]] | None:
+    """Lesions outlined by a reader and sent as DICOM SEG with the exam, merged per slab."""
+    files = [path for paths in exam.series(Component.SEG).values() for path in paths]
+    if not files:
+        return None
+    merged = [np.zeros(slab.reference.array.shape, np.int32) for slab in slabs]
+    for path in sorted(files):
+        try:
+            labels = lesions_from_seg(pydicom.dcmread(path), [s.reference for s in slabs])
+        except ReaderLesionError as exc:
+            raise ExamError(f"reader lesion SEG cannot be used: {exc}") from exc
+        offset = max(int(m.max()) for m in merged)
+        for target, found in zip(merged, labels, strict=True):
+            target[found > 0] = found[found > 0] + offset
+    return merged
+
+
 def _check_model(
     scoring: ScoringModel, slabs: list[Slab], protocol: MP2RAGEProtocol | None
 ) -> None:
@@ -215,6 +240,29 @@ class _Writer:
         self.out.dicom_files.append(path)
         return str(pm.SOPInstanceUID)
 
+    def segmentation(
+        self,
+        slab: Slab,
+        specs: list[SegmentSpec],
+        series_number: int,
+        identity: ResultIdentity,
+        name: str,
+    ) -> tuple[str, dict[str, int]]:
+        reference = slab.reference
+        multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
+        order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
+        seg = build_segmentation(
+            reference.datasets,
+            specs,
+            series_number=series_number,
+            identity=identity,
+            slice_order=order,  # type: ignore[arg-type]
+        )
+        path = self.out.out_dir / "dicom" / name
+        seg.save_as(path, enforce_file_format=True)
+        self.out.dicom_files.append(path)
+        return str(seg.SOPInstanceUID), segment_numbers(specs)
+
 
 def process_exam(
     exam: ExamSeries,
@@ -258,6 +306,8 @@ def process_exam(
         slabs = match_slabs(exam)
     except ValueError as exc:
         raise ExamError(f"cannot read the exam's images: {exc}") from exc
+    if reader_lesions is None:
+        reader_lesions = _reader_lesions_from_exam(exam, slabs)
     if reader_lesions is not None and len(reader_lesions) != len(slabs):
         raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
     t1_maps, infos, protocols = zip(*(slab_t1(slab, profiles) for slab in slabs), strict=True)
@@ -277,6 +327,7 @@ def process_exam(
         voxel_mm, affine = reference.voxel_mm, reference.affine_lps
         foreground = _foreground(slab)
         foregrounds.append(foreground)
+        reader = reader_lesions[i] if reader_lesions is not None else None
         anatomy = segment_slab(
             t1_ms,
             index=slab.index,
@@ -285,15 +336,40 @@ def process_exam(
             affine_lps=affine,
             gm_prior_template=prior,
             inv2=slab.inv2.array if slab.inv2 is not None else None,
+            lesions=reader > 0 if reader is not None else None,
         )
+        scoring_model = model.model if model else None
         slab_scores = score_slab(
             t1_ms,
             anatomy,
-            model=model.model if model else None,
+            model=scoring_model,
             voxel_mm=voxel_mm,
             affine_lps=affine,
-            reader_lesions=reader_lesions[i] if reader_lesions is not None else None,
+            reader_lesions=reader,
         )
+        if slab_scores.candidate_lesions is not None and slab_scores.candidate_lesions.any():
+            # Second pass: candidate voxels must not vote for GM with their raised T1.
+            known = slab_scores.candidate_lesions > 0
+            if reader is not None:
+                known |= reader > 0
+            anatomy = split_tissues(
+                t1_ms,
+                anatomy.segmentation,
+                anatomy.coords,
+                index=slab.index,
+                n_slabs=n_slabs,
+                voxel_mm=voxel_mm,
+                gm_prior_template=prior,
+                lesions=known,
+            )
+            slab_scores = score_slab(
+                t1_ms,
+                anatomy,
+                model=scoring_model,
+                voxel_mm=voxel_mm,
+                affine_lps=affine,
+                reader_lesions=reader,
+            )
         anatomies.append(anatomy)
         scores.append(slab_scores)
         finite = np.isfinite(t1_ms)
@@ -363,6 +439,24 @@ def process_exam(
             writer.nifti(
                 f"slab{k}_z.nii.gz", np.nan_to_num(slab_scores.z).astype(np.float32), affine
             )
+        specs = segment_specs(
+            cord=anatomy.cord,
+            gm=anatomy.gm,
+            wm=anatomy.wm,
+            region_labels=anatomy.labels,
+            lesion_labels_reader=slab_scores.reader_lesions,
+            lesion_labels_candidate=slab_scores.candidate_lesions if scored else None,
+            abnormal=(np.nan_to_num(slab_scores.z) > z_threshold) & anatomy.cord
+            if scored and slab_scores.z is not None
+            else None,
+            z_threshold=z_threshold if scored else None,
+        )
+        if specs:
+            seg_uid, numbers = writer.segmentation(
+                slab, specs, SEG_SERIES_NUMBER + k, identity, f"seg_slab{k}.dcm"
+            )
+            slab_summary["seg_sop_instance_uid"] = seg_uid
+            slab_summary["segment_numbers"] = numbers
         for name, labels in (
             ("lesions_reader", slab_scores.reader_lesions),
             ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
@@ -409,6 +503,7 @@ def _summary(
     )
     regions = stats_to_summary(stats)
     lesions = []
+    summaries_by_slab = {entry["slab"]: entry for entry in slab_summaries}
     for slab, anatomy, slab_scores in zip(slabs, anatomies, scores, strict=True):
         centres: dict[str, dict[int, list[float]]] = {}
         for source, labels in (
@@ -424,6 +519,9 @@ def _summary(
             entry["label_in_slab"] = lesion.id
             entry["id"] = len(lesions) + 1
             entry["slab"] = slab.index
+            tracking = "Lesion {} (reader)" if lesion.source == "reader" else "Lesion candidate {}"
+            numbers = summaries_by_slab[slab.index].get("segment_numbers", {})
+            entry["segment_number"] = numbers.get(tracking.format(lesion.id))
             entry["centre_template"] = centres.get(lesion.source, {}).get(lesion.id)
             lesions.append(entry)
     summary: dict[str, Any] = {

@@ -29,6 +29,7 @@ __all__ = [
     "pool_region_statistics",
     "score_slab",
     "segment_slab",
+    "split_tissues",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -74,14 +75,44 @@ def segment_slab(
     affine_lps: FloatArray,
     gm_prior_template: FloatArray,
     inv2: FloatArray | None = None,
+    lesions: BoolArray | None = None,
 ) -> SlabAnatomy:
-    """Cord, GM/WM, template coordinates, region labels and levels of one slab."""
+    """Cord, GM/WM, template coordinates, region labels and levels of one slab.
+
+    ``lesions`` (known lesion voxels) carry no GM/WM intensity evidence: damage raises T1
+    and would otherwise look like grey matter.
+    """
     segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
     coords = cord_coordinates(
         segmentation.cord, segmentation.centre_ji, affine_lps, slab=index, n_slabs=n_slabs
     )
+    return split_tissues(
+        t1_ms,
+        segmentation,
+        coords,
+        index=index,
+        n_slabs=n_slabs,
+        voxel_mm=voxel_mm,
+        gm_prior_template=gm_prior_template,
+        lesions=lesions,
+    )
+
+
+def split_tissues(
+    t1_ms: FloatArray,
+    segmentation: CordSegmentation,
+    coords: CordCoordinates,
+    *,
+    index: int,
+    n_slabs: int,
+    voxel_mm: tuple[float, float, float],
+    gm_prior_template: FloatArray,
+    lesions: BoolArray | None = None,
+) -> SlabAnatomy:
+    """GM/WM split, region labels and levels on a given cord segmentation."""
+    evidence = t1_ms if lesions is None else np.where(lesions, np.nan, t1_ms)
     prior = coords.sample(gm_prior_template)
-    gm, wm = split_gm_wm(t1_ms, segmentation.cord, prior, voxel_mm=voxel_mm)
+    gm, wm = split_gm_wm(evidence, segmentation.cord, prior, voxel_mm=voxel_mm)
     labels = label_regions(coords, gm, wm)
     levels = estimate_levels(coords, n_slabs)
     return SlabAnatomy(

@@ -89,10 +89,11 @@ class _Grid:
     @classmethod
     def of(cls, volume: SeriesVolume) -> _Grid:
         affine = volume.affine_lps
+        n_slices, rows, columns = volume.array.shape
         col_step, row_step = affine[:3, 1], affine[:3, 2]
         row_mm, col_mm = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
         return cls(
-            shape=tuple(int(n) for n in volume.array.shape),  # type: ignore[arg-type]
+            shape=(int(n_slices), int(rows), int(columns)),
             origin_mm=affine[:3, 3],
             step_mm=affine[:3, 0],
             orientation=np.concatenate([row_step / col_mm, col_step / row_mm]),
@@ -341,6 +342,8 @@ class _Placer:
         return None
 
     def place(self, frame: _Frame) -> tuple[int, int] | None:
+        if frame.references:
+            return self.by_reference(frame)
         if not any(g.shape[1:] == (self.rows, self.columns) for g in self.grids):
             raise _size_error(self.seg_uid, self.rows, self.columns, self.volumes)
         return self.by_geometry(frame)

@@ -20,10 +20,11 @@ from typing import Any
 
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
 from dicom_node.spool import Spool
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
+from service.exam import own_markers
 from service.settings import Settings
 from service.store import JobState, JobStore
 
@@ -32,11 +33,6 @@ __all__ = ["Service", "info_from_dict", "info_to_dict", "own_markers"]
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-
-
-def own_markers() -> OwnResultMarkers:
-    """How results written by this software are recognised when a PACS sends them back."""
-    return OwnResultMarkers(manufacturer="cordt1", software_name="cordt1")
 
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:

@@ -186,3 +186,37 @@ def test_model_build_needs_three_controls_of_one_protocol(
     argv += ["--site-protocols", str(cohort[1][0].site_protocols)]
     assert main(argv) == 1
     assert "at least 3" in capsys.readouterr().err
+
+
+def test_reader_lesions_sent_as_seg_are_characterised(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    from service.exam import match_slabs
+    from tests.test_reader_lesions import _one_hot, _seg
+
+    patient = cohort[1][-1]
+    copy = tmp_path / "exam"
+    shutil.copytree(patient.root, copy)
+    series = find_exam_series(sorted((copy / "dicom").rglob("*.dcm")))[patient.study_uid]
+    truth = json.loads((patient.truth_dir / "truth.json").read_text())
+    for slab in match_slabs(series):
+        labels, _ = from_nifti(nib.load(copy / "truth" / f"slab{slab.index}_lesions.nii.gz"))
+        ids = sorted(int(v) for v in np.unique(labels) if v)
+        if ids:
+            seg = _seg(slab.reference, _one_hot(labels, ids))
+            seg.save_as(copy / "dicom" / f"reader_seg_slab{slab.index}.dcm")
+    exam = PhantomExam(
+        copy, copy / "dicom", copy / "truth", patient.study_uid, patient.site_protocols
+    )
+    summary = _score(exam, model_dir, tmp_path / "out")
+    reader = [lesion for lesion in summary["lesions"] if lesion["source"] == "reader"]
+    by_volume = {round(les["volume_mm3"], 1): les for les in reader}
+    assert sorted(by_volume) == sorted(round(t["volume_mm3"], 1) for t in truth["lesions"])
+    for expected in truth["lesions"]:
+        found = by_volume[round(expected["volume_mm3"], 1)]
+        assert found["extent_mm"] == pytest.approx(expected["extent_mm"])
+        assert found["mean_t1_ms"] > 1.15 * summary["t1_ms"]["wm"]
+        if expected["composition"] == "mixed":  # GM involvement is never missed
+            assert found["composition"] == "mixed"
+    assert summary["lesion_summary"]["source"] == "reader"
+    assert all(les["segment_number"] for les in reader)
