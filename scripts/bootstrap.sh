@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what cordt1 needs on a fresh Debian 12 machine: the DICOM peers used by the demo and
-# the tests (DCMTK, dicom3tools, Orthanc, Redis) and a Python venv with the project in it.
+# the tests (DCMTK, dicom3tools, Orthanc, Redis, the PixelMed SR validator, pdftotext) and a Python venv with the project in it.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)
+[ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing Debian packages: ${need_apt[*]}"

@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 from dicom_node.components import Component
 from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
 from processing.stats import DEFAULT_Z_THRESHOLD
 from processing.template import geometric_gm_prior
+from reports.codes import REGION_CONCEPTS
+from reports.encapsulated_pdf import build_encapsulated_pdf
+from reports.figures import SlabImages, render_exam_figures, render_pdf_report
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind, build_parametric_map
+from reports.secondary_capture import build_secondary_captures
 from reports.segmentation import SegmentSpec, build_segmentation, segment_numbers, segment_specs
+from reports.structured_report import build_measurement_report
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
 from service.history import follow_up_block
 from service.nifti import to_nifti
@@ -44,6 +53,7 @@ from service.quantify import (
     stats_to_summary,
 )
 from service.reader_lesions import ReaderLesionError, lesions_from_seg
+from service.volumes import SeriesVolume
 
 if TYPE_CHECKING:
     from service.model_build import ScoringModel
@@ -55,6 +65,16 @@ log = logging.getLogger(__name__)
 T1_SERIES_NUMBER = 9100
 Z_SERIES_NUMBER = 9200
 SEG_SERIES_NUMBER = 9300
+SR_SERIES_NUMBER = 9400
+SC_SERIES_NUMBER = 9500
+PDF_SERIES_NUMBER = 9600
+#: Summary key -> label of its segment in our SEG (see reports.segmentation.segment_specs).
+REGION_SEGMENT_LABELS: dict[str, str] = {
+    "cord": "Spinal cord",
+    "gm": "Grey matter",
+    "wm": "White matter",
+    **{concept.key: concept.label for concept in REGION_CONCEPTS.values()},
+}
 
 
 @dataclass
@@ -205,11 +225,27 @@ def _check_model(
         raise ExamError(str(exc)) from exc
 
 
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Turn any failure of a result writer into an ExamError naming the object."""
+    try:
+        yield
+    except ExamError:
+        raise
+    except Exception as exc:
+        log.exception("writing the %s failed", what)
+        raise ExamError(
+            f"writing the {what} failed ({type(exc).__name__}: {exc}); no result was sent"
+        ) from exc
+
+
 class _Writer:
-    """Writes one exam's files and remembers them."""
+    """Writes one exam's files and remembers them; a failing writer fails the whole exam."""
 
     def __init__(self, out: ExamOutputs) -> None:
         self.out = out
+        self.segmentations: list[hd.seg.Segmentation] = []
+        self.parametric_maps: list[Dataset] = []
         (out.out_dir / "dicom").mkdir(parents=True, exist_ok=True)
         (out.out_dir / "nifti").mkdir(parents=True, exist_ok=True)
 
@@ -228,17 +264,110 @@ class _Writer:
         name: str,
     ) -> str:
         reference = slab.reference
-        pm = build_parametric_map(
+        with _writing(f"{kind} parametric map"):
+            pm = self._parametric_map(reference, values, kind, series_number, identity)
+        path = self.out.out_dir / "dicom" / name
+        pm.save_as(path, enforce_file_format=True)
+        self.out.dicom_files.append(path)
+        self.parametric_maps.append(pm)
+        return str(pm.SOPInstanceUID)
+
+    @staticmethod
+    def _parametric_map(
+        reference: SeriesVolume,
+        values: NDArray[np.float64],
+        kind: MapKind,
+        series_number: int,
+        identity: ResultIdentity,
+    ) -> hd.pm.ParametricMap:
+        return build_parametric_map(
             reference.datasets,
             reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
             kind,
             series_number=series_number,
             identity=identity,
         )
-        path = self.out.out_dir / "dicom" / name
-        pm.save_as(path, enforce_file_format=True)
+
+    def report(self, summary: dict[str, Any], slabs: list[Slab], identity: ResultIdentity) -> str:
+        """The TID 1500 Structured Report of the whole exam."""
+        numbers = {
+            str(entry["seg_sop_instance_uid"]): entry.get("segment_numbers", {})
+            for entry in summary["slabs"]
+            if entry.get("seg_sop_instance_uid")
+        }
+
+        def lookup(key: str, seg: Dataset) -> int | None:
+            label = REGION_SEGMENT_LABELS.get(key)
+            return numbers.get(str(seg.SOPInstanceUID), {}).get(label) if label else None
+
+        with _writing("structured report"):
+            sr = self._build_report(summary, slabs, identity, lookup)
+        path = self.out.out_dir / "dicom" / "report_sr.dcm"
+        sr.save_as(path, enforce_file_format=True)
         self.out.dicom_files.append(path)
-        return str(pm.SOPInstanceUID)
+        return str(sr.SOPInstanceUID)
+
+    def _build_report(
+        self,
+        summary: dict[str, Any],
+        slabs: list[Slab],
+        identity: ResultIdentity,
+        lookup: Callable[[str, Dataset], int | None],
+    ) -> hd.sr.Comprehensive3DSR:
+        return build_measurement_report(
+            summary,
+            source_images=[ds for slab in slabs for ds in slab.reference.datasets],
+            segmentations=self.segmentations,
+            segment_numbers=lookup,
+            parametric_maps=self.parametric_maps,
+            series_number=SR_SERIES_NUMBER,
+            identity=identity,
+        )
+
+    def rendered_report(
+        self,
+        summary: dict[str, Any],
+        slabs: list[Slab],
+        images: list[SlabImages],
+        identity: ResultIdentity,
+        history: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Charts and overlays as Secondary Captures, the one-page report as Encapsulated PDF."""
+        sources = [ds for slab in slabs for ds in slab.reference.datasets]
+        figures_dir = self.out.out_dir / "figures"
+        figures_dir.mkdir(exist_ok=True)
+        with _writing("rendered figures"):
+            figures = render_exam_figures(summary, images, history)
+            pdf = render_pdf_report(summary, figures)
+        for figure in figures:
+            (figures_dir / f"{figure.name}.png").write_bytes(figure.png())
+        (figures_dir / "report.pdf").write_bytes(pdf)
+        with _writing("secondary captures"):
+            captures = build_secondary_captures(
+                figures, sources, series_number=SC_SERIES_NUMBER, identity=identity
+            )
+        with _writing("encapsulated PDF report"):
+            document = build_encapsulated_pdf(
+                pdf,
+                sources,
+                document_title="cordt1 spinal cord T1 report",
+                series_number=PDF_SERIES_NUMBER,
+                identity=identity,
+            )
+        uids = []
+        for number, capture in enumerate(captures, start=1):
+            path = self.out.out_dir / "dicom" / f"figure{number}_sc.dcm"
+            capture.save_as(path, enforce_file_format=True)
+            self.out.dicom_files.append(path)
+            uids.append(str(capture.SOPInstanceUID))
+        path = self.out.out_dir / "dicom" / "report_pdf.dcm"
+        document.save_as(path, enforce_file_format=True)
+        self.out.dicom_files.append(path)
+        return {
+            "figures": [f.name for f in figures],
+            "sc_sop_instance_uids": uids,
+            "pdf_sop_instance_uid": str(document.SOPInstanceUID),
+        }
 
     def segmentation(
         self,
@@ -251,16 +380,18 @@ class _Writer:
         reference = slab.reference
         multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
         order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
-        seg = build_segmentation(
-            reference.datasets,
-            specs,
-            series_number=series_number,
-            identity=identity,
-            slice_order=order,  # type: ignore[arg-type]
-        )
+        with _writing("segmentation"):
+            seg = build_segmentation(
+                reference.datasets,
+                specs,
+                series_number=series_number,
+                identity=identity,
+                slice_order=order,  # type: ignore[arg-type]
+            )
         path = self.out.out_dir / "dicom" / name
         seg.save_as(path, enforce_file_format=True)
         self.out.dicom_files.append(path)
+        self.segmentations.append(seg)
         return str(seg.SOPInstanceUID), segment_numbers(specs)
 
 
@@ -472,6 +603,23 @@ def process_exam(
         summary["model"] = model.summary()
     if prior_summary is not None and scored:
         summary["follow_up"] = follow_up_block(prior_summary, summary)
+    if writer.segmentations:
+        summary["sr_sop_instance_uid"] = writer.report(summary, slabs, identity)
+    images = [
+        SlabImages(
+            slab=slab.index,
+            t1_ms=t1_ms,
+            affine_lps=slab.reference.affine_lps,
+            cord=anatomy.cord,
+            z=slab_scores.z if scored else None,
+            lesions=_lesion_overlay(slab_scores, scored),
+        )
+        for slab, t1_ms, anatomy, slab_scores in zip(
+            slabs, t1_maps, anatomies, scores, strict=True
+        )
+    ]
+    history = [prior_summary] if prior_summary is not None else []
+    summary["rendered"] = writer.rendered_report(summary, slabs, images, identity, history)
     summary["outputs"] = {
         "dicom": [p.name for p in out.dicom_files],
         "nifti": [p.name for p in out.nifti_files],
@@ -485,6 +633,15 @@ def process_exam(
         len(out.dicom_files),
     )
     return out
+
+
+def _lesion_overlay(scores: SlabScores, scored: bool) -> NDArray[np.bool_] | None:
+    """Lesion voxels to outline on the overlay: reader outlines, else candidates."""
+    if scores.reader_lesions is not None and scores.reader_lesions.any():
+        return scores.reader_lesions > 0
+    if scored and scores.candidate_lesions is not None and scores.candidate_lesions.any():
+        return scores.candidate_lesions > 0
+    return None
 
 
 def _summary(

@@ -220,3 +220,34 @@ def test_reader_lesions_sent_as_seg_are_characterised(
             assert found["composition"] == "mixed"
     assert summary["lesion_summary"]["source"] == "reader"
     assert all(les["segment_number"] for les in reader)
+
+
+def test_a_failing_writer_fails_the_exam_with_a_clear_error(
+    cohort: tuple[Path, list[PhantomExam]],
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.pipeline
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("disk quota exceeded")
+
+    monkeypatch.setattr(service.pipeline, "build_measurement_report", broken)
+    with pytest.raises(ExamError, match=r"writing the structured report failed.*disk quota"):
+        _score(cohort[1][-1], model_dir, tmp_path / "out")
+
+
+def test_every_result_object_of_a_scored_exam_passes_dciodvfy(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    _score(cohort[1][-1], model_dir, tmp_path)
+    files = sorted((tmp_path / "dicom").glob("*.dcm"))
+    kinds = {path.name.split("_")[0] for path in files}
+    assert {"t1map", "zmap", "seg", "report"} <= kinds
+    for path in files:
+        out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert errors == [], (path.name, errors)
