@@ -377,12 +377,27 @@ def mp2rage_uni(
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 @click.option("--broker", default=None, help="Celery broker (default: embedded).")
 @click.option("--matrix", type=int, default=448, show_default=True)
+@click.option(
+    "--controls",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Synthetic healthy controls for the normative model (0: T1 maps only).",
+)
 @click.option("--keep-running", is_flag=True, help="Leave the service and PACS running.")
-def demo(workdir: Path | None, broker: str | None, matrix: int, keep_running: bool) -> None:
+def demo(
+    workdir: Path | None, broker: str | None, matrix: int, controls: int, keep_running: bool
+) -> None:
     """Start everything, send a synthetic exam from a simulated scanner, show the results."""
     from service.demo import run_demo
 
-    code = run_demo(workdir=workdir, broker=broker, matrix=matrix, keep_running=keep_running)
+    code = run_demo(
+        workdir=workdir,
+        broker=broker,
+        matrix=matrix,
+        controls=controls,
+        keep_running=keep_running,
+    )
     if code:
         raise click.exceptions.Exit(code)
 

@@ -13,13 +13,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import pydicom
 
 from dicom_node.scu import Destination, send
+from service.model_build import build_model
 from service.pacs import free_port, start_pacs, wait_for_port
 from service.phantom import PhantomOptions, write_cohort
+from service.protocol import load_site_protocols
 from service.store import JobState, JobStore
 
 __all__ = ["run_demo", "send_folder", "write_service_config"]
@@ -121,15 +125,59 @@ def _wait_for_job(store: JobStore, study_uid: str, timeout_s: float) -> int:
     raise TimeoutError(f"no finished job for the exam after {timeout_s:.0f} s")
 
 
+def _demo_model(workdir: Path, controls: int, matrix: int) -> Path:
+    """A normative model from synthetic healthy controls of the same protocol."""
+    started = time.monotonic()
+    folder = workdir / "controls"
+    write_cohort(
+        folder,
+        controls=controls,
+        patients=0,
+        follow_up=False,
+        seed=7,
+        options=PhantomOptions(matrix=matrix),
+    )
+    metadata = build_model(
+        folder,
+        workdir / "model",
+        profiles=load_site_protocols(folder / "site-protocols.toml"),
+        created_at=datetime.now(UTC),
+        overwrite=True,
+    )
+    _say(
+        f"normative model {metadata.model_version} built from {controls} synthetic healthy "
+        f"controls in {time.monotonic() - started:.1f} s"
+    )
+    return workdir / "model"
+
+
+def _result_uids(paths: list[str]) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+
+
+def _object_lines(paths: list[str]) -> list[str]:
+    """One line per kind of result object, e.g. "2 x Parametric Map Storage"."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        name = f"{ds.SOPClassUID.name} ({ds.get('SeriesDescription', '')})"
+        counts[name] = counts.get(name, 0) + 1
+    return [f"{n} x {name}" for name, n in sorted(counts.items())]
+
+
 def run_demo(
     *,
     workdir: Path | None = None,
     broker: str | None = None,
     matrix: int = 448,
+    controls: int = 6,
     keep_running: bool = False,
     timeout_s: float = 600.0,
 ) -> int:
-    """Run the demo; returns a process exit code (0 when the results reached the PACS)."""
+    """Run the demo; returns a process exit code (0 when the results reached the PACS).
+
+    ``controls`` synthetic healthy controls make the normative model first (0: T1 only).
+    """
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="cordt1-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _say(f"working in {workdir}")
@@ -148,6 +196,7 @@ def run_demo(
     exam_dir = workdir / "scanner" / exam["exam_dir"] / "dicom"
     study_uid = exam["study_uid"]
     _say(f"simulated scanner made a 7 T MP2RAGE exam in {time.monotonic() - started:.1f} s")
+    model_dir = _demo_model(workdir, controls, matrix) if controls else None
 
     pacs = start_pacs(workdir / "pacs")
     _say(f"PACS ready: {type(pacs).__name__} as {pacs.destination}")
@@ -159,6 +208,7 @@ def run_demo(
         destination=pacs.destination,
         site_protocols=workdir / "scanner" / "site-protocols.toml",
         broker=broker,
+        model_dir=model_dir,
     )
     service_log = (workdir / "service.log").open("ab")
     service = subprocess.Popen(
@@ -179,7 +229,7 @@ def run_demo(
         if job.state is JobState.FAILED:
             _say(click.style(f"job {job_id} FAILED: {job.error}", fg="red"))
             return 1
-        expected = {s["result_sop_instance_uid"] for s in job.result["summary"]["slabs"]}
+        expected = _result_uids(job.result["dicom"])
         deadline = time.monotonic() + 60
         while not expected <= pacs.sop_instance_uids(study_uid):
             if time.monotonic() > deadline:
@@ -191,12 +241,21 @@ def run_demo(
         _say(
             click.style(f"results in the PACS {elapsed:.1f} s after the exam was sent", fg="green")
         )
-        _say(f"{len(expected)} T1 Parametric Map(s) stored in {pacs.where(study_uid)}")
+        _say(f"{len(expected)} result objects stored in {pacs.where(study_uid)}:")
+        for line in _object_lines(job.result["dicom"]):
+            _say(f"  {line}")
         t1 = summary["t1_ms"]
         _say(
             f"mean T1 in the cord {t1.get('cord')} ms (white matter {t1.get('wm')} ms, "
             f"grey matter {t1.get('gm')} ms); QC {summary['qc']['verdict']}"
         )
+        if "abnormal_percent" in summary:
+            lesions = summary.get("lesion_summary", {})
+            _say(
+                f"abnormal voxels in the cord {summary['abnormal_percent'].get('cord')} % "
+                f"(Z > {summary['z_threshold']}); {lesions.get('count', 0)} lesion "
+                f"{lesions.get('source', 'candidate')}(s)"
+            )
         _say(f"outputs (DICOM, NIfTI, summary.json): {job.result['out_dir']}")
         _say(f"job list: cordt1 --config {config} status")
         code = 0

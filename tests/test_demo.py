@@ -17,12 +17,22 @@ from tests.service_harness import make_exams
 def test_demo_sends_an_exam_and_finds_the_results_in_the_pacs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--workdir", str(tmp_path), "--matrix", "160"]) == 0
+    argv = ["demo", "--workdir", str(tmp_path), "--matrix", "160", "--controls", "4"]
+    assert main(argv) == 0
     output = capsys.readouterr().out
     assert "results in the PACS" in output
-    assert "2 T1 Parametric Map(s) stored in Orthanc" in output
+    assert "result objects stored in Orthanc" in output
+    for kind in (
+        "Parametric Map Storage",
+        "Segmentation Storage",
+        "Comprehensive 3D SR Storage",
+        "Secondary Capture Image Storage",
+        "Encapsulated PDF Storage",
+    ):
+        assert kind in output
+    assert "abnormal voxels in the cord" in output
     results = list((tmp_path / "service" / "results").glob("job-*/dicom/*.dcm"))
-    assert len(results) == 2
+    assert len(results) >= 9  # 2 T1 + 2 Z maps, 2 SEG, SR, >= 2 figures, PDF
 
 
 def test_folder_pacs_stands_in_when_orthanc_is_missing(tmp_path: Path) -> None:
