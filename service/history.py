@@ -61,4 +61,9 @@ def follow_up_block(prior: Mapping[str, Any], current: Mapping[str, Any]) -> dic
     result = compare(
         _comparable(prior, source), _comparable(current, source), axis_scale=TEMPLATE_AXIS_MM
     )
-    return {**block, "compared": True, "lesion_source": source, **result.to_dict()}
+    changes = result.to_dict()
+    # summary contract (docs/summary-contract.md): "lesions" is the list of lesion changes.
+    by_status = changes.pop("lesions")
+    changes["lesions"] = changes.pop("lesion_changes")
+    changes["lesion_ids_by_status"] = by_status
+    return {**block, "compared": True, "lesion_source": source, **changes}

@@ -174,6 +174,10 @@ def test_follow_up_compares_with_the_earlier_exam(model_dir: Path, tmp_path: Pat
     assert follow_up["prior_study_instance_uid"] == summaries[0]["exam"]["study_instance_uid"]
     assert follow_up["trend"] in ("worse", "stable", "better")
     assert "cord" in follow_up["regions"]
+    assert isinstance(follow_up["lesions"], list)
+    # The follow-up reaches the radiologist: the SR is written and a trend chart is drawn.
+    assert summaries[1]["sr_sop_instance_uid"]
+    assert any("trend" in name for name in summaries[1]["rendered"]["figures"])
 
 
 def test_model_build_needs_three_controls_of_one_protocol(
