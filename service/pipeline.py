@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -433,10 +434,12 @@ def process_exam(
         If the exam cannot be processed (missing series or protocol values, bad geometry,
         protocol or slab count not the model's).
     """
+    started = time.perf_counter()
     try:
         slabs = match_slabs(exam)
     except ValueError as exc:
         raise ExamError(f"cannot read the exam's images: {exc}") from exc
+    loaded = time.perf_counter()
     if reader_lesions is None:
         reader_lesions = _reader_lesions_from_exam(exam, slabs)
     if reader_lesions is not None and len(reader_lesions) != len(slabs):
@@ -545,6 +548,7 @@ def process_exam(
         b1_corrected=False,
     )
     scored = model is not None and qc.verdict != "fail"
+    computed = time.perf_counter()
 
     for slab, t1_ms, anatomy, slab_scores, slab_summary in zip(
         slabs, t1_maps, anatomies, scores, slab_summaries, strict=True
@@ -620,6 +624,11 @@ def process_exam(
     ]
     history = [prior_summary] if prior_summary is not None else []
     summary["rendered"] = writer.rendered_report(summary, slabs, images, identity, history)
+    summary["timings_s"] = {
+        "load": round(loaded - started, 3),
+        "compute": round(computed - loaded, 3),
+        "write_results": round(time.perf_counter() - computed, 3),
+    }
     summary["outputs"] = {
         "dicom": [p.name for p in out.dicom_files],
         "nifti": [p.name for p in out.nifti_files],

@@ -294,6 +294,21 @@ def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path
         assert summary["qc"]["verdict"] != "fail", summary["qc"]
         assert "cord" in summary["abnormal_percent"]
         z_maps = {s["z_sop_instance_uid"] for s in summary["slabs"]}
-        assert len(z_maps) == 2 and z_maps <= orthanc.sop_instance_uids(patient.study_uid)
+        in_pacs = orthanc.sop_instance_uids(patient.study_uid)
+        assert len(z_maps) == 2 and z_maps <= in_pacs
+        # Every object of the exam is in the PACS, of every kind, and each one validates.
+        classes = {}
+        for path in jobs[0].result["dicom"]:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert ds.SOPInstanceUID in in_pacs
+            classes[ds.SOPClassUID.name] = classes.get(ds.SOPClassUID.name, 0) + 1
+            data = orthanc.instance_file(ds.SOPInstanceUID)
+            assert _dciodvfy_errors(data, tmp_path) == [], ds.SOPClassUID.name
+        assert classes["Parametric Map Storage"] == 4
+        assert classes["Segmentation Storage"] == 2
+        assert classes["Comprehensive 3D SR Storage"] == 1
+        assert classes["Encapsulated PDF Storage"] == 1
+        assert classes["Secondary Capture Image Storage"] >= 2
+        assert orthanc.find("Series", {"StudyInstanceUID": patient.study_uid, "Modality": "SEG"})
     finally:
         service.stop()
