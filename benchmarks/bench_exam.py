@@ -63,27 +63,46 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
     from service.protocol import load_site_protocols
 
     options = PhantomOptions(matrix=matrix)
-    write_cohort(workdir / "controls", controls=controls, patients=0, follow_up=False, seed=3,
-                 options=options)  # fmt: skip
+    write_cohort(
+        workdir / "controls",
+        controls=controls,
+        patients=0,
+        follow_up=False,
+        seed=3,
+        options=options,
+    )
     cohort = json.loads(
         write_cohort(
             workdir / "patient", controls=0, patients=1, follow_up=False, seed=4, options=options
-        ).read_text()  # fmt: skip
+        ).read_text()
     )
     profile = workdir / "controls" / "site-protocols.toml"
     started = time.perf_counter()
-    build_model(workdir / "controls", workdir / "model", profiles=load_site_protocols(profile),
-                created_at=datetime.now(UTC))  # fmt: skip
+    build_model(
+        workdir / "controls",
+        workdir / "model",
+        profiles=load_site_protocols(profile),
+        created_at=datetime.now(UTC),
+    )
     model_build_s = time.perf_counter() - started
     dicom_dir = workdir / "patient" / cohort[0]["exams"][0]["exam_dir"] / "dicom"
     runs = []
     peers = []
     for i in range(repeat):
         out = subprocess.run(
-            [sys.executable, "-c", RUNNER, str(dicom_dir), str(workdir / f"out{i}"),
-             str(workdir / "model"), str(profile)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                RUNNER,
+                str(dicom_dir),
+                str(workdir / f"out{i}"),
+                str(workdir / "model"),
+                str(profile),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         peers.append(_copy_sources(dicom_dir, workdir / f"copy{i}"))
     best = min(runs, key=lambda r: sum(r["timings_s"].values()))
@@ -97,12 +116,12 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
             "slices_per_slab": options.slices_per_slab,
             "controls": controls,
             "repeat": repeat,
-        },  # fmt: skip
+        },
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg": os.getloadavg(),
-        },  # fmt: skip
+        },
         "model_build_s": round(model_build_s, 2),
         "runs": runs,
         "best": best,
@@ -125,8 +144,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report = run(args.matrix, args.controls, args.repeat, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("total_s", "best", "peer_copy_sources_s",
-                                              "ratio_write_results_to_copy_sources")}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "total_s",
+                    "best",
+                    "peer_copy_sources_s",
+                    "ratio_write_results_to_copy_sources",
+                )
+            }
+        )
+    )
     return report
 
 
