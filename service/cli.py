@@ -262,6 +262,7 @@ def process(
     show_default=True,
 )
 @click.option("--protocol", default=None, help="Protocol preset name.")
+@click.option("--b1-map", is_flag=True, default=None, help="Also write a B1 map series.")
 def phantom(
     out_dir: Path, controls: int, patients: int, follow_up: bool, seed: int, **options: Any
 ) -> None:

@@ -40,7 +40,7 @@ from reports.structured_report import build_measurement_report
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
 from service.history import follow_up_block
 from service.nifti import to_nifti
-from service.protocol import ProtocolError, SiteProtocol, protocol_from_headers
+from service.protocol import ProtocolError, SiteProtocol, match_profile, protocol_from_headers
 from service.quantify import (
     SlabAnatomy,
     SlabScores,
@@ -93,6 +93,15 @@ def _lookup_table(protocol: MP2RAGEProtocol) -> T1LookupTable:
     return T1LookupTable.build(protocol)
 
 
+#: Relative B1 values of the 2-D (T1 x B1) table: 0.5 to 1.5 in steps of 0.025.
+B1_TABLE_VALUES = tuple(np.round(np.arange(0.5, 1.5001, 0.025), 3))
+
+
+@lru_cache(maxsize=8)
+def _b1_lookup_table(protocol: MP2RAGEProtocol) -> T1LookupTable:
+    return T1LookupTable.build(protocol, b1=B1_TABLE_VALUES)
+
+
 def _foreground(slab: Slab) -> NDArray[np.bool_]:
     """Voxels with signal: INV2 above a tenth of its robust maximum (all voxels without INV2)."""
     reference = slab.reference.array
@@ -143,9 +152,31 @@ def slab_t1(
     except ProtocolError as exc:
         raise ExamError(str(exc)) from exc
     table = _lookup_table(protocol)
-    t1_ms = t1_from_uni(stored_to_uni(slab.uni.array), table) * 1000.0
+    uni = stored_to_uni(slab.uni.array)
+    t1_ms = t1_from_uni(uni, table) * 1000.0
+    b1_corrected, b1_note = False, "T1 not corrected for B1+ (no B1 map)"
+    if slab.b1map is not None:
+        profile = match_profile(profiles, str(slab.uni.datasets[0].get("ProtocolName", "")))
+        scale = profile.b1_map_scale if profile else None
+        if scale is None:
+            b1_note = (
+                "B1 map received but not used: b1_map_scale is not set in the site protocol "
+                "profile; T1 not corrected for B1+"
+            )
+        else:
+            relative_b1 = slab.b1map.array / scale
+            corrected = t1_from_uni(uni, _b1_lookup_table(protocol), b1=relative_b1) * 1000.0
+            usable = np.isfinite(corrected)
+            t1_ms = np.where(usable, corrected, t1_ms)
+            b1_corrected = True
+            b1_note = (
+                f"T1 corrected for B1+ with the B1 map ({100 * float(usable.mean()):.0f} % of "
+                "voxels inside the map's range)"
+            )
     info = {
         "t1_source": "UNI + protocol lookup table",
+        "b1_corrected": b1_corrected,
+        "b1_note": b1_note,
         "protocol": {
             "tr_mp2rage_s": protocol.tr_mp2rage_s,
             "ti_s": [protocol.ti1_s, protocol.ti2_s],
@@ -519,7 +550,6 @@ def process_exam(
                     if getattr(slab, name) is not None
                 ),
                 **infos[i],
-                "b1_corrected": False,
                 "foreground_t1_ms": _t1_statistics(t1_ms, foreground),
                 "outside_lookup_percent": round(100.0 * float(np.mean(~finite[foreground])), 2)
                 if foreground.any()
@@ -545,7 +575,7 @@ def process_exam(
         voxel_mm=[s.reference.voxel_mm for s in slabs],
         model_valid=[s.model_valid for s in scores] if model is not None else [],
         protocol_matches_model=True if model is not None else None,
-        b1_corrected=False,
+        b1_corrected=all(info.get("b1_corrected", False) for info in infos),
     )
     scored = model is not None and qc.verdict != "fail"
     computed = time.perf_counter()
@@ -694,8 +724,15 @@ def _summary(
         "software": {"name": identity.software_name, "version": identity.software_version},
         "exam": _exam_identity(slabs[0]),
         "slabs": slab_summaries,
-        "b1_corrected": False,
-        "b1_note": "T1 not corrected for B1+ (no B1 map used)",
+        "b1_corrected": all(entry.get("b1_corrected", False) for entry in slab_summaries),
+        "b1_note": "; ".join(
+            sorted(
+                {
+                    str(entry.get("b1_note", "T1 from the scanner's map"))
+                    for entry in slab_summaries
+                }
+            )
+        ),
         "research_use": identity.research_use_text,
         "t1_ms": {key: block["mean_t1_ms"] for key, block in regions.items()},
         "regions": regions,

@@ -23,6 +23,7 @@ __all__ = [
     "ProtocolError",
     "SiteProtocol",
     "load_site_protocols",
+    "match_profile",
     "protocol_from_headers",
 ]
 
@@ -37,7 +38,9 @@ class SiteProtocol:
 
     ``protocol_name`` is matched against ProtocolName (shell wildcards allowed, ``*`` for a
     site-wide default). Timing fields other than echo spacing, excitations and efficiency
-    are only used where the headers lack them.
+    are only used where the headers lack them. ``b1_map_scale`` is the stored B1-map value
+    that means "actual flip angle = nominal" (e.g. 800 for a map of flip angle x 10 at a
+    nominal 80 deg); without it a B1 map is not used.
     """
 
     protocol_name: str
@@ -50,6 +53,7 @@ class SiteProtocol:
     ti2_s: float | None = None
     flip1_deg: float | None = None
     flip2_deg: float | None = None
+    b1_map_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not self.protocol_name:
@@ -117,7 +121,8 @@ def _first_float(value: Any) -> float | None:
     return number if number > 0 else None
 
 
-def _match(profiles: list[SiteProtocol], protocol_name: str) -> SiteProtocol | None:
+def match_profile(profiles: list[SiteProtocol], protocol_name: str) -> SiteProtocol | None:
+    """The profile entry for a ProtocolName: exact name first, then wildcards, ``*`` last."""
     exact = [p for p in profiles if p.protocol_name == protocol_name]
     if exact:
         return exact[0]
@@ -154,7 +159,7 @@ def protocol_from_headers(
         Naming every value found in neither the headers nor the profile, or an inconsistency.
     """
     protocol_name = str(uni.get("ProtocolName", "") or uni.get("SeriesDescription", ""))
-    profile = _match(profiles, protocol_name)
+    profile = match_profile(profiles, protocol_name)
     from_header: dict[str, float | None] = {
         "tr_mp2rage_s": _ms_to_s(
             _lookup(uni, "RepetitionTime") or _lookup(inv1, "RepetitionTime")

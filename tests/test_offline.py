@@ -135,3 +135,32 @@ def test_phantom_command_writes_a_cohort(tmp_path: Path) -> None:
     assert [s["kind"] for s in cohort] == ["control"]
     assert (tmp_path / "site-protocols.toml").exists()
     assert main(["phantom", "--out", str(tmp_path), "--matrix", "7"]) == 1
+
+
+def test_b1_map_corrects_t1_where_the_transmit_field_is_off(tmp_path: Path) -> None:
+    exam = make_exams(tmp_path / "ph", seed=5, matrix=192, b1_map=True)[0]
+    no_scale = tmp_path / "no-scale.toml"
+    no_scale.write_text(
+        "\n".join(
+            line
+            for line in exam.site_protocols.read_text().splitlines()
+            if not line.startswith("b1_map_scale")
+        )
+    )
+    errors = {}
+    for name, profile in (("corrected", exam.site_protocols), ("uncorrected", no_scale)):
+        assert _process(exam.dicom_dir, tmp_path / name, profile) == 0
+        out_dir = tmp_path / name / exam.study_uid
+        summary = json.loads((out_dir / "summary.json").read_text())
+        assert summary["b1_corrected"] is (name == "corrected")
+        if name == "uncorrected":
+            assert "b1_map_scale is not set" in summary["b1_note"]
+        relative = []
+        for slab in (1, 2):
+            t1, _ = from_nifti(nib.load(out_dir / "nifti" / f"slab{slab}_t1_ms.nii.gz"))
+            truth, _ = from_nifti(nib.load(exam.truth_dir / f"slab{slab}_t1_true_ms.nii.gz"))
+            b1, _ = from_nifti(nib.load(exam.truth_dir / f"slab{slab}_b1_true.nii.gz"))
+            off = (truth > 800) & (truth < 2000) & (t1 > 0) & (np.abs(b1 - 1) > 0.08)
+            relative.append((t1[off] - truth[off]) / truth[off])
+        errors[name] = abs(float(np.median(np.concatenate(relative))))
+    assert errors["corrected"] < 0.5 * errors["uncorrected"], errors

@@ -26,13 +26,11 @@ from service.phantom.dicom_enhanced import write_enhanced_series
 from service.phantom.dicom_legacy import write_legacy_series
 from service.phantom.identity import phantom_uid
 from service.phantom.options import PhantomOptions
-from service.phantom.protocols import ProtocolPreset
+from service.phantom.protocols import B1_MAP_SCALE, ProtocolPreset
 from service.phantom.truth import lesion_statistics, write_json, write_slab_truth
 
 __all__ = ["B1_MAP_SCALE", "ExamPlan", "slab_z_ranges", "write_exam"]
 
-#: Stored B1 map value = relative flip angle x B1_MAP_SCALE.
-B1_MAP_SCALE = 1000.0
 #: Margin (mm) kept between lesions and slab ends (covers the follow-up repositioning).
 _SLAB_MARGIN_MM = 3.5
 _FIRST_SERIES_NUMBER = 4

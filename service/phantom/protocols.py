@@ -72,6 +72,10 @@ PRESETS: dict[str, ProtocolPreset] = {
 }
 
 
+#: Stored B1 map value = relative flip angle x B1_MAP_SCALE.
+B1_MAP_SCALE = 1000.0
+
+
 def site_protocols_toml(presets: list[ProtocolPreset]) -> str:
     """The site protocol profile (TOML) for the given presets.
 
@@ -86,6 +90,7 @@ def site_protocols_toml(presets: list[ProtocolPreset]) -> str:
     echo_spacing_s = 0.0067
     n_excitations = 48
     efficiency = 0.96
+    b1_map_scale = 1000.0
     <BLANKLINE>
     """
     blocks = []
@@ -97,5 +102,6 @@ def site_protocols_toml(presets: list[ProtocolPreset]) -> str:
             f"echo_spacing_s = {p.echo_spacing_s!r}\n"
             f"n_excitations = {int(p.n_excitations)}\n"
             f"efficiency = {p.efficiency!r}\n"
+            f"b1_map_scale = {B1_MAP_SCALE!r}\n"
         )
     return "\n".join(blocks)
