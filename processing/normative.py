@@ -39,6 +39,7 @@ __all__ = [
     "NormativeModel",
     "build_normative_model",
     "loo_models",
+    "with_voxel_noise",
     "z_scores",
 ]
 
@@ -520,3 +521,69 @@ def z_scores(t1_ms: ArrayLike, mean_ms: ArrayLike, sd_ms: ArrayLike) -> NDArray[
     out = np.full(t1.shape, np.nan)
     out[ok] = (t1[ok] - mean[ok]) / sd[ok]
     return out
+
+
+def with_voxel_noise(
+    model: NormativeModel,
+    within_ss: Sequence[NDArray],
+    within_dof: Sequence[NDArray],
+    *,
+    smoothing_sigma_vox: Sigma = 1.0,
+) -> NormativeModel:
+    """Widen a model built from template-cell means to predict single voxels.
+
+    A template cell averages several voxels of each control, so the spread of the cell
+    means across controls misses most of the voxel-level measurement noise that a patient's
+    single voxel carries. This adds the pooled within-cell variance of the controls
+    (sum of squared deviations over degrees of freedom, smoothed like the model) to the
+    model's variance: ``sd^2 <- sd^2 + within``.
+
+    Parameters
+    ----------
+    model : NormativeModel
+        Built from per-control cell means.
+    within_ss : sequence of ndarray
+        Per control and cell, the sum of squared deviations of its voxels from the cell mean.
+    within_dof : sequence of ndarray
+        Per control and cell, voxels minus one (0 where fewer than two voxels).
+    smoothing_sigma_vox : float or tuple
+        Gaussian sigma (template cells) for pooling neighbouring cells.
+
+    Returns
+    -------
+    NormativeModel
+        Same mean and count; wider SD where the controls had within-cell variance.
+
+    Examples
+    --------
+    >>> m = NormativeModel(np.full((1, 2, 2), 1200.0), np.full((1, 2, 2), 30.0),
+    ...                    np.full((1, 2, 2), 5))
+    >>> ss = [np.full((1, 2, 2), 4 * 40.0**2)] * 3
+    >>> dof = [np.full((1, 2, 2), 4.0)] * 3
+    >>> float(with_voxel_noise(m, ss, dof, smoothing_sigma_vox=0).sd_ms[0, 0, 0])
+    50.0
+    """
+    if len(within_ss) != len(within_dof) or not within_ss:
+        raise ValueError(
+            "within_ss and within_dof must list the same, non-zero number of controls"
+        )
+    shape = model.shape
+    for name, arrays in (("within_ss", within_ss), ("within_dof", within_dof)):
+        for array in arrays:
+            if np.shape(array) != shape:
+                raise ValueError(f"{name} arrays must have the model's shape {shape}")
+    ss = np.sum([np.nan_to_num(np.asarray(a, dtype=np.float64)) for a in within_ss], axis=0)
+    dof = np.sum([np.nan_to_num(np.asarray(a, dtype=np.float64)) for a in within_dof], axis=0)
+    if np.any(ss < 0) or np.any(dof < 0):
+        raise ValueError("within-cell sums of squares and degrees of freedom must be >= 0")
+    kernels = _kernels(_sigma_triplet(smoothing_sigma_vox))
+    ss_s, dof_s = _smooth(ss, kernels), _smooth(dof, kernels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = np.where(dof_s > 0.5, ss_s / dof_s, 0.0)
+    sd = np.sqrt(np.asarray(model.sd_ms, dtype=np.float64) ** 2 + within)
+    return NormativeModel(
+        mean_ms=np.asarray(model.mean_ms),
+        sd_ms=sd,
+        count=np.asarray(model.count),
+        tissue_sd_ms=dict(model.tissue_sd_ms),
+    )

@@ -222,6 +222,21 @@ def retry(
     help="Normative model directory (Z-scores, abnormal voxels, lesion candidates).",
 )
 @click.option("--z-threshold", type=float, default=None, help="Abnormal above this Z.")
+@click.option(
+    "--bids-out",
+    "bids_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also export every exam's NIfTI results as BIDS derivatives into this folder.",
+)
+@click.option(
+    "--lesions",
+    "lesions",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Reader lesion mask NIfTI, or a folder with one per slab (matched to the slab by "
+    "grid; repeatable). INPUT_DIR must hold a single exam.",
+)
 @click.pass_context
 def process(
     ctx: click.Context,
@@ -230,14 +245,23 @@ def process(
     site_protocols: Path | None,
     model_dir: Path | None,
     z_threshold: float | None,
+    bids_dir: Path | None,
+    lesions: tuple[Path, ...],
 ) -> None:
     """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/."""
     from service.offline import process_folder
 
     settings = _settings(
-        ctx, site_protocols=site_protocols, model_dir=model_dir, z_threshold=z_threshold
+        ctx,
+        site_protocols=site_protocols,
+        model_dir=model_dir,
+        z_threshold=z_threshold,
+        bids_dir=bids_dir,
     )
-    report = process_folder(input_dir, out_dir, settings)
+    try:
+        report = process_folder(input_dir, out_dir, settings, lesions=list(lesions) or None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     for line in report.lines():
         click.echo(line)
     if report.failed:

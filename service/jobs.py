@@ -19,6 +19,7 @@ from dicom_node.components import classify
 from dicom_node.scu import Destination, SendError, send
 from reports.identity import ResultIdentity
 from service import __version__
+from service.bids import exam_labels, export_exam
 from service.exam import ExamError, ExamSeries
 from service.model_build import ScoringModel, load_scoring_model
 from service.pipeline import process_exam
@@ -88,6 +89,8 @@ class JobRunner:
                 z_threshold=self.settings.z_threshold,
                 prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid),
             )
+            if self.settings.bids_dir is not None:
+                self._export_bids(exam, out_dir, self.settings.bids_dir)
         except ExamError as exc:
             log.warning("job %d failed: %s", job_id, exc)
             self.store.set_state(job_id, JobState.FAILED, error=str(exc))
@@ -160,6 +163,15 @@ class JobRunner:
             result=result,
         )
         return SendOutcome.RETRY
+
+    @staticmethod
+    def _export_bids(exam: ExamSeries, out_dir: Path, bids_dir: Path) -> None:
+        """Export the exam's NIfTI results as BIDS derivatives; failing raises ExamError."""
+        try:
+            written = export_exam(out_dir, bids_dir, exam_labels(exam))
+        except (OSError, ValueError) as exc:
+            raise ExamError(f"BIDS export to {bids_dir} failed: {exc}") from exc
+        log.info("exam %s exported as BIDS derivatives: %d file(s)", exam.study_uid, len(written))
 
     def _model(self) -> ScoringModel | None:
         """The configured normative model (loaded once per worker process)."""

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from dicom_node.instance import patient_key
 from processing.mp2rage import MP2RAGEProtocol
-from processing.normative import NormativeModel, build_normative_model
+from processing.normative import NormativeModel, build_normative_model, with_voxel_noise
 from processing.template import (
     TEMPLATE_EXTENT,
     TEMPLATE_SHAPE_UV,
@@ -124,6 +124,22 @@ def _segment(control: _Control, prior: NDArray[np.float64], n_slabs: int) -> lis
     ]
 
 
+def _within_cell_spread(
+    anatomies: list[SlabAnatomy], t1_maps: list[NDArray[np.float64]]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per template cell: squared deviations of the control's voxels from the cell mean,
+    and voxels minus one (the voxel-level noise a cell mean hides)."""
+    ss_parts, dof_parts = [], []
+    for anatomy, t1 in zip(anatomies, t1_maps, strict=True):
+        mask = anatomy.cord & np.isfinite(t1)
+        counts = anatomy.coords.template_counts(mask).astype(np.float64)
+        mean = np.nan_to_num(anatomy.coords.to_template(t1, mask))
+        mean_sq = np.nan_to_num(anatomy.coords.to_template(np.where(mask, t1, 0.0) ** 2, mask))
+        ss_parts.append(np.clip(counts * (mean_sq - mean**2), 0.0, None))
+        dof_parts.append(np.clip(counts - 1.0, 0.0, None))
+    return np.sum(ss_parts, axis=0), np.sum(dof_parts, axis=0)
+
+
 def _merge_slabs(templates: list[NDArray[np.float64]]) -> NDArray[np.float64]:
     merged = templates[0].copy()
     for template in templates[1:]:
@@ -200,6 +216,7 @@ def build_model(
         say(f"segmented control {i}/{len(controls)} (geometric prior)")
     learned = gm_prior_from_controls([(a.coords, a.gm) for c in controls for a in c.anatomies])
     t1_templates, masks = [], []
+    within_ss, within_dof = [], []
     for i, control in enumerate(controls, start=1):
         control.anatomies = _segment(control, learned, n_slabs)
         template = _merge_slabs(
@@ -210,6 +227,9 @@ def build_model(
         )
         t1_templates.append(template)
         masks.append(np.isfinite(template))
+        ss, dof = _within_cell_spread(control.anatomies, control.t1_ms)
+        within_ss.append(ss)
+        within_dof.append(dof)
         say(f"segmented control {i}/{len(controls)} (learned prior)")
     in_cord = np.hypot(*_uv_grid()) <= 1.0
     gm_cells = (learned >= 0.5) & in_cord[None]
@@ -220,6 +240,7 @@ def build_model(
         smoothing_sigma_vox=SMOOTHING_SIGMA_VOX,
         shrinkage_n0=SHRINKAGE_N0,
     )
+    model = with_voxel_noise(model, within_ss, within_dof, smoothing_sigma_vox=SMOOTHING_SIGMA_VOX)
     prior_data = _prior_bytes(learned)
     metadata = ModelMetadata(
         created_at=created_at,

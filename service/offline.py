@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pydicom
 
 from dicom_node.instance import patient_key
+from service.bids import exam_labels, export_exam
 from service.exam import ExamError, ExamSeries, dicom_files, find_exam_series
 from service.jobs import result_identity
 from service.model_build import load_scoring_model
@@ -17,7 +19,7 @@ from service.pipeline import process_exam
 from service.protocol import load_site_protocols
 from service.settings import Settings
 
-__all__ = ["FolderReport", "process_folder"]
+__all__ = ["FolderReport", "lesion_files", "process_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,83 @@ def _patient_and_date(exam: ExamSeries) -> tuple[str, str]:
     return key, f"{header.get('StudyDate', '') or ''}{header.get('StudyTime', '') or ''}"
 
 
-def process_folder(input_dir: Path, out_dir: Path, settings: Settings) -> FolderReport:
+def lesion_files(paths: list[Path]) -> list[Path]:
+    """The NIfTI files given as reader lesions: files as they are, folders expanded.
+
+    Raises
+    ------
+    ValueError
+        If a path does not exist or a folder holds no ``.nii`` / ``.nii.gz`` file.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+            if not found:
+                raise ValueError(f"lesion folder {path} holds no NIfTI (.nii/.nii.gz) file")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"lesion mask {path} does not exist")
+    return files
+
+
+def _sessions_with_time(exams: dict[str, ExamSeries]) -> set[str]:
+    """Study UIDs whose BIDS session needs the time: another study of the patient that day."""
+    labels = [exam_labels(exam) for exam in exams.values()]
+    days = Counter((label.subject, label.study_date) for label in labels)
+    return {label.study_uid for label in labels if days[label.subject, label.study_date] > 1}
+
+
+def _export(exam: ExamSeries, exam_out_dir: Path, bids_dir: Path, with_time: bool) -> None:
+    try:
+        export_exam(exam_out_dir, bids_dir, exam_labels(exam), with_time=with_time)
+    except (OSError, ValueError) as exc:
+        raise ExamError(f"BIDS export to {bids_dir} failed: {exc}") from exc
+
+
+def process_folder(
+    input_dir: Path,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    lesions: list[Path] | None = None,
+) -> FolderReport:
     """Process every exam under ``input_dir`` (any folder layout) into ``out_dir/<study UID>``.
 
     One exam failing does not stop the others; its error is in the report. Exams of one
-    patient run in date order, each compared with the one before (follow-up).
+    patient run in date order, each compared with the one before (follow-up). With
+    ``settings.bids_dir`` every processed exam is also exported as BIDS derivatives
+    (:mod:`service.bids`); a failing export fails that exam.
+
+    Parameters
+    ----------
+    input_dir, out_dir : Path
+        Where the DICOM files are and where the results go.
+    settings : Settings
+        Site protocols, model, threshold, BIDS folder.
+    lesions : list of Path or None
+        Reader lesion masks as NIfTI files or folders of them (one per slab, matched by
+        grid); only for an ``input_dir`` holding a single exam.
+
+    Raises
+    ------
+    ValueError
+        If ``lesions`` is given and ``input_dir`` does not hold exactly one exam, or a lesion
+        path does not exist.
     """
     report = FolderReport()
     profiles = load_site_protocols(settings.site_protocols)
     identity = result_identity(settings)
     model = load_scoring_model(settings.model_dir) if settings.model_dir else None
     exams = find_exam_series(dicom_files(input_dir))
+    reader_files = lesion_files(lesions) if lesions else None
+    if reader_files is not None and len(exams) != 1:
+        raise ValueError(
+            f"reader lesion masks need INPUT_DIR to hold exactly one exam; it holds {len(exams)}"
+        )
+    with_time = _sessions_with_time(exams) if settings.bids_dir is not None else set()
     previous: dict[str, dict[str, Any]] = {}
     for study_uid in sorted(exams, key=lambda uid: _patient_and_date(exams[uid])):
         exam = exams[study_uid]
@@ -71,7 +139,10 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings) -> Folder
                 model=model,
                 z_threshold=settings.z_threshold,
                 prior_summary=previous.get(patient),
+                reader_lesion_files=reader_files,
             )
+            if settings.bids_dir is not None:
+                _export(exam, target, settings.bids_dir, study_uid in with_time)
         except ExamError as exc:
             log.warning("exam %s failed: %s", study_uid, exc)
             report.failed[study_uid] = str(exc)

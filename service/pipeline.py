@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ from service.quantify import (
     split_tissues,
     stats_to_summary,
 )
-from service.reader_lesions import ReaderLesionError, lesions_from_seg
+from service.reader_lesions import ReaderLesionError, lesions_from_nifti, lesions_from_seg
 from service.volumes import SeriesVolume
 
 if TYPE_CHECKING:
@@ -237,6 +238,50 @@ def _reader_lesions_from_exam(
         for target, found in zip(merged, labels, strict=True):
             target[found > 0] = found[found > 0] + offset
     return merged
+
+
+def _reader_lesions_from_files(files: list[Path], slabs: list[Slab]) -> list[NDArray[np.int32]]:
+    """Reader lesion NIfTI masks (one per slab at most), each matched to its slab by grid.
+
+    A name containing ``slab<k>`` must agree with the grid; without it the grid decides alone.
+    """
+    found: dict[int, tuple[Path, NDArray[np.int32]]] = {}
+    for path in files:
+        try:
+            image = nib.load(path)
+        except Exception as exc:
+            raise ExamError(f"reader lesion file {path.name} cannot be read: {exc}") from exc
+        matches: dict[int, NDArray[np.int32]] = {}
+        errors: list[str] = []
+        for slab in slabs:
+            try:
+                matches[slab.index] = lesions_from_nifti(image, slab.reference)
+            except ReaderLesionError as exc:
+                errors.append(f"slab {slab.index}: {exc}")
+        named = re.search(r"slab(\d+)", path.name)
+        if not matches:
+            raise ExamError(f"reader lesion file {path.name} matches no slab: {'; '.join(errors)}")
+        if named and int(named.group(1)) not in matches:
+            raise ExamError(
+                f"reader lesion file {path.name} is named for slab {named.group(1)} but lies on "
+                f"the grid of slab(s) {sorted(matches)}"
+            )
+        if not named and len(matches) > 1:
+            raise ExamError(
+                f"reader lesion file {path.name} fits slabs {sorted(matches)}: put slab<k> "
+                "in its name"
+            )
+        index = int(named.group(1)) if named else next(iter(matches))
+        if index in found:
+            raise ExamError(
+                f"two reader lesion files for slab {index}: {found[index][0].name} and "
+                f"{path.name} (give one NIfTI per slab)"
+            )
+        found[index] = (path, matches[index])
+    return [
+        found[s.index][1] if s.index in found else np.zeros(s.reference.array.shape, np.int32)
+        for s in slabs
+    ]
 
 
 def _check_model(
@@ -437,6 +482,7 @@ def process_exam(
     reader_lesions: list[NDArray[np.int32]] | None = None,
     z_threshold: float = DEFAULT_Z_THRESHOLD,
     prior_summary: dict[str, Any] | None = None,
+    reader_lesion_files: list[Path] | None = None,
 ) -> ExamOutputs:
     """Compute and write every result of one exam into ``out_dir``.
 
@@ -458,6 +504,9 @@ def process_exam(
         One-sided threshold for abnormal voxels.
     prior_summary : dict or None
         summary.json of the same patient's previous exam, for the follow-up comparison.
+    reader_lesion_files : list of Path or None
+        Reader lesion masks as NIfTI, at most one per slab, each matched to its slab by grid
+        (instead of ``reader_lesions``; a file matching no slab fails the exam).
 
     Raises
     ------
@@ -471,6 +520,10 @@ def process_exam(
     except ValueError as exc:
         raise ExamError(f"cannot read the exam's images: {exc}") from exc
     loaded = time.perf_counter()
+    if reader_lesion_files is not None:
+        if reader_lesions is not None:
+            raise ValueError("give reader_lesions or reader_lesion_files, not both")
+        reader_lesions = _reader_lesions_from_files(reader_lesion_files, slabs)
     if reader_lesions is None:
         reader_lesions = _reader_lesions_from_exam(exam, slabs)
     if reader_lesions is not None and len(reader_lesions) != len(slabs):

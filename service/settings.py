@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="Normative model directory (`cordt1 model build`); none: T1 only."
     )
+    bids_dir: Path | None = Field(
+        None,
+        description="Also export every processed exam's NIfTI results as BIDS derivatives "
+        "here (sub-<patient key>/ses-<study date>); a failing export fails the job.",
+    )
     z_threshold: float = Field(
         1.96, gt=0, description="One-sided Z above which a voxel counts as abnormal."
     )
