@@ -339,7 +339,7 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
     from dicom_node.spool import Spool
     from service.exam import own_markers
-    from service.server import info_to_dict
+    from service.server import record_association, record_instance
     from service.settings import NodeSettings
     from service.store import JobStore
 
@@ -353,29 +353,14 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     lock = threading.Lock()
 
     def on_instance(info: InstanceInfo) -> None:
-        store.record_instance(
-            sop_instance_uid=info.sop_instance_uid,
-            study_uid=info.study_uid,
-            series_uid=info.series_uid,
-            component=str(info.component),
-            path=str(info.path),
-            calling_ae=info.calling_ae,
-            received_at=info.received_at,
-            own_result=info.is_own_result,
-            info=info_to_dict(info),
-        )
+        record_instance(store, info)
         if info.is_own_result:
             return
         with lock:
             tracker.add(info, time.time())
 
     def on_association(record: AssociationRecord) -> None:
-        outcome = "accepted" if record.accepted else f"rejected ({record.reason})"
-        store.log_event(
-            "association",
-            f"{record.calling_ae}@{record.address} {outcome}, "
-            f"{record.instances} instance(s), {record.bytes} bytes",
-        )
+        record_association(store, record)
 
     config = ScpConfig(
         ae_title=node.ae_title,

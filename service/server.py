@@ -28,7 +28,14 @@ from service.exam import own_markers
 from service.settings import Settings
 from service.store import JobState, JobStore
 
-__all__ = ["Service", "info_from_dict", "info_to_dict", "own_markers"]
+__all__ = [
+    "Service",
+    "info_from_dict",
+    "info_to_dict",
+    "own_markers",
+    "record_association",
+    "record_instance",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,31 @@ def info_from_dict(data: dict[str, Any]) -> InstanceInfo:
     values["path"] = Path(values["path"])
     values["component"] = Component(values["component"])
     return InstanceInfo(**values)
+
+
+def record_instance(store: JobStore, info: InstanceInfo) -> None:
+    """Keep one spooled instance in the job store (the tracker is rebuilt from these)."""
+    store.record_instance(
+        sop_instance_uid=info.sop_instance_uid,
+        study_uid=info.study_uid,
+        series_uid=info.series_uid,
+        component=str(info.component),
+        path=str(info.path),
+        calling_ae=info.calling_ae,
+        received_at=info.received_at,
+        own_result=info.is_own_result,
+        info=info_to_dict(info),
+    )
+
+
+def record_association(store: JobStore, record: AssociationRecord) -> None:
+    """Keep one association (accepted or rejected, and why) in the audit trail."""
+    outcome = "accepted" if record.accepted else f"rejected ({record.reason})"
+    store.log_event(
+        "association",
+        f"{record.calling_ae}@{record.address} {outcome}, "
+        f"{record.instances} instance(s), {record.bytes} bytes",
+    )
 
 
 class Service:
@@ -91,17 +123,7 @@ class Service:
     # --- event handlers (called from the SCP's threads; keep them short) ---------------------
     def on_instance(self, info: InstanceInfo) -> None:
         """Record a spooled instance and feed the exam tracker."""
-        self.store.record_instance(
-            sop_instance_uid=info.sop_instance_uid,
-            study_uid=info.study_uid,
-            series_uid=info.series_uid,
-            component=str(info.component),
-            path=str(info.path),
-            calling_ae=info.calling_ae,
-            received_at=info.received_at,
-            own_result=info.is_own_result,
-            info=info_to_dict(info),
-        )
+        record_instance(self.store, info)
         if info.is_own_result:
             return
         with self._lock:
@@ -109,12 +131,7 @@ class Service:
 
     def on_association(self, record: AssociationRecord) -> None:
         """Keep every association in the audit trail."""
-        outcome = "accepted" if record.accepted else f"rejected ({record.reason})"
-        self.store.log_event(
-            "association",
-            f"{record.calling_ae}@{record.address} {outcome}, "
-            f"{record.instances} instance(s), {record.bytes} bytes",
-        )
+        record_association(self.store, record)
 
     # --- the watcher -------------------------------------------------------------------------
     def dispatch_ready(self, now: float | None = None) -> list[int]:
