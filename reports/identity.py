@@ -92,6 +92,20 @@ class ResultIdentity:
                 "characters so that it fits into SeriesDescription"
             )
 
+    @property
+    def content_qualification(self) -> str:
+        """ContentQualification: RESEARCH while a research-use text is set, else PRODUCT."""
+        return "RESEARCH" if self.research_use_text else "PRODUCT"
+
+    def device_arguments(self) -> dict[str, str]:
+        """The equipment keyword arguments every highdicom result constructor takes."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.software_name,
+            "software_versions": self.software_version,
+            "device_serial_number": self.device_serial_number,
+        }
+
 
 def _with_suffix(description: str, suffix: str) -> str:
     if not suffix or description.endswith(suffix):

@@ -192,7 +192,6 @@ def build_parametric_map(
     )
     # highdicom 0.28.2 splits a str window_explanation into characters: set it directly.
     window.WindowCenterWidthExplanation = style.window_explanation
-    qualification = "RESEARCH" if identity.research_use_text else "PRODUCT"
     pm = hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=pixels,
@@ -200,16 +199,13 @@ def build_parametric_map(
         series_number=int(series_number),
         sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.software_name,
-        software_versions=identity.software_version,
-        device_serial_number=identity.device_serial_number,
+        **identity.device_arguments(),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[window],
         content_label=style.content_label,
         content_description=style.content_description,
-        content_qualification=qualification,
+        content_qualification=identity.content_qualification,
         plane_positions=plane_positions,
     )
     pm.BodyPartExamined = body_part_examined(sources[0])

@@ -555,7 +555,6 @@ def build_segmentation(
     descriptions = [
         _description(number, spec, identity) for number, spec in enumerate(segments, start=1)
     ]
-    qualification = "RESEARCH" if identity.research_use_text else "PRODUCT"
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
@@ -565,15 +564,12 @@ def build_segmentation(
         series_number=int(series_number),
         sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.software_name,
-        software_versions=identity.software_version,
-        device_serial_number=identity.device_serial_number,
+        **identity.device_arguments(),
         content_label=content_label,
         content_description="Spinal cord segments",
         omit_empty_frames=True,
     )
-    seg.ContentQualification = qualification
+    seg.ContentQualification = identity.content_qualification
     seg.BodyPartExamined = body_part_examined(sources[0])
     seg.SeriesDescription = f"{identity.software_name} {series_description}"
     apply_identity(seg, identity)
