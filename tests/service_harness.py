@@ -110,6 +110,12 @@ class ServiceProcess:
         wait_for_port(self.port, timeout_s=60)
         return self
 
+    def __enter__(self) -> ServiceProcess:
+        return self if self.process and self.process.poll() is None else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Warm shutdown."""
         if self.process and self.process.poll() is None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pydicom
@@ -74,15 +75,12 @@ def _check_results_in_pacs(
 def test_exam_from_scanner_reaches_the_pacs_with_embedded_defaults(
     exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
 ) -> None:
-    service = ServiceProcess(
+    with ServiceProcess(
         tmp_path, destination=orthanc.destination, site_protocols=exam.site_protocols
-    ).start()
-    try:
+    ) as service:
         sent = storescu(service.port, [exam.dicom_dir])
         assert sent.returncode == 0, sent.stderr
         _check_results_in_pacs(orthanc, exam, service, tmp_path)
-    finally:
-        service.stop()
 
 
 def test_exam_reaches_the_pacs_through_redis_and_postgresql(
@@ -92,19 +90,16 @@ def test_exam_reaches_the_pacs_through_redis_and_postgresql(
     redis_url: str,
     postgres_url: str,
 ) -> None:
-    service = ServiceProcess(
+    with ServiceProcess(
         tmp_path,
         destination=orthanc.destination,
         site_protocols=exam.site_protocols,
         broker=redis_url.rsplit("/", 1)[0] + "/7",
         database_url=postgres_url,
-    ).start()
-    try:
+    ) as service:
         sent = storescu(service.port, [exam.dicom_dir])
         assert sent.returncode == 0, sent.stderr
         _check_results_in_pacs(orthanc, exam, service, tmp_path)
-    finally:
-        service.stop()
 
 
 def test_missing_protocol_values_fail_the_job_with_a_clear_error(
@@ -112,17 +107,14 @@ def test_missing_protocol_values_fail_the_job_with_a_clear_error(
 ) -> None:
     empty_profile = tmp_path / "site.toml"
     empty_profile.write_text("")
-    service = ServiceProcess(
+    with ServiceProcess(
         tmp_path, destination=orthanc.destination, site_protocols=empty_profile
-    ).start()
-    try:
+    ) as service:
         assert storescu(service.port, [exam.dicom_dir]).returncode == 0
         jobs = service.wait_for_jobs(finished)
         assert [j.state for j in jobs] == [JobState.FAILED]
         assert "echo_spacing_s" in jobs[0].error and "n_excitations" in jobs[0].error
         assert orthanc.sop_instance_uids(exam.study_uid) == set()
-    finally:
-        service.stop()
 
 
 def test_pacs_down_is_retried_then_failed_and_retry_delivers(
@@ -141,15 +133,12 @@ def test_pacs_down_is_retried_then_failed_and_retry_delivers(
             "retry_interval_s = 5", "retry_interval_s = 1"
         )
     )
-    service.start()
-    try:
+    with service:
         assert storescu(service.port, [exam.dicom_dir]).returncode == 0
         jobs = service.wait_for_jobs(finished)
         assert [j.state for j in jobs] == [JobState.FAILED]
         assert "not delivered after 2 attempt(s)" in jobs[0].error
         assert f"127.0.0.1:{dead_port}" in jobs[0].error
-    finally:
-        service.stop()
 
 
 def test_unknown_calling_ae_is_rejected_and_recorded(
@@ -164,8 +153,7 @@ def test_unknown_calling_ae_is_rejected_and_recorded(
     service.config.write_text(
         text.replace("[send]", '[node.allowed_calling_aes]\nMR7T = "127.0.0.1"\n\n[send]')
     )
-    service.start()
-    try:
+    with service:
         rejected = storescu(service.port, [exam.dicom_dir], calling_ae="INTRUDER")
         assert rejected.returncode != 0
         accepted = storescu(service.port, [exam.dicom_dir], calling_ae="MR7T")
@@ -175,18 +163,17 @@ def test_unknown_calling_ae_is_rejected_and_recorded(
         messages = [e["message"] for e in service.store().events(limit=500)]
         assert any("INTRUDER" in m and "rejected" in m for m in messages)
         assert not list((service.data_dir / "spool").rglob("*INTRUDER*"))
-    finally:
-        service.stop()
 
 
 def test_results_sent_back_by_the_pacs_start_no_job(
     exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
 ) -> None:
-    service = ServiceProcess(
-        tmp_path, destination=orthanc.destination, site_protocols=exam.site_protocols
-    ).start()
-    store = service.store()
-    try:
+    with (
+        ServiceProcess(
+            tmp_path, destination=orthanc.destination, site_protocols=exam.site_protocols
+        ) as service,
+        closing(service.store()) as store,
+    ):
         assert storescu(service.port, [exam.dicom_dir]).returncode == 0
         jobs = service.wait_for_jobs(finished)
         result_files = [Path(p) for p in jobs[0].result["dicom"]]
@@ -197,35 +184,26 @@ def test_results_sent_back_by_the_pacs_start_no_job(
         # Absence of a job can only be shown by waiting: three times the settle time.
         time.sleep(3.0)
         assert len(store.list_jobs()) == 1
-    finally:
-        store.close()
-        service.stop()
 
 
 def test_jobs_queued_while_no_worker_runs_finish_after_a_restart(
     exam: PhantomExam, orthanc: OrthancPacs, tmp_path: Path
 ) -> None:
-    receiver = ServiceProcess(
+    with ServiceProcess(
         tmp_path,
         destination=orthanc.destination,
         site_protocols=exam.site_protocols,
         workers=0,
-    ).start()
-    try:
+    ) as receiver:
         assert storescu(receiver.port, [exam.dicom_dir]).returncode == 0
         jobs = receiver.wait_for_jobs(lambda js: len(js) == 1)
         assert jobs[0].state is JobState.QUEUED
-    finally:
-        receiver.stop()
     text = receiver.config.read_text().replace("workers = 0", "workers = 1")
     receiver.config.write_text(text)
-    restarted = receiver.start()
-    try:
+    with receiver as restarted:
         jobs = restarted.wait_for_jobs(finished)
         assert [j.state for j in jobs] == [JobState.DONE]
         assert jobs[0].attempts == 1  # delivered once, even though it was queued twice
-    finally:
-        restarted.stop()
 
 
 def test_serve_flags_override_the_configuration(tmp_path: Path) -> None:
@@ -279,13 +257,12 @@ def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path
         profiles=load_site_protocols(controls[0].site_protocols),
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    service = ServiceProcess(
+    with ServiceProcess(
         tmp_path / "svc",
         destination=orthanc.destination,
         site_protocols=patient.site_protocols,
         model_dir=tmp_path / "model",
-    ).start()
-    try:
+    ) as service:
         assert storescu(service.port, [patient.dicom_dir]).returncode == 0
         jobs = service.wait_for_jobs(finished)
         assert [j.state for j in jobs] == [JobState.DONE], [j.error for j in jobs]
@@ -310,5 +287,3 @@ def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path
         assert classes["Encapsulated PDF Storage"] == 1
         assert classes["Secondary Capture Image Storage"] >= 2
         assert orthanc.find("Series", {"StudyInstanceUID": patient.study_uid, "Modality": "SEG"})
-    finally:
-        service.stop()
