@@ -287,13 +287,41 @@ def process(
 )
 @click.option("--protocol", default=None, help="Protocol preset name.")
 @click.option("--b1-map", is_flag=True, default=None, help="Also write a B1 map series.")
+@click.option(
+    "--b1-grid",
+    type=click.Choice(["same", "coarse"]),
+    default=None,
+    help="B1 map per slab on its grid (same) or one coarse map for the exam. [same]",
+)
+@click.option("--t2star", is_flag=True, default=None, help="Also write a multi-echo GRE per slab.")
+@click.option(
+    "--t2star-echo-times",
+    "t2star_echo_times_ms",
+    type=float,
+    multiple=True,
+    help="GRE echo time in ms (repeat per echo).  [default: 5 10 15 20]",
+)
+@click.option("--t2star-voxel-mm", type=float, default=None, help="GRE pixel spacing. [0.22]")
+@click.option("--t2star-slice-mm", type=float, default=None, help="GRE slice thickness. [3]")
+@click.option("--t2star-matrix", type=int, default=None, help="GRE matrix [covers the FOV].")
+@click.option(
+    "--t2star-combined", is_flag=True, default=None, help="One RSS image instead of echoes."
+)
+@click.option(
+    "--t2star-shift-mm",
+    type=(float, float, float),
+    default=None,
+    help="Subject shift X Y Z (LPS mm) during the GRE.",
+)
+@click.option("--t2star-snr", type=float, default=None, help="GRE first-echo WM SNR. [20]")
+@click.option("--t2star-description", default=None, help="GRE SeriesDescription.")
 def phantom(
     out_dir: Path, controls: int, patients: int, follow_up: bool, seed: int, **options: Any
 ) -> None:
     """Write synthetic 7 T MP2RAGE exams with ground truth."""
     from service.phantom import PhantomOptions, write_cohort
 
-    values = {k: v for k, v in options.items() if v is not None}
+    values = {k: v for k, v in options.items() if v is not None and v != ()}
     try:
         phantom_options = PhantomOptions(**values)
     except ValueError as exc:

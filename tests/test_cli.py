@@ -83,3 +83,19 @@ def test_status_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_retry_refuses_unknown_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["retry", "7", "--data-dir", str(tmp_path)]) == 1
     assert "no job 7" in capsys.readouterr().err
+
+
+def test_phantom_writes_t2star_series_and_a_coarse_b1_map(tmp_path: Path) -> None:
+    argv = ["phantom", "--out", str(tmp_path), "--controls", "1", "--patients", "0"]
+    argv += ["--matrix", "32", "--slices", "3", "--slabs", "1", "--b1-map", "--b1-grid", "coarse"]
+    argv += ["--t2star", "--t2star-echo-times", "4", "--t2star-echo-times", "12"]
+    argv += ["--t2star-voxel-mm", "0.5", "--t2star-slice-mm", "2", "--t2star-combined"]
+    argv += ["--t2star-shift-mm", "0.2", "-0.1", "0", "--t2star-description", "cord_axial"]
+    assert main(argv) == 0
+    truth = json.loads((tmp_path / "control-001/exam-1/truth/truth.json").read_text())
+    record = truth["slabs"][0]["t2star"]
+    assert record["echo_times_ms"] == [4.0, 12.0] and record["combined"] is True
+    assert record["shape"][0] == 6 and record["voxel_mm"] == 0.5
+    assert record["subject_shift_mm"] == [0.2, -0.1, 0.0]
+    assert truth["b1_map"]["grid"] == "coarse"
+    assert main(["phantom", "--out", str(tmp_path / "x"), "--b1-grid", "coarse"]) == 1

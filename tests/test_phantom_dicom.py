@@ -110,6 +110,14 @@ def test_non_ascii_names_round_trip(tmp_path: Path) -> None:
     assert str(ds.PatientName) == name
 
 
+def _dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run(
+        ["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60
+    )
+    report = result.stdout + result.stderr
+    return [line for line in report.splitlines() if line.startswith("Error")]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("enhanced", [False, True])
@@ -119,9 +127,29 @@ def test_dciodvfy_reports_no_errors(tmp_path: Path, enhanced: bool) -> None:
     assert len(folders) == 5
     for folder in folders:
         path = next(folder.glob("*.dcm"))
-        result = subprocess.run(
-            ["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60
-        )
-        report = result.stdout + result.stderr
-        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        errors = _dciodvfy_errors(path)
         assert errors == [], f"{folder.name}: {errors}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
+@pytest.mark.parametrize(("enhanced", "combined"), [(False, False), (True, False), (True, True)])
+def test_dciodvfy_gre_and_coarse_b1_have_no_errors(
+    tmp_path: Path, enhanced: bool, combined: bool
+) -> None:
+    root = _write(
+        tmp_path,
+        enhanced=enhanced,
+        b1_map=True,
+        b1_grid="coarse",
+        t2star=True,
+        t2star_combined=combined,
+        slabs=2,
+    )
+    folders = sorted((root / "patient-001/exam-1/dicom").iterdir())
+    names = [folder.name.split("_", 1)[1] for folder in folders]
+    assert "T2STAR_slab1" in names and "T2STAR_slab2" in names and "B1MAP" in names
+    for folder in folders:
+        for path in sorted(folder.glob("*.dcm"))[:2]:
+            errors = _dciodvfy_errors(path)
+            assert errors == [], f"{folder.name}/{path.name}: {errors}"

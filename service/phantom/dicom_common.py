@@ -25,6 +25,7 @@ from service.phantom.protocols import ProtocolPreset
 __all__ = [
     "TRANSFER_SYNTAX_UIDS",
     "ExamContext",
+    "GRETiming",
     "SeriesSpec",
     "common_dataset",
     "save",
@@ -59,15 +60,55 @@ class ExamContext:
 
 
 @dataclass(frozen=True)
+class GRETiming:
+    """Acquisition of a multi-echo spoiled 2D gradient echo series (T2*-weighted).
+
+    Parameters
+    ----------
+    echo_times_ms : tuple of float
+        Echo times acquired (ms).
+    repetition_time_ms : float
+    flip_angle_deg : float
+    combined : bool
+        The pixels hold one root-sum-of-squares image over the echoes (like Siemens MEDIC)
+        instead of one image per echo.
+    sequence_name : str
+        Siemens-like SequenceName.
+    """
+
+    echo_times_ms: tuple[float, ...]
+    repetition_time_ms: float
+    flip_angle_deg: float
+    combined: bool = False
+    sequence_name: str = "*fl2d4r"
+
+    @property
+    def n_images(self) -> int:
+        """Images per slice: one per echo, or one when combined."""
+        return 1 if self.combined else len(self.echo_times_ms)
+
+    @property
+    def effective_echo_time_ms(self) -> float:
+        """EchoTime written on a combined image: the mean of the echo times."""
+        return float(np.mean(self.echo_times_ms))
+
+    def image_echo_times_ms(self) -> tuple[float, ...]:
+        """EchoTime of each image of a slice."""
+        if self.combined:
+            return (self.effective_echo_time_ms,)
+        return tuple(float(te) for te in self.echo_times_ms)
+
+
+@dataclass(frozen=True)
 class SeriesSpec:
     """One series of one slab.
 
     Parameters
     ----------
     component : str
-        ``INV1``, ``INV2``, ``UNI``, ``T1MAP`` or ``B1MAP`` (folder name part).
+        ``INV1``, ``INV2``, ``UNI``, ``T1MAP``, ``B1MAP`` or ``T2STAR`` (folder name part).
     slab : int
-        1-based slab number.
+        1-based slab number; 0 for a series covering the whole exam (coarse B1 map).
     series_number : int
     series_uid : str
     description : str
@@ -75,6 +116,7 @@ class SeriesSpec:
     image_type : tuple of str
         ImageType of the legacy instances.
     pixels : ndarray of uint16, shape (n_slices, rows, cols)
+        or ``(n_echoes, n_slices, rows, cols)`` for a multi-echo GRE (``gre`` not combined).
     geometry : SlabGeometry
     bits_stored : int
     window : tuple of float
@@ -82,6 +124,8 @@ class SeriesSpec:
     inversion_time_ms : float or None
         InversionTime (only the inversion images carry one).
     flip_angle_deg : float
+    gre : GRETiming, optional
+        Set for a multi-echo GRE series (GR headers, per-echo EchoTime, no inversion).
     """
 
     component: str
@@ -96,11 +140,31 @@ class SeriesSpec:
     window: tuple[float, float]
     inversion_time_ms: float | None
     flip_angle_deg: float
+    gre: GRETiming | None = None
+
+    def __post_init__(self) -> None:
+        expected = 4 if self.gre is not None and not self.gre.combined else 3
+        if self.pixels.ndim != expected:
+            raise ValueError(f"{self.component} pixels must be {expected}-D")
+        if self.gre is not None and self.image_stack.shape[0] != self.gre.n_images:
+            raise ValueError("one pixel volume per echo is needed")
 
     @property
     def folder(self) -> str:
-        """Folder name, e.g. ``004_INV1_slab1``."""
+        """Folder name, e.g. ``004_INV1_slab1`` (``012_B1MAP`` for a whole-exam series)."""
+        if self.slab == 0:
+            return f"{self.series_number:03d}_{self.component}"
         return f"{self.series_number:03d}_{self.component}_slab{self.slab}"
+
+    @property
+    def image_stack(self) -> NDArray[np.uint16]:
+        """Pixels as ``(n_images_per_slice, n_slices, rows, cols)`` (one image per slice: 1)."""
+        return self.pixels if self.pixels.ndim == 4 else self.pixels[None]
+
+    @property
+    def location(self) -> str:
+        """``slab <k>`` or ``exam`` (for ImageComments)."""
+        return f"slab {self.slab}" if self.slab else "exam"
 
     @property
     def has_inversion(self) -> bool:
@@ -145,7 +209,8 @@ def common_dataset(exam: ExamContext, series: SeriesSpec) -> Dataset:
     ds.BodyPartExamined = "CSPINE"
     ds.DeviceSerialNumber = "79999"
     ds.SoftwareVersions = "syngo MR E12"
-    ds.ProtocolName = exam.preset.protocol_name
+    # a GRE is its own scanner protocol; only the MP2RAGE series carry the preset's name
+    ds.ProtocolName = series.description if series.gre is not None else exam.preset.protocol_name
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = exam.study_uid
     ds.SeriesInstanceUID = series.series_uid

@@ -28,21 +28,40 @@ def _item(**attributes: object) -> Dataset:
 def _frame_type(series: SeriesSpec) -> list[str]:
     """Enhanced ImageType: value 3 flavour, value 4 derived pixel contrast."""
     first, second = series.image_type[0], series.image_type[1]
-    contrast = {"INV1": "NONE", "INV2": "NONE", "UNI": "UNI", "T1MAP": "T1 MAP"}.get(
-        series.component, "B1 MAP"
-    )
+    contrast = {
+        "INV1": "NONE",
+        "INV2": "NONE",
+        "UNI": "UNI",
+        "T1MAP": "T1 MAP",
+        "T2STAR": "NONE",
+    }.get(series.component, "B1 MAP")
     return [first, second, _FLAVOR, contrast]
 
 
 def _contrast(series: SeriesSpec) -> str:
-    """AcquisitionContrast: all MP2RAGE images are T1 contrast; the B1 map is not."""
+    """AcquisitionContrast: MP2RAGE images are T1, the GRE T2*; the B1 map is neither."""
+    if series.gre is not None:
+        return "T2_STAR"
     return "UNKNOWN" if series.component == "B1MAP" else "T1"
+
+
+def _multi_echo(series: SeriesSpec) -> bool:
+    """True when frames differ in echo time (per-frame MR Echo, echo dimension)."""
+    return series.gre is not None and not series.gre.combined
+
+
+def _timing(exam: ExamContext, series: SeriesSpec) -> tuple[float, int, float]:
+    """Repetition time (ms), echoes per excitation and the echo time of a single-echo series."""
+    if series.gre is None:
+        return exam.preset.mp2rage.tr_mp2rage_s * 1000.0, 1, float(exam.preset.echo_time_ms)
+    gre = series.gre
+    return gre.repetition_time_ms, len(gre.echo_times_ms), gre.image_echo_times_ms()[0]
 
 
 def _shared_group(exam: ExamContext, series: SeriesSpec) -> Dataset:
     g = series.geometry
-    preset = exam.preset
-    rows, cols = series.pixels.shape[1:]
+    n_slices, rows, cols = series.image_stack.shape[1:]
+    repetition_ms, n_echoes, echo_ms = _timing(exam, series)
     spacing = g.pixel_spacing_mm
     frame_type = _frame_type(series)
     modifier = _item(
@@ -56,7 +75,7 @@ def _shared_group(exam: ExamContext, series: SeriesSpec) -> Dataset:
     )
     if series.has_inversion:
         modifier.InversionTimes = [float(series.inversion_time_ms or 0.0)]
-    return _item(
+    group = _item(
         FrameAnatomySequence=Sequence(
             [
                 _item(
@@ -106,11 +125,11 @@ def _shared_group(exam: ExamContext, series: SeriesSpec) -> Dataset:
         MRTimingAndRelatedParametersSequence=Sequence(
             [
                 _item(
-                    RepetitionTime=float(preset.mp2rage.tr_mp2rage_s * 1000.0),
+                    RepetitionTime=float(repetition_ms),
                     FlipAngle=float(series.flip_angle_deg),
-                    EchoTrainLength=1,
+                    EchoTrainLength=n_echoes,
                     RFEchoTrainLength=0,
-                    GradientEchoTrainLength=1,
+                    GradientEchoTrainLength=n_echoes,
                     SpecificAbsorptionRateSequence=Sequence(
                         [
                             _item(
@@ -133,13 +152,12 @@ def _shared_group(exam: ExamContext, series: SeriesSpec) -> Dataset:
                     InPlanePhaseEncodingDirection="ROW",
                     MRAcquisitionFrequencyEncodingSteps=rows,
                     MRAcquisitionPhaseEncodingStepsInPlane=cols,
-                    MRAcquisitionPhaseEncodingStepsOutOfPlane=series.pixels.shape[0],
+                    MRAcquisitionPhaseEncodingStepsOutOfPlane=n_slices,
                     PercentSampling=100.0,
                     PercentPhaseFieldOfView=100.0,
                 )
             ]
         ),
-        MREchoSequence=Sequence([_item(EffectiveEchoTime=float(preset.echo_time_ms))]),
         MRModifierSequence=Sequence([modifier]),
         MRImagingModifierSequence=Sequence(
             [
@@ -187,20 +205,25 @@ def _shared_group(exam: ExamContext, series: SeriesSpec) -> Dataset:
             ]
         ),
     )
+    if not _multi_echo(series):
+        group.MREchoSequence = Sequence([_item(EffectiveEchoTime=echo_ms)])
+    return group
 
 
-def _per_frame_group(exam: ExamContext, series: SeriesSpec, k: int) -> Dataset:
+def _per_frame_group(exam: ExamContext, series: SeriesSpec, k: int, echo: int) -> Dataset:
     datetime = f"{exam.study_date}{exam.study_time}"
-    return _item(
+    index = [1, k + 1, echo + 1] if _multi_echo(series) else [1, k + 1]
+    repetition_ms = _timing(exam, series)[0]
+    group = _item(
         FrameContentSequence=Sequence(
             [
                 _item(
                     FrameAcquisitionDateTime=datetime,
                     FrameReferenceDateTime=datetime,
-                    FrameAcquisitionDuration=exam.preset.mp2rage.tr_mp2rage_s * 1000.0,
+                    FrameAcquisitionDuration=float(repetition_ms),
                     StackID="1",
                     InStackPositionNumber=k + 1,
-                    DimensionIndexValues=[1, k + 1],
+                    DimensionIndexValues=index,
                 )
             ]
         ),
@@ -208,12 +231,23 @@ def _per_frame_group(exam: ExamContext, series: SeriesSpec, k: int) -> Dataset:
             [_item(ImagePositionPatient=[decimal(v) for v in series.geometry.position_mm(k)[:3]])]
         ),
     )
+    if _multi_echo(series) and series.gre is not None:
+        echo_ms = series.gre.image_echo_times_ms()[echo]
+        group.MREchoSequence = Sequence([_item(EffectiveEchoTime=float(echo_ms))])
+    return group
 
 
 def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -> list[Path]:
-    """Write ``series`` as one Enhanced MR Image Storage instance into ``folder``."""
+    """Write ``series`` as one Enhanced MR Image Storage instance into ``folder``.
+
+    A multi-echo GRE series has one frame per echo per slice (echo-major order: all slices
+    of echo 1, then echo 2, ...), each with its EffectiveEchoTime, and a third dimension
+    index over the echo time.
+    """
     preset = exam.preset
-    n_frames, rows, cols = series.pixels.shape
+    stack = series.image_stack
+    n_images, n_slices, rows, cols = stack.shape
+    n_frames = n_images * n_slices
     ds = common_dataset(exam, series)
     for keyword in ("SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime"):
         delattr(ds, keyword)
@@ -226,7 +260,7 @@ def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -
     ds.KSpaceFiltering = "NONE"
     ds.MagneticFieldStrength = "6.98"
     ds.ApplicableSafetyStandardAgency = "IEC"
-    ds.ImageComments = f"cordt1 phantom {series.component} slab {series.slab}"
+    ds.ImageComments = f"cordt1 phantom {series.component} {series.location}"
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "IDENTITY"
@@ -237,8 +271,9 @@ def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -
     ds.AcquisitionContrast = _contrast(series)
     if ds.ImageType[0] == "ORIGINAL":
         # MR Pulse Sequence module: only for original images.
-        ds.PulseSequenceName = preset.sequence_name.lstrip("*")
-        ds.MRAcquisitionType = "3D"
+        sequence_name = series.gre.sequence_name if series.gre else preset.sequence_name
+        ds.PulseSequenceName = sequence_name.lstrip("*")
+        ds.MRAcquisitionType = "2D" if series.gre else "3D"
         ds.EchoPulseSequence = "GRADIENT"
         ds.MultiPlanarExcitation = "NO"
         ds.PhaseContrast = "NO"
@@ -251,7 +286,8 @@ def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -
         ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
         ds.RectilinearPhaseEncodeReordering = "LINEAR"
         ds.SegmentedKSpaceTraversal = "PARTIAL"
-        ds.CoverageOfKSpace = "FULL"
+        if series.gre is None:
+            ds.CoverageOfKSpace = "FULL"  # 3D acquisitions only
         ds.NumberOfKSpaceTrajectories = 1
     ds.AcquisitionContextSequence = Sequence()
     ds.InstanceNumber = 1
@@ -260,8 +296,9 @@ def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -
     ds.Columns = cols
     organization_uid = phantom_uid(exam.seed, exam.exam_key, series.series_number, "dim")
     ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=organization_uid)])
-    ds.DimensionOrganizationType = "3D"
-    ds.DimensionIndexSequence = Sequence(
+    if not _multi_echo(series):
+        ds.DimensionOrganizationType = "3D"
+    dimensions = Sequence(
         [
             _item(
                 DimensionOrganizationUID=organization_uid,
@@ -277,11 +314,22 @@ def write_enhanced_series(exam: ExamContext, series: SeriesSpec, folder: Path) -
             ),
         ]
     )
+    if _multi_echo(series):
+        dimensions.append(
+            _item(
+                DimensionOrganizationUID=organization_uid,
+                DimensionIndexPointer=0x00189082,  # EffectiveEchoTime
+                FunctionalGroupPointer=0x00189114,  # MREchoSequence
+                DimensionDescriptionLabel="Effective Echo Time",
+            )
+        )
+    ds.DimensionIndexSequence = dimensions
     ds.SharedFunctionalGroupsSequence = Sequence([_shared_group(exam, series)])
     ds.PerFrameFunctionalGroupsSequence = Sequence(
-        [_per_frame_group(exam, series, k) for k in range(n_frames)]
+        [_per_frame_group(exam, series, k, e) for e in range(n_images) for k in range(n_slices)]
     )
     ds.SOPInstanceUID = phantom_uid(exam.seed, exam.exam_key, series.series_number, 1)
     path = folder / "0001.dcm"
-    save(ds, EnhancedMRImageStorage, np.asarray(series.pixels), path, exam.transfer_syntax)
+    frames = np.asarray(stack).reshape(n_frames, rows, cols)
+    save(ds, EnhancedMRImageStorage, frames, path, exam.transfer_syntax)
     return [path]

@@ -18,10 +18,12 @@ from processing.mp2rage import (
 from processing.phantom.anatomy import Material, SubjectAnatomy
 from processing.phantom.fields import FieldParameters
 from processing.phantom.geometry import SlabGeometry, slab_geometry
+from processing.phantom.gre import GREProtocol, gre_noise_sigma, gre_signal, simulate_gre_slab
 from processing.phantom.lesions import Lesion
 from processing.phantom.simulate import SlabImages, noise_sigma, simulate_slab
+from processing.phantom.t2star import TissueT2Star, draw_tissue_t2star
 from processing.phantom.tissues import PROTON_DENSITY, TissueT1
-from service.phantom.dicom_common import ExamContext, SeriesSpec
+from service.phantom.dicom_common import ExamContext, GRETiming, SeriesSpec
 from service.phantom.dicom_enhanced import write_enhanced_series
 from service.phantom.dicom_legacy import write_legacy_series
 from service.phantom.identity import phantom_uid
@@ -29,11 +31,18 @@ from service.phantom.options import PhantomOptions
 from service.phantom.protocols import B1_MAP_SCALE, ProtocolPreset
 from service.phantom.truth import lesion_statistics, write_json, write_slab_truth
 
-__all__ = ["B1_MAP_SCALE", "ExamPlan", "slab_z_ranges", "write_exam"]
+__all__ = ["B1_MAP_SCALE", "ExamPlan", "slab_z_ranges", "subject_t2star", "write_exam"]
 
 #: Margin (mm) kept between lesions and slab ends (covers the follow-up repositioning).
 _SLAB_MARGIN_MM = 3.5
 _FIRST_SERIES_NUMBER = 4
+#: Coarse B1 map grid (``b1_grid="coarse"``): pixel spacing and slice thickness (mm).
+_B1_COARSE_VOXEL_MM = 3.5
+_B1_COARSE_SLICE_MM = 5.0
+#: Stored GRE value of nominal cord WM at the first echo (receive field 1).
+_GRE_WM_STORED = 500.0
+#: Random stream of a subject's T2* values (independent of the T1 / anatomy streams).
+_T2STAR_STREAM = 7
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,7 @@ def _series_for_slab(
                 None,
             )
         )
-    if options.b1_map:
+    if options.b1_map and options.b1_grid == "same":
         kinds.append(
             (
                 "B1MAP",
@@ -190,6 +199,128 @@ def _series_for_slab(
     return out
 
 
+def subject_t2star(plan: ExamPlan) -> TissueT2Star:
+    """The subject's T2* values (same for every exam), with this exam's diffuse rise."""
+    rng = np.random.default_rng([plan.seed, _T2STAR_STREAM, *map(ord, plan.subject_id)])
+    return draw_tissue_t2star(rng, plan.tissues.diffuse_rise)
+
+
+def _t2star_geometry(plan: ExamPlan, options: PhantomOptions, slab: int) -> SlabGeometry:
+    """The GRE grid of a slab: own pixels, slices and matrix, same centre and obliquity."""
+    z = _slab_centre_z(plan.anatomy, options, slab) + plan.shift_mm[2]
+    xc, yc = plan.anatomy.centreline(np.asarray(z))
+    matrix = options.t2star_grid_matrix
+    return slab_geometry(
+        (float(xc) + plan.shift_mm[0], float(yc) + plan.shift_mm[1], z),
+        n_slices=options.t2star_slices,
+        rows=matrix,
+        cols=matrix,
+        voxel_mm=options.t2star_voxel_mm,
+        slice_mm=options.t2star_slice_mm,
+        oblique_deg=options.oblique_deg,
+    )
+
+
+def _t2star_series(
+    plan: ExamPlan, options: PhantomOptions, slab: int, number: int
+) -> tuple[SeriesSpec, dict[str, object]]:
+    """Simulate the multi-echo GRE of one slab; its series and its truth record."""
+    protocol = GREProtocol(options.t2star_echo_times_ms)
+    geometry = _t2star_geometry(plan, options, slab)
+    rng = np.random.default_rng(
+        [plan.seed, plan.exam_number, slab, _T2STAR_STREAM, *map(ord, plan.subject_id)]
+    )
+    images = simulate_gre_slab(
+        geometry, plan.anatomy, plan.lesions, plan.tissues, subject_t2star(plan), plan.fields,
+        protocol, gre_noise_sigma(options.t2star_snr, protocol), rng,
+        motion_mm=options.t2star_shift_mm,
+    )  # fmt: skip
+    reference = gre_signal(PROTON_DENSITY[Material.WM], 1190.0, 30.0, protocol)[0]
+    gain = _GRE_WM_STORED / float(reference)
+    timing = GRETiming(
+        echo_times_ms=protocol.echo_times_ms,
+        repetition_time_ms=protocol.repetition_time_ms,
+        flip_angle_deg=protocol.flip_deg,
+        combined=options.t2star_combined,
+    )
+    pixels = images.combined if options.t2star_combined else images.echoes
+    spec = SeriesSpec(
+        component="T2STAR",
+        slab=slab,
+        series_number=number,
+        series_uid=phantom_uid(plan.seed, plan.exam_dir, "series", number),
+        description=options.t2star_description,
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        pixels=_to_uint16(pixels * gain, 4095),
+        geometry=geometry,
+        bits_stored=12,
+        window=(2.0 * _GRE_WM_STORED, 4.0 * _GRE_WM_STORED),
+        inversion_time_ms=None,
+        flip_angle_deg=protocol.flip_deg,
+        gre=timing,
+    )
+    info: dict[str, object] = {
+        "series": f"dicom/{spec.folder}",
+        "shape": list(geometry.shape),
+        "affine_lps": np.round(geometry.affine_lps, 6).tolist(),
+        "voxel_mm": options.t2star_voxel_mm,
+        "slice_mm": options.t2star_slice_mm,
+        "echo_times_ms": list(protocol.echo_times_ms),
+        "repetition_time_ms": protocol.repetition_time_ms,
+        "flip_deg": protocol.flip_deg,
+        "combined": options.t2star_combined,
+        "subject_shift_mm": list(options.t2star_shift_mm),
+        "snr": options.t2star_snr,
+        "stored_per_signal": round(gain, 6),
+        "cord_voxels": int(images.cord.sum()),
+        "gm_voxels": int(images.gm.sum()),
+    }
+    return spec, info
+
+
+def _coarse_b1_geometry(plan: ExamPlan, options: PhantomOptions) -> SlabGeometry:
+    """One coarse grid covering every slab (same obliquity), for the B1 map."""
+    z_top = _slab_centre_z(plan.anatomy, options, 1)
+    z_bottom = _slab_centre_z(plan.anatomy, options, options.slabs)
+    z = 0.5 * (z_top + z_bottom) + plan.shift_mm[2]
+    xc, yc = plan.anatomy.centreline(np.asarray(z))
+    extent_mm = options.slabs * options.slices_per_slab * options.slice_mm
+    fov_mm = options.matrix * options.voxel_mm
+    matrix = int(np.ceil(fov_mm / _B1_COARSE_VOXEL_MM)) + 1
+    return slab_geometry(
+        (float(xc) + plan.shift_mm[0], float(yc) + plan.shift_mm[1], z),
+        n_slices=int(np.ceil(extent_mm / _B1_COARSE_SLICE_MM)) + 1,
+        rows=matrix,
+        cols=matrix,
+        voxel_mm=_B1_COARSE_VOXEL_MM,
+        slice_mm=_B1_COARSE_SLICE_MM,
+        oblique_deg=options.oblique_deg,
+    )
+
+
+def _coarse_b1_series(plan: ExamPlan, options: PhantomOptions, number: int) -> SeriesSpec:
+    """The exam's B1 map on its own coarse grid: the smooth field at the voxel centres."""
+    geometry = _coarse_b1_geometry(plan, options)
+    n, rows, cols = geometry.shape
+    kk, jj, ii = np.meshgrid(np.arange(n), np.arange(rows), np.arange(cols), indexing="ij")
+    b1 = plan.fields.b1(geometry.points_mm(kk, jj, ii))
+    p = plan.context.preset.mp2rage
+    return SeriesSpec(
+        component="B1MAP",
+        slab=0,
+        series_number=number,
+        series_uid=phantom_uid(plan.seed, plan.exam_dir, "series", number),
+        description=f"{plan.context.preset.protocol_name}_B1map",
+        image_type=("ORIGINAL", "PRIMARY", "FLIP ANGLE MAP", "ND"),
+        pixels=_to_uint16(b1 * B1_MAP_SCALE, 4095),
+        geometry=geometry,
+        bits_stored=12,
+        window=(B1_MAP_SCALE, B1_MAP_SCALE),
+        inversion_time_ms=None,
+        flip_angle_deg=p.flip1_deg,
+    )
+
+
 def write_exam(out_dir: Path, plan: ExamPlan, options: PhantomOptions) -> dict[str, object]:
     """Simulate every slab of ``plan`` and write DICOM series and truth under ``out_dir``.
 
@@ -218,6 +349,11 @@ def write_exam(out_dir: Path, plan: ExamPlan, options: PhantomOptions) -> dict[s
         )  # fmt: skip
         series = _series_for_slab(plan, options, slab, images, geometry, number, table)
         number += len(series)
+        t2star_info = None
+        if options.t2star:
+            gre_spec, t2star_info = _t2star_series(plan, options, slab, number)
+            series.append(gre_spec)
+            number += 1
         folders = {}
         for spec in series:
             writer(plan.context, spec, exam_root / "dicom" / spec.folder)
@@ -241,6 +377,20 @@ def write_exam(out_dir: Path, plan: ExamPlan, options: PhantomOptions) -> dict[s
                 else None,
             }
         )
+        if t2star_info is not None:
+            slab_info[-1]["t2star"] = t2star_info
+    b1_record = None
+    if options.b1_map and options.b1_grid == "coarse":
+        spec = _coarse_b1_series(plan, options, number)
+        writer(plan.context, spec, exam_root / "dicom" / spec.folder)
+        b1_record = {
+            "grid": "coarse",
+            "series": f"dicom/{spec.folder}",
+            "shape": list(spec.geometry.shape),
+            "affine_lps": np.round(spec.geometry.affine_lps, 6).tolist(),
+            "voxel_mm": _B1_COARSE_VOXEL_MM,
+            "slice_mm": _B1_COARSE_SLICE_MM,
+        }
     tissues = plan.tissues
     truth: dict[str, object] = {
         "subject": plan.subject_id,
@@ -270,5 +420,16 @@ def write_exam(out_dir: Path, plan: ExamPlan, options: PhantomOptions) -> dict[s
         "lesions": lesion_statistics(plan.lesions, slabs, plan.anatomy),
         "follow_up": plan.follow_up,
     }
+    if b1_record is not None:
+        truth["b1_map"] = b1_record
+    if options.t2star:
+        t2star = subject_t2star(plan)
+        truth["tissue_t2star_ms"] = {
+            "healthy": {k: round(v, 3) for k, v in t2star.healthy_ms.items()},
+            "effective": {
+                m.name: round(t2star.t2star_ms(m), 3) for m in Material if m != Material.AIR
+            },
+            "diffuse_rise": round(t2star.diffuse_rise, 5),
+        }
     write_json(exam_root / "truth" / "truth.json", truth)
     return truth
