@@ -18,6 +18,13 @@ Our own results (``InstanceInfo.is_own_result``) are ignored entirely, so result
 forwards back never start a job. Reader segmentations (component SEG) are attached to the
 exam (in :attr:`ExamReady.series`) but do not count for completeness.
 
+Optional components (B1MAP, T2STAR, a T1MAP next to UNI, and anything else) never make an
+exam wait for them to exist: whatever has arrived is part of the exam, on any grid. Rule 2
+still applies to them, so a series that announced more images than arrived delays the exam at
+most until the stale fallback. A series whose instances classify differently (the first echo
+of a multi-echo GRE may look like OTHER, later echoes like T2STAR) is listed under its
+specific component only.
+
 Hand-out rule: each exam is handed out at most once. If new instances of it arrive after it
 was handed out, it is handed out again, with ``update=True`` and all instances known so far,
 once the rules above hold again. Re-adding a known SOP instance changes nothing, so the
@@ -209,7 +216,10 @@ def _group_series(exam: _Exam) -> dict[str, list[InstanceInfo]]:
 def _components(series: dict[str, list[InstanceInfo]]) -> dict[Component, list[str]]:
     found: dict[Component, list[str]] = {}
     for series_uid, instances in series.items():
-        for component in dict.fromkeys(info.component for info in instances):
+        kinds = list(dict.fromkeys(info.component for info in instances))
+        if len(kinds) > 1 and Component.OTHER in kinds:
+            kinds.remove(Component.OTHER)
+        for component in kinds:
             found.setdefault(component, []).append(series_uid)
     return found
 

@@ -1,17 +1,27 @@
 """Which MP2RAGE component a series holds, read from its header.
 
 ImageType carries the component on Siemens and most other scanners; SeriesDescription is a
-fallback only (sites rename series). Nothing here touches pixel data.
+fallback (sites rename series). A series neither names is still recognised as T2*-weighted
+when its header describes a multi-echo gradient echo without inversion (see
+:func:`is_multi_echo_gre`). Nothing here touches pixel data.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 
 from pydicom.dataset import Dataset
 
-__all__ = ["Component", "classify"]
+__all__ = [
+    "Component",
+    "classify",
+    "classify_series",
+    "echo_times_ms",
+    "is_gradient_echo",
+    "is_multi_echo_gre",
+]
 
 
 class Component(StrEnum):
@@ -80,4 +90,154 @@ def classify(ds: Dataset) -> Component:
     for component, pattern in _DESCRIPTION_PATTERNS:
         if pattern.search(series_description):
             return component
+    if is_multi_echo_gre([ds]):
+        return Component.T2STAR
     return Component.OTHER
+
+
+def classify_series(headers: Sequence[Dataset]) -> Component:
+    """Return the component of a series from several of its instances (headers only).
+
+    The first header decides, as :func:`classify` does. A series it leaves as ``OTHER`` is
+    T2*-weighted when its instances together show several echoes of a gradient echo (the
+    first echo of a legacy multi-echo series carries EchoNumbers 1 and alone looks
+    single-echo).
+
+    Parameters
+    ----------
+    headers : sequence of pydicom.dataset.Dataset
+        Instances of one series (at least one).
+
+    Returns
+    -------
+    Component
+
+    Raises
+    ------
+    ValueError
+        If ``headers`` is empty.
+    """
+    if not headers:
+        raise ValueError("classify_series needs at least one header")
+    component = classify(headers[0])
+    if component is Component.OTHER and is_multi_echo_gre(headers):
+        return Component.T2STAR
+    return component
+
+
+#: Descriptions of GRE series that have several echoes but are not T2*-weighted images.
+_NOT_T2STAR_DESCRIPTION = re.compile(r"(FIELD_?MAP|FIELDMAP|B0_?MAP|\bB0\b)", re.IGNORECASE)
+
+
+def _words(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip().upper() for v in value.split("\\")]
+    try:
+        return [str(v).strip().upper() for v in value]  # type: ignore[attr-defined]
+    except TypeError:
+        return [str(value).strip().upper()]
+
+
+def _integer(value: object) -> int | None:
+    try:
+        return int(float(_words(value)[0])) if _words(value) else None
+    except ValueError:
+        return None
+
+
+def _nested(ds: Dataset, group_keyword: str, keyword: str) -> Iterator[object]:
+    """Values of ``keyword`` inside the functional groups of an Enhanced MR instance."""
+    for group in ds.get(group_keyword) or []:
+        for element in group:
+            if element.VR != "SQ":
+                continue
+            for item in element.value:
+                value = item.get(keyword)
+                if value not in (None, ""):
+                    yield value
+
+
+def echo_times_ms(ds: Dataset) -> list[float]:
+    """Every distinct echo time (ms) one instance declares, sorted.
+
+    EchoTime (0018,0081) of a single-frame instance, or the EffectiveEchoTime (0018,9082) of
+    each frame's MR Echo Sequence in an Enhanced MR instance (shared or per-frame groups).
+
+    Examples
+    --------
+    >>> ds = Dataset()
+    >>> ds.EchoTime = "4.5"
+    >>> echo_times_ms(ds)
+    [4.5]
+    """
+    found: set[float] = set()
+    values: list[object] = [ds.get("EchoTime")]
+    for group_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        values.extend(_nested(ds, group_keyword, "EffectiveEchoTime"))
+    for value in values:
+        for word in _words(value):
+            try:
+                found.add(round(float(word), 4))
+            except ValueError:
+                continue
+    return sorted(t for t in found if t > 0)
+
+
+def is_gradient_echo(ds: Dataset) -> bool:
+    """Whether an instance is a gradient echo without inversion (any number of echoes).
+
+    ScanningSequence contains ``GR`` (or EchoPulseSequence is ``GRADIENT``), and neither
+    ScanningSequence ``IR``, InversionRecovery ``YES`` nor an inversion time is present (top
+    level or in the functional groups of an Enhanced MR instance).
+    """
+    scanning = _words(ds.get("ScanningSequence"))
+    echo_pulse = _words(ds.get("EchoPulseSequence"))
+    if "GR" not in scanning and "GRADIENT" not in echo_pulse:
+        return False
+    if "IR" in scanning or "YES" in _words(ds.get("InversionRecovery")):
+        return False
+    if ds.get("InversionTime") not in (None, ""):
+        return False
+    for group_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if any(True for _ in _nested(ds, group_keyword, "InversionTimes")):
+            return False
+        if any("YES" in _words(v) for v in _nested(ds, group_keyword, "InversionRecovery")):
+            return False
+    return True
+
+
+def is_multi_echo_gre(headers: Sequence[Dataset]) -> bool:
+    """Whether instances of one series show a gradient echo with two or more echoes.
+
+    Gradient echo: ScanningSequence contains ``GR`` (or EchoPulseSequence is ``GRADIENT``),
+    without ``IR``, InversionRecovery ``YES`` or an inversion time. Two or more echoes:
+    EchoNumbers above 1, EchoTrainLength above 1, or several distinct echo times among the
+    instances (and the frames of an Enhanced MR instance). Field-map series (B0) are excluded
+    by their description.
+
+    Parameters
+    ----------
+    headers : sequence of pydicom.dataset.Dataset
+        One or more instances of the same series.
+
+    Returns
+    -------
+    bool
+    """
+    if not headers:
+        return False
+    first = headers[0]
+    if _NOT_T2STAR_DESCRIPTION.search(str(first.get("SeriesDescription", ""))):
+        return False
+    if not is_gradient_echo(first):
+        return False
+    times: set[float] = set()
+    for ds in headers:
+        if (_integer(ds.get("EchoNumbers")) or 1) > 1:
+            return True
+        if (_integer(ds.get("EchoTrainLength")) or 1) > 1:
+            return True
+        times.update(echo_times_ms(ds))
+    return len(times) > 1

@@ -1,4 +1,9 @@
-"""Sort the files of one exam into MP2RAGE acquisitions (slabs) by component and geometry."""
+"""Sort the files of one exam into MP2RAGE acquisitions (slabs) by component and geometry.
+
+INV1, INV2 and the scanner T1 map belong to a slab when they sample its grid. A B1 map and a
+T2*-weighted series may lie on any grid of the same frame of reference; they go to every slab
+they cover enough of (:mod:`service.partners`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 
-from dicom_node.components import Component, classify
+from dicom_node.components import Component, classify, classify_series, is_gradient_echo
 from dicom_node.instance import OwnResultMarkers
+from service.partners import assign_partners, combine_echo_series
 from service.volumes import SeriesVolume, group_by_series, load_series, same_grid
 
 __all__ = [
@@ -42,7 +49,13 @@ class ExamSeries:
 
 @dataclass
 class Slab:
-    """One MP2RAGE acquisition: the UNI volume and whatever else shares its grid."""
+    """One MP2RAGE acquisition: the UNI volume, what shares its grid, and what covers it.
+
+    ``inv1``, ``inv2`` and ``t1map`` sample the reference grid. ``b1map`` and ``t2star`` may
+    lie on their own grid of the same frame of reference (read them on the slab's grid with
+    :func:`service.partners.partner_on_grid`). ``notes`` says why a B1 map or T2* series of
+    the exam was not used for this slab.
+    """
 
     index: int
     uni: SeriesVolume | None
@@ -50,6 +63,8 @@ class Slab:
     inv2: SeriesVolume | None = None
     t1map: SeriesVolume | None = None
     b1map: SeriesVolume | None = None
+    t2star: SeriesVolume | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def reference(self) -> SeriesVolume:
@@ -78,6 +93,44 @@ def own_markers() -> OwnResultMarkers:
     return OwnResultMarkers(manufacturer="cordt1", software_name="cordt1")
 
 
+_ECHO_TAGS = ["EchoNumbers", "EchoTime", "EchoTrainLength"]
+
+
+def _series_component(header: Dataset, files: list[Path]) -> Component:
+    """Component of a series; an unnamed gradient echo is checked across its instances for
+    echoes (reading only their echo tags)."""
+    component = classify(header)
+    if component is not Component.OTHER or len(files) < 2 or not is_gradient_echo(header):
+        return component
+    headers = [header] + [
+        pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_ECHO_TAGS)
+        for path in files[1:]
+    ]
+    return classify_series(headers)
+
+
+def _echo_series_key(header: Dataset) -> tuple[str, str]:
+    name = str(header.get("ProtocolName", "") or header.get("SeriesDescription", ""))
+    return name, str(header.get("FrameOfReferenceUID", ""))
+
+
+def _first_echo_series(exam: ExamSeries, headers: dict[str, Dataset]) -> None:
+    """Move the first-echo series of a one-series-per-echo GRE from OTHER to T2STAR.
+
+    Alone it looks like a single-echo gradient echo; it belongs with the later echoes when a
+    T2* series of the same protocol and frame of reference exists.
+    """
+    t2star = exam.by_component.get(Component.T2STAR, {})
+    others = exam.by_component.get(Component.OTHER, {})
+    keys = {_echo_series_key(headers[uid]) for uid in t2star}
+    for uid in list(others):
+        header = headers[uid]
+        if is_gradient_echo(header) and _echo_series_key(header) in keys:
+            exam.by_component.setdefault(Component.T2STAR, {})[uid] = others.pop(uid)
+    if Component.OTHER in exam.by_component and not others:
+        del exam.by_component[Component.OTHER]
+
+
 def find_exam_series(paths: Iterable[Path]) -> dict[str, ExamSeries]:
     """Group files by study, then by component and series (headers only).
 
@@ -90,14 +143,19 @@ def find_exam_series(paths: Iterable[Path]) -> dict[str, ExamSeries]:
         StudyInstanceUID -> ExamSeries.
     """
     exams: dict[str, ExamSeries] = {}
+    headers: dict[str, Dataset] = {}
     markers = own_markers()
     for series_uid, files in group_by_series(paths).items():
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
         if markers.matches(header):
             continue
+        headers[series_uid] = header
         study_uid = str(header.get("StudyInstanceUID", ""))
         exam = exams.setdefault(study_uid, ExamSeries(study_uid=study_uid))
-        exam.by_component.setdefault(classify(header), {})[series_uid] = list(files)
+        component = _series_component(header, files)
+        exam.by_component.setdefault(component, {})[series_uid] = list(files)
+    for exam in exams.values():
+        _first_echo_series(exam, headers)
     return exams
 
 
@@ -107,7 +165,13 @@ def _position_along_normal(volume: SeriesVolume) -> float:
 
 
 def match_slabs(exam: ExamSeries) -> list[Slab]:
-    """Load the volumes of an exam and pair each UNI with the INV1/INV2/T1/B1 on its grid.
+    """Load the volumes of an exam and pair each UNI with its partners.
+
+    INV1/INV2/T1 map: the series on the UNI's grid. B1 map and T2*-weighted series: on any
+    grid of the same frame of reference, the one covering most of the slab (at least
+    :data:`service.partners.MIN_COVERAGE`); one series may serve several slabs. T2* echoes
+    sent as one series per echo are combined first. Why a B1 map or T2* series was not used
+    goes to ``Slab.notes``.
 
     Raises
     ------
@@ -117,7 +181,13 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
     unis = [load_series(files) for files in exam.series(Component.UNI).values()]
     others = {
         component: [load_series(files) for files in exam.series(component).values()]
-        for component in (Component.INV1, Component.INV2, Component.T1MAP, Component.B1MAP)
+        for component in (
+            Component.INV1,
+            Component.INV2,
+            Component.T1MAP,
+            Component.B1MAP,
+            Component.T2STAR,
+        )
     }
     references = unis or others[Component.T1MAP]
     if not references:
@@ -134,11 +204,18 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
             (Component.INV1, "inv1"),
             (Component.INV2, "inv2"),
             (Component.T1MAP, "t1map"),
-            (Component.B1MAP, "b1map"),
         ):
             match = next((v for v in others[component] if same_grid(v, reference)), None)
             setattr(slab, attribute, match)
         slabs.append(slab)
+    for candidates, attribute, label in (
+        (others[Component.B1MAP], "b1map", "B1 map"),
+        (combine_echo_series(others[Component.T2STAR]), "t2star", "T2* series"),
+    ):
+        chosen, notes = assign_partners(references, candidates, label)
+        for slab, partner, slab_notes in zip(slabs, chosen, notes, strict=True):
+            setattr(slab, attribute, partner)
+            slab.notes.extend(slab_notes)
     if unis and len(others[Component.INV2]) and any(s.inv2 is None for s in slabs):
         missing = [s.index for s in slabs if s.inv2 is None]
         raise ExamError(

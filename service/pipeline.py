@@ -41,7 +41,14 @@ from reports.structured_report import build_measurement_report
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
 from service.history import follow_up_block
 from service.nifti import to_nifti
-from service.protocol import ProtocolError, SiteProtocol, match_profile, protocol_from_headers
+from service.partners import describe_grid, partner_on_grid
+from service.protocol import (
+    ProtocolError,
+    SiteProtocol,
+    match_profile,
+    protocol_from_headers,
+    protocol_from_profile,
+)
 from service.quantify import (
     SlabAnatomy,
     SlabScores,
@@ -55,7 +62,7 @@ from service.quantify import (
     stats_to_summary,
 )
 from service.reader_lesions import ReaderLesionError, lesions_from_nifti, lesions_from_seg
-from service.volumes import SeriesVolume
+from service.volumes import SeriesVolume, same_grid
 
 if TYPE_CHECKING:
     from service.model_build import ScoringModel
@@ -155,25 +162,7 @@ def slab_t1(
     table = _lookup_table(protocol)
     uni = stored_to_uni(slab.uni.array)
     t1_ms = t1_from_uni(uni, table) * 1000.0
-    b1_corrected, b1_note = False, "T1 not corrected for B1+ (no B1 map)"
-    if slab.b1map is not None:
-        profile = match_profile(profiles, str(slab.uni.datasets[0].get("ProtocolName", "")))
-        scale = profile.b1_map_scale if profile else None
-        if scale is None:
-            b1_note = (
-                "B1 map received but not used: b1_map_scale is not set in the site protocol "
-                "profile; T1 not corrected for B1+"
-            )
-        else:
-            relative_b1 = slab.b1map.array / scale
-            corrected = t1_from_uni(uni, _b1_lookup_table(protocol), b1=relative_b1) * 1000.0
-            usable = np.isfinite(corrected)
-            t1_ms = np.where(usable, corrected, t1_ms)
-            b1_corrected = True
-            b1_note = (
-                f"T1 corrected for B1+ with the B1 map ({100 * float(usable.mean()):.0f} % of "
-                "voxels inside the map's range)"
-            )
+    t1_ms, b1_corrected, b1_note = _b1_correct(slab, uni, t1_ms, protocol, profiles)
     info = {
         "t1_source": "UNI + protocol lookup table",
         "b1_corrected": b1_corrected,
@@ -191,7 +180,66 @@ def slab_t1(
             round(float(v) * 1000, 1) for v in table.monotonic_part()[0][[0, -1]]
         ],
     }
+    if slab.notes:
+        info["partner_notes"] = list(slab.notes)
     return t1_ms, info, protocol
+
+
+def _b1_correct(
+    slab: Slab,
+    uni: NDArray[np.float64],
+    t1_ms: NDArray[np.float64],
+    protocol: MP2RAGEProtocol,
+    profiles: list[SiteProtocol],
+) -> tuple[NDArray[np.float64], bool, str]:
+    """T1 corrected for B1+ where the slab's B1 map gives a value; the note says how much.
+
+    A B1 map on another grid is resampled onto the UNI grid (trilinear, antialiased); stored
+    values <= 0 mean "not measured". Voxels the map does not cover, or whose B1 is outside the
+    2-D table, keep the uncorrected T1.
+    """
+    assert slab.uni is not None
+    if slab.b1map is None:
+        unused = [note for note in slab.notes if note.startswith("B1 map")]
+        if unused:
+            return t1_ms, False, "; ".join(unused) + "; T1 not corrected for B1+"
+        return t1_ms, False, "T1 not corrected for B1+ (no B1 map)"
+    profile = match_profile(profiles, str(slab.uni.datasets[0].get("ProtocolName", "")))
+    scale = profile.b1_map_scale if profile else None
+    if scale is None:
+        return (
+            t1_ms,
+            False,
+            "B1 map received but not used: b1_map_scale is not set in the site protocol "
+            "profile; T1 not corrected for B1+",
+        )
+    stored = slab.b1map.array
+    measured = np.where(stored > 0, stored, np.nan)
+    relative_b1, covered = partner_on_grid(slab.b1map, slab.uni, values=measured)
+    relative_b1 /= scale
+    corrected = t1_from_uni(uni, _b1_lookup_table(protocol), b1=relative_b1) * 1000.0
+    usable = np.isfinite(corrected)
+    has_b1 = np.isfinite(relative_b1)
+    inside = float(usable[has_b1].mean()) if has_b1.any() else 0.0
+    if not usable.any():
+        return (
+            t1_ms,
+            False,
+            f"B1 map received but not used: it gives no usable B1 value on the slab "
+            f"({100 * covered:.0f} % of voxels covered); T1 not corrected for B1+",
+        )
+    grid = (
+        "same grid"
+        if same_grid(slab.b1map, slab.uni)
+        else f"resampled from {describe_grid(slab.b1map)}"
+    )
+    note = (
+        f"T1 corrected for B1+ with the B1 map ({grid}; {100 * covered:.0f} % of voxels "
+        f"covered, {100 * inside:.0f} % of those inside the table's range)"
+    )
+    if covered < 0.995:
+        note += "; voxels outside the B1 map are not corrected"
+    return np.where(usable, corrected, t1_ms), True, note
 
 
 def _scanner_agreement(
@@ -285,8 +333,23 @@ def _reader_lesions_from_files(files: list[Path], slabs: list[Slab]) -> list[NDA
 
 
 def _check_model(
-    scoring: ScoringModel, slabs: list[Slab], protocol: MP2RAGEProtocol | None
-) -> None:
+    scoring: ScoringModel,
+    slabs: list[Slab],
+    protocol: MP2RAGEProtocol | None,
+    profiles: list[SiteProtocol],
+) -> str | None:
+    """Refuse an exam the normative model cannot score.
+
+    An exam with UNI is checked with the protocol from its headers. An exam with only the
+    scanner's T1 map is checked with the protocol its site profile entry gives in full
+    (:func:`service.protocol.protocol_from_profile`).
+
+    Returns
+    -------
+    str or None
+        For a T1-map-only exam, the ``t1_source`` text saying which protocol was checked;
+        ``None`` for an exam with UNI.
+    """
     from service.model_store import ProtocolMismatch, check_protocol
 
     if len(slabs) != scoring.n_slabs:
@@ -294,12 +357,28 @@ def _check_model(
             f"exam has {len(slabs)} slab(s); normative model {scoring.metadata.model_version} "
             f"was built for {scoring.n_slabs}: a missing or extra slab cannot be scored"
         )
+    t1_source = None
     if protocol is None:
-        raise ExamError("exam has no UNI series: its protocol cannot be checked against the model")
+        t1map = slabs[0].t1map
+        if t1map is None:
+            raise ExamError("exam has neither UNI nor a T1 map: it cannot be scored")
+        try:
+            protocol, profile = protocol_from_profile(t1map.datasets[0], profiles)
+        except ProtocolError as exc:
+            raise ExamError(
+                f"exam has no UNI series, so its protocol cannot be checked against normative "
+                f"model {scoring.metadata.model_version} from the headers: {exc}"
+            ) from exc
+        t1_source = (
+            f"scanner T1 map; protocol from site profile entry {profile.protocol_name!r}, "
+            f"checked against normative model {scoring.metadata.model_version} (built from "
+            "T1 computed from UNI with the same protocol)"
+        )
     try:
         check_protocol(scoring.metadata, protocol)
     except ProtocolMismatch as exc:
         raise ExamError(str(exc)) from exc
+    return t1_source
 
 
 @contextmanager
@@ -530,7 +609,10 @@ def process_exam(
         raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
     t1_maps, infos, protocols = zip(*(slab_t1(slab, profiles) for slab in slabs), strict=True)
     if model is not None:
-        _check_model(model, slabs, protocols[0])
+        t1_source = _check_model(model, slabs, protocols[0], profiles)
+        if t1_source is not None:
+            for info in infos:
+                info["t1_source"] = t1_source
     out = ExamOutputs(out_dir=out_dir, summary={})
     writer = _Writer(out)
     n_slabs = len(slabs)
@@ -599,7 +681,7 @@ def process_exam(
                 "voxel_mm": [round(v, 4) for v in reference.voxel_mm],
                 "components": sorted(
                     name
-                    for name in ("uni", "inv1", "inv2", "t1map", "b1map")
+                    for name in ("uni", "inv1", "inv2", "t1map", "b1map", "t2star")
                     if getattr(slab, name) is not None
                 ),
                 **infos[i],

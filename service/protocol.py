@@ -20,12 +20,29 @@ from pydicom.multival import MultiValue
 from processing.mp2rage import MP2RAGEProtocol
 
 __all__ = [
+    "HEADER_AGREEMENT_RTOL",
+    "PROTOCOL_FIELDS",
     "ProtocolError",
     "SiteProtocol",
     "load_site_protocols",
     "match_profile",
     "protocol_from_headers",
+    "protocol_from_profile",
 ]
+
+#: Every value of an MP2RAGE protocol, in the order a site writes them.
+PROTOCOL_FIELDS = (
+    "tr_mp2rage_s",
+    "ti1_s",
+    "ti2_s",
+    "flip1_deg",
+    "flip2_deg",
+    "echo_spacing_s",
+    "n_excitations",
+    "efficiency",
+)
+#: Relative tolerance between a header value of a T1 map and its site profile entry.
+HEADER_AGREEMENT_RTOL = 0.01
 
 
 class ProtocolError(ValueError):
@@ -208,3 +225,87 @@ def protocol_from_headers(
 def _ms_to_s(value: Any) -> float | None:
     number = _first_float(value)
     return None if number is None else number / 1000.0
+
+
+def protocol_from_profile(
+    t1map: Dataset, profiles: list[SiteProtocol]
+) -> tuple[MP2RAGEProtocol, SiteProtocol]:
+    """The MP2RAGE protocol of an exam that has only the scanner's T1 map.
+
+    Without UNI, INV1 and INV2 the headers cannot give TI1, TI2 and both flip angles, so the
+    site profile entry matching the T1 map's ProtocolName must give every value
+    (:data:`PROTOCOL_FIELDS`). What the T1 map's header does carry must agree with it:
+    RepetitionTime with ``tr_mp2rage_s``, FlipAngle with one of the two flip angles (within
+    :data:`HEADER_AGREEMENT_RTOL`).
+
+    Parameters
+    ----------
+    t1map : pydicom.dataset.Dataset
+        One instance (header) of the scanner T1 map series.
+    profiles : list of SiteProtocol
+        The site's protocol profile.
+
+    Returns
+    -------
+    protocol : MP2RAGEProtocol
+    profile : SiteProtocol
+        The entry it came from.
+
+    Raises
+    ------
+    ProtocolError
+        When no entry matches, the entry lacks values (the message names the entry to add or
+        complete and every missing key), the header disagrees, or the values are inconsistent.
+    """
+    protocol_name = str(t1map.get("ProtocolName", "") or t1map.get("SeriesDescription", ""))
+    profile = match_profile(profiles, protocol_name)
+    keys = ", ".join(PROTOCOL_FIELDS)
+    if profile is None:
+        raise ProtocolError(
+            f"the exam has only a scanner T1 map and no site protocol entry matches its "
+            f"ProtocolName {protocol_name!r}: add a [[protocol]] entry with protocol_name = "
+            f"{protocol_name!r} and {keys} to the site_protocols file"
+        )
+    missing = [name for name in PROTOCOL_FIELDS if getattr(profile, name) is None]
+    if missing:
+        raise ProtocolError(
+            f"the exam has only a scanner T1 map, so site protocol entry "
+            f"{profile.protocol_name!r} (matched by ProtocolName {protocol_name!r}) must give "
+            f"the whole MP2RAGE protocol; add {', '.join(missing)} to it (or an entry with "
+            f"protocol_name = {protocol_name!r} and {keys})"
+        )
+    values: dict[str, Any] = {name: getattr(profile, name) for name in PROTOCOL_FIELDS}
+    values["n_excitations"] = int(values["n_excitations"])
+    if profile.n_before_centre is not None:
+        values["n_before_centre"] = profile.n_before_centre
+    disagreements = []
+    tr_ms = _first_float(_lookup(t1map, "RepetitionTime"))
+    if tr_ms is not None and not _close(tr_ms / 1000.0, values["tr_mp2rage_s"]):
+        disagreements.append(
+            f"RepetitionTime {tr_ms:g} ms (T1 map header) vs tr_mp2rage_s "
+            f"{values['tr_mp2rage_s']:g} s (profile)"
+        )
+    flip_deg = _first_float(_lookup(t1map, "FlipAngle"))
+    flips = (values["flip1_deg"], values["flip2_deg"])
+    if flip_deg is not None and not any(_close(flip_deg, f) for f in flips):
+        disagreements.append(
+            f"FlipAngle {flip_deg:g} deg (T1 map header) is neither flip1_deg {flips[0]:g} "
+            f"nor flip2_deg {flips[1]:g} (profile)"
+        )
+    if disagreements:
+        raise ProtocolError(
+            f"the scanner T1 map's header disagrees with site protocol entry "
+            f"{profile.protocol_name!r}: " + "; ".join(disagreements)
+        )
+    try:
+        protocol = MP2RAGEProtocol(**values)
+    except ValueError as exc:
+        raise ProtocolError(
+            f"site protocol entry {profile.protocol_name!r} is not a consistent MP2RAGE "
+            f"protocol: {exc}"
+        ) from exc
+    return protocol, profile
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= HEADER_AGREEMENT_RTOL * max(abs(a), abs(b))

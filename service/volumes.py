@@ -17,6 +17,13 @@ Tolerances (documented, module constants):
   1.5 times the smallest gap or more is reported as a missing slice;
 - two slices closer than ``DUPLICATE_TOL_MM`` along the normal are duplicates.
 
+Multi-echo series (a gradient echo with several echoes per slice position, as legacy
+single-frame instances with their own EchoNumbers/EchoTime, or as one Enhanced MR instance
+whose frames carry different MR Echo Sequence EffectiveEchoTime values) are loaded echo by echo
+on the same grid and combined into one magnitude volume, the root sum of squares over echoes;
+``SeriesVolume.echo_times_ms`` lists the echo times found. Separate series of one echo each are
+combined the same way by :func:`combine_echoes`.
+
 Memory: pixel data is decoded once into the float64 volume, then ``PixelData`` is deleted from
 the kept datasets, which therefore hold headers only (all that the result writers need).
 Error messages name the SeriesInstanceUID, never patient data.
@@ -33,7 +40,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.components import Component, classify
+from dicom_node.components import Component, classify, classify_series
 
 __all__ = [
     "DUPLICATE_TOL_MM",
@@ -41,6 +48,7 @@ __all__ = [
     "SLICE_SPACING_RTOL",
     "SPACING_RTOL",
     "SeriesVolume",
+    "combine_echoes",
     "group_by_series",
     "load_series",
     "same_grid",
@@ -73,6 +81,10 @@ class SeriesVolume:
         single multi-frame instance.
     frame_sources : list of (str, int or None)
         For each slice k: (SOPInstanceUID, 1-based frame number, or None for single-frame).
+        For a multi-echo volume: the slices of the first echo.
+    echo_times_ms : tuple of float
+        The echo times (ms) the volume was made of, sorted; several for a root-sum-of-squares
+        combination of echoes, empty when the headers give none.
     """
 
     series_uid: str
@@ -81,6 +93,7 @@ class SeriesVolume:
     affine_lps: np.ndarray
     datasets: list[Dataset]
     frame_sources: list[tuple[str, int | None]] = field(default_factory=list)
+    echo_times_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -97,6 +110,11 @@ class SeriesVolume:
         """(slice spacing, row spacing, column spacing) in mm."""
         norms = np.linalg.norm(self.affine_lps[:3, :3], axis=0)
         return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    @property
+    def n_echoes(self) -> int:
+        """How many echoes were combined into ``array`` (1 for an ordinary series)."""
+        return max(1, len(self.echo_times_ms))
 
     @property
     def frame_of_reference_uid(self) -> str | None:
@@ -147,6 +165,13 @@ class _Slice:
     sop_instance_uid: str
     frame_number: int | None
     slice_thickness_mm: float | None
+    source_index: int = 0
+    echo_number: int | None = None
+    echo_time_ms: float | None = None
+
+    @property
+    def echo_key(self) -> tuple[int | None, float | None]:
+        return (self.echo_number, self.echo_time_ms)
 
 
 def group_by_series(paths: Iterable[Path]) -> dict[str, list[Path]]:
@@ -202,7 +227,24 @@ def _functional_item(frame: Dataset, shared: Dataset | None, keyword: str) -> Da
     return item
 
 
-def _legacy_slice(ds: Dataset, series_uid: str) -> _Slice:
+def _optional_float(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        if not isinstance(value, str | bytes | int | float):
+            value = next(iter(value))  # type: ignore[call-overload]
+        number = round(float(value), 4)  # type: ignore[arg-type]
+    except (TypeError, ValueError, StopIteration):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _optional_int(value: object) -> int | None:
+    number = _optional_float(value)
+    return None if number is None else int(number)
+
+
+def _legacy_slice(ds: Dataset, series_uid: str, index: int) -> _Slice:
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if not ds.get(keyword):
             raise ValueError(f"series {series_uid}: instance {ds.SOPInstanceUID} has no {keyword}")
@@ -217,6 +259,9 @@ def _legacy_slice(ds: Dataset, series_uid: str) -> _Slice:
         sop_instance_uid=str(ds.SOPInstanceUID),
         frame_number=None,
         slice_thickness_mm=_number(ds.get("SliceThickness"), 0.0) or None,
+        source_index=index,
+        echo_number=_optional_int(ds.get("EchoNumbers")),
+        echo_time_ms=_optional_float(ds.get("EchoTime")),
     )
 
 
@@ -241,6 +286,7 @@ def _multiframe_slices(ds: Dataset, series_uid: str) -> list[_Slice]:
             )
         transform = _functional_item(frame, shared, "PixelValueTransformationSequence")
         source = transform if transform is not None else ds
+        echo = _functional_item(frame, shared, "MREchoSequence")
         slices.append(
             _Slice(
                 position_mm=_float_list(position.ImagePositionPatient),
@@ -253,6 +299,10 @@ def _multiframe_slices(ds: Dataset, series_uid: str) -> list[_Slice]:
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 frame_number=number,
                 slice_thickness_mm=_number(measures.get("SliceThickness"), 0.0) or None,
+                source_index=number - 1,
+                echo_time_ms=_optional_float(echo.get("EffectiveEchoTime"))
+                if echo is not None
+                else None,
             )
         )
     return slices
@@ -332,6 +382,41 @@ def _decode(ds: Dataset, series_uid: str) -> np.ndarray:
     return pixels
 
 
+def _echo_groups(slices: list[_Slice]) -> list[list[_Slice]]:
+    """Split the slices of a series into echoes (one group when it is not multi-echo).
+
+    A series is multi-echo when its slices carry more than one (EchoNumbers, EchoTime) pair
+    and slice positions repeat; each echo must then cover the same positions.
+    """
+    keys = sorted(
+        {s.echo_key for s in slices}, key=lambda k: (k[0] or 0, k[1] if k[1] is not None else 0)
+    )
+    if len(keys) < 2:
+        return [slices]
+    positions = np.array([s.position_mm for s in slices])
+    rounded = {tuple(np.round(p / DUPLICATE_TOL_MM).astype(np.int64)) for p in positions}
+    if len(rounded) == len(slices):
+        return [slices]
+    return [[s for s in slices if s.echo_key == key] for key in keys]
+
+
+def _stack(slices: list[_Slice], series_uid: str) -> tuple[list[_Slice], np.ndarray]:
+    """Sort the slices of one echo along the normal; return them and the slice step."""
+    normal = np.cross(slices[0].orientation[:3], slices[0].orientation[3:])
+    distances_mm = np.array([float(np.dot(s.position_mm, normal)) for s in slices])
+    order = np.argsort(distances_mm, kind="stable")
+    ordered = [slices[k] for k in order]
+    step = _slice_step(ordered, distances_mm[order], normal, series_uid)
+    return ordered, step
+
+
+def _echo_label(key: tuple[int | None, float | None]) -> str:
+    number, time_ms = key
+    if number is not None:
+        return f"echo {number}"
+    return f"echo at {time_ms:g} ms" if time_ms is not None else "echo"
+
+
 def load_series(paths: Sequence[Path]) -> SeriesVolume:
     """Read one series into a :class:`SeriesVolume`.
 
@@ -345,14 +430,16 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
     Returns
     -------
     SeriesVolume
-        Slices sorted by position along the slice normal.
+        Slices sorted by position along the slice normal. A multi-echo series gives the root
+        sum of squares over its echoes, with ``echo_times_ms`` listing them.
 
     Raises
     ------
     ValueError
         For no files, mixed series, more than one multi-frame instance, inconsistent
         orientation, pixel spacing or matrix, several frames of reference, duplicate slice
-        positions, a missing slice, non-uniform slice spacing, or missing pixel data.
+        positions, a missing slice, non-uniform slice spacing, echoes on different grids, or
+        missing pixel data.
     """
     if not paths:
         raise ValueError("no files given")
@@ -364,44 +451,104 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
     if not series_uid:
         raise ValueError("files have no SeriesInstanceUID")
 
-    if any(_is_multiframe(ds) for ds in datasets):
+    multiframe = any(_is_multiframe(ds) for ds in datasets)
+    if multiframe:
         if len(datasets) != 1:
             raise ValueError(
                 f"series {series_uid}: expected one multi-frame instance, got "
                 f"{len(datasets)} instances"
             )
-        source = datasets[0]
-        slices = _multiframe_slices(source, series_uid)
+        slices = _multiframe_slices(datasets[0], series_uid)
     else:
-        slices = [_legacy_slice(ds, series_uid) for ds in datasets]
+        slices = [_legacy_slice(ds, series_uid, index) for index, ds in enumerate(datasets)]
     _check_consistency(slices, series_uid)
 
-    normal = np.cross(slices[0].orientation[:3], slices[0].orientation[3:])
-    distances_mm = np.array([float(np.dot(s.position_mm, normal)) for s in slices])
-    order = np.argsort(distances_mm, kind="stable")
-    slices = [slices[k] for k in order]
-    distances_mm = distances_mm[order]
-    step = _slice_step(slices, distances_mm, normal, series_uid)
+    echoes = [_stack(group, series_uid) for group in _echo_groups(slices)]
+    first, step = echoes[0]
+    affine = _affine(first, step)
+    for ordered, echo_step in echoes[1:]:
+        if len(ordered) != len(first) or not np.allclose(
+            _affine(ordered, echo_step), affine, rtol=0, atol=10 * DUPLICATE_TOL_MM
+        ):
+            raise ValueError(
+                f"series {series_uid}: {_echo_label(ordered[0].echo_key)} does not cover the "
+                "slice positions of the first echo"
+            )
 
-    if len(datasets) == 1 and slices[0].frame_number is not None:
-        frames = _decode(datasets[0], series_uid)
-        frames = frames.reshape((-1, *slices[0].shape))
-        stored = frames[[s.frame_number - 1 for s in slices]]  # type: ignore[operator]
+    if multiframe:
+        frames = _decode(datasets[0], series_uid).reshape((-1, *slices[0].shape))
         kept = datasets
     else:
-        kept = [datasets[k] for k in order]
-        stored = np.stack([_decode(ds, series_uid) for ds in kept])
-    slope = np.array([s.slope for s in slices])[:, None, None]
-    intercept = np.array([s.intercept for s in slices])[:, None, None]
-    array = stored.astype(np.float64) * slope + intercept
+        kept = [datasets[s.source_index] for s in first]
+        frames = np.stack([_decode(ds, series_uid) for ds in datasets])
+    arrays = []
+    for ordered, _ in echoes:
+        stored = frames[[s.source_index for s in ordered]]
+        slope = np.array([s.slope for s in ordered])[:, None, None]
+        intercept = np.array([s.intercept for s in ordered])[:, None, None]
+        arrays.append(stored.astype(np.float64) * slope + intercept)
+    array = arrays[0] if len(arrays) == 1 else np.sqrt(np.sum(np.square(arrays), axis=0))
+    times = sorted({o[0].echo_time_ms for o, _ in echoes if o[0].echo_time_ms is not None})
 
     return SeriesVolume(
         series_uid=series_uid,
-        component=classify(kept[0]),
+        component=classify_series([kept[0], *datasets]) if len(echoes) > 1 else classify(kept[0]),
         array=array,
-        affine_lps=_affine(slices, step),
+        affine_lps=affine,
         datasets=kept,
-        frame_sources=[(s.sop_instance_uid, s.frame_number) for s in slices],
+        frame_sources=[(s.sop_instance_uid, s.frame_number) for s in first],
+        echo_times_ms=tuple(times),
+    )
+
+
+def combine_echoes(volumes: Sequence[SeriesVolume]) -> SeriesVolume:
+    """Combine single-echo series of one grid (one series per echo) into one volume.
+
+    Parameters
+    ----------
+    volumes : sequence of SeriesVolume
+        Two or more volumes on the same grid (:func:`same_grid`), each with one echo time,
+        all echo times different.
+
+    Returns
+    -------
+    SeriesVolume
+        Root sum of squares over the echoes, with the headers and series UID of the earliest
+        echo and ``echo_times_ms`` listing every echo.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two volumes are given, one is not on the grid of the first, or the
+        echo times are missing, several per volume, or repeated.
+    """
+    if len(volumes) < 2:
+        raise ValueError(f"combine_echoes needs two or more volumes, got {len(volumes)}")
+    for volume in volumes:
+        if len(volume.echo_times_ms) != 1:
+            raise ValueError(
+                f"series {volume.series_uid}: a single echo time is needed to combine echo "
+                f"series, found {list(volume.echo_times_ms)}"
+            )
+        if not same_grid(volume, volumes[0]):
+            raise ValueError(
+                f"series {volume.series_uid} is not on the grid of series "
+                f"{volumes[0].series_uid}: echoes cannot be combined"
+            )
+    times = [volume.echo_times_ms[0] for volume in volumes]
+    if len(set(times)) != len(times):
+        raise ValueError(f"echo series share an echo time ({sorted(times)} ms)")
+    ordered = sorted(volumes, key=lambda volume: volume.echo_times_ms[0])
+    first = ordered[0]
+    array = np.sqrt(np.sum([np.square(volume.array) for volume in ordered], axis=0))
+    return SeriesVolume(
+        series_uid=first.series_uid,
+        component=first.component,
+        array=array,
+        affine_lps=first.affine_lps.copy(),
+        datasets=first.datasets,
+        frame_sources=list(first.frame_sources),
+        echo_times_ms=tuple(sorted(times)),
     )
 
 

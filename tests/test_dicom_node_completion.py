@@ -243,3 +243,43 @@ def test_images_are_counted_per_acquisition() -> None:
 def test_bad_timeouts_are_refused(settle_s: float, stale_s: float) -> None:
     with pytest.raises(ValueError, match=r"settle_s|stale_s"):
         ExamTracker(settle_s=settle_s, stale_s=stale_s)
+
+
+def test_t2star_and_b1_series_on_their_own_grids_join_the_job_without_being_waited_for() -> None:
+    tracker = ExamTracker(settle_s=3.0, stale_s=120.0)
+    _mp2rage(tracker, now=0.0)
+    # a multi-echo GRE counting every echo in ImagesInAcquisition (4 slices x 3 echoes)
+    t2star = _series(tracker, Component.T2STAR, n=12, expected=12, now=1.0)
+    b1 = _series(tracker, Component.B1MAP, n=8, expected=8, now=1.0)
+    (exam,) = tracker.ready(now=4.0)
+    assert exam.complete and exam.reason == "complete"
+    assert exam.components[Component.T2STAR] == [t2star]
+    assert exam.components[Component.B1MAP] == [b1]
+    assert {t2star, b1} <= set(exam.series)
+    # an exam without them is complete as well: they are optional
+    other = ExamTracker(settle_s=3.0, stale_s=120.0)
+    _mp2rage(other, now=0.0)
+    (alone,) = other.ready(now=3.0)
+    assert alone.complete
+
+
+def test_a_t2star_series_arriving_after_the_hand_out_gives_an_update_with_it() -> None:
+    tracker = ExamTracker(settle_s=3.0, stale_s=120.0)
+    _mp2rage(tracker, now=0.0)
+    (first,) = tracker.ready(now=3.0)
+    t2star = _series(tracker, Component.T2STAR, n=4, expected=4, now=50.0)
+    assert tracker.ready(now=52.0) == []
+    (update,) = tracker.ready(now=53.0)
+    assert update.update and update.complete and t2star in update.series
+    assert t2star not in first.series
+
+
+def test_multi_echo_series_whose_first_echo_looks_other_is_listed_as_t2star() -> None:
+    tracker = ExamTracker(settle_s=3.0, stale_s=120.0)
+    _mp2rage(tracker, now=0.0)
+    series_uid = "1.2.3.77"
+    for component in (Component.OTHER, Component.OTHER, Component.T2STAR, Component.T2STAR):
+        tracker.add(make_info(series_uid=series_uid, component=component), now=0.0)
+    (exam,) = tracker.ready(now=3.0)
+    assert exam.components[Component.T2STAR] == [series_uid]
+    assert Component.OTHER not in exam.components

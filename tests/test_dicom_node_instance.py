@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.components import Component, classify
+from dicom_node.components import Component, classify, classify_series, is_multi_echo_gre
 from dicom_node.instance import OwnResultMarkers, patient_key, read_instance_info
 from dicom_node.status import StoreStatus, describe, is_failure, is_warning
 from dicom_node.validation import check_ae_title
@@ -148,6 +148,67 @@ def test_classify_realistic_siemens_headers(
 
 def test_classify_seg_by_modality() -> None:
     assert classify(_header(["DERIVED", "PRIMARY"], "lesions", modality="SEG")) is Component.SEG
+
+
+def _gre(description: str = "cord_axial", **values: object) -> Dataset:
+    ds = _header(["ORIGINAL", "PRIMARY", "M", "ND"], description)
+    ds.ScanningSequence = "GR"
+    ds.EchoTime = "4.5"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"EchoNumbers": "3"}, Component.T2STAR),  # a later echo of a multi-echo series
+        ({"EchoTrainLength": "5"}, Component.T2STAR),
+        ({"EchoNumbers": "1", "EchoTrainLength": "1"}, Component.OTHER),  # single echo
+        # an inversion makes it an MP2RAGE-like series, never T2*
+        ({"EchoNumbers": "2", "ScanningSequence": ["GR", "IR"]}, Component.OTHER),
+        ({"EchoNumbers": "2", "InversionTime": "800"}, Component.OTHER),
+        ({"EchoNumbers": "2", "ScanningSequence": "SE"}, Component.OTHER),  # spin echo
+    ],
+)
+def test_classify_recognises_a_renamed_multi_echo_gradient_echo(
+    values: dict[str, object], expected: Component
+) -> None:
+    assert classify(_gre(**values)) is expected
+
+
+def test_description_and_image_type_still_win_over_the_echo_rule() -> None:
+    assert classify(_gre("mp2rage_cord_INV2", EchoNumbers="2")) is Component.INV2
+    uni = _gre(EchoNumbers="2")
+    uni.ImageType = ["DERIVED", "PRIMARY", "M", "ND", "UNI"]
+    assert classify(uni) is Component.UNI
+    assert classify(_gre("gre_field_mapping", EchoNumbers="2")) is Component.OTHER
+
+
+def test_first_echo_of_a_legacy_series_is_t2star_with_its_siblings() -> None:
+    first, second = _gre(EchoNumbers="1"), _gre(EchoNumbers="1", EchoTime="9.0")
+    assert classify(first) is Component.OTHER  # alone it looks single-echo
+    assert classify_series([first, second]) is Component.T2STAR  # two echo times
+    assert classify_series([first, _gre(EchoNumbers="1")]) is Component.OTHER
+
+
+def test_enhanced_mr_echoes_are_read_from_the_frames() -> None:
+    ds = _header(["ORIGINAL", "PRIMARY", "M", "NONE"], "cord_axial")
+    ds.EchoPulseSequence = "GRADIENT"
+    frames = []
+    for echo_ms in (3.0, 8.0, 13.0):
+        echo, frame = Dataset(), Dataset()
+        echo.EffectiveEchoTime = echo_ms
+        frame.MREchoSequence = [echo]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    assert is_multi_echo_gre([ds])
+    assert classify(ds) is Component.T2STAR
+    modifier, shared = Dataset(), Dataset()
+    modifier.InversionRecovery = "YES"
+    shared.MRModifierSequence = [modifier]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    assert classify(ds) is Component.OTHER
 
 
 # --------------------------------------------------------------------- status and validation

@@ -12,6 +12,7 @@ from service.protocol import (
     SiteProtocol,
     load_site_protocols,
     protocol_from_headers,
+    protocol_from_profile,
 )
 
 
@@ -119,3 +120,48 @@ def test_site_profile_file(tmp_path: Path) -> None:
     path.write_text('[[protocol]]\nprotocol_name = "a"\nn_excitations = -4\n')
     with pytest.raises(ValueError, match="n_excitations"):
         load_site_protocols(path)
+
+
+# ---- exams with only the scanner's T1 map ---------------------------------------------------
+
+FULL_PROFILE = [
+    SiteProtocol(
+        "mp2rage_cspine", tr_mp2rage_s=5.0, ti1_s=0.8, ti2_s=2.7, flip1_deg=4.0,
+        flip2_deg=5.0, echo_spacing_s=0.0067, n_excitations=48, efficiency=0.96,
+    )
+]  # fmt: skip
+
+
+def test_t1_map_only_protocol_comes_whole_from_the_profile() -> None:
+    protocol, profile = protocol_from_profile(
+        _series(RepetitionTime=5000, FlipAngle=4), FULL_PROFILE
+    )
+    assert profile is FULL_PROFILE[0]
+    assert (protocol.tr_mp2rage_s, protocol.ti1_s, protocol.ti2_s) == (5.0, 0.8, 2.7)
+    assert (protocol.flip1_deg, protocol.flip2_deg, protocol.n_excitations) == (4.0, 5.0, 48)
+    # headers without TR or flip angle are fine: the profile gives everything
+    assert protocol_from_profile(_series(), FULL_PROFILE)[0] == protocol
+
+
+def test_t1_map_only_without_a_full_profile_entry_names_what_to_add() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol_from_profile(_series(RepetitionTime=5000), PROFILE)
+    text = str(info.value)
+    assert "site protocol entry 'mp2rage_cspine'" in text
+    assert "add tr_mp2rage_s, ti1_s, ti2_s, flip1_deg, flip2_deg to it" in text
+    with pytest.raises(ProtocolError, match="add a \\[\\[protocol\\]\\] entry with protocol_name"):
+        protocol_from_profile(_series(ProtocolName="other_protocol"), FULL_PROFILE)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"RepetitionTime": 6000}, "RepetitionTime 6000 ms .* vs tr_mp2rage_s 5 s"),
+        ({"FlipAngle": 7}, "FlipAngle 7 deg .* is neither flip1_deg 4 nor flip2_deg 5"),
+    ],
+)
+def test_t1_map_header_must_agree_with_the_profile(
+    header: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        protocol_from_profile(_series(**header), FULL_PROFILE)

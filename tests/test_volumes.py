@@ -13,7 +13,13 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from dicom_node.components import Component
 from service.nifti import from_nifti, to_nifti
-from service.volumes import SeriesVolume, group_by_series, load_series, same_grid
+from service.volumes import (
+    SeriesVolume,
+    combine_echoes,
+    group_by_series,
+    load_series,
+    same_grid,
+)
 from tests.dicom_factory import (
     affine_from_geometry,
     make_enhanced_mr,
@@ -285,6 +291,119 @@ def test_same_grid(stored: np.ndarray, tmp_path: Path) -> None:
     assert same_grid(a, c, tol_mm=0.25)
     assert not same_grid(a, d)
     assert not same_grid(a, e)
+
+
+# ---- multi-echo gradient echo ---------------------------------------------------------------
+
+ECHO_TIMES_MS = (3.1, 8.2, 13.3)
+GRE_TYPE = ("ORIGINAL", "PRIMARY", "M", "ND")
+
+
+def _echoes() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 2000, SHAPE, dtype=np.uint16) for _ in ECHO_TIMES_MS]
+
+
+def _rss(echoes: list[np.ndarray], slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
+    return np.sqrt(sum((e.astype(float) * slope + intercept) ** 2 for e in echoes))
+
+
+def test_legacy_multi_echo_series_is_one_root_sum_of_squares_volume(tmp_path: Path) -> None:
+    echoes = _echoes()
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    datasets = []
+    for number, (stored, echo_ms) in enumerate(zip(echoes, ECHO_TIMES_MS, strict=True), 1):
+        for ds in make_legacy_series(
+            stored,
+            OBLIQUE,
+            rescale=(SLOPE, 0.0),
+            series_uid=series_uid,
+            frame_of_reference_uid=frame_uid,
+            image_type=GRE_TYPE,
+            series_description="cord_axial_gre",
+        ):
+            ds.EchoNumbers, ds.EchoTime = number, echo_ms
+            datasets.append(ds)
+
+    volume = _load(datasets, tmp_path)
+
+    np.testing.assert_allclose(volume.array, _rss(echoes, SLOPE))
+    np.testing.assert_allclose(volume.affine_lps, OBLIQUE, atol=1e-5)
+    assert volume.echo_times_ms == ECHO_TIMES_MS and volume.n_echoes == 3
+    assert volume.component is Component.T2STAR  # recognised without a T2* description
+    assert len(volume.datasets) == SHAPE[0] and len(volume.frame_sources) == SHAPE[0]
+    assert all(int(ds.EchoNumbers) == 1 for ds in volume.datasets)
+
+
+def test_enhanced_multi_echo_instance_is_combined_like_legacy(tmp_path: Path) -> None:
+    echoes = _echoes()
+    ds = make_enhanced_mr(np.concatenate(echoes), OBLIQUE)
+    ds.ImageType = list(GRE_TYPE)
+    ds.SeriesDescription = "cord_axial_gre"
+    ds.EchoPulseSequence = "GRADIENT"
+    n = SHAPE[0]
+    for frame, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = OBLIQUE @ [frame % n, 0, 0, 1]
+        item.PlanePositionSequence[0].ImagePositionPatient = [
+            round(float(v), 6) for v in position[:3]
+        ]
+        echo = Dataset()
+        echo.EffectiveEchoTime = ECHO_TIMES_MS[frame // n]
+        item.MREchoSequence = [echo]
+
+    volume = _load([ds], tmp_path)
+
+    np.testing.assert_allclose(volume.array, _rss(echoes))
+    assert volume.echo_times_ms == ECHO_TIMES_MS
+    assert volume.component is Component.T2STAR
+    assert [frame for _, frame in volume.frame_sources] == list(range(1, n + 1))
+
+
+def test_an_echo_missing_a_slice_is_refused(tmp_path: Path) -> None:
+    echoes = _echoes()[:2]
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    datasets = []
+    for number, stored in enumerate(echoes, 1):
+        for ds in make_legacy_series(
+            stored, OBLIQUE, series_uid=series_uid, frame_of_reference_uid=frame_uid
+        ):
+            ds.EchoNumbers, ds.EchoTime = number, ECHO_TIMES_MS[number - 1]
+            datasets.append(ds)
+    del datasets[-1]  # the last slice of echo 2
+    with pytest.raises(ValueError, match="echo 2 does not cover the slice positions"):
+        _load(datasets, tmp_path)
+
+
+def _single_echo(stored: np.ndarray, echo_ms: float, frame_uid: str, path: Path) -> SeriesVolume:
+    datasets = make_legacy_series(
+        stored, OBLIQUE, frame_of_reference_uid=frame_uid, image_type=GRE_TYPE
+    )
+    for ds in datasets:
+        ds.EchoTime = echo_ms
+    return _load(datasets, path)
+
+
+def test_one_series_per_echo_is_combined(tmp_path: Path) -> None:
+    echoes = _echoes()
+    frame_uid = generate_uid()
+    volumes = [
+        _single_echo(stored, echo_ms, frame_uid, tmp_path / str(echo_ms))
+        for stored, echo_ms in zip(echoes, ECHO_TIMES_MS, strict=True)
+    ]
+    combined = combine_echoes(volumes[::-1])
+    np.testing.assert_allclose(combined.array, _rss(echoes))
+    assert combined.echo_times_ms == ECHO_TIMES_MS
+    assert combined.series_uid == volumes[0].series_uid  # the earliest echo's headers
+
+    with pytest.raises(ValueError, match="share an echo time"):
+        combine_echoes([volumes[0], volumes[0]])
+    shifted = OBLIQUE.copy()
+    shifted[:3, 3] += 5.0
+    elsewhere = _load(
+        make_legacy_series(echoes[0], shifted, frame_of_reference_uid=frame_uid), tmp_path / "x"
+    )
+    with pytest.raises(ValueError, match="not on the grid"):
+        combine_echoes([volumes[0], elsewhere])
 
 
 # ---- NIfTI -------------------------------------------------------------------------------------
