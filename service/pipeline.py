@@ -242,6 +242,25 @@ def _b1_correct(
     return np.where(usable, corrected, t1_ms), True, note
 
 
+def _t2star_on_grid(slab: Slab) -> NDArray[np.float64] | None:
+    """The slab's T2*-weighted image on its reference grid (NaN where not covered)."""
+    if slab.t2star is None:
+        return None
+    on_grid, _covered = partner_on_grid(slab.t2star, slab.reference)
+    return on_grid
+
+
+def _evidence_summary(anatomy: SlabAnatomy, slab: Slab) -> dict[str, Any]:
+    """What the GM/WM split rested on, with the T2* series' identity and echoes."""
+    info = dict(anatomy.evidence.info)
+    if slab.t2star is not None:
+        info["t2star_series_instance_uid"] = slab.t2star.series_uid
+        info["t2star_grid"] = describe_grid(slab.t2star)
+        if slab.t2star.echo_times_ms:
+            info["t2star_echo_times_ms"] = [round(t, 2) for t in slab.t2star.echo_times_ms]
+    return info
+
+
 def _scanner_agreement(
     t1_ms: NDArray[np.float64], slab: Slab, mask: NDArray[np.bool_]
 ) -> dict[str, float] | None:
@@ -628,6 +647,7 @@ def process_exam(
         foreground = _foreground(slab)
         foregrounds.append(foreground)
         reader = reader_lesions[i] if reader_lesions is not None else None
+        t2star_on_grid = _t2star_on_grid(slab)
         anatomy = segment_slab(
             t1_ms,
             index=slab.index,
@@ -637,7 +657,9 @@ def process_exam(
             gm_prior_template=prior,
             inv2=slab.inv2.array if slab.inv2 is not None else None,
             lesions=reader > 0 if reader is not None else None,
+            t2star=t2star_on_grid,
         )
+        del t2star_on_grid
         scoring_model = model.model if model else None
         slab_scores = score_slab(
             t1_ms,
@@ -661,6 +683,7 @@ def process_exam(
                 voxel_mm=voxel_mm,
                 gm_prior_template=prior,
                 lesions=known,
+                evidence=anatomy.evidence,
             )
             slab_scores = score_slab(
                 t1_ms,
@@ -692,6 +715,7 @@ def process_exam(
                 "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
                 "cord_slices_found": int(anatomy.segmentation.found.sum()),
                 "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
+                "gm_wm_evidence": _evidence_summary(anatomy, slab),
             }
         )
 

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import binary_erosion
 
+from processing.align import apply_inplane_shift, estimate_inplane_shift
 from processing.lesions import LesionStats, candidates, characterise
 from processing.normative import NormativeModel, z_scores
 from processing.qc import QcVerdict, assess, estimate_snr
@@ -23,6 +24,7 @@ from processing.stats import DEFAULT_Z_THRESHOLD, RegionStats, normal_appearing,
 from processing.template import CordCoordinates, cord_coordinates
 
 __all__ = [
+    "GreyWhiteEvidence",
     "SlabAnatomy",
     "SlabScores",
     "assess_exam",
@@ -31,6 +33,7 @@ __all__ = [
     "score_slab",
     "segment_slab",
     "split_tissues",
+    "t2star_evidence",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -45,6 +48,25 @@ MIXED_MIN_GM_PERCENT = 15.0
 #: One voxel in-plane: the cord's outer voxels share their volume with CSF (T1 ~ 3.7 s) and
 #: are left out of regional statistics.
 _IN_PLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
+
+#: The T2*-weighted image is aligned to the T1 map only when their correlation around the cord
+#: reaches this value; below it the two images do not show the same anatomy (wrong series,
+#: strong artefact) and the T2* image is not used.
+MIN_T2STAR_CORRELATION = 0.3
+#: Residual shifts below this (mm) are left alone (interpolation would only blur).
+_MIN_SHIFT_MM = 0.05
+
+
+@dataclass
+class GreyWhiteEvidence:
+    """What the GM/WM split of one slab rested on.
+
+    ``t2star`` is the T2*-weighted image on the T1 grid after the in-plane alignment (None
+    when the exam has none or it could not be used); ``info`` goes into summary.json.
+    """
+
+    t2star: FloatArray | None = None
+    info: dict[str, Any] = field(default_factory=lambda: {"source": "T1"})
 
 
 @dataclass
@@ -63,6 +85,7 @@ class SlabAnatomy:
     labels: NDArray[np.int16]
     levels: NDArray[np.int16]
     masks: dict[str, BoolArray]
+    evidence: GreyWhiteEvidence = field(default_factory=GreyWhiteEvidence)
 
     @property
     def cord(self) -> BoolArray:
@@ -91,13 +114,21 @@ def segment_slab(
     gm_prior_template: FloatArray,
     inv2: FloatArray | None = None,
     lesions: BoolArray | None = None,
+    t2star: FloatArray | None = None,
 ) -> SlabAnatomy:
     """Cord, GM/WM, template coordinates, region labels and levels of one slab.
 
     ``lesions`` (known lesion voxels) carry no GM/WM intensity evidence: damage raises T1
-    and would otherwise look like grey matter.
+    and would otherwise look like grey matter. ``t2star`` (a T2*-weighted image resampled
+    onto the T1 grid, NaN where not covered) is aligned in-plane to the T1 map around the cord
+    and adds its GM/WM contrast (see :func:`t2star_evidence`).
     """
     segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
+    evidence = (
+        t2star_evidence(t1_ms, t2star, segmentation.cord, voxel_mm)
+        if t2star is not None
+        else GreyWhiteEvidence()
+    )
     coords = cord_coordinates(
         segmentation.cord, segmentation.centre_ji, affine_lps, slab=index, n_slabs=n_slabs
     )
@@ -110,7 +141,57 @@ def segment_slab(
         voxel_mm=voxel_mm,
         gm_prior_template=gm_prior_template,
         lesions=lesions,
+        evidence=evidence,
     )
+
+
+def t2star_evidence(
+    t1_ms: FloatArray,
+    t2star: FloatArray,
+    cord: BoolArray,
+    voxel_mm: tuple[float, float, float],
+) -> GreyWhiteEvidence:
+    """Align a T2*-weighted image (already on the T1 grid) to the T1 map in-plane.
+
+    Both images show bright CSF around a darker cord, so a small residual shift (subject
+    motion between the series) is found by correlation around the cord and undone. An image
+    that does not correlate with the T1 map, or a cord too small to align on, is not used;
+    ``info`` says why.
+    """
+    covered = np.isfinite(t2star) & cord
+    info: dict[str, Any] = {
+        "source": "T1",
+        "t2star_cord_covered_percent": round(100.0 * float(covered.sum() / max(cord.sum(), 1)), 1),
+    }
+    if not covered.any():
+        info["t2star_note"] = "T2*-weighted series does not cover the cord: not used"
+        return GreyWhiteEvidence(info=info)
+    try:
+        shift = estimate_inplane_shift(t1_ms, t2star, cord, voxel_mm=voxel_mm[1:])
+    except ValueError as exc:
+        info["t2star_note"] = f"T2*-weighted series not aligned ({exc}): not used"
+        return GreyWhiteEvidence(info=info)
+    info["t2star_alignment"] = {
+        "shift_mm": [round(v, 2) for v in shift.shift_mm],
+        "correlation": round(shift.correlation, 3),
+    }
+    if not np.isfinite(shift.correlation) or shift.correlation < MIN_T2STAR_CORRELATION:
+        info["t2star_note"] = (
+            f"T2*-weighted series does not match the T1 map around the cord (correlation "
+            f"{shift.correlation:.2f} < {MIN_T2STAR_CORRELATION}): not used"
+        )
+        return GreyWhiteEvidence(info=info)
+    if shift.at_limit:
+        info["t2star_note"] = (
+            "T2*-weighted series is shifted by more than the alignment range against the T1 "
+            "map: not used"
+        )
+        return GreyWhiteEvidence(info=info)
+    aligned = t2star
+    if max(abs(v) for v in shift.shift_mm) >= _MIN_SHIFT_MM:
+        aligned = apply_inplane_shift(t2star, shift.shift_mm, voxel_mm=voxel_mm[1:])
+    info["source"] = "T1 + T2*-weighted GRE"
+    return GreyWhiteEvidence(t2star=aligned, info=info)
 
 
 def split_tissues(
@@ -123,11 +204,18 @@ def split_tissues(
     voxel_mm: tuple[float, float, float],
     gm_prior_template: FloatArray,
     lesions: BoolArray | None = None,
+    evidence: GreyWhiteEvidence | None = None,
 ) -> SlabAnatomy:
-    """GM/WM split, region labels and levels on a given cord segmentation."""
-    evidence = t1_ms if lesions is None else np.where(lesions, np.nan, t1_ms)
+    """GM/WM split, region labels and levels on a given cord segmentation.
+
+    ``evidence`` carries the aligned T2*-weighted image when the exam has one.
+    """
+    evidence = evidence or GreyWhiteEvidence()
+    t1_evidence = t1_ms if lesions is None else np.where(lesions, np.nan, t1_ms)
     prior = coords.sample(gm_prior_template)
-    gm, wm = split_gm_wm(evidence, segmentation.cord, prior, voxel_mm=voxel_mm)
+    gm, wm = split_gm_wm(
+        t1_evidence, segmentation.cord, prior, voxel_mm=voxel_mm, t2star=evidence.t2star
+    )
     labels = label_regions(coords, gm, wm)
     levels = estimate_levels(coords, n_slabs)
     interior = binary_erosion(segmentation.cord, structure=_IN_PLANE_CROSS)
@@ -141,6 +229,7 @@ def split_tissues(
         labels=labels,
         levels=levels,
         masks=masks,
+        evidence=evidence,
     )
 
 
