@@ -8,6 +8,12 @@ then processes the patient ``repeat`` times, each in a fresh subprocess (so peak
 exam's own), and reads the pipeline's own stage timings from summary.json. The peer in the same
 run: pydicom reading and writing the exam's source images (plain I/O of the same data), so the
 ratio says how much our result writing costs against merely copying the input.
+
+Peak memory is the child's own high-water mark of resident memory (``VmHWM`` in
+``/proc/self/status``), plus the largest sampled RSS of each phase. ``getrusage`` is not used
+for it: Linux carries ``ru_maxrss`` over ``execve``, so a child started from this parent (which
+built the model, at about 2.7 GiB) would report the parent's peak (an earlier version of this
+benchmark reported 2.6 GiB that way). ``ru_maxrss_mib`` is still written, for comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import pydicom
 
 RUNNER = """
-import json, sys, resource
+import json, sys, resource, threading, time
 from pathlib import Path
 from service.exam import find_exam_series
 from service.jobs import result_identity
@@ -36,13 +42,40 @@ from service.model_build import load_scoring_model
 from service.pipeline import process_exam
 from service.protocol import load_site_protocols
 from service.settings import Settings
+
+def status_kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+samples, stop = [], threading.Event()
+def sample():
+    while not stop.is_set():
+        samples.append((time.perf_counter(), status_kib("VmRSS")))
+        stop.wait(0.02)
 dicom_dir, out, model, profile = map(Path, sys.argv[1:5])
 exams = find_exam_series(sorted(dicom_dir.rglob("*.dcm")))
 (series,) = exams.values()
-result = process_exam(series, out, profiles=load_site_protocols(profile),
-                      identity=result_identity(Settings()), model=load_scoring_model(model))
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"timings_s": result.summary["timings_s"], "peak_rss_mib": peak_kib / 1024,
+kwargs = dict(profiles=load_site_protocols(profile), identity=result_identity(Settings()),
+              model=load_scoring_model(model))
+sampler = threading.Thread(target=sample, daemon=True)
+started = time.perf_counter()
+sampler.start()
+result = process_exam(series, out, **kwargs)
+stop.set()
+sampler.join()
+timings = result.summary["timings_s"]
+edges, phases, t = {}, {}, started
+for name in ("load", "compute", "write_results"):
+    edges[name] = (t, t + timings[name])
+    t += timings[name]
+for name, (a, b) in edges.items():
+    inside = [kib for when, kib in samples if a <= when <= b]
+    phases[name] = round(max(inside) / 1024, 1) if inside else None
+print(json.dumps({"timings_s": timings, "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+                  "sampled_peak_rss_mib_by_phase": phases,
+                  "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "objects": len(result.dicom_files)}))
 """
 
@@ -63,29 +96,47 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
     from service.protocol import load_site_protocols
 
     options = PhantomOptions(matrix=matrix)
-    write_cohort(
-        workdir / "controls",
-        controls=controls,
-        patients=0,
-        follow_up=False,
-        seed=3,
-        options=options,
-    )
-    cohort = json.loads(
-        write_cohort(
-            workdir / "patient", controls=0, patients=1, follow_up=False, seed=4, options=options
-        ).read_text()
-    )
     profile = workdir / "controls" / "site-protocols.toml"
-    started = time.perf_counter()
-    build_model(
-        workdir / "controls",
-        workdir / "model",
-        profiles=load_site_protocols(profile),
-        created_at=datetime.now(UTC),
-    )
-    model_build_s = time.perf_counter() - started
-    dicom_dir = workdir / "patient" / cohort[0]["exams"][0]["exam_dir"] / "dicom"
+    built = workdir / "bench-exam-data.json"
+    if built.exists():  # --work DIR of an earlier run with the same matrix and controls
+        data = json.loads(built.read_text())
+        if data["matrix"] != matrix or data["controls"] != controls:
+            raise SystemExit(f"{workdir} holds data of another configuration: {data}")
+    else:
+        write_cohort(
+            workdir / "controls",
+            controls=controls,
+            patients=0,
+            follow_up=False,
+            seed=3,
+            options=options,
+        )
+        cohort = json.loads(
+            write_cohort(
+                workdir / "patient",
+                controls=0,
+                patients=1,
+                follow_up=False,
+                seed=4,
+                options=options,
+            ).read_text()
+        )
+        started = time.perf_counter()
+        build_model(
+            workdir / "controls",
+            workdir / "model",
+            profiles=load_site_protocols(profile),
+            created_at=datetime.now(UTC),
+        )
+        model_build_s = time.perf_counter() - started
+        data = {
+            "matrix": matrix,
+            "controls": controls,
+            "model_build_s": round(model_build_s, 2),
+            "dicom_dir": str(workdir / "patient" / cohort[0]["exams"][0]["exam_dir"] / "dicom"),
+        }
+        built.write_text(json.dumps(data))
+    dicom_dir = Path(data["dicom_dir"])
     runs = []
     peers = []
     for i in range(repeat):
@@ -122,7 +173,7 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
             "python": platform.python_version(),
             "load_avg": os.getloadavg(),
         },
-        "model_build_s": round(model_build_s, 2),
+        "model_build_s": data["model_build_s"],
         "runs": runs,
         "best": best,
         "total_s": round(sum(best["timings_s"].values()), 2),
@@ -139,9 +190,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--matrix", type=int, default=448)
     parser.add_argument("--controls", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--work", type=Path, help="keep the cohort and model here and reuse them next time"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cordt1-bench-exam-") as tmp:
-        report = run(args.matrix, args.controls, args.repeat, Path(tmp))
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        report = run(args.matrix, args.controls, args.repeat, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cordt1-bench-exam-") as tmp:
+            report = run(args.matrix, args.controls, args.repeat, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(
