@@ -138,9 +138,6 @@ def estimate_inplane_shift(
     if not mask.any():
         raise ValueError("cord mask is empty: nothing to align on")
     reach = [int(np.ceil(max_shift_mm / s)) for s in spacing]
-    if smooth_mm > 0:
-        sigma = (smooth_mm / spacing[0], smooth_mm / spacing[1])
-        ref, mov = _smooth_nan(ref, sigma), _smooth_nan(mov, sigma)
     _, rows, cols = np.nonzero(mask)
     box = []
     for axis, (values, n) in enumerate(((rows, ref.shape[1]), (cols, ref.shape[2]))):
@@ -150,7 +147,20 @@ def estimate_inplane_shift(
         if high - low < 3:
             raise ValueError("the cord box is too close to the image edge to search for a shift")
         box.append((low, high))
-    (j0, j1), (i0, i1) = box
+    # Work on the search region only (box + shift range + smoothing support).
+    support = [reach[axis] + int(np.ceil(4 * smooth_mm / spacing[axis])) for axis in (0, 1)]
+    crop = [
+        (max(low - extra, 0), min(high + extra, n))
+        for (low, high), extra, n in zip(box, support, ref.shape[1:], strict=True)
+    ]
+    ref = ref[:, crop[0][0] : crop[0][1], crop[1][0] : crop[1][1]]
+    mov = mov[:, crop[0][0] : crop[0][1], crop[1][0] : crop[1][1]]
+    if smooth_mm > 0:
+        sigma = (smooth_mm / spacing[0], smooth_mm / spacing[1])
+        ref, mov = _smooth_nan(ref, sigma), _smooth_nan(mov, sigma)
+    (j0, j1), (i0, i1) = (
+        (low - c0, high - c0) for (low, high), (c0, _) in zip(box, crop, strict=True)
+    )
     fixed = ref[:, j0:j1, i0:i1]
     scores = np.full((2 * reach[0] + 1, 2 * reach[1] + 1), np.nan)
     for a, dj in enumerate(range(-reach[0], reach[0] + 1)):
