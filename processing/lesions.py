@@ -225,10 +225,13 @@ def _slice_frame(cord: NDArray[np.bool_], affine: NDArray[np.float64]) -> _Slice
     centre = np.full((n, 3), np.nan)
     half_width = np.full(n, np.nan)
     half_depth = np.full(n, np.nan)
+    rows = np.flatnonzero(cord.any(axis=(0, 2)))
+    j0, j1 = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
     for k in range(n):
-        j, i = np.nonzero(cord[k])
+        j, i = np.nonzero(cord[k, j0:j1])  # rows without cord skipped
         if j.size == 0:
             continue
+        j = j + j0
         points = _points_mm(affine, np.full(j.shape, k), j, i)
         centre[k] = points.mean(axis=0)
         offset = points - centre[k]
@@ -614,6 +617,18 @@ def patient_lesion_summary(
 # --------------------------------------------------------------------------- candidates
 
 
+def _bounding_box(mask: NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
+    """Smallest box holding every set voxel of a 3-D mask (None for an empty mask)."""
+    extents = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        if hits.size == 0:
+            return None
+        extents.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return extents[0], extents[1], extents[2]
+
+
 def _erode_in_plane(mask: NDArray[np.bool_], voxels: int) -> NDArray[np.bool_]:
     if voxels <= 0:
         return mask
@@ -731,13 +746,19 @@ def candidates(
     t1 = np.asarray(t1_ms, dtype=float)
     cord_mask = np.asarray(cord, dtype=bool)
 
-    core = _erode_in_plane(cord_mask, round(rim_mm / min(row_mm, col_mm)))
-    core &= np.isfinite(z_map)
-    smoothed = _smooth_in_plane(z_map, core, (smoothing_mm / row_mm, smoothing_mm / col_mm))
-    with np.errstate(invalid="ignore"):
-        hot = core & (smoothed > z_threshold) & (t1 <= max_t1_ms)
-    labels, count = ndimage.label(hot, structure=structure)
     out = np.zeros(z_map.shape, dtype=np.int32)
+    box = _bounding_box(cord_mask)
+    if box is None:
+        return out
+    # Every step below only sees the cord (nothing outside it is eroded, smoothed with a
+    # non-zero weight or labelled), so the cord's bounding box gives the whole-volume result.
+    core = _erode_in_plane(cord_mask[box], round(rim_mm / min(row_mm, col_mm)))
+    z_box = z_map[box]
+    core &= np.isfinite(z_box)
+    smoothed = _smooth_in_plane(z_box, core, (smoothing_mm / row_mm, smoothing_mm / col_mm))
+    with np.errstate(invalid="ignore"):
+        hot = core & (smoothed > z_threshold) & (t1[box] <= max_t1_ms)
+    labels, count = ndimage.label(hot, structure=structure)
     if count == 0:
         return out
     voxel_mm3 = slice_mm * row_mm * col_mm
@@ -746,6 +767,6 @@ def candidates(
     order = keep[np.argsort(-sizes[keep], kind="stable")]
     remap = np.zeros(count + 1, dtype=np.int32)
     remap[order + 1] = np.arange(1, order.size + 1, dtype=np.int32)
-    out[:] = remap[labels]
+    out[box] = remap[labels]
     log.info("automatic candidates: %d cluster(s) kept of %d", order.size, count)
     return out

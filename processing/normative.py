@@ -515,11 +515,15 @@ def z_scores(t1_ms: ArrayLike, mean_ms: ArrayLike, sd_ms: ArrayLike) -> NDArray[
             f"t1_ms {t1.shape}, mean_ms {mean.shape} and sd_ms {sd.shape} must share one shape"
         )
     finite_sd = np.isfinite(sd)
-    if np.any(sd[finite_sd] <= 0):
+    if np.any(finite_sd & (sd <= 0)):
         raise ValueError("sd_ms must be positive wherever it is finite")
     ok = np.isfinite(t1) & np.isfinite(mean) & finite_sd
-    out = np.full(t1.shape, np.nan)
-    out[ok] = (t1[ok] - mean[ok]) / sd[ok]
+    # whole arrays at once (faster than gathering the valid voxels), invalid ones blanked
+    out = np.empty(t1.shape)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        np.subtract(t1, mean, out=out)
+        np.divide(out, sd, out=out)
+    out[~ok] = np.nan
     return out
 
 

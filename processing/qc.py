@@ -13,7 +13,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.ndimage import binary_dilation
 
 __all__ = [
     "RAYLEIGH_SD_FACTOR",
@@ -259,6 +258,24 @@ def assess(
     return QcVerdict(verdict=verdict, reasons=reasons, metrics=metrics)
 
 
+def _dilate_faces(mask: NDArray[np.bool_], iterations: int) -> NDArray[np.bool_]:
+    """``mask`` grown ``iterations`` times by its face neighbours (nothing beyond the edges).
+
+    The same as ``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (its default
+    structure), with shifted array views: several times faster on whole volumes.
+    """
+    grown = mask.copy()
+    for _ in range(iterations):
+        previous = grown.copy()
+        for axis in range(mask.ndim):
+            lower = [slice(None)] * mask.ndim
+            upper = [slice(None)] * mask.ndim
+            lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+            grown[tuple(lower)] |= previous[tuple(upper)]
+            grown[tuple(upper)] |= previous[tuple(lower)]
+    return grown
+
+
 def estimate_snr(
     inv2: ArrayLike,
     foreground_mask: ArrayLike,
@@ -314,7 +331,7 @@ def estimate_snr(
     if background_mask is None:
         if margin_vox < 0:
             raise ValueError(f"margin_vox must be >= 0, got {margin_vox!r}")
-        grown = binary_dilation(fg, iterations=margin_vox) if margin_vox else fg
+        grown = _dilate_faces(fg, margin_vox)
         bg = ~grown
     else:
         bg = np.asarray(background_mask)

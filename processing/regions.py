@@ -112,15 +112,16 @@ def label_regions(coords: CordCoordinates, gm: BoolArray, wm: BoolArray) -> NDAr
         raise ValueError(f"gm and wm must have the slab's shape {coords.u.shape}")
     if np.any(gm & wm):
         raise ValueError("gm and wm overlap")
-    u = np.nan_to_num(coords.u, nan=0.0)
-    v = np.nan_to_num(coords.v, nan=0.0)
+    # only cord voxels get a code: work on their flat indices
+    voxels = np.flatnonzero(gm | wm)
+    u = np.nan_to_num(coords.u.ravel()[voxels], nan=0.0)
+    v = np.nan_to_num(coords.v.ravel()[voxels], nan=0.0)
     right = (u < 0).astype(np.int16)  # 0 = left, 1 = right: codes odd left, even right
-    labels = np.zeros(gm.shape, dtype=np.int16)
     gm_code = np.where(v < _GM_VENTRAL_V, 15, np.where(v > _GM_DORSAL_V, 11, 13))
     dorsal = (v > 0) & (np.abs(u) < _dorsal_column_half_width(v))
     wm_code = np.where(dorsal, 1, np.where(_ventral_funiculus(u, v), 5, 3))
-    labels[gm] = (gm_code + right)[gm]
-    labels[wm] = (wm_code + right)[wm]
+    labels = np.zeros(gm.shape, dtype=np.int16)
+    labels.flat[voxels] = np.where(gm.ravel()[voxels], gm_code, wm_code) + right
     return labels
 
 
@@ -129,6 +130,8 @@ def region_masks(
     gm: BoolArray,
     wm: BoolArray,
     levels: NDArray[np.integer],
+    *,
+    within: BoolArray | None = None,
 ) -> dict[str, BoolArray]:
     """Masks of every summary key.
 
@@ -140,6 +143,9 @@ def region_masks(
         GM and WM masks.
     levels : ndarray of int
         Vertebral level (1..7) per slice, shape (n_slices,), or per voxel.
+    within : ndarray of bool, optional
+        Every mask is restricted to these voxels (e.g. the cord without its outer rim); the
+        keys stay those of the unrestricted masks.
 
     Returns
     -------
@@ -147,6 +153,15 @@ def region_masks(
         ``cord``, ``wm``, ``gm`` and every region name (both sides), each also with
         ``_left`` / ``_right``; plus ``C1``..``C7`` (cord on that level) for the levels
         present in ``levels``.
+
+    Examples
+    --------
+    >>> gm = np.zeros((2, 3, 3), bool); gm[:, 1, 1] = True
+    >>> wm = np.zeros_like(gm); wm[:, 1, 2] = True
+    >>> labels = np.where(gm, 13, np.where(wm, 3, 0))
+    >>> masks = region_masks(labels, gm, wm, np.array([4, 5]))
+    >>> int(masks["cord"].sum()), int(masks["gm_left"].sum()), "C5" in masks
+    (4, 2, True)
     """
     labels = np.asarray(labels)
     gm = np.asarray(gm, dtype=bool)
@@ -154,24 +169,43 @@ def region_masks(
     if labels.shape != gm.shape or gm.shape != wm.shape:
         raise ValueError("labels, gm and wm must have one shape")
     levels = np.asarray(levels)
-    if levels.shape == (labels.shape[0],):
-        levels = np.broadcast_to(levels[:, None, None], labels.shape)
-    elif levels.shape != labels.shape:
+    if levels.shape != (labels.shape[0],) and levels.shape != labels.shape:
         raise ValueError(f"levels must have shape ({labels.shape[0]},) or {labels.shape}")
-    cord = gm | wm
-    odd = (labels % 2 == 1) & (labels > 0)
-    even = (labels % 2 == 0) & (labels > 0)
+    if within is not None:
+        within = np.asarray(within, dtype=bool)
+        if within.shape != labels.shape:
+            raise ValueError(f"within must have the labels' shape {labels.shape}")
+    # Every mask lies in the cord or the labelled voxels: decide on those voxels only.
+    cord_3d = gm | wm
+    voxels = np.flatnonzero(cord_3d | (labels > 0))
+    code = labels.ravel()[voxels]
+    cord = cord_3d.ravel()[voxels]
+    if levels.shape == labels.shape:
+        level = levels.ravel()[voxels]
+    else:
+        level = levels[voxels // (labels.shape[1] * labels.shape[2])]
+    keep = np.ones(voxels.size, dtype=bool) if within is None else within.ravel()[voxels]
+
+    def full(selected: BoolArray) -> BoolArray:
+        mask = np.zeros(labels.shape, dtype=bool)
+        mask.flat[voxels[selected & keep]] = True
+        return mask
+
+    odd = (code % 2 == 1) & (code > 0)
+    even = (code % 2 == 0) & (code > 0)
     out: dict[str, BoolArray] = {}
-    for key, mask in (("cord", cord), ("wm", wm), ("gm", gm)):
-        out[key] = mask
-        out[f"{key}_left"] = mask & odd
-        out[f"{key}_right"] = mask & even
-    for code, info in REGIONS.items():
-        out.setdefault(info.name, np.zeros(labels.shape, dtype=bool))
-        out[info.name] = out[info.name] | (labels == code)
-        out[info.key] = labels == code
-    for level in sorted(int(x) for x in np.unique(levels[cord]) if 1 <= x <= 7):
-        out[f"C{level}"] = cord & (levels == level)
+    for key, selected in (("cord", cord), ("wm", wm.ravel()[voxels]), ("gm", gm.ravel()[voxels])):
+        out[key] = full(selected)
+        out[f"{key}_left"] = full(selected & odd)
+        out[f"{key}_right"] = full(selected & even)
+    names: dict[str, BoolArray] = {}
+    for value, info in REGIONS.items():
+        selected = code == value
+        names[info.name] = names[info.name] | selected if info.name in names else selected
+        out[info.name] = full(names[info.name])
+        out[info.key] = full(selected)
+    for lv in sorted(int(x) for x in np.unique(level[cord]) if 1 <= x <= 7):
+        out[f"C{lv}"] = full(cord & (level == lv))
     return out
 
 

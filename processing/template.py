@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -168,23 +169,33 @@ class CordCoordinates:
         elif grid.shape != block:
             raise ValueError(f"template must have shape {full} or {block}, got {grid.shape}")
         out = np.full(self.u.shape, np.nan)
-        ok = np.isfinite(self.u) & np.isfinite(self.v)
-        if not ok.any():
+        mapped, points = self._sample_points
+        if mapped.size == 0:
             return out
-        nu, nv = TEMPLATE_SHAPE_UV
-        kk = np.nonzero(ok)[0]
-        z = np.clip(self.s[kk] * TEMPLATE_Z_BINS_PER_SLAB - 0.5, 0, TEMPLATE_Z_BINS_PER_SLAB - 1)
-        iu = np.clip(_uv_index(self.u[ok], nu), 0, nu - 1)
-        iv = np.clip(_uv_index(self.v[ok], nv), 0, nv - 1)
         # normalised interpolation: empty (NaN) cells do not erase their neighbours
         known = np.isfinite(grid)
-        values = ndimage.map_coordinates(np.where(known, grid, 0.0), [z, iu, iv], order=1,
+        values = ndimage.map_coordinates(np.where(known, grid, 0.0), points, order=1,
                                          mode="nearest")  # fmt: skip
-        weight = ndimage.map_coordinates(known.astype(np.float64), [z, iu, iv], order=1,
+        weight = ndimage.map_coordinates(known.astype(np.float64), points, order=1,
                                          mode="nearest")  # fmt: skip
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[ok] = np.where(weight > 0.25, values / weight, np.nan)
+            out.flat[mapped] = np.where(weight > 0.25, values / weight, np.nan)
         return out
+
+    @cached_property
+    def _sample_points(self) -> tuple[NDArray[np.intp], FloatArray]:
+        """Flat indices of the mapped voxels and their (z, u, v) template cell positions.
+
+        Computed once per object (a slab's grids are sampled several times); ``u``, ``v``
+        and ``s`` must not be changed in place afterwards.
+        """
+        mapped = np.flatnonzero(np.isfinite(self.u) & np.isfinite(self.v))
+        nu, nv = TEMPLATE_SHAPE_UV
+        kk = mapped // (self.u.shape[1] * self.u.shape[2])
+        z = np.clip(self.s[kk] * TEMPLATE_Z_BINS_PER_SLAB - 0.5, 0, TEMPLATE_Z_BINS_PER_SLAB - 1)
+        iu = np.clip(_uv_index(self.u.ravel()[mapped], nu), 0, nu - 1)
+        iv = np.clip(_uv_index(self.v.ravel()[mapped], nv), 0, nv - 1)
+        return mapped, np.stack([z, iu, iv])
 
 
 def _in_plane_axes(affine_lps: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:

@@ -692,6 +692,7 @@ def process_exam(
                 voxel_mm=voxel_mm,
                 affine_lps=affine,
                 reader_lesions=reader,
+                reuse=slab_scores,
             )
         anatomies.append(anatomy)
         scores.append(slab_scores)

@@ -49,6 +49,9 @@ MIXED_MIN_GM_PERCENT = 15.0
 #: are left out of regional statistics.
 _IN_PLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
 
+#: In-plane voxels kept around the cord's bounding box for the GM/WM split (it looks a few
+#: voxels beyond the cord at most).
+_TISSUE_MARGIN_VOX = 8
 #: The T2*-weighted image is aligned to the T1 map only when their correlation around the cord
 #: reaches this value; below it the two images do not show the same anatomy (wrong series,
 #: strong artefact) and the T2* image is not used.
@@ -211,15 +214,21 @@ def split_tissues(
     ``evidence`` carries the aligned T2*-weighted image when the exam has one.
     """
     evidence = evidence or GreyWhiteEvidence()
-    t1_evidence = t1_ms if lesions is None else np.where(lesions, np.nan, t1_ms)
-    prior = coords.sample(gm_prior_template)
-    gm, wm = split_gm_wm(
-        t1_evidence, segmentation.cord, prior, voxel_mm=voxel_mm, t2star=evidence.t2star
-    )
+    # The split and the rim erosion only look at the cord and its surroundings: crop.
+    gm = np.zeros(segmentation.cord.shape, dtype=bool)
+    wm = np.zeros(segmentation.cord.shape, dtype=bool)
+    interior = np.zeros(segmentation.cord.shape, dtype=bool)
+    box = segmentation.box(_TISSUE_MARGIN_VOX)
+    if box is not None:
+        cord = segmentation.cord[box]
+        t1_box = t1_ms[box] if lesions is None else np.where(lesions[box], np.nan, t1_ms[box])
+        prior = coords.sample(gm_prior_template)[box]
+        t2star = evidence.t2star[box] if evidence.t2star is not None else None
+        gm[box], wm[box] = split_gm_wm(t1_box, cord, prior, voxel_mm=voxel_mm, t2star=t2star)
+        interior[box] = binary_erosion(cord, structure=_IN_PLANE_CROSS)
     labels = label_regions(coords, gm, wm)
     levels = estimate_levels(coords, n_slabs)
-    interior = binary_erosion(segmentation.cord, structure=_IN_PLANE_CROSS)
-    masks = {key: mask & interior for key, mask in region_masks(labels, gm, wm, levels).items()}
+    masks = region_masks(labels, gm, wm, levels, within=interior)
     return SlabAnatomy(
         index=index,
         segmentation=segmentation,
@@ -242,12 +251,19 @@ def score_slab(
     affine_lps: FloatArray,
     reader_lesions: NDArray[np.int32] | None = None,
     candidate_z_threshold: float = 2.5,
+    reuse: SlabScores | None = None,
 ) -> SlabScores:
-    """Z-scores against the model, automatic lesion candidates, lesion statistics."""
+    """Z-scores against the model, automatic lesion candidates, lesion statistics.
+
+    ``reuse``: scores of an earlier pass on the same cord and coordinates (only the GM/WM
+    split differs); its Z-scores and candidates are kept, the lesion statistics redone.
+    """
     z = None
     valid = None
     candidate_labels = None
-    if model is not None:
+    if reuse is not None:
+        z, valid, candidate_labels = reuse.z, reuse.model_valid, reuse.candidate_lesions
+    elif model is not None:
         mean_ms = anatomy.coords.sample(model.mean_ms)
         sd_ms = anatomy.coords.sample(model.sd_ms)
         z = np.where(anatomy.cord, z_scores(t1_ms, mean_ms, sd_ms), np.nan)

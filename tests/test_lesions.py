@@ -277,6 +277,28 @@ def test_10_mm3_lesions_are_found_at_low_and_high_contrast(
     assert found == 5
 
 
+def test_candidates_do_not_depend_on_the_field_of_view_around_the_cord() -> None:
+    """The cord's surroundings never matter: a cord touching the volume edge and the same
+    cord inside a larger volume give the same candidates."""
+    rng = np.random.default_rng(7)
+    cord = np.zeros((4, 20, 24), bool)
+    cord[:, 2:18, 1:23] = True
+    cord[:, 0, 5:9] = True  # touches the edge of the volume
+    z = np.where(cord, rng.normal(0, 1, cord.shape), np.nan)
+    z[1:3, 5:10, 4:9] += 6.0
+    z[0:2, 12:16, 15:20] += 4.0
+    t1 = np.full(cord.shape, 1500.0)
+    tight = candidates(z, t1, cord, voxel_mm=VOXEL_MM)
+    assert tight.max() == 2
+    box = (slice(1, 5), slice(30, 50), slice(7, 31))
+    big_cord = np.zeros((6, 80, 90), bool)
+    big_cord[box] = cord
+    big_z = np.full(big_cord.shape, np.nan)
+    big_z[box] = z
+    big = candidates(big_z, np.full(big_cord.shape, 1500.0), big_cord, voxel_mm=VOXEL_MM)
+    assert np.array_equal(big[box], tight) and big.sum() == tight.sum()
+
+
 def test_isolated_hot_voxel_and_csf_rim_are_not_candidates() -> None:
     affine = axial_affine()
     cord = synthetic_cord(affine)

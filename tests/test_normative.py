@@ -196,6 +196,12 @@ def test_z_scores_are_nan_where_the_model_is_invalid() -> None:
     np.testing.assert_array_equal(z, [2.0, np.nan, np.nan, -2.0])
 
 
+def test_z_scores_of_single_values_and_infinite_t1() -> None:
+    assert z_scores(1300.0, 1200.0, 50.0) == 2.0
+    z = z_scores(np.array([np.inf, 1300.0]), np.array([1200.0, 1200.0]), np.array([50.0, np.inf]))
+    assert np.isnan(z).all()  # infinite T1, infinite SD: no Z
+
+
 def test_z_scores_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="shape"):
         z_scores(np.zeros(3), np.zeros(3), np.ones(4))

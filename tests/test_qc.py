@@ -188,6 +188,16 @@ def test_snr_with_an_explicit_background_region() -> None:
     )
 
 
+@pytest.mark.parametrize("margin_vox", [0, 1, 3])
+def test_default_background_lies_beyond_the_margin(margin_vox: int) -> None:
+    from scipy.ndimage import binary_dilation
+
+    image, foreground = _rician(14, 150.0, 10.0)
+    grown = binary_dilation(foreground, iterations=margin_vox) if margin_vox else foreground
+    expected = estimate_snr(image, foreground, background_mask=~grown)
+    assert estimate_snr(image, foreground, margin_vox=margin_vox) == expected
+
+
 def test_snr_rejects_bad_masks() -> None:
     image, foreground = _rician(13, 100.0, 10.0)
     with pytest.raises(ValueError, match="foreground_mask"):

@@ -122,6 +122,22 @@ def test_estimated_levels_match_the_phantom_within_one(exams) -> None:
     assert estimate_levels(coords, 2, coverage={1: (1, 7), 2: (7, 7)}).tolist() == [7] * 4
 
 
+def test_masks_restricted_to_a_region_keep_every_key(exams) -> None:
+    slab = exams[0][0]
+    _, coords, gm, wm, labels = _labelled(slab)
+    levels = estimate_levels(coords, slab.n_slabs)
+    within = np.zeros(gm.shape, bool)
+    within[1:] = gm[1:] | wm[1:]  # nothing on the first slice
+    within[1:, :, : gm.shape[2] // 2] = False
+    full = region_masks(labels, gm, wm, levels)
+    restricted = region_masks(labels, gm, wm, levels, within=within)
+    assert list(restricted) == list(full)
+    for key, mask in full.items():
+        assert np.array_equal(restricted[key], mask & within), key
+    with pytest.raises(ValueError, match="within"):
+        region_masks(labels, gm, wm, levels, within=within[:1])
+
+
 def test_validation(exams) -> None:
     slab = exams[0][0]
     _, coords, gm, wm, labels = _labelled(slab)

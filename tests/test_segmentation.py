@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.bench_segmentation import PhantomSlab, dice, load_phantom_exam
 from processing.segmentation import (
+    CordSegmentation,
     SegmentationSettings,
     fit_tissue_mixture,
     segment_cord,
@@ -123,6 +124,44 @@ def test_noise_robustness_on_a_synthetic_slab() -> None:
     seg = segment_cord(np.stack(slices), (4.0, 0.3, 0.3))
     assert seg.found.all()
     assert dice(seg.cord, np.stack(truth)) > 0.93
+
+
+def test_cord_close_to_the_edge_of_the_field_of_view() -> None:
+    """The outline is refined on a box around the cord; near the edge that box is clipped."""
+    rng = np.random.default_rng(4)
+    jj, ii = np.mgrid[:100, :140]
+    r = np.hypot(jj - 29, ii - 110) * 0.3  # CSF ring ends 2 voxels from the top edge
+    cord = r < 4.5
+    t1 = np.where(cord, 1250.0, np.where(r < 8.1, 3600.0, 1600.0))
+    t1 = t1 + rng.normal(0, 40, t1.shape)
+    seg = segment_cord(np.stack([t1, t1]), (4.0, 0.3, 0.3))
+    assert seg.found.all()
+    assert dice(seg.cord[0], cord) > 0.95
+    assert np.allclose(seg.centre_ji, [29, 110], atol=0.5)
+    ring = seg.csf[0]
+    assert ring.any() and not (ring & seg.cord[0]).any() and r[ring].max() < 8.5
+
+
+def test_in_plane_opening_matches_scipy() -> None:
+    from scipy import ndimage
+
+    from processing.segmentation.cord import _open_in_plane
+
+    rng = np.random.default_rng(0)
+    for shape in [(3, 40, 50), (1, 6, 7), (2, 5, 5)]:
+        mask = rng.random(shape) > 0.3
+        expected = ndimage.binary_opening(mask, structure=np.ones((1, 3, 3)), iterations=2)
+        assert np.array_equal(_open_in_plane(mask), expected)
+
+
+def test_cord_box_holds_the_cord_with_its_margin() -> None:
+    cord = np.zeros((3, 50, 60), bool)
+    cord[1, 20:25, 2:9] = True
+    seg = CordSegmentation(cord, cord, np.zeros((3, 2)), np.ones(3, bool), ())
+    assert seg.box(4) == (slice(0, 3), slice(16, 29), slice(0, 13))
+    assert CordSegmentation(cord & False, cord, np.zeros((3, 2)), cord[:, 0, 0], ()).box(4) is None
+    with pytest.raises(ValueError, match="margin"):
+        seg.box(-1)
 
 
 def test_segment_cord_validates_input() -> None:

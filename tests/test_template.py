@@ -97,6 +97,18 @@ def test_to_template_and_sample_round_trip_smooth_fields() -> None:
     assert np.isnan(c.sample(grid)[0, 0, 0])  # outside the mapped area
 
 
+def test_sampling_several_grids_from_one_slab() -> None:
+    """The sample positions are computed once per slab; each grid still gets its own values."""
+    cord, centre = _ellipse(8)
+    c = cord_coordinates(cord, centre, AXIAL, slab=1, n_slabs=1)
+    first = c.sample(np.full(template_shape(1), 7.0))
+    grid = geometric_gm_prior(1)
+    fresh = cord_coordinates(cord, centre, AXIAL, slab=1, n_slabs=1).sample(grid)
+    np.testing.assert_array_equal(c.sample(grid), fresh)
+    np.testing.assert_allclose(first[np.isfinite(first)], 7.0)
+    assert np.array_equal(np.isfinite(first), np.isfinite(c.u) & np.isfinite(c.v))
+
+
 def test_sample_rejects_wrong_shapes_and_validation() -> None:
     cord, centre = _ellipse()
     c = cord_coordinates(cord, centre, AXIAL, slab=1, n_slabs=1)

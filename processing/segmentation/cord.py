@@ -24,6 +24,14 @@ __all__ = ["CordSegmentation", "SegmentationSettings", "segment_cord"]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
+Box = tuple[slice, slice]
+
+#: The refined cord lies within this distance (mm) of its detected blob ...
+_NEAR_MM = 1.5
+#: ... and its CSF ring within this distance (mm) of the refined cord.
+_CSF_RING_MM = 4.0
+#: scipy's default Gaussian kernel reach, in standard deviations.
+_GAUSS_TRUNCATE = 4.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,32 @@ class CordSegmentation:
         """Cord cross-section (mm^2) per slice."""
         return self.cord.sum(axis=(1, 2)) * float(voxel_mm[1] * voxel_mm[2])
 
+    def box(self, margin_vox: int) -> tuple[slice, slice, slice] | None:
+        """Every slice, in-plane the cord's bounding box grown by ``margin_vox`` voxels.
+
+        Work confined to the cord and its surroundings can crop to this box; None without
+        cord.
+
+        Examples
+        --------
+        >>> cord = np.zeros((2, 9, 9), bool); cord[1, 4:6, 3] = True
+        >>> seg = CordSegmentation(cord, cord, np.zeros((2, 2)), np.ones(2, bool), ())
+        >>> seg.box(2)
+        (slice(0, 2, None), slice(2, 8, None), slice(1, 6, None))
+        """
+        if margin_vox < 0:
+            raise ValueError(f"margin_vox must be >= 0, got {margin_vox}")
+        rows = np.flatnonzero(self.cord.any(axis=(0, 2)))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(self.cord.any(axis=(0, 1)))
+        n_rows, n_cols = self.cord.shape[1:]
+        return (
+            slice(0, self.cord.shape[0]),
+            slice(max(int(rows[0]) - margin_vox, 0), min(int(rows[-1]) + 1 + margin_vox, n_rows)),
+            slice(max(int(cols[0]) - margin_vox, 0), min(int(cols[-1]) + 1 + margin_vox, n_cols)),
+        )
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -111,6 +145,7 @@ class _Candidate:
     centre_ji: tuple[float, float]
     area_mm2: float
     ring_fraction: float
+    box: Box
 
 
 def _validate(
@@ -132,6 +167,19 @@ def _validate(
     return t1, spacing, signal  # type: ignore[return-value]
 
 
+def _open_in_plane(mask: BoolArray) -> BoolArray:
+    """Binary opening of every slice by a 3 x 3 square, twice (= one 5 x 5 square).
+
+    The same result as ``ndimage.binary_opening(mask, np.ones((1, 3, 3)), iterations=2)``
+    (nothing outside the volume counts as set), with separable minimum / maximum filters,
+    several times faster on whole slices.
+    """
+    size = (1, 5, 5)
+    flags = np.ascontiguousarray(mask, dtype=np.bool_).view(np.uint8)
+    eroded = ndimage.minimum_filter(flags, size=size, mode="constant", cval=0)
+    return ndimage.maximum_filter(eroded, size=size, mode="constant", cval=0).view(np.bool_)
+
+
 def _reliable(
     t1: FloatArray, inv2: FloatArray | None, sigma_vox: tuple[float, float]
 ) -> BoolArray:
@@ -145,7 +193,7 @@ def _reliable(
     values = np.where(finite, t1, 0.0)
     residual = values - ndimage.gaussian_filter(values, (0.0, 1.0, 1.0))
     spread = np.sqrt(ndimage.gaussian_filter(residual**2, (0.0, *sigma_vox)))
-    erratic = ndimage.binary_opening(spread > 700.0, structure=np.ones((1, 3, 3)), iterations=2)
+    erratic = _open_in_plane(spread > 700.0)
     ok = finite & ~erratic
     if inv2 is not None:
         reference = float(np.percentile(inv2, 99.5))
@@ -189,7 +237,7 @@ def _candidates(
         fraction = float(csf[crop][ring].mean())
         jj, ii = np.nonzero(blob)
         centre = (float(jj.mean() + crop[0].start), float(ii.mean() + crop[1].start))
-        out.append(_Candidate(int(label), centre, float(areas[label]), fraction))
+        out.append(_Candidate(int(label), centre, float(areas[label]), fraction, box))
     return labels, out
 
 
@@ -251,7 +299,11 @@ def _refine(
     pixel_mm: tuple[float, float],
     s: SegmentationSettings,
 ) -> tuple[BoolArray, BoolArray]:
-    """Sharpen the outline of one blob; return the cord and its CSF ring (one slice)."""
+    """Sharpen the outline of one blob; return the cord and its CSF ring.
+
+    All arrays are one slice's box around the blob, wide enough to hold the cord
+    (``_NEAR_MM``) and its CSF ring (``_CSF_RING_MM``).
+    """
     inside = ndimage.binary_erosion(blob, iterations=2)
     core = inside if inside.sum() >= 10 else blob
     cord_t1 = float(np.median(t1[core & np.isfinite(t1)])) if core.any() else 1250.0
@@ -259,7 +311,7 @@ def _refine(
     shell = (distance > 0.6) & (distance <= 2.0) & reliable & (light > s.csf_t1_ms)
     csf_t1 = float(np.median(light[shell])) if shell.sum() >= 10 else 3500.0
     threshold = cord_t1 + s.boundary_fraction * (csf_t1 - cord_t1)
-    near = distance <= 1.5
+    near = distance <= _NEAR_MM
     cord = near & (light < threshold)
     labels, count = ndimage.label(cord)
     if count > 1:
@@ -270,8 +322,23 @@ def _refine(
     cord = ndimage.binary_opening(cord, iterations=1) | (cord & blob)
     cord = ndimage.binary_fill_holes(cord)
     around = ndimage.distance_transform_edt(~cord, sampling=pixel_mm)
-    csf = (around > 0) & (around <= 4.0) & reliable & (light >= threshold)
+    csf = (around > 0) & (around <= _CSF_RING_MM) & reliable & (light >= threshold)
     return cord, csf
+
+
+def _grow(box: Box, margin: tuple[int, int], shape: tuple[int, ...]) -> Box:
+    """``box`` widened by ``margin`` voxels per axis, clipped to a slice of ``shape``."""
+    j, i = (
+        slice(max(b.start - m, 0), min(b.stop + m, n))
+        for b, m, n in zip(box, margin, shape, strict=True)
+    )
+    return j, i
+
+
+def _within(outer: Box, inner: Box) -> Box:
+    """``inner`` (slice coordinates) relative to ``outer``."""
+    j, i = (slice(b.start - o.start, b.stop - o.start) for o, b in zip(outer, inner, strict=True))
+    return j, i
 
 
 def segment_cord(
@@ -321,7 +388,7 @@ def segment_cord(
     reliable = _reliable(t1, signal, sigma_vox)
     filled = np.where(np.isfinite(t1), t1, 0.0)
     smooth = ndimage.gaussian_filter(filled, (0.0, *sigma_vox))
-    light = ndimage.gaussian_filter(filled, (0.0, 0.5 * sigma_vox[0], 0.5 * sigma_vox[1]))
+    light_sigma = (0.5 * sigma_vox[0], 0.5 * sigma_vox[1])
 
     labels = []
     per_slice = []
@@ -335,18 +402,32 @@ def segment_cord(
     csf = np.zeros(t1.shape, dtype=bool)
     centre = np.full((n_slices, 2), np.nan)
     found = np.zeros(n_slices, dtype=bool)
+    # Refinement works on a box around the blob that holds the cord and its CSF ring; the
+    # light smoothing is computed on that box plus the Gaussian's reach, which gives the
+    # same values as smoothing the whole slice.
+    reach = (_NEAR_MM + _CSF_RING_MM) / np.asarray(pixel_mm)
+    margin = (int(np.ceil(reach[0])) + 2, int(np.ceil(reach[1])) + 2)
+    pad = (
+        int(_GAUSS_TRUNCATE * light_sigma[0] + 0.5),
+        int(_GAUSS_TRUNCATE * light_sigma[1] + 0.5),
+    )
     for k, cand in enumerate(chosen):
         if cand is None:
             continue
-        blob = labels[k] == cand.label
-        cord[k], csf[k] = _refine(t1[k], light[k], blob, reliable[k], pixel_mm, s)
-        area = float(cord[k].sum()) * pixel_mm[0] * pixel_mm[1]
+        box = _grow(cand.box, margin, t1.shape[1:])
+        padded = _grow(box, pad, t1.shape[1:])
+        light = ndimage.gaussian_filter(filled[k][padded], light_sigma, truncate=_GAUSS_TRUNCATE)
+        light = light[_within(padded, box)]
+        blob = labels[k][box] == cand.label
+        cord_box, csf_box = _refine(t1[k][box], light, blob, reliable[k][box], pixel_mm, s)
+        area = float(cord_box.sum()) * pixel_mm[0] * pixel_mm[1]
         if not s.area_mm2[0] <= area <= s.area_mm2[1]:
             notes.append(f"slice {k}: refined cord area {area:.0f} mm^2 is implausible")
-            cord[k] = csf[k] = False
             continue
-        jj, ii = np.nonzero(cord[k])
-        centre[k] = (jj.mean(), ii.mean())
+        cord[k][box] = cord_box
+        csf[k][box] = csf_box
+        jj, ii = np.nonzero(cord_box)
+        centre[k] = ((jj + box[0].start).mean(), (ii + box[1].start).mean())
         found[k] = True
     return CordSegmentation(
         cord=cord, csf=csf, centre_ji=centre, found=found, notes=tuple(dict.fromkeys(notes))
