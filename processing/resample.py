@@ -111,11 +111,31 @@ def resample_to_grid(
     if order not in (0, 1):
         raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order}")
     index_map = source_index_map(source_affine, target_affine)
+    sigma = np.zeros(3)
     if antialias and order == 1:
         extent = _target_extent_in_source(index_map)
         sigma = _BOX_SIGMA * np.sqrt(np.clip(extent**2 - 1.0, 0.0, None))
-        if np.any(sigma > 0.05):
-            source = _smooth_ignoring_nan(source, tuple(float(s) for s in sigma))
+    # Only the part of the source the target grid sees (plus the filters' reach) is used.
+    inside = coverage(source.shape, source_affine, shape, target_affine)
+    if not inside.any():
+        return np.full(shape, fill, dtype=np.float64)
+    corners = np.array(
+        [
+            [k, j, i, 1.0]
+            for k in (0, shape[0] - 1)
+            for j in (0, shape[1] - 1)
+            for i in (0, shape[2] - 1)
+        ]
+    )
+    seen = corners @ index_map.T
+    reach = 2 + np.ceil(4.0 * sigma).astype(int)
+    low = np.maximum(np.floor(seen[:, :3].min(axis=0)).astype(int) - reach, 0)
+    high = np.minimum(np.ceil(seen[:, :3].max(axis=0)).astype(int) + reach + 1, source.shape)
+    source = source[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    index_map = index_map.copy()
+    index_map[:3, 3] -= low
+    if np.any(sigma > 0.05):
+        source = _smooth_ignoring_nan(source, tuple(float(s) for s in sigma))
     # Normalised interpolation: NaN voxels get no weight, and a target voxel whose neighbours
     # are mostly NaN stays NaN.
     valid = np.isfinite(source)
@@ -125,7 +145,6 @@ def resample_to_grid(
         weight = _affine(valid.astype(np.float64), index_map, shape, order)
         with np.errstate(invalid="ignore", divide="ignore"):
             interpolated = np.where(weight > 0.5, interpolated / weight, np.nan)
-    inside = coverage(source.shape, source_affine, shape, target_affine)
     return np.where(inside & np.isfinite(interpolated), interpolated, fill)
 
 

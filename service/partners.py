@@ -236,8 +236,9 @@ def partner_on_grid(
     values: NDArray[np.floating] | None = None,
     order: int = 1,
     antialias: bool = True,
+    box: tuple[slice, slice, slice] | None = None,
 ) -> tuple[NDArray[np.float64], float]:
-    """A partner's values on the slab's reference grid.
+    """A partner's values on the slab's reference grid (or on a box of it).
 
     Parameters
     ----------
@@ -252,13 +253,16 @@ def partner_on_grid(
         0 (nearest) or 1 (trilinear).
     antialias : bool
         Smooth a finer partner to the reference voxel size first (trilinear only).
+    box : tuple of slice or None
+        Only this box of the reference grid (``[k, j, i]`` slices with unit steps), e.g. the
+        cord and its surroundings: the rest of the grid is not computed.
 
     Returns
     -------
     on_grid : ndarray of float64
-        Shape of ``reference.array``; NaN where the partner has no value.
+        Shape of ``reference.array`` (or of the box); NaN where the partner has no value.
     covered : float
-        Fraction of reference voxels with a finite value (0..1).
+        Fraction of those voxels with a finite value (0..1).
 
     Raises
     ------
@@ -268,8 +272,14 @@ def partner_on_grid(
     source = partner.array if values is None else np.asarray(values)
     if source.shape != partner.array.shape:
         raise ValueError(f"values shape {source.shape} != partner shape {partner.array.shape}")
+    shape = reference.array.shape
+    box = box or tuple(slice(0, n) for n in shape)
+    starts = [b.indices(n)[0] for b, n in zip(box, shape, strict=True)]
+    box_shape = tuple(len(range(*b.indices(n))) for b, n in zip(box, shape, strict=True))
+    if any(b.step not in (None, 1) for b in box):
+        raise ValueError("box slices must have unit steps")
     if same_grid(partner, reference):
-        on_grid = np.array(source, dtype=np.float64, copy=True)
+        on_grid = np.array(source[box], dtype=np.float64, copy=True)
     else:
         own, theirs = partner.frame_of_reference_uid, reference.frame_of_reference_uid
         if not own or not theirs or own != theirs:
@@ -277,11 +287,13 @@ def partner_on_grid(
                 f"series {partner.series_uid} is not in the frame of reference of series "
                 f"{reference.series_uid}: it cannot be resampled onto its grid"
             )
+        box_affine = reference.affine_lps.copy()
+        box_affine[:3, 3] = (reference.affine_lps @ [*starts, 1.0])[:3]
         on_grid = resample_to_grid(
             source,
             partner.affine_lps,
-            reference.array.shape,
-            reference.affine_lps,
+            box_shape,
+            box_affine,
             order=order,
             antialias=antialias,
         )

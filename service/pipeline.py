@@ -52,6 +52,7 @@ from service.protocol import (
 from service.quantify import (
     SlabAnatomy,
     SlabScores,
+    T2StarSampler,
     assess_exam,
     lesion_template_centres,
     normal_appearing_statistics,
@@ -242,12 +243,16 @@ def _b1_correct(
     return np.where(usable, corrected, t1_ms), True, note
 
 
-def _t2star_on_grid(slab: Slab) -> NDArray[np.float64] | None:
-    """The slab's T2*-weighted image on its reference grid (NaN where not covered)."""
-    if slab.t2star is None:
+def _t2star_sampler(slab: Slab) -> T2StarSampler | None:
+    """The slab's T2*-weighted image resampled onto a box of its reference grid, on demand."""
+    t2star = slab.t2star
+    if t2star is None:
         return None
-    on_grid, _covered = partner_on_grid(slab.t2star, slab.reference)
-    return on_grid
+
+    def on_box(box: tuple[slice, slice, slice]) -> NDArray[np.float64]:
+        return partner_on_grid(t2star, slab.reference, box=box)[0]
+
+    return on_box
 
 
 def _evidence_summary(anatomy: SlabAnatomy, slab: Slab) -> dict[str, Any]:
@@ -647,7 +652,6 @@ def process_exam(
         foreground = _foreground(slab)
         foregrounds.append(foreground)
         reader = reader_lesions[i] if reader_lesions is not None else None
-        t2star_on_grid = _t2star_on_grid(slab)
         anatomy = segment_slab(
             t1_ms,
             index=slab.index,
@@ -657,9 +661,8 @@ def process_exam(
             gm_prior_template=prior,
             inv2=slab.inv2.array if slab.inv2 is not None else None,
             lesions=reader > 0 if reader is not None else None,
-            t2star=t2star_on_grid,
+            t2star=_t2star_sampler(slab),
         )
-        del t2star_on_grid
         scoring_model = model.model if model else None
         slab_scores = score_slab(
             t1_ms,

@@ -6,7 +6,7 @@ Plain orchestration of `processing/` functions; no DICOM and no files here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "GreyWhiteEvidence",
     "SlabAnatomy",
     "SlabScores",
+    "T2StarSampler",
     "assess_exam",
     "lesion_template_centres",
     "pool_region_statistics",
@@ -58,6 +59,12 @@ _TISSUE_MARGIN_VOX = 8
 MIN_T2STAR_CORRELATION = 0.3
 #: Residual shifts below this (mm) are left alone (interpolation would only blur).
 _MIN_SHIFT_MM = 0.05
+#: In-plane margin (mm) around the cord's box where the T2*-weighted image is resampled and
+#: aligned: the correlation box (5 mm), the shift search (1.5 mm) and the smoothing.
+_T2STAR_BOX_MARGIN_MM = 8.0
+
+#: Gives the T2*-weighted image on a box (``[k, j, i]`` slices) of the T1 grid.
+T2StarSampler = Callable[[tuple[slice, slice, slice]], FloatArray]
 
 
 @dataclass
@@ -117,18 +124,19 @@ def segment_slab(
     gm_prior_template: FloatArray,
     inv2: FloatArray | None = None,
     lesions: BoolArray | None = None,
-    t2star: FloatArray | None = None,
+    t2star: T2StarSampler | None = None,
 ) -> SlabAnatomy:
     """Cord, GM/WM, template coordinates, region labels and levels of one slab.
 
     ``lesions`` (known lesion voxels) carry no GM/WM intensity evidence: damage raises T1
-    and would otherwise look like grey matter. ``t2star`` (a T2*-weighted image resampled
-    onto the T1 grid, NaN where not covered) is aligned in-plane to the T1 map around the cord
-    and adds its GM/WM contrast (see :func:`t2star_evidence`).
+    and would otherwise look like grey matter. ``t2star`` gives a T2*-weighted image on a box
+    of the T1 grid (NaN where not covered); it is asked for the box around the found cord
+    only, aligned in-plane to the T1 map and adds its GM/WM contrast (see
+    :func:`t2star_evidence`).
     """
     segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
     evidence = (
-        t2star_evidence(t1_ms, t2star, segmentation.cord, voxel_mm)
+        t2star_evidence(t1_ms, t2star, segmentation, voxel_mm)
         if t2star is not None
         else GreyWhiteEvidence()
     )
@@ -150,17 +158,27 @@ def segment_slab(
 
 def t2star_evidence(
     t1_ms: FloatArray,
-    t2star: FloatArray,
-    cord: BoolArray,
+    t2star: T2StarSampler,
+    segmentation: CordSegmentation,
     voxel_mm: tuple[float, float, float],
 ) -> GreyWhiteEvidence:
-    """Align a T2*-weighted image (already on the T1 grid) to the T1 map in-plane.
+    """Align a T2*-weighted image (on the T1 grid) to the T1 map in-plane around the cord.
 
     Both images show bright CSF around a darker cord, so a small residual shift (subject
     motion between the series) is found by correlation around the cord and undone. An image
     that does not correlate with the T1 map, or a cord too small to align on, is not used;
-    ``info`` says why.
+    ``info`` says why. Only the box around the cord is resampled and aligned (the GM/WM split
+    looks nowhere else); the rest of the returned image is NaN.
     """
+    cord = segmentation.cord
+    margin_vox = int(np.ceil(_T2STAR_BOX_MARGIN_MM / min(voxel_mm[1:])))
+    box = segmentation.box(margin_vox)
+    if box is None:
+        return GreyWhiteEvidence(info={"source": "T1"})
+    t2star_box = t2star(box)
+    t2star_full = np.full(t1_ms.shape, np.nan)
+    t2star_full[box] = t2star_box
+    t2star = t2star_full
     covered = np.isfinite(t2star) & cord
     info: dict[str, Any] = {
         "source": "T1",
@@ -192,7 +210,8 @@ def t2star_evidence(
         return GreyWhiteEvidence(info=info)
     aligned = t2star
     if max(abs(v) for v in shift.shift_mm) >= _MIN_SHIFT_MM:
-        aligned = apply_inplane_shift(t2star, shift.shift_mm, voxel_mm=voxel_mm[1:])
+        aligned = np.full(t1_ms.shape, np.nan)
+        aligned[box] = apply_inplane_shift(t2star[box], shift.shift_mm, voxel_mm=voxel_mm[1:])
     info["source"] = "T1 + T2*-weighted GRE"
     return GreyWhiteEvidence(t2star=aligned, info=info)
 

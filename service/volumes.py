@@ -481,13 +481,20 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
     else:
         kept = [datasets[s.source_index] for s in first]
         frames = np.stack([_decode(ds, series_uid) for ds in datasets])
-    arrays = []
+    array: np.ndarray | None = None
     for ordered, _ in echoes:
-        stored = frames[[s.source_index for s in ordered]]
-        slope = np.array([s.slope for s in ordered])[:, None, None]
-        intercept = np.array([s.intercept for s in ordered])[:, None, None]
-        arrays.append(stored.astype(np.float64) * slope + intercept)
-    array = arrays[0] if len(arrays) == 1 else np.sqrt(np.sum(np.square(arrays), axis=0))
+        echo = frames[[s.source_index for s in ordered]].astype(np.float64)
+        echo *= np.array([s.slope for s in ordered])[:, None, None]
+        echo += np.array([s.intercept for s in ordered])[:, None, None]
+        if len(echoes) == 1:
+            array = echo
+        else:  # root sum of squares, accumulated in place (one echo in memory at a time)
+            np.square(echo, out=echo)
+            array = echo if array is None else np.add(array, echo, out=array)
+    del frames
+    assert array is not None
+    if len(echoes) > 1:
+        np.sqrt(array, out=array)
     times = sorted({o[0].echo_time_ms for o, _ in echoes if o[0].echo_time_ms is not None})
 
     return SeriesVolume(

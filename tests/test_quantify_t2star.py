@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.quantify import MIN_T2STAR_CORRELATION, t2star_evidence
+from processing.segmentation import CordSegmentation
+from service.quantify import MIN_T2STAR_CORRELATION, GreyWhiteEvidence
+from service.quantify import t2star_evidence as _t2star_evidence
 
 VOXEL_MM = (4.0, 0.3, 0.3)
+
+
+def t2star_evidence(
+    t1: np.ndarray, t2: np.ndarray, cord: np.ndarray, voxel_mm: tuple[float, float, float]
+) -> GreyWhiteEvidence:
+    """Run the evidence step with the image given whole (the sampler cuts the asked box)."""
+    asked: list[tuple[slice, ...]] = []
+
+    def sampler(box: tuple[slice, slice, slice]) -> np.ndarray:
+        asked.append(box)
+        return t2[box]
+
+    n = cord.shape[0]
+    segmentation = CordSegmentation(cord, cord, np.zeros((n, 2)), np.ones(n, bool), ())
+    evidence = _t2star_evidence(t1, sampler, segmentation, voxel_mm)
+    assert len(asked) == 1  # resampled once, on the box around the cord
+    return evidence
 
 
 def _slab(shift_vox: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

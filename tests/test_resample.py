@@ -131,3 +131,17 @@ def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
             arguments.pop("target_affine"),
             **arguments,
         )
+
+
+def test_a_box_of_the_target_grid_gets_the_same_values_as_the_whole_grid() -> None:
+    """Only the part of the source a box sees is smoothed and sampled: same numbers."""
+    rng = np.random.default_rng(4)
+    source_affine = _affine((3.0, 0.22, 0.22), (-10.0, -12.0, -8.0), tilt_deg=7.0)
+    source = rng.normal(100.0, 10.0, (8, 120, 120))
+    target_affine = _affine((4.0, 0.3, 0.3), (-6.0, -6.0, 0.0))
+    whole = resample_to_grid(source, source_affine, (5, 60, 60), target_affine)
+    box_affine = target_affine.copy()
+    box_affine[:3, 3] = (target_affine @ [0, 20, 25, 1.0])[:3]
+    box = resample_to_grid(source, source_affine, (5, 15, 20), box_affine)
+    assert np.isfinite(box).mean() > 0.9
+    np.testing.assert_allclose(box, whole[:, 20:35, 25:45], rtol=1e-12, equal_nan=True)
