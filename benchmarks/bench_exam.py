@@ -5,7 +5,9 @@
 
 Makes a phantom cohort (controls for the model, one patient with 2 slabs), builds the model,
 then processes the patient ``repeat`` times, each in a fresh subprocess (so peak memory is the
-exam's own), and reads the pipeline's own stage timings from summary.json. The peer in the same
+exam's own), and reads the pipeline's own stage timings from summary.json; each child then
+processes the exam once more (``warm_worker``: what a long-lived Celery worker child sees from
+its second job on, with imports and highdicom's tables loaded). The peer in the same
 run: pydicom reading and writing the exam's source images (plain I/O of the same data), so the
 ratio says how much our result writing costs against merely copying the input.
 
@@ -73,7 +75,11 @@ for name in ("load", "compute", "write_results"):
 for name, (a, b) in edges.items():
     inside = [kib for when, kib in samples if a <= when <= b]
     phases[name] = round(max(inside) / 1024, 1) if inside else None
-print(json.dumps({"timings_s": timings, "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+# The same exam again in this process: what a long-lived Celery worker child sees from its
+# second job on (imports done, highdicom's standard tables and matplotlib's fonts loaded).
+warm = process_exam(series, Path(str(out) + "-warm"), **kwargs).summary["timings_s"]
+print(json.dumps({"timings_s": timings, "warm_timings_s": warm,
+                  "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
                   "sampled_peak_rss_mib_by_phase": phases,
                   "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "objects": len(result.dicom_files)}))
@@ -157,6 +163,7 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         peers.append(_copy_sources(dicom_dir, workdir / f"copy{i}"))
     best = min(runs, key=lambda r: sum(r["timings_s"].values()))
+    best_warm = min((r["warm_timings_s"] for r in runs), key=lambda t: sum(t.values()))
     write_s = best["timings_s"]["write_results"]
     return {
         "benchmark": "exam",
@@ -177,6 +184,10 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
         "runs": runs,
         "best": best,
         "total_s": round(sum(best["timings_s"].values()), 2),
+        "warm_worker": {
+            "timings_s": best_warm,
+            "total_s": round(sum(best_warm.values()), 2),
+        },
         "peer_copy_sources_s": round(min(peers), 3),
         "ratio_write_results_to_copy_sources": round(write_s / min(peers), 2),
         "targets": {"exam_s": 10.0, "peak_rss_mib": 1536, "write_results_s": 3.0},
@@ -209,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for k in (
                     "total_s",
                     "best",
+                    "warm_worker",
                     "peer_copy_sources_s",
                     "ratio_write_results_to_copy_sources",
                 )
