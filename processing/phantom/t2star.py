@@ -11,13 +11,12 @@ choices within those ranges, not measurements.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
 from processing.phantom.anatomy import N_BASE_MATERIALS, Material
 from processing.phantom.lesions import Lesion, lesion_material
+from processing.phantom.tissues import TissueValues
 
 __all__ = [
     "LESION_T2STAR_PER_T1",
@@ -46,43 +45,14 @@ LESION_T2STAR_PER_T1 = 0.5
 _DIFFUSE_T2STAR_PER_T1 = 0.5
 
 
-@dataclass(frozen=True)
-class TissueT2Star:
-    """One subject's tissue T2* values (ms) before and after diffuse damage.
+class TissueT2Star(TissueValues):
+    """One subject's tissue T2* values (ms); see :class:`TissueValues`."""
 
-    Parameters
-    ----------
-    healthy_ms : dict
-        T2* per base material name (``"WM"``, ``"GM"``, ...) of the healthy subject.
-    diffuse_rise : float
-        Relative rise of normal-appearing WM and GM T2* (0 for controls).
-    """
-
-    healthy_ms: dict[str, float]
-    diffuse_rise: float = 0.0
-
-    def __post_init__(self) -> None:
-        missing = {m.name for m in Material if m != Material.AIR} - set(self.healthy_ms)
-        if missing:
-            raise ValueError(f"tissue T2* missing for {sorted(missing)}")
-        if any(not value > 0 for value in self.healthy_ms.values()):
-            raise ValueError("tissue T2* values must be positive")
-        if not 0.0 <= self.diffuse_rise < 0.5:
-            raise ValueError("diffuse_rise must be within [0, 0.5)")
+    quantity = "T2*"
 
     def t2star_ms(self, material: Material | int) -> float:
         """T2* (ms) of a base material, including the diffuse rise for WM and GM (air: 0)."""
-        material = Material(material)
-        if material == Material.AIR:
-            return 0.0
-        value = self.healthy_ms[material.name]
-        if material in (Material.WM, Material.GM):
-            value *= 1.0 + self.diffuse_rise
-        return value
-
-    def with_rise(self, diffuse_rise: float) -> TissueT2Star:
-        """Same tissues with another diffuse rise."""
-        return TissueT2Star(self.healthy_ms, diffuse_rise)
+        return self.value_ms(material)
 
 
 def draw_tissue_t2star(rng: np.random.Generator, diffuse_t1_rise: float = 0.0) -> TissueT2Star:

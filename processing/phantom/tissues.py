@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -10,7 +11,7 @@ from numpy.typing import NDArray
 from processing.phantom.anatomy import N_BASE_MATERIALS, Material
 from processing.phantom.lesions import Lesion, lesion_material
 
-__all__ = ["PROTON_DENSITY", "TissueT1", "draw_tissue_t1", "material_table"]
+__all__ = ["PROTON_DENSITY", "TissueT1", "TissueValues", "draw_tissue_t1", "material_table"]
 
 #: Relative proton density per base material (CSF = 1).
 PROTON_DENSITY: dict[Material, float] = {
@@ -39,29 +40,33 @@ _T1_POPULATION_MS: dict[Material, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
-class TissueT1:
-    """One subject's tissue T1 values (ms) before and after diffuse damage.
+class TissueValues:
+    """One subject's per-material values (ms) before and after diffuse damage.
 
     Parameters
     ----------
     healthy_ms : dict
-        T1 per base material name (``"WM"``, ``"GM"``, ...) of the healthy subject.
+        Value per base material name (``"WM"``, ``"GM"``, ...) of the healthy subject.
     diffuse_rise : float
-        Relative rise of normal-appearing WM and GM T1 (0 for controls).
+        Relative rise of normal-appearing WM and GM (0 for controls).
     """
 
     healthy_ms: dict[str, float]
     diffuse_rise: float = 0.0
+    #: What the values are (in error messages).
+    quantity: ClassVar[str] = "value"
 
     def __post_init__(self) -> None:
         missing = {m.name for m in Material if m != Material.AIR} - set(self.healthy_ms)
         if missing:
-            raise ValueError(f"tissue T1 missing for {sorted(missing)}")
+            raise ValueError(f"tissue {self.quantity} missing for {sorted(missing)}")
+        if any(not value > 0 for value in self.healthy_ms.values()):
+            raise ValueError(f"tissue {self.quantity} values must be positive")
         if not 0.0 <= self.diffuse_rise < 0.5:
             raise ValueError("diffuse_rise must be within [0, 0.5)")
 
-    def t1_ms(self, material: Material | int) -> float:
-        """T1 (ms) of a base material, including the diffuse rise for WM and GM."""
+    def value_ms(self, material: Material | int) -> float:
+        """Value (ms) of a base material, including the diffuse rise for WM and GM (air: 0)."""
         material = Material(material)
         if material == Material.AIR:
             return 0.0
@@ -70,9 +75,19 @@ class TissueT1:
             value *= 1.0 + self.diffuse_rise
         return value
 
-    def with_rise(self, diffuse_rise: float) -> TissueT1:
+    def with_rise(self, diffuse_rise: float) -> Self:
         """Same tissues with another diffuse rise."""
-        return TissueT1(self.healthy_ms, diffuse_rise)
+        return replace(self, diffuse_rise=diffuse_rise)
+
+
+class TissueT1(TissueValues):
+    """One subject's tissue T1 values (ms); see :class:`TissueValues`."""
+
+    quantity = "T1"
+
+    def t1_ms(self, material: Material | int) -> float:
+        """T1 (ms) of a base material, including the diffuse rise for WM and GM."""
+        return self.value_ms(material)
 
 
 def draw_tissue_t1(rng: np.random.Generator, diffuse_rise: float = 0.0) -> TissueT1:
