@@ -24,6 +24,7 @@ from service.pipeline import slab_t1
 from service.protocol import SiteProtocol
 from service.volumes import SeriesVolume
 from tests.dicom_factory import make_legacy_series, write_datasets
+from tests.grids import tilted_affine, world_mm
 
 FRAME = "1.2.826.0.1.3680043.8.498.1"
 PROTOCOL = MP2RAGEProtocol(5.0, 0.8, 2.7, 4.0, 5.0, 0.0067, 48, 0.96)
@@ -33,26 +34,6 @@ PROFILE = [
         b1_map_scale=1000.0,
     )
 ]  # fmt: skip
-
-
-def _affine(
-    voxel_mm: tuple[float, float, float],
-    origin_mm: tuple[float, float, float],
-    tilt_deg: float = 0.0,
-) -> np.ndarray:
-    """Axial-like grid (k along z, j along y, i along x), tilted about x by ``tilt_deg``."""
-    t = np.deg2rad(tilt_deg)
-    rotation = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    axes = rotation @ np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    affine = np.eye(4)
-    affine[:3, :3] = axes * np.asarray(voxel_mm)
-    affine[:3, 3] = origin_mm
-    return affine
-
-
-def _world(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
-    return (np.stack([k, j, i, np.ones_like(k)], axis=-1) @ affine.T)[..., :3]
 
 
 def _b1_field(points_mm: np.ndarray) -> np.ndarray:
@@ -80,9 +61,9 @@ def _volume(
 
 
 SLAB_SHAPE = (6, 40, 40)
-SLAB_1 = _affine((4.0, 0.5, 0.5), (-10.0, -10.0, 0.0))
-SLAB_2 = _affine((4.0, 0.5, 0.5), (-10.0, -10.0, -24.0))
-COARSE = _affine((5.0, 3.5, 3.5), (-30.0, -30.0, -35.0), tilt_deg=12.0)
+SLAB_1 = tilted_affine((4.0, 0.5, 0.5), (-10.0, -10.0, 0.0))
+SLAB_2 = tilted_affine((4.0, 0.5, 0.5), (-10.0, -10.0, -24.0))
+COARSE = tilted_affine((5.0, 3.5, 3.5), (-30.0, -30.0, -35.0), tilt_deg=12.0)
 COARSE_SHAPE = (14, 18, 18)
 
 
@@ -116,7 +97,9 @@ def test_another_frame_of_reference_is_not_used_and_says_why() -> None:
 
 def test_a_map_covering_too_little_of_a_slab_is_not_used_for_it() -> None:
     # covers slab 1 (z 0..20 mm) only up to z = 8 mm: 3 of 6 slices minus a little
-    low = _volume(Component.B1MAP, np.ones((3, 30, 30)), _affine((4.0, 2.0, 2.0), (-30, -30, -6)))
+    low = _volume(
+        Component.B1MAP, np.ones((3, 30, 30)), tilted_affine((4.0, 2.0, 2.0), (-30, -30, -6))
+    )
     fit = partner_fit(low, _uni(SLAB_1))
     assert 0.3 < fit.fraction < 0.5 and not fit.usable
     assert f"covers {100 * fit.fraction:.0f} % of the slab (at least 50 % needed)" in str(
@@ -125,7 +108,9 @@ def test_a_map_covering_too_little_of_a_slab_is_not_used_for_it() -> None:
 
 
 def test_the_candidate_covering_most_of_a_slab_wins() -> None:
-    half = _volume(Component.B1MAP, np.ones((4, 30, 30)), _affine((4.0, 2.0, 2.0), (-30, -30, 4)))
+    half = _volume(
+        Component.B1MAP, np.ones((4, 30, 30)), tilted_affine((4.0, 2.0, 2.0), (-30, -30, 4))
+    )
     full = _volume(Component.B1MAP, np.ones(COARSE_SHAPE), COARSE)
     chosen, _ = assign_partners([_uni(SLAB_1)], [half, full], "B1 map")
     assert chosen == [full]
@@ -143,19 +128,19 @@ def test_the_candidate_covering_most_of_a_slab_wins() -> None:
 
 
 def test_partner_on_grid_resamples_a_smooth_field_and_marks_uncovered_voxels_nan() -> None:
-    source_affine = _affine((5.0, 3.5, 3.5), (-30.0, -30.0, 8.0), tilt_deg=12.0)
+    source_affine = tilted_affine((5.0, 3.5, 3.5), (-30.0, -30.0, 8.0), tilt_deg=12.0)
     source_shape = (6, 18, 18)
-    b1 = _volume(Component.B1MAP, _b1_field(_world(source_shape, source_affine)), source_affine)
+    b1 = _volume(Component.B1MAP, _b1_field(world_mm(source_shape, source_affine)), source_affine)
     reference = _uni(SLAB_1)
     on_grid, covered = partner_on_grid(b1, reference)
     inside = np.isfinite(on_grid)
     assert on_grid.shape == SLAB_SHAPE and on_grid.dtype == np.float64
     assert covered == pytest.approx(inside.mean()) and 0.4 < covered < 0.9
     assert not inside[0].any() and inside[-1].all()  # the map starts above the first slices
-    expected = _b1_field(_world(SLAB_SHAPE, SLAB_1))
+    expected = _b1_field(world_mm(SLAB_SHAPE, SLAB_1))
     # linear interpolation is exact between the map's voxel centres (the outer half voxel
     # repeats the edge value)
-    index = _world(SLAB_SHAPE, np.linalg.inv(source_affine) @ SLAB_1)
+    index = world_mm(SLAB_SHAPE, np.linalg.inv(source_affine) @ SLAB_1)
     between = np.all((index >= 0) & (index <= np.array(source_shape) - 1), axis=-1)
     assert between.sum() > 1000
     np.testing.assert_allclose(on_grid[between], expected[between], atol=1e-9)
@@ -235,7 +220,7 @@ def test_match_slabs_gives_each_slab_the_b1_map_and_t2star_covering_it(tmp_path:
     )  # fmt: skip
     # a multi-echo GRE sent as one series per echo, renamed by the site: the first echo alone
     # looks like any single-echo gradient echo
-    gre = _affine((3.0, 0.6, 0.6), (-12.0, -12.0, -30.0))
+    gre = tilted_affine((3.0, 0.6, 0.6), (-12.0, -12.0, -30.0))
     for number, (value, echo_ms) in enumerate(((300, 4.0), (400, 9.0)), start=1):
         _write(
             tmp_path / f"gre_echo{number}", np.full((18, 40, 40), value), gre, frame, study,
@@ -262,7 +247,7 @@ def test_match_slabs_gives_each_slab_the_b1_map_and_t2star_covering_it(tmp_path:
 
 def _mp2rage_slab(b1map: SeriesVolume | None, t1_s: float = 2.0) -> Slab:
     """A slab whose UNI was acquired under the transmit field ``_b1_field``."""
-    truth_b1 = _b1_field(_world(SLAB_SHAPE, SLAB_1))
+    truth_b1 = _b1_field(world_mm(SLAB_SHAPE, SLAB_1))
     stored = uni_to_stored(uni_from_t1(np.full(SLAB_SHAPE, t1_s), PROTOCOL, truth_b1))
     uni = _volume(Component.UNI, stored, SLAB_1, RepetitionTime=5000)
     inv1 = _volume(Component.INV1, stored, SLAB_1, InversionTime=800, FlipAngle=4)
@@ -271,7 +256,7 @@ def _mp2rage_slab(b1map: SeriesVolume | None, t1_s: float = 2.0) -> Slab:
 
 
 def _b1_map(affine: np.ndarray, shape: tuple[int, int, int], **kwargs: object) -> SeriesVolume:
-    stored = np.rint(1000.0 * _b1_field(_world(shape, affine)))
+    stored = np.rint(1000.0 * _b1_field(world_mm(shape, affine)))
     return _volume(Component.B1MAP, stored, affine, **kwargs)  # type: ignore[arg-type]
 
 
@@ -293,7 +278,7 @@ def test_b1_map_on_a_coarse_oblique_grid_corrects_like_one_on_the_same_grid() ->
 
 
 def test_voxels_outside_a_partial_b1_map_stay_uncorrected_and_the_note_says_so() -> None:
-    partial = _affine((5.0, 3.5, 3.5), (-30.0, -30.0, 8.0), tilt_deg=12.0)
+    partial = tilted_affine((5.0, 3.5, 3.5), (-30.0, -30.0, 8.0), tilt_deg=12.0)
     t1_ms, info, _ = slab_t1(_mp2rage_slab(_b1_map(partial, (6, 18, 18))), PROFILE)
     plain_t1, _, _ = slab_t1(_mp2rage_slab(None), PROFILE)
     assert info["b1_corrected"]
