@@ -6,7 +6,8 @@ Run from the repository root::
 
 Writes a phantom patient exam (default: 2 slabs of 12 x 448 x 448, legacy MR), loads both
 UNI series, builds one BINARY SEG per slab with highdicom (cord, WM, GM, the 12 sub-regions
-and 2 lesions: 17 segments; not timed) and a summary with every region and two lesions and a
+and 2 lesions: 17 segments; not timed) and a summary with every region (exam values and, with
+2 slabs, each slab's own: 15 TID 1501 plus 30 TID 1411 region groups), two lesions and a
 follow-up, then times ``build_measurement_report`` and writing the result (``save_as`` to a
 file) as the best of ``--repeat`` runs. The target is at most 0.5 s per exam for both.
 """
@@ -77,9 +78,8 @@ def _seg(volume: SeriesVolume, n_segments: int) -> hd.seg.Segmentation:
     )
 
 
-def _summary(volumes: Sequence[SeriesVolume], first_lesion_segment: int) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    regions = {
+def _region_block(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    return {
         key: {
             "mean_t1_ms": round(float(rng.uniform(1150, 1350)), 1),
             "mean_z": round(float(rng.normal(0.5, 0.3)), 2),
@@ -87,6 +87,12 @@ def _summary(volumes: Sequence[SeriesVolume], first_lesion_segment: int) -> dict
         }
         for key in _REGION_KEYS
     }
+
+
+def _summary(volumes: Sequence[SeriesVolume], first_lesion_segment: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    regions = _region_block(rng)
+    own = [_region_block(rng) for _ in volumes] if len(volumes) > 1 else [regions]
     lesion = {
         "source": "reader",
         "volume_mm3": 27.0,
@@ -111,7 +117,8 @@ def _summary(volumes: Sequence[SeriesVolume], first_lesion_segment: int) -> dict
     return {
         "exam": {"study_instance_uid": str(volumes[0].datasets[0].StudyInstanceUID)},
         "slabs": [
-            {"slab": i + 1, "series_instance_uid": v.series_uid} for i, v in enumerate(volumes)
+            {"slab": i + 1, "series_instance_uid": v.series_uid, "regions": own[i]}
+            for i, v in enumerate(volumes)
         ],
         "b1_corrected": False,
         "regions": regions,

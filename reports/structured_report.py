@@ -8,10 +8,12 @@ the numbers were measured in):
   version), procedure reported = LN 25056-3 "MRI unspecified body region" (TID 1500 allows
   one code, from CID 100, which has no cervical-spine MRI; the anatomy is in the finding
   sites);
-- Imaging Measurements: one TID 1411 group per summary region that has a segment in one of
-  the SEGs (mean T1, mean Z, % abnormal voxels; the ``cord`` group also the lesion count,
-  load and GM share), one per lesion (volume, extent, mean/max T1, GM share, coded location
-  / side / level / composition / source); see :mod:`reports.sr.groups`;
+- Imaging Measurements: region groups (below) for every summary region that has a segment
+  in one of the SEGs (mean T1, mean Z, % abnormal voxels; the whole-exam ``cord`` group also
+  the lesion count, load and GM share), one TID 1411 group per lesion (volume, extent,
+  mean/max T1, GM share, coded location / side / level / composition / source), each
+  referencing its segment in the SEG of its own slab (matched by the slab's series UID in
+  ``summary['slabs']``); see :mod:`reports.sr.groups`;
 - Qualitative Evaluations: QC verdict and reasons, B1 note, model version, Z threshold,
   follow-up changes, research-use text; see :mod:`reports.sr.evaluations`.
 
@@ -20,10 +22,22 @@ reasons instead. CurrentRequestedProcedureEvidenceSequence lists every source im
 Parametric Map given. CompletionFlag COMPLETE, VerificationFlag UNVERIFIED, PreliminaryFlag
 PRELIMINARY: it is an automatic result no person has verified.
 
-Several slabs: the summary's region statistics pool all slabs, while a TID 1411 group can
-reference only one segment. The group then references the region's segment in the first
-SEG (in the order given) that has it, and a text evaluation says so. Lesions reference the
-SEG of their own slab (matched by the slab's series UID in ``summary['slabs']``).
+Region groups. Every number next to a segment reference is a statistic of that segment's
+voxels, and no value is written twice:
+
+- one slab (one entry in ``summary['slabs']`` and one SEG, or no slab list and one SEG): a
+  TID 1411 group per region, tracking text ``Region <key>``, with the exam values
+  (``summary['regions']``), referencing the region's segment;
+- several slabs (more than one slab entry or SEG): a TID 1501 group per region without a
+  segment reference, tracking text ``Region <key>, all slabs``, with the values pooled over
+  all slabs (``summary['regions']``), followed by one TID 1411 group per slab, tracking text
+  ``Region <key>, slab <k> of <n>``, with that slab's own values
+  (``summary['slabs'][k]['regions']``) referencing the region's segment in that slab's SEG.
+  A slab without its own region statistics, or without a SEG from its series, gets no
+  per-slab groups.
+
+The lesion burden joins the whole-exam ``cord`` group (TID 1411 for one slab, TID 1501 for
+several); without one it becomes a text in the Qualitative Evaluations.
 
 Segment numbers: ``segment_numbers`` maps a region key (``cord``, ``wm``,
 ``gm_dorsal_horns_left``, ...) to its segment number in every SEG, or is a callable
@@ -46,7 +60,7 @@ from reports.common import TYPE2_PATIENT_STUDY, header_copy
 from reports.identity import ResultIdentity, apply_identity
 from reports.sr import concepts as c
 from reports.sr.evaluations import evaluations_container
-from reports.sr.groups import lesion_burden, lesion_group, region_group
+from reports.sr.groups import lesion_burden, lesion_group, pooled_region_group, region_group
 from reports.sr.summary import ExamReport, LesionResult, read_summary
 
 __all__ = ["SEGMENTATION_SOP_CLASSES", "SegmentLookup", "build_measurement_report", "device_uid"]
@@ -58,6 +72,10 @@ SERIES_DESCRIPTION = "T1 measurement report"
 
 #: ``(region key, segmentation) -> segment number or None``.
 SegmentLookup = Callable[[str, Dataset], "int | None"]
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,51 @@ def _lesion_segment(
     )
 
 
+def _region_groups(
+    report: ExamReport,
+    segs: list[_Seg],
+    lookup: SegmentLookup,
+    burden: list[hd.sr.Measurement],
+    n_slabs: int,
+) -> tuple[list[_Group], bool]:
+    """Region groups (see the module docstring) and whether the lesion burden is in one."""
+    groups: list[_Group] = []
+    burden_written = False
+    own_stats = {
+        number: {region.key: region for region in regions}
+        for number, regions in sorted(report.slab_regions.items())
+    }
+    for region in report.regions:
+        holders = _region_segments(region.key, segs, lookup)
+        if not holders:
+            continue
+        extra = burden if region.key == "cord" else ()
+        exam_group: _Group | None
+        if n_slabs == 1:
+            seg, number = holders[0]
+            exam_group = region_group(region, seg.reference(number), extra=extra)
+        else:
+            exam_group = pooled_region_group(
+                region, tracking_text=f"Region {region.key}, all slabs", extra=extra
+            )
+        if exam_group is not None:
+            groups.append(exam_group)
+            burden_written = burden_written or bool(extra)
+        if n_slabs == 1:
+            continue
+        for slab, stats in own_stats.items():
+            own = stats.get(region.key)
+            series_uid = report.slab_series[slab]
+            at = [(seg, n) for seg, n in holders if seg.source_series_uid == series_uid]
+            if own is None or not at:
+                continue
+            text = f"Region {region.key}, slab {slab} of {n_slabs}"
+            group = region_group(own, at[0][0].reference(at[0][1]), tracking_text=text)
+            if group is not None:
+                groups.append(group)
+    return groups, burden_written
+
+
 def _evidence_head(source: Dataset) -> Dataset:
     """Header copy of the first source with the Type 2 patient/study attributes present."""
     head = header_copy(source)
@@ -211,7 +274,8 @@ def build_measurement_report(
     ----------
     summary : Mapping
         The per-exam summary (docs/summary-contract.md); see :mod:`reports.sr.summary` for
-        what is read and how absent keys are handled.
+        what is read and how absent keys are handled. With several slabs the per-slab
+        groups take their values from ``summary['slabs'][k]['regions']``.
     source_images : sequence of pydicom.dataset.Dataset
         The source images (headers are enough) of every slab, all of one study.
     segmentations : sequence of highdicom.seg.Segmentation (or SEG datasets)
@@ -266,21 +330,8 @@ def build_measurement_report(
     seg_infos = _segments(segs, {str(ds.SeriesInstanceUID) for ds in sources})
 
     burden = lesion_burden(report)
-    groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
-    pooled = []
-    burden_written = False
-    for region in report.regions:
-        holders = _region_segments(region.key, seg_infos, lookup)
-        if not holders:
-            continue
-        seg, number = holders[0]
-        extra = burden if region.key == "cord" else ()
-        group = region_group(region, seg.reference(number), extra=extra)
-        if group is not None:
-            groups.append(group)
-            burden_written = burden_written or bool(extra)
-            if len(holders) > 1:
-                pooled.append(region.key)
+    n_slabs = max(report.n_slabs, len(seg_infos))
+    groups, burden_written = _region_groups(report, seg_infos, lookup, burden, n_slabs)
     for lesion in report.lesions:
         segment = _lesion_segment(lesion, report, seg_infos, lookup)
         groups.append(lesion_group(lesion, segment))
@@ -290,11 +341,6 @@ def build_measurement_report(
             "and there are no lesions"
         )
     notes = []
-    if pooled:
-        notes.append(
-            "Region statistics pool all slabs; each region group references the region's "
-            f"segment in the first slab's SEG ({', '.join(pooled)})"
-        )
     if burden and not burden_written:
         notes.append(
             "Lesion burden: "

@@ -857,10 +857,20 @@ def _summary(
     identity: ResultIdentity,
 ) -> dict[str, Any]:
     z_maps = [s.z if scored else None for s in scores]
-    stats = pool_region_statistics(
-        t1_maps, z_maps, [a.masks for a in anatomies], threshold=z_threshold
-    )
+    masks = [a.masks for a in anatomies]
+    stats = pool_region_statistics(t1_maps, z_maps, masks, threshold=z_threshold)
     regions = stats_to_summary(stats)
+    # Each slab's own statistics: what the SR states next to that slab's SEG segments. One
+    # slab: the exam block itself (a copy), no second computation.
+    for k, entry in enumerate(slab_summaries):
+        own = (
+            pool_region_statistics(
+                t1_maps[k : k + 1], z_maps[k : k + 1], masks[k : k + 1], threshold=z_threshold
+            )
+            if len(slab_summaries) > 1
+            else stats
+        )
+        entry["regions"] = stats_to_summary(own)
     lesions = []
     summaries_by_slab = {entry["slab"]: entry for entry in slab_summaries}
     for slab, anatomy, slab_scores in zip(slabs, anatomies, scores, strict=True):

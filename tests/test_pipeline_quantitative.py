@@ -99,6 +99,8 @@ def test_patient_summary_has_the_output_contract(
             assert field in lesion
     for name in ("t1_ms", "z", "cord", "gm", "wm", "labels", "lesions_candidates"):
         assert (tmp_path / "nifti" / f"slab1_{name}.nii.gz").exists()
+    _check_per_slab_regions(summary)
+    _check_report_regions(summary, tmp_path / "dicom" / "report_sr.dcm")
     # The largest truth lesion is found by an automatic candidate.
     truth = json.loads((patient.truth_dir / "truth.json").read_text())
     biggest = max(truth["lesions"], key=lambda lesion: lesion["volume_mm3"])
@@ -106,6 +108,41 @@ def test_patient_summary_has_the_output_contract(
     truth_labels, _ = from_nifti(nib.load(patient.truth_dir / f"slab{slab}_lesions.nii.gz"))
     found, _ = from_nifti(nib.load(tmp_path / "nifti" / f"slab{slab}_lesions_candidates.nii.gz"))
     assert np.any(found[truth_labels == biggest["id"]] > 0)
+
+
+def _check_per_slab_regions(summary: dict) -> None:
+    """Each slab's own region statistics add up to the exam's (pooled) ones."""
+    slabs = summary["slabs"]
+    assert len(slabs) == 2
+    for key, pooled in summary["regions"].items():
+        own = [entry["regions"].get(key) for entry in slabs]
+        assert sum(block["voxels"] for block in own if block) == pooled["voxels"], key
+    cord_t1 = [entry["regions"]["cord"]["mean_t1_ms"] for entry in slabs]
+    assert min(cord_t1) - 0.1 <= summary["regions"]["cord"]["mean_t1_ms"] <= max(cord_t1) + 0.1
+
+
+def _check_report_regions(summary: dict, sr_path: Path) -> None:
+    """Per-slab SR groups carry their slab's values and SEG; the pooled ones the exam's."""
+    from tests.test_reports_sr import expected_values, region_values, report_of
+
+    report = report_of(pydicom.dcmread(sr_path))
+    per_slab: set[str] = set()
+    for group in report.get_volumetric_roi_measurement_groups():
+        text = group.tracking_identifier
+        if not text.startswith("Region "):
+            continue
+        key, slab_text = text.removeprefix("Region ").split(", slab ")
+        entry = summary["slabs"][int(slab_text.split(" of ")[0]) - 1]
+        assert region_values(group) == expected_values(entry["regions"][key]), text
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == entry["seg_sop_instance_uid"], text
+        per_slab.add(key)
+    pooled: set[str] = set()
+    for group in report.get_image_measurement_groups():
+        key = group.tracking_identifier.removeprefix("Region ").removesuffix(", all slabs")
+        assert region_values(group) == expected_values(summary["regions"][key]), key
+        pooled.add(key)
+    assert {"cord", "wm", "gm", "gm_ventral_horns_left"} <= pooled == per_slab
 
 
 def test_patients_score_higher_than_a_control(

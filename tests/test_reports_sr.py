@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -83,27 +84,49 @@ def make_seg(sources: Sequence[Dataset], n_segments: int = 4) -> hd.seg.Segmenta
     )
 
 
+def _stats(voxels: int, t1_ms: float, z: float, abnormal: float) -> dict[str, Any]:
+    return {"voxels": voxels, "mean_t1_ms": t1_ms, "mean_z": z, "abnormal_percent": abnormal}
+
+
+#: Exam values (all slabs pooled) and, per slab of a two-slab exam, each slab's own values
+#: (equal voxel counts, so the exam values are the slab means' averages).
+EXAM_REGIONS = {
+    "cord": _stats(5120, 1231.4, 0.84, 14.2),
+    "wm": _stats(4000, 1201.2, 0.71, 12.1),
+    "gm": _stats(1000, 1322.0, 1.12, 20.3),
+}
+SLAB_REGIONS = (
+    {
+        "cord": _stats(2560, 1220.0, 0.60, 10.0),
+        "wm": _stats(2000, 1195.0, 0.55, 9.9),
+        "gm": _stats(500, 1310.0, 1.00, 18.0),
+    },
+    {
+        "cord": _stats(2560, 1242.8, 1.08, 18.4),
+        "wm": _stats(2000, 1207.4, 0.87, 14.3),
+        "gm": _stats(500, 1334.0, 1.24, 22.6),
+    },
+)
+
+
 def make_summary(study_uid: str, slab_series: Sequence[str], **changes: Any) -> dict[str, Any]:
-    """A summary following docs/summary-contract.md; ``changes`` replace top-level keys."""
+    """A summary following docs/summary-contract.md; ``changes`` replace top-level keys.
+
+    With two slabs each slab entry has its own ``regions`` (:data:`SLAB_REGIONS`); with one
+    slab they equal the exam's, as the pipeline writes them.
+    """
+    own = SLAB_REGIONS if len(slab_series) == 2 else [EXAM_REGIONS] * len(slab_series)
     summary: dict[str, Any] = {
         "software": {"name": "cordt1", "version": "9.8.7"},
         "exam": {"study_instance_uid": study_uid, "study_date": "20260101"},
         "slabs": [
-            {"slab": i + 1, "series_instance_uid": uid} for i, uid in enumerate(slab_series)
+            {"slab": i + 1, "series_instance_uid": uid, "regions": copy.deepcopy(own[i])}
+            for i, uid in enumerate(slab_series)
         ],
         "b1_corrected": False,
         "b1_note": "T1 not corrected for B1+ (no B1 map used)",
         "research_use": DEFAULT_RESEARCH_USE_TEXT,
-        "regions": {
-            "cord": {
-                "voxels": 5120,
-                "mean_t1_ms": 1231.4,
-                "mean_z": 0.84,
-                "abnormal_percent": 14.2,
-            },
-            "wm": {"voxels": 4000, "mean_t1_ms": 1201.2, "mean_z": 0.71, "abnormal_percent": 12.1},
-            "gm": {"voxels": 1000, "mean_t1_ms": 1322.0, "mean_z": 1.12, "abnormal_percent": 20.3},
-        },
+        "regions": copy.deepcopy(EXAM_REGIONS),
         "z_threshold": 1.96,
         "lesions": [
             {
@@ -209,6 +232,15 @@ class Exam:
         }
         return build_measurement_report(summary or self.summary(), **options)
 
+    def build_single(self, summary: dict[str, Any] | None = None) -> hd.sr.Comprehensive3DSR:
+        """The report of the first slab alone, as of a one-slab exam."""
+        return self.build(
+            summary or make_summary(self.study_uid, self.slab_series[:1]),
+            source_images=self.slabs[0],
+            segmentations=self.segs[:1],
+            parametric_maps=self.maps[:1],
+        )
+
 
 @pytest.fixture(scope="module")
 def exam() -> Exam:
@@ -226,11 +258,42 @@ def report_of(back: Dataset) -> hd.sr.MeasurementReport:
 
 
 def group_named(report: hd.sr.MeasurementReport, text: str):
+    """The one group (TID 1411 or TID 1501) with tracking text ``text``."""
     groups = [
-        g for g in report.get_volumetric_roi_measurement_groups() if g.tracking_identifier == text
+        g
+        for g in [
+            *report.get_volumetric_roi_measurement_groups(),
+            *report.get_image_measurement_groups(),
+        ]
+        if g.tracking_identifier == text
     ]
     assert len(groups) == 1, f"expected one group {text!r}"
     return groups[0]
+
+
+def tracking_texts(report: hd.sr.MeasurementReport) -> tuple[list[str], list[str]]:
+    """Tracking texts of the TID 1411 groups and of the TID 1501 groups."""
+    return (
+        [g.tracking_identifier for g in report.get_volumetric_roi_measurement_groups()],
+        [g.tracking_identifier for g in report.get_image_measurement_groups()],
+    )
+
+
+def region_values(group) -> dict[str, float]:
+    """Mean T1, mean Z and % abnormal of a region group, keyed as in the summary."""
+    found = {
+        "mean_t1_ms": group.get_measurements(name=c.T1),
+        "mean_z": group.get_measurements(name=c.Z_SCORE),
+        "abnormal_percent": group.get_measurements(name=c.ABNORMAL_PERCENT),
+    }
+    assert all(len(items) <= 1 for items in found.values())
+    return {key: float(items[0].value) for key, items in found.items() if items}
+
+
+def expected_values(stats: dict[str, Any]) -> dict[str, float]:
+    """The summary values a region group states (those present)."""
+    keys = ("mean_t1_ms", "mean_z", "abnormal_percent")
+    return {k: stats[k] for k in keys if stats.get(k) is not None}
 
 
 def number(group, name: Code, derivation: Code | None = None) -> tuple[float, str]:
@@ -290,30 +353,111 @@ def numeric_concepts(back: Dataset) -> set[str]:
 # ---- content ---------------------------------------------------------------------------------
 
 
-def test_round_trip_region_groups_carry_values_units_and_segments(exam: Exam) -> None:
-    back = round_trip(exam.build())
+def test_two_slabs_per_slab_groups_carry_their_slabs_values_and_segments(exam: Exam) -> None:
+    summary = exam.summary()
+    back = round_trip(exam.build(summary))
     report = report_of(back)
 
     assert back.SOPClassUID == COMPREHENSIVE_3D_SR and back.Modality == "SR"
-    cord = group_named(report, "Region cord")
-    assert number(cord, c.T1, c.DERIVATION_MEAN) == (1231.4, "ms")
-    assert number(cord, c.Z_SCORE, c.DERIVATION_MEAN) == (0.84, "1")
-    assert number(cord, c.ABNORMAL_PERCENT) == (14.2, "%")
-    assert number(cord, c.LESION_COUNT)[0] == 2
-    assert number(cord, c.LESION_LOAD) == (39.5, "mm3")
-    segment = cord.referenced_segment
-    assert segment.referenced_sop_instance_uid == exam.segs[0].SOPInstanceUID
-    assert segment.referenced_segment_numbers == [1]
-    assert source_series(cord) == [exam.slab_series[0]]
+    for k in (1, 2):
+        own = summary["slabs"][k - 1]["regions"]
+        for key, number_in_seg in SEGMENT_NUMBERS.items():
+            group = group_named(report, f"Region {key}, slab {k} of 2")
+            assert region_values(group) == expected_values(own[key])
+            segment = group.referenced_segment
+            assert segment.referenced_sop_instance_uid == exam.segs[k - 1].SOPInstanceUID
+            assert segment.referenced_segment_numbers == [number_in_seg]
+            assert source_series(group) == [exam.slab_series[k - 1]]
+            # the lesion burden is an exam value: not next to one slab's segment
+            assert group.get_measurements(name=c.LESION_COUNT) == []
+    cord = group_named(report, "Region cord, slab 2 of 2")
+    assert number(cord, c.T1, c.DERIVATION_MEAN) == (1242.8, "ms")
+    assert number(cord, c.Z_SCORE, c.DERIVATION_MEAN) == (1.08, "1")
+    assert number(cord, c.ABNORMAL_PERCENT) == (18.4, "%")
     assert cord.finding_sites[0].value == codes.SPINAL_CORD
 
+
+def test_two_slabs_pooled_values_are_in_tid1501_groups_without_a_segment(exam: Exam) -> None:
+    summary = exam.summary()
+    report = report_of(round_trip(exam.build(summary)))
+
+    volumetric, image = tracking_texts(report)
+    assert image == ["Region cord, all slabs", "Region wm, all slabs"]
+    # "gm" has no segment in the SEGs, so it gets no group
+    assert volumetric == [
+        "Region cord, slab 1 of 2",
+        "Region cord, slab 2 of 2",
+        "Region wm, slab 1 of 2",
+        "Region wm, slab 2 of 2",
+        "Lesion 1 (reader)",
+        "Lesion 2 (automatic candidate)",
+    ]
+    for key in SEGMENT_NUMBERS:
+        pooled = group_named(report, f"Region {key}, all slabs")
+        assert isinstance(pooled, hd.sr.MeasurementsAndQualitativeEvaluations)
+        assert region_values(pooled) == expected_values(summary["regions"][key])
+        assert not [i for i in all_items(pooled[0]) if i.ValueType == "IMAGE"]
+        assert source_series(pooled) == []
+        assert (
+            pooled.finding_sites[0].value
+            == group_named(report, f"Region {key}, slab 1 of 2").finding_sites[0].value
+        )
+    cord = group_named(report, "Region cord, all slabs")
+    assert number(cord, c.T1, c.DERIVATION_MEAN) == (1231.4, "ms")
+    assert number(cord, c.LESION_COUNT)[0] == 2
+    assert number(cord, c.LESION_LOAD) == (39.5, "mm3")
+    assert number(cord, c.GM_PERCENT) == (11.1, "%")
+
+
+def test_one_slab_keeps_tid1411_groups_with_the_exam_values(exam: Exam) -> None:
+    summary = make_summary(exam.study_uid, exam.slab_series[:1])
+    report = report_of(round_trip(exam.build_single(summary)))
+
+    volumetric, image = tracking_texts(report)
+    assert image == []
+    assert volumetric == [
+        "Region cord",
+        "Region wm",
+        "Lesion 1 (reader)",
+        "Lesion 2 (automatic candidate)",
+    ]
+    cord = group_named(report, "Region cord")
+    assert region_values(cord) == expected_values(summary["regions"]["cord"])
+    assert number(cord, c.T1, c.DERIVATION_MEAN) == (1231.4, "ms")
+    assert number(cord, c.LESION_COUNT)[0] == 2
+    assert number(cord, c.LESION_LOAD) == (39.5, "mm3")
+    assert cord.referenced_segment.referenced_sop_instance_uid == exam.segs[0].SOPInstanceUID
+    assert cord.referenced_segment.referenced_segment_numbers == [1]
+    assert source_series(cord) == [exam.slab_series[0]]
     wm = group_named(report, "Region wm")
     assert number(wm, c.T1, c.DERIVATION_MEAN) == (1201.2, "ms")
     assert wm.referenced_segment.referenced_segment_numbers == [2]
-    # "gm" has no segment in the SEGs, so it gets no group
-    tracking = [g.tracking_identifier for g in report.get_volumetric_roi_measurement_groups()]
-    assert "Region gm" not in tracking
-    assert len(tracking) == 4  # cord, wm, two lesions
+
+
+def test_two_slabs_without_per_slab_statistics_reference_no_segment(exam: Exam) -> None:
+    # An older summary (no slabs[k].regions): the exam values must not sit next to a segment.
+    summary = exam.summary()
+    for entry in summary["slabs"]:
+        del entry["regions"]
+    report = report_of(round_trip(exam.build(summary)))
+
+    volumetric, image = tracking_texts(report)
+    assert image == ["Region cord, all slabs", "Region wm, all slabs"]
+    assert volumetric == ["Lesion 1 (reader)", "Lesion 2 (automatic candidate)"]
+
+
+def test_slab_without_a_seg_gets_no_per_slab_groups(exam: Exam) -> None:
+    summary = exam.summary()
+    summary["lesions"] = summary["lesions"][:1]  # lesion 2 lies in slab 2
+    report = report_of(round_trip(exam.build(summary, segmentations=exam.segs[:1])))
+
+    volumetric, image = tracking_texts(report)
+    assert image == ["Region cord, all slabs", "Region wm, all slabs"]
+    assert volumetric == [
+        "Region cord, slab 1 of 2",
+        "Region wm, slab 1 of 2",
+        "Lesion 1 (reader)",
+    ]
 
 
 def test_lesion_groups_have_measurements_and_coded_evaluations(exam: Exam) -> None:
@@ -357,8 +501,8 @@ def test_report_level_statements(exam: Exam) -> None:
     assert texts["Z-score threshold for abnormal voxels"] == ["abnormal = Z > 1.96 (one-sided)"]
     assert texts["Research use statement"] == [DEFAULT_RESEARCH_USE_TEXT]
     assert "Change since prior exam" not in texts
-    # two slabs: the pooled region statistics are explained
-    assert any("pool all slabs" in t and "cord" in t for t in texts["Comment"])
+    # the tracking texts say which values are pooled: no explanatory comment is needed
+    assert "Comment" not in texts
 
     observer = report_of(back).get_observer_contexts()[0]
     device = observer.observer_identifying_attributes
@@ -401,7 +545,8 @@ def test_failed_qc_withholds_every_z_number(exam: Exam) -> None:
 
     assert c.Z_SCORE.value not in numeric_concepts(back)
     assert c.ABNORMAL_PERCENT.value not in numeric_concepts(back)
-    assert number(group_named(report, "Region cord"), c.T1, c.DERIVATION_MEAN)[0] == 1231.4
+    assert number(group_named(report, "Region cord, all slabs"), c.T1)[0] == 1231.4
+    assert number(group_named(report, "Region cord, slab 1 of 2"), c.T1)[0] == 1220.0
     texts = report_texts(back)
     assert texts["Quality control verdict"] == ["QC failed: Z-scores withheld"]
     assert texts["Quality control reason"] == qc["reasons"]
@@ -448,7 +593,9 @@ def test_callable_segment_lookup(exam: Exam) -> None:
         return None
 
     report = report_of(round_trip(exam.build(segment_numbers=by_label)))
-    assert group_named(report, "Region wm").referenced_segment.referenced_segment_numbers == [2]
+    for k in (1, 2):
+        group = group_named(report, f"Region wm, slab {k} of 2")
+        assert group.referenced_segment.referenced_segment_numbers == [2]
 
 
 def test_missing_type2_and_non_ascii_name_in_sources() -> None:
@@ -489,6 +636,17 @@ def test_sources_are_not_modified(exam: Exam) -> None:
 def test_bad_summary_values_are_named(exam: Exam, change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         exam.build(exam.summary(**change))
+
+
+def test_bad_per_slab_values_are_named(exam: Exam) -> None:
+    summary = exam.summary()
+    summary["slabs"][1]["regions"]["wm"]["mean_z"] = "high"
+    with pytest.raises(ValueError, match=r"\['slabs'\]\[1\]\['regions'\]\['wm'\]\['mean_z'\]"):
+        exam.build(summary)
+    summary = exam.summary()
+    summary["slabs"][1]["slab"] = 1
+    with pytest.raises(ValueError, match="repeats slab number 1"):
+        exam.build(summary)
 
 
 def test_bad_lesions_are_refused(exam: Exam) -> None:
@@ -554,10 +712,16 @@ def _phantom_reports(tmp: Path) -> list[Path]:
         volumes, segs, study = _phantom_exam(tmp / f"phantom{slabs}", slabs, enhanced=enhanced)
         series = [v.series_uid for v in volumes]
         sources = [ds for v in volumes for ds in v.datasets]
+        # "pooled": with several slabs, only TID 1501 region groups (no per-slab statistics,
+        # no lesions), so that PixelMed checks them against TID 1501 (see below)
+        pooled = make_summary(study, series, lesions=[])
+        for entry in pooled["slabs"]:
+            del entry["regions"]
         variants = {
             "full": make_summary(study, series, follow_up=FOLLOW_UP),
             "failed": make_summary(study, series, qc={"verdict": "fail", "reasons": ["SNR low"]}),
             "minimal": {"regions": {"cord": {"mean_t1_ms": 1250.0}}},
+            "pooled": pooled,
         }
         for name, summary in variants.items():
             sr = build_measurement_report(
@@ -598,10 +762,7 @@ PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 @pytest.mark.skipif(
     not PIXELMED_JAR.exists() or shutil.which("java") is None, reason="pixelmed-apps not installed"
 )
-def test_pixelmed_sr_validator_finds_no_errors(tmp_path: Path) -> None:
-    # The validator compiles a large XSLT once per run (about a minute): validate one report
-    # with every kind of group. Java's default XPath limits are too small for PixelMed's XSLT.
-    path = _phantom_reports(tmp_path)[0]
+def _pixelmed_errors(path: Path) -> list[str]:
     command = [
         "java",
         "-Djdk.xml.xpathExprOpLimit=0",
@@ -614,10 +775,57 @@ def test_pixelmed_sr_validator_finds_no_errors(tmp_path: Path) -> None:
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     output = result.stdout + result.stderr
-    assert "Found Root Template TID_1500" in output
-    assert "IOD validation complete" in output
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
-    assert errors == []
+    assert "Found Root Template TID_1500" in output, path.name
+    assert "IOD validation complete" in output, path.name
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+def _tid1501_positions(path: Path) -> set[str]:
+    """Content item positions ("1.9.3") of the groups without a Referenced Segment."""
+    sr = dcmread(path)
+    positions = set()
+    for i, item in enumerate(sr.ContentSequence, start=1):
+        if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for j, group in enumerate(item.ContentSequence, start=1):
+            if not any(child.ValueType == "IMAGE" for child in group.ContentSequence):
+                positions.add(f"1.{i}.{j}")
+    return positions
+
+
+#: PixelMed (2022) picks the template of *every* Measurement Group in Imaging Measurements
+#: from the whole container: once one group references a segment, all are checked as TID 1411,
+#: and a TID 1501 group then lacks the ROI (rows 5, 7, 10). DICOM allows TID 1411 and TID 1501
+#: groups side by side (TID 1500 rows 8 and 9), so exactly these errors, at exactly the TID 1501
+#: groups, are tolerated; a report with TID 1501 groups only is validated without exception.
+_MIXED_GROUP_FALSE_POSITIVE = re.compile(
+    r"^Error: Template 1411 VolumetricROIMeasurements/\[Row 1\] CONTAINER "
+    r'\(125007,DCM,"Measurement Group"\)/\[Row (5|7|10)\] [^:]+: within ([0-9.]+): '
+    r".*Missing conditional content item$"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not PIXELMED_JAR.exists() or shutil.which("java") is None, reason="pixelmed-apps not installed"
+)
+def test_pixelmed_sr_validator_finds_no_errors(tmp_path: Path) -> None:
+    # The validator compiles a large XSLT once per run (about 20 s): validate the report with
+    # every kind of group and the one with TID 1501 groups only. Java's default XPath limits
+    # are too small for PixelMed's XSLT.
+    _phantom_reports(tmp_path)
+    full = tmp_path / "sr_2_full.dcm"
+    pooled_groups = _tid1501_positions(full)
+    assert len(pooled_groups) == 2  # "Region cord, all slabs", "Region wm, all slabs"
+    tolerated = set()
+    for line in _pixelmed_errors(full):
+        match = _MIXED_GROUP_FALSE_POSITIVE.match(line)
+        assert match is not None and match.group(2) in pooled_groups, line
+        tolerated.add((match.group(1), match.group(2)))
+    assert len(tolerated) <= 3 * len(pooled_groups)
+    pooled_only = tmp_path / "sr_2_pooled.dcm"
+    assert len(_tid1501_positions(pooled_only)) == 2
+    assert _pixelmed_errors(pooled_only) == []
 
 
 @pytest.mark.slow

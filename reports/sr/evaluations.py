@@ -7,7 +7,7 @@ Plain statements a reader sees next to the numbers, as CODE or TEXT items:
 - B1 correction applied yes/no (code) and the B1 note (text);
 - normative model version and Z threshold (text; the threshold only when Z is reported);
 - follow-up: trend and reasons, per-region deltas, lesion changes (text);
-- how region statistics relate to the segments when the exam has several slabs (text);
+- the lesion burden when no whole-exam cord group carries it (text);
 - the research-use statement (text).
 """
 

@@ -1,14 +1,18 @@
-"""Measurement groups of the report: one TID 1411 group per region and one per lesion.
+"""Measurement groups of the report: TID 1411 groups per segment, TID 1501 for pooled regions.
 
-- Region (TID 1411, volumetric ROI): mean T1 (ms), mean Z (UCUM ``1``) and % abnormal voxels
-  (UCUM ``%``), each only when known; the ROI is a SEG segment (Referenced Segment plus
-  Source series for segmentation). Finding site: tissue / funiculus with laterality.
+- Region of one slab (TID 1411, volumetric ROI; :func:`region_group`): mean T1 (ms), mean Z
+  (UCUM ``1``) and % abnormal voxels (UCUM ``%``), each only when known; the ROI is a SEG
+  segment (Referenced Segment plus Source series for segmentation) and the values are those
+  of that segment's voxels. Finding site: tissue / funiculus with laterality.
+- Region over several slabs (TID 1501, :func:`pooled_region_group`): the same measurements
+  and finding site, pooled over the voxels of every slab, without a segment reference (the
+  voxels lie in several SEGs and a TID 1411 group can reference only one segment).
 - Lesion (TID 1411): volume (mm3), cranio-caudal extent (mm), mean and max T1 (ms), GM share
   (%); coded evaluations: location (topographical modifier), side (laterality incl. midline),
   estimated vertebral level (C1..C7), composition (WM only / mixed GM+WM) and source (reader
   outline / automatic candidate). The tracking identifier also says ``automatic candidate``.
-- The exam's lesion burden (count, load, GM share of lesion tissue) joins the ``cord`` group
-  (:func:`lesion_burden`): the whole cord is the region it describes.
+- The exam's lesion burden (count, load, GM share of lesion tissue) joins the whole-exam
+  ``cord`` group (:func:`lesion_burden`): the whole cord is the region it describes.
 
 Software name and version are in the observer device context; model version and Z threshold
 are report-level statements (:mod:`reports.sr.evaluations`), so the groups carry no
@@ -29,6 +33,7 @@ from reports.sr.summary import ExamReport, LesionResult, RegionResult
 __all__ = [
     "lesion_burden",
     "lesion_group",
+    "pooled_region_group",
     "region_finding_site",
     "region_group",
 ]
@@ -69,13 +74,9 @@ def _measurement(
     return hd.sr.Measurement(name=name, value=value, unit=unit, derivation=derivation)
 
 
-def region_group(
-    region: RegionResult,
-    segment: hd.sr.ReferencedSegment,
-    *,
-    extra: Sequence[hd.sr.Measurement] = (),
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | None:
-    """The group of one region (plus ``extra`` measurements), ``None`` when it has no number."""
+def _region_measurements(
+    region: RegionResult, extra: Sequence[hd.sr.Measurement]
+) -> list[hd.sr.Measurement]:
     measurements = []
     if region.mean_t1_ms is not None:
         measurements.append(_measurement(c.T1, region.mean_t1_ms, c.UNIT_MS, c.DERIVATION_MEAN))
@@ -86,11 +87,47 @@ def region_group(
             _measurement(c.ABNORMAL_PERCENT, region.abnormal_percent, c.UNIT_PERCENT)
         )
     measurements.extend(extra)
+    return measurements
+
+
+def region_group(
+    region: RegionResult,
+    segment: hd.sr.ReferencedSegment,
+    *,
+    tracking_text: str | None = None,
+    extra: Sequence[hd.sr.Measurement] = (),
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | None:
+    """The TID 1411 group of one region's ``segment``, ``None`` when it has no number.
+
+    ``region`` must hold the statistics of exactly the voxels of ``segment``; the tracking
+    text defaults to ``Region <key>``; ``extra`` measurements are appended.
+    """
+    measurements = _region_measurements(region, extra)
     if not measurements:
         return None
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(f"Region {region.key}"),
+        tracking_identifier=_tracking(tracking_text or f"Region {region.key}"),
         referenced_segment=segment,
+        finding_sites=[region_finding_site(region.key)],
+        measurements=measurements,
+    )
+
+
+def pooled_region_group(
+    region: RegionResult,
+    *,
+    tracking_text: str,
+    extra: Sequence[hd.sr.Measurement] = (),
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """The TID 1501 group of a region over several slabs (no segment), ``None`` without a number.
+
+    Used when the region's voxels lie in more than one SEG: no single segment holds them.
+    """
+    measurements = _region_measurements(region, extra)
+    if not measurements:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(tracking_text),
         finding_sites=[region_finding_site(region.key)],
         measurements=measurements,
     )

@@ -7,7 +7,8 @@ refused with a ``ValueError`` naming the key path, e.g. ``summary['lesions'][0][
 
 When ``qc.verdict == "fail"`` the reader withholds everything Z-based: mean Z, % abnormal
 voxels, the Z threshold and the Z-based follow-up deltas are set to ``None``, so no writer
-can show them by mistake (:attr:`ExamReport.z_withheld`).
+can show them by mistake (:attr:`ExamReport.z_withheld`). This holds for the per-slab region
+statistics (``summary['slabs'][k]['regions']``) too.
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class ExamReport:
-    """Everything the SR writes, read from one summary."""
+    """Everything the SR writes, read from one summary.
+
+    ``regions`` are the exam's statistics (all slabs pooled); ``slab_regions`` maps a slab
+    number to that slab's own statistics (``summary['slabs'][k]['regions']``, read only for
+    entries with a slab number and a series UID); ``n_slabs`` counts ``summary['slabs']``.
+    """
 
     study_instance_uid: str | None
     regions: tuple[RegionResult, ...]
@@ -100,7 +106,9 @@ class ExamReport:
     lesion_count: int | None
     lesion_load_mm3: float | None
     lesion_gm_share_percent: float | None
+    n_slabs: int
     slab_series: dict[int, str]
+    slab_regions: dict[int, tuple[RegionResult, ...]]
     b1_corrected: bool | None
     b1_note: str | None
     research_use: str | None
@@ -169,26 +177,54 @@ def _choice(value: object, where: str, allowed: tuple[str, ...]) -> str | None:
     return text
 
 
-def _regions(summary: Mapping, withheld: bool) -> tuple[RegionResult, ...]:
-    regions = _mapping(summary.get("regions"), "summary['regions']") or {}
+def _regions(value: object, where: str, withheld: bool) -> tuple[RegionResult, ...]:
+    regions = _mapping(value, where) or {}
     out = []
     for key, stats in regions.items():
-        where = f"summary['regions'][{key!r}]"
         if not isinstance(key, str) or not key:
-            raise ValueError(f"summary['regions'] has a key that is not a name: {key!r}")
-        stats = _mapping(stats, where, required=True)
+            raise ValueError(f"{where} has a key that is not a name: {key!r}")
+        at = f"{where}[{key!r}]"
+        stats = _mapping(stats, at, required=True)
         assert stats is not None
-        mean_z = _number(stats.get("mean_z"), f"{where}['mean_z']")
-        abnormal = _number(stats.get("abnormal_percent"), f"{where}['abnormal_percent']")
+        mean_z = _number(stats.get("mean_z"), f"{at}['mean_z']")
+        abnormal = _number(stats.get("abnormal_percent"), f"{at}['abnormal_percent']")
         out.append(
             RegionResult(
                 key=key,
-                mean_t1_ms=_number(stats.get("mean_t1_ms"), f"{where}['mean_t1_ms']"),
+                mean_t1_ms=_number(stats.get("mean_t1_ms"), f"{at}['mean_t1_ms']"),
                 mean_z=None if withheld else mean_z,
                 abnormal_percent=None if withheld else abnormal,
             )
         )
     return tuple(out)
+
+
+def _slabs(
+    summary: Mapping, withheld: bool
+) -> tuple[int, dict[int, str], dict[int, tuple[RegionResult, ...]]]:
+    """Number of slab entries, slab -> series UID, slab -> that slab's own region results."""
+    items = _list(summary.get("slabs"), "summary['slabs']")
+    series: dict[int, str] = {}
+    regions: dict[int, tuple[RegionResult, ...]] = {}
+    for index, item in enumerate(items):
+        where = f"summary['slabs'][{index}]"
+        slab = _mapping(item, where, required=True)
+        assert slab is not None
+        number = _integer(slab.get("slab"), f"{where}['slab']")
+        uid = _text(slab.get("series_instance_uid"), f"{where}['series_instance_uid']")
+        own = (
+            _regions(slab["regions"], f"{where}['regions']", withheld)
+            if slab.get("regions") is not None
+            else None
+        )
+        if number is None or uid is None:
+            continue
+        if number in series:
+            raise ValueError(f"{where}['slab'] repeats slab number {number}")
+        series[number] = uid
+        if own is not None:
+            regions[number] = own
+    return len(items), series, regions
 
 
 def _lesion(item: object, where: str) -> LesionResult:
@@ -308,16 +344,7 @@ def read_summary(summary: Mapping) -> ExamReport:
         for i, r in enumerate(_list(qc.get("reasons"), "summary['qc']['reasons']"))
     )
     exam = _mapping(summary.get("exam"), "summary['exam']") or {}
-    slab_series: dict[int, str] = {}
-    for index, item in enumerate(_list(summary.get("slabs"), "summary['slabs']")):
-        slab = _mapping(item, f"summary['slabs'][{index}]", required=True)
-        assert slab is not None
-        number = _integer(slab.get("slab"), f"summary['slabs'][{index}]['slab']")
-        uid = _text(
-            slab.get("series_instance_uid"), f"summary['slabs'][{index}]['series_instance_uid']"
-        )
-        if number is not None and uid is not None:
-            slab_series[number] = uid
+    n_slabs, slab_series, slab_regions = _slabs(summary, withheld)
     lesions = tuple(
         _lesion(item, f"summary['lesions'][{i}]")
         for i, item in enumerate(_list(summary.get("lesions"), "summary['lesions']"))
@@ -335,7 +362,7 @@ def read_summary(summary: Mapping) -> ExamReport:
         study_instance_uid=_text(
             exam.get("study_instance_uid"), "summary['exam']['study_instance_uid']"
         ),
-        regions=_regions(summary, withheld),
+        regions=_regions(summary.get("regions"), "summary['regions']", withheld),
         lesions=lesions,
         lesion_count=_integer(
             lesion_summary.get("count"), "summary['lesion_summary']['count']", minimum=0
@@ -347,7 +374,9 @@ def read_summary(summary: Mapping) -> ExamReport:
             lesion_summary.get("gm_share_percent"),
             "summary['lesion_summary']['gm_share_percent']",
         ),
+        n_slabs=n_slabs,
         slab_series=slab_series,
+        slab_regions=slab_regions,
         b1_corrected=b1,
         b1_note=_text(summary.get("b1_note"), "summary['b1_note']"),
         research_use=_text(summary.get("research_use"), "summary['research_use']"),
