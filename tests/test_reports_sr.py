@@ -515,6 +515,23 @@ def test_report_level_statements(exam: Exam) -> None:
     assert procedures == [c.PROCEDURE.value]
 
 
+def test_what_the_grey_white_split_rested_on_is_stated_per_slab(exam: Exam) -> None:
+    summary = exam.summary()
+    summary["slabs"][0]["gm_wm_evidence"] = {
+        "source": "T1 + T2*-weighted GRE",
+        "t2star_alignment": {"shift_mm": [0.4, -0.3], "correlation": 0.8},
+    }
+    summary["slabs"][1]["gm_wm_evidence"] = {
+        "source": "T1",
+        "t2star_note": "T2*-weighted series does not cover the cord: not used",
+    }
+    texts = report_texts(round_trip(exam.build(summary)))
+    assert texts["Grey/white matter segmentation based on"] == [
+        "slab 1: T1 + T2*-weighted GRE (GRE aligned in-plane by 0.40, -0.30 mm)",
+        "slab 2: T1; T2*-weighted series does not cover the cord: not used",
+    ]
+
+
 def test_header_identity_and_evidence(exam: Exam) -> None:
     identity = ResultIdentity(software_version="2.0.1", institution="Test Hospital")
     back = round_trip(exam.build(identity=identity, series_number=42))

@@ -24,6 +24,7 @@ __all__ = [
     "DERIVATION_MEAN",
     "FOLLOW_UP",
     "GM_PERCENT",
+    "GM_WM_EVIDENCE",
     "LESION_COUNT",
     "LESION_LOAD",
     "LESION_SOURCE",
@@ -134,6 +135,7 @@ LESION_SOURCES: dict[str, Code] = {
     "candidate": _private("CANDIDATE", "Automatic candidate (not reviewed by a reader)"),
 }
 B1_CORRECTION = _private("B1_CORRECTED", "B1 correction applied")
+GM_WM_EVIDENCE = _private("GM_WM_EVIDENCE", "Grey/white matter segmentation based on")
 QC_VERDICT = _private("QC_VERDICT", "Quality control verdict")
 QC_VERDICTS: dict[str, Code] = {
     "pass": _private("QC_PASS", "QC passed"),

@@ -5,6 +5,7 @@ Plain statements a reader sees next to the numbers, as CODE or TEXT items:
 - QC verdict (code) and each QC reason (text); when QC failed, a text saying that the
   Z-scores are withheld;
 - B1 correction applied yes/no (code) and the B1 note (text);
+- per slab, what the GM/WM split rested on (T1, or T1 + T2*-weighted GRE; text);
 - normative model version and Z threshold (text; the threshold only when Z is reported);
 - follow-up: trend and reasons, per-region deltas, lesion changes (text);
 - the lesion burden when no whole-exam cord group carries it (text);
@@ -92,6 +93,7 @@ def evaluations_container(
         items.append(_code(c.B1_CORRECTION, c.YES if report.b1_corrected else c.NO))
     if report.b1_note:
         items.append(_text(c.B1_CORRECTION, report.b1_note))
+    items.extend(_text(c.GM_WM_EVIDENCE, line) for line in report.gm_wm_evidence)
     if report.model_version:
         items.append(_text(c.MODEL_VERSION, report.model_version))
     if report.z_threshold is not None:

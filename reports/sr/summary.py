@@ -111,6 +111,7 @@ class ExamReport:
     slab_regions: dict[int, tuple[RegionResult, ...]]
     b1_corrected: bool | None
     b1_note: str | None
+    gm_wm_evidence: tuple[str, ...]
     research_use: str | None
     model_version: str | None
     z_threshold: float | None
@@ -225,6 +226,29 @@ def _slabs(
         if own is not None:
             regions[number] = own
     return len(items), series, regions
+
+
+def _gm_wm_evidence(summary: Mapping) -> tuple[str, ...]:
+    """One line per slab: what its GM/WM split rested on (and why a T2* series was not used)."""
+    lines = []
+    for index, item in enumerate(_list(summary.get("slabs"), "summary['slabs']")):
+        where = f"summary['slabs'][{index}]['gm_wm_evidence']"
+        evidence = (
+            _mapping(item.get("gm_wm_evidence"), where) if isinstance(item, Mapping) else None
+        )
+        if not evidence:
+            continue
+        source = _text(evidence.get("source"), f"{where}['source']") or "T1"
+        line = f"slab {item.get('slab', index + 1)}: {source}"
+        alignment = _mapping(evidence.get("t2star_alignment"), f"{where}['t2star_alignment']")
+        if alignment and alignment.get("shift_mm") is not None and source != "T1":
+            shift = ", ".join(f"{float(v):.2f}" for v in alignment["shift_mm"])
+            line += f" (GRE aligned in-plane by {shift} mm)"
+        note = _text(evidence.get("t2star_note"), f"{where}['t2star_note']")
+        if note:
+            line += f"; {note}"
+        lines.append(line)
+    return tuple(lines)
 
 
 def _lesion(item: object, where: str) -> LesionResult:
@@ -379,6 +403,7 @@ def read_summary(summary: Mapping) -> ExamReport:
         slab_regions=slab_regions,
         b1_corrected=b1,
         b1_note=_text(summary.get("b1_note"), "summary['b1_note']"),
+        gm_wm_evidence=_gm_wm_evidence(summary),
         research_use=_text(summary.get("research_use"), "summary['research_use']"),
         model_version=_text(model.get("model_version"), "summary['model']['model_version']"),
         z_threshold=None if withheld else threshold,
