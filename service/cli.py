@@ -237,6 +237,15 @@ def retry(
     help="Reader lesion mask NIfTI, or a folder with one per slab (matched to the slab by "
     "grid; repeatable). INPUT_DIR must hold a single exam.",
 )
+@click.option(
+    "--masks",
+    "masks",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Cord/GM/WM mask NIfTI (name containing cord, gm or wm), or a folder of them, used "
+    "instead of the automatic segmentation (matched to the slab by grid; repeatable). "
+    "INPUT_DIR must hold a single exam.",
+)
 @click.pass_context
 def process(
     ctx: click.Context,
@@ -247,6 +256,7 @@ def process(
     z_threshold: float | None,
     bids_dir: Path | None,
     lesions: tuple[Path, ...],
+    masks: tuple[Path, ...],
 ) -> None:
     """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/."""
     from service.offline import process_folder
@@ -259,7 +269,13 @@ def process(
         bids_dir=bids_dir,
     )
     try:
-        report = process_folder(input_dir, out_dir, settings, lesions=list(lesions) or None)
+        report = process_folder(
+            input_dir,
+            out_dir,
+            settings,
+            lesions=list(lesions) or None,
+            masks=list(masks) or None,
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

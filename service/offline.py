@@ -19,7 +19,7 @@ from service.pipeline import process_exam
 from service.protocol import load_site_protocols
 from service.settings import Settings
 
-__all__ = ["FolderReport", "lesion_files", "process_folder"]
+__all__ = ["FolderReport", "lesion_files", "nifti_files", "process_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ def _patient_and_date(exam: ExamSeries) -> tuple[str, str]:
     return key, f"{header.get('StudyDate', '') or ''}{header.get('StudyTime', '') or ''}"
 
 
-def lesion_files(paths: list[Path]) -> list[Path]:
-    """The NIfTI files given as reader lesions: files as they are, folders expanded.
+def nifti_files(paths: list[Path], what: str = "lesion") -> list[Path]:
+    """NIfTI files given on the command line: files as they are, folders expanded.
+
+    ``what`` ("lesion", "tissue") names them in messages.
 
     Raises
     ------
@@ -61,13 +63,18 @@ def lesion_files(paths: list[Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
             if not found:
-                raise ValueError(f"lesion folder {path} holds no NIfTI (.nii/.nii.gz) file")
+                raise ValueError(f"{what} folder {path} holds no NIfTI (.nii/.nii.gz) file")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise ValueError(f"lesion mask {path} does not exist")
+            raise ValueError(f"{what} mask {path} does not exist")
     return files
+
+
+def lesion_files(paths: list[Path]) -> list[Path]:
+    """The NIfTI files given as reader lesions (see :func:`nifti_files`)."""
+    return nifti_files(paths, "lesion")
 
 
 def _sessions_with_time(exams: dict[str, ExamSeries]) -> set[str]:
@@ -90,6 +97,7 @@ def process_folder(
     settings: Settings,
     *,
     lesions: list[Path] | None = None,
+    masks: list[Path] | None = None,
 ) -> FolderReport:
     """Process every exam under ``input_dir`` (any folder layout) into ``out_dir/<study UID>``.
 
@@ -107,12 +115,16 @@ def process_folder(
     lesions : list of Path or None
         Reader lesion masks as NIfTI files or folders of them (one per slab, matched by
         grid); only for an ``input_dir`` holding a single exam.
+    masks : list of Path or None
+        Cord, GM and WM masks as NIfTI files or folders of them (names containing ``cord``,
+        ``gm``, ``wm``; one set per slab, matched by grid), used instead of our segmentation
+        (:mod:`service.reader_masks`); only for an ``input_dir`` holding a single exam.
 
     Raises
     ------
     ValueError
-        If ``lesions`` is given and ``input_dir`` does not hold exactly one exam, or a lesion
-        path does not exist.
+        If ``lesions`` or ``masks`` is given and ``input_dir`` does not hold exactly one exam,
+        or a given path does not exist.
     """
     report = FolderReport()
     profiles = load_site_protocols(settings.site_protocols)
@@ -120,10 +132,13 @@ def process_folder(
     model = load_scoring_model(settings.model_dir) if settings.model_dir else None
     exams = find_exam_series(dicom_files(input_dir))
     reader_files = lesion_files(lesions) if lesions else None
-    if reader_files is not None and len(exams) != 1:
-        raise ValueError(
-            f"reader lesion masks need INPUT_DIR to hold exactly one exam; it holds {len(exams)}"
-        )
+    mask_files = nifti_files(masks, "tissue") if masks else None
+    for given, what in ((reader_files, "lesion"), (mask_files, "tissue")):
+        if given is not None and len(exams) != 1:
+            raise ValueError(
+                f"reader {what} masks need INPUT_DIR to hold exactly one exam; it holds "
+                f"{len(exams)}"
+            )
     with_time = _sessions_with_time(exams) if settings.bids_dir is not None else set()
     previous: dict[str, dict[str, Any]] = {}
     for study_uid in sorted(exams, key=lambda uid: _patient_and_date(exams[uid])):
@@ -140,6 +155,7 @@ def process_folder(
                 z_threshold=settings.z_threshold,
                 prior_summary=previous.get(patient),
                 reader_lesion_files=reader_files,
+                reader_mask_files=mask_files,
             )
             if settings.bids_dir is not None:
                 _export(exam, target, settings.bids_dir, study_uid in with_time)

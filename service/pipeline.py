@@ -62,7 +62,14 @@ from service.quantify import (
     split_tissues,
     stats_to_summary,
 )
-from service.reader_lesions import ReaderLesionError, lesions_from_nifti, lesions_from_seg
+from service.reader_lesions import (
+    ReaderLesionError,
+    SegmentKind,
+    lesion_labels,
+    lesions_from_nifti,
+    read_seg,
+)
+from service.reader_masks import GivenMasks, mask_from_nifti, mask_kind_of_file, masks_from_seg
 from service.volumes import SeriesVolume, same_grid
 
 if TYPE_CHECKING:
@@ -293,67 +300,132 @@ def _exam_identity(slab: Slab) -> dict[str, Any]:
     }
 
 
-def _reader_lesions_from_exam(
-    exam: ExamSeries, slabs: list[Slab]
-) -> list[NDArray[np.int32]] | None:
-    """Lesions outlined by a reader and sent as DICOM SEG with the exam, merged per slab."""
+@dataclass
+class _ReaderInput:
+    """What readers sent with the exam or gave offline, per slab (None: nothing given)."""
+
+    lesions: list[NDArray[np.int32]] | None = None
+    masks: list[GivenMasks | None] = field(default_factory=list)
+
+
+def _reader_segs_from_exam(exam: ExamSeries, slabs: list[Slab]) -> _ReaderInput:
+    """Lesions and cord/GM/WM masks outlined by readers and sent as DICOM SEG with the exam.
+
+    Lesions of several SEGs are merged per slab (ids offset); masks of one kind are united.
+    ``lesions`` is None when no SEG holds a lesion segment.
+    """
     files = [path for paths in exam.series(Component.SEG).values() for path in paths]
+    found = _ReaderInput(masks=[None] * len(slabs))
     if not files:
-        return None
+        return found
     merged = [np.zeros(slab.reference.array.shape, np.int32) for slab in slabs]
+    any_lesion_segment = False
     for path in sorted(files):
         try:
-            labels = lesions_from_seg(pydicom.dcmread(path), [s.reference for s in slabs])
+            reader_seg = read_seg(pydicom.dcmread(path), [s.reference for s in slabs])
         except ReaderLesionError as exc:
-            raise ExamError(f"reader lesion SEG cannot be used: {exc}") from exc
+            raise ExamError(f"reader SEG cannot be used: {exc}") from exc
+        any_lesion_segment |= bool(reader_seg.numbers(SegmentKind.LESION))
         offset = max(int(m.max()) for m in merged)
-        for target, found in zip(merged, labels, strict=True):
-            target[found > 0] = found[found > 0] + offset
-    return merged
+        for target, labels in zip(merged, lesion_labels(reader_seg), strict=True):
+            target[labels > 0] = labels[labels > 0] + offset
+        for i, given in enumerate(masks_from_seg(reader_seg)):
+            if given is not None:
+                known = found.masks[i]
+                found.masks[i] = given if known is None else known.merged(given)
+    if any_lesion_segment:
+        found.lesions = merged
+    return found
 
 
-def _reader_lesions_from_files(files: list[Path], slabs: list[Slab]) -> list[NDArray[np.int32]]:
-    """Reader lesion NIfTI masks (one per slab at most), each matched to its slab by grid.
+def _slab_of_file(
+    path: Path, slabs: list[Slab], read: Callable[[Any, SeriesVolume], Any], what: str
+) -> tuple[int, Any]:
+    """The slab a reader NIfTI lies on, and what ``read`` made of it there.
 
     A name containing ``slab<k>`` must agree with the grid; without it the grid decides alone.
     """
+    try:
+        image = nib.load(path)
+    except Exception as exc:
+        raise ExamError(f"reader {what} file {path.name} cannot be read: {exc}") from exc
+    matches: dict[int, Any] = {}
+    errors: list[str] = []
+    for slab in slabs:
+        try:
+            matches[slab.index] = read(image, slab.reference)
+        except ReaderLesionError as exc:
+            errors.append(f"slab {slab.index}: {exc}")
+    named = re.search(r"slab(\d+)", path.name)
+    if not matches:
+        raise ExamError(f"reader {what} file {path.name} matches no slab: {'; '.join(errors)}")
+    if named and int(named.group(1)) not in matches:
+        raise ExamError(
+            f"reader {what} file {path.name} is named for slab {named.group(1)} but lies on "
+            f"the grid of slab(s) {sorted(matches)}"
+        )
+    if not named and len(matches) > 1:
+        raise ExamError(
+            f"reader {what} file {path.name} fits slabs {sorted(matches)}: put slab<k> in its name"
+        )
+    index = int(named.group(1)) if named else next(iter(matches))
+    return index, matches[index]
+
+
+def _reader_lesions_from_files(files: list[Path], slabs: list[Slab]) -> list[NDArray[np.int32]]:
+    """Reader lesion NIfTI masks (one per slab at most), each matched to its slab by grid."""
     found: dict[int, tuple[Path, NDArray[np.int32]]] = {}
     for path in files:
-        try:
-            image = nib.load(path)
-        except Exception as exc:
-            raise ExamError(f"reader lesion file {path.name} cannot be read: {exc}") from exc
-        matches: dict[int, NDArray[np.int32]] = {}
-        errors: list[str] = []
-        for slab in slabs:
-            try:
-                matches[slab.index] = lesions_from_nifti(image, slab.reference)
-            except ReaderLesionError as exc:
-                errors.append(f"slab {slab.index}: {exc}")
-        named = re.search(r"slab(\d+)", path.name)
-        if not matches:
-            raise ExamError(f"reader lesion file {path.name} matches no slab: {'; '.join(errors)}")
-        if named and int(named.group(1)) not in matches:
-            raise ExamError(
-                f"reader lesion file {path.name} is named for slab {named.group(1)} but lies on "
-                f"the grid of slab(s) {sorted(matches)}"
-            )
-        if not named and len(matches) > 1:
-            raise ExamError(
-                f"reader lesion file {path.name} fits slabs {sorted(matches)}: put slab<k> "
-                "in its name"
-            )
-        index = int(named.group(1)) if named else next(iter(matches))
+        index, labels = _slab_of_file(path, slabs, lesions_from_nifti, "lesion")
         if index in found:
             raise ExamError(
                 f"two reader lesion files for slab {index}: {found[index][0].name} and "
                 f"{path.name} (give one NIfTI per slab)"
             )
-        found[index] = (path, matches[index])
+        found[index] = (path, labels)
     return [
         found[s.index][1] if s.index in found else np.zeros(s.reference.array.shape, np.int32)
         for s in slabs
     ]
+
+
+def _reader_masks_from_files(files: list[Path], slabs: list[Slab]) -> list[GivenMasks | None]:
+    """Reader cord/GM/WM NIfTI masks (``*cord*``, ``*gm*``, ``*wm*``; at most one of each kind
+    per slab), each matched to its slab by grid."""
+    found: dict[tuple[int, str], tuple[Path, NDArray[np.bool_]]] = {}
+    for path in files:
+        try:
+            kind = mask_kind_of_file(path)
+        except ReaderLesionError as exc:
+            raise ExamError(str(exc)) from exc
+
+        def read(image: Any, volume: SeriesVolume, kind: Any = kind) -> NDArray[np.bool_]:
+            return mask_from_nifti(image, volume, kind)
+
+        index, mask = _slab_of_file(path, slabs, read, str(kind))
+        if (index, str(kind)) in found:
+            raise ExamError(
+                f"two {kind} mask files for slab {index}: {found[index, str(kind)][0].name} "
+                f"and {path.name}"
+            )
+        found[index, str(kind)] = (path, mask)
+    out: list[GivenMasks | None] = []
+    for slab in slabs:
+        given = {
+            kind: found[slab.index, kind]
+            for kind in ("cord", "gm", "wm")
+            if (slab.index, kind) in found
+        }
+        out.append(
+            GivenMasks(
+                **{kind: mask for kind, (_, mask) in given.items()},
+                origin="reader NIfTI",
+                ids=tuple(path.name for path, _ in given.values()),
+            )
+            if given
+            else None
+        )
+    return out
 
 
 def _check_model(
@@ -586,6 +658,7 @@ def process_exam(
     z_threshold: float = DEFAULT_Z_THRESHOLD,
     prior_summary: dict[str, Any] | None = None,
     reader_lesion_files: list[Path] | None = None,
+    reader_mask_files: list[Path] | None = None,
 ) -> ExamOutputs:
     """Compute and write every result of one exam into ``out_dir``.
 
@@ -610,6 +683,11 @@ def process_exam(
     reader_lesion_files : list of Path or None
         Reader lesion masks as NIfTI, at most one per slab, each matched to its slab by grid
         (instead of ``reader_lesions``; a file matching no slab fails the exam).
+    reader_mask_files : list of Path or None
+        Cord, GM and WM masks as NIfTI (names containing ``cord``, ``gm``, ``wm``; at most
+        one of each per slab, matched by grid), used instead of our segmentation
+        (:mod:`service.reader_masks`). Without them, cord/GM/WM segments of a reader SEG sent
+        with the exam are used.
 
     Raises
     ------
@@ -627,8 +705,18 @@ def process_exam(
         if reader_lesions is not None:
             raise ValueError("give reader_lesions or reader_lesion_files, not both")
         reader_lesions = _reader_lesions_from_files(reader_lesion_files, slabs)
+    from_exam = (
+        _reader_segs_from_exam(exam, slabs)
+        if reader_lesions is None or reader_mask_files is None
+        else _ReaderInput(masks=[None] * len(slabs))
+    )
     if reader_lesions is None:
-        reader_lesions = _reader_lesions_from_exam(exam, slabs)
+        reader_lesions = from_exam.lesions
+    given_masks = (
+        _reader_masks_from_files(reader_mask_files, slabs)
+        if reader_mask_files is not None
+        else from_exam.masks
+    )
     if reader_lesions is not None and len(reader_lesions) != len(slabs):
         raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
     t1_maps, infos, protocols = zip(*(slab_t1(slab, profiles) for slab in slabs), strict=True)
@@ -662,6 +750,7 @@ def process_exam(
             inv2=slab.inv2.array if slab.inv2 is not None else None,
             lesions=reader > 0 if reader is not None else None,
             t2star=_t2star_sampler(slab),
+            given=given_masks[i],
         )
         scoring_model = model.model if model else None
         slab_scores = score_slab(
@@ -687,6 +776,7 @@ def process_exam(
                 gm_prior_template=prior,
                 lesions=known,
                 evidence=anatomy.evidence,
+                given=given_masks[i],
             )
             slab_scores = score_slab(
                 t1_ms,
@@ -718,6 +808,9 @@ def process_exam(
                 else 100.0,
                 "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
                 "cord_slices_found": int(anatomy.segmentation.found.sum()),
+                "segmentation_source": given_masks[i].describe()
+                if given_masks[i] is not None
+                else "automatic",
                 "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
                 "gm_wm_evidence": _evidence_summary(anatomy, slab),
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +22,9 @@ from processing.regions import estimate_levels, label_regions, region_masks
 from processing.segmentation import CordSegmentation, segment_cord, split_gm_wm
 from processing.stats import DEFAULT_Z_THRESHOLD, RegionStats, normal_appearing, region_statistics
 from processing.template import CordCoordinates, cord_coordinates
+
+if TYPE_CHECKING:
+    from service.reader_masks import GivenMasks
 
 __all__ = [
     "GreyWhiteEvidence",
@@ -125,6 +128,7 @@ def segment_slab(
     inv2: FloatArray | None = None,
     lesions: BoolArray | None = None,
     t2star: T2StarSampler | None = None,
+    given: GivenMasks | None = None,
 ) -> SlabAnatomy:
     """Cord, GM/WM, template coordinates, region labels and levels of one slab.
 
@@ -132,14 +136,19 @@ def segment_slab(
     and would otherwise look like grey matter. ``t2star`` gives a T2*-weighted image on a box
     of the T1 grid (NaN where not covered); it is asked for the box around the found cord
     only, aligned in-plane to the T1 map and adds its GM/WM contrast (see
-    :func:`t2star_evidence`).
+    :func:`t2star_evidence`). ``given``: cord/GM/WM masks given with the exam, used instead of
+    the automatic ones where given (:class:`service.reader_masks.GivenMasks`).
     """
-    segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
-    evidence = (
-        t2star_evidence(t1_ms, t2star, segmentation, voxel_mm)
-        if t2star is not None
-        else GreyWhiteEvidence()
-    )
+    if given is None:
+        segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
+    else:
+        segmentation = given.cord_segmentation(lambda: segment_cord(t1_ms, voxel_mm, inv2=inv2))
+    if given is not None and given.covers_grey_matter(segmentation.cord):
+        evidence = GreyWhiteEvidence(info={"source": "given masks"})
+    elif t2star is not None:
+        evidence = t2star_evidence(t1_ms, t2star, segmentation, voxel_mm)
+    else:
+        evidence = GreyWhiteEvidence()
     coords = cord_coordinates(
         segmentation.cord, segmentation.centre_ji, affine_lps, slab=index, n_slabs=n_slabs
     )
@@ -153,6 +162,7 @@ def segment_slab(
         gm_prior_template=gm_prior_template,
         lesions=lesions,
         evidence=evidence,
+        given=given,
     )
 
 
@@ -227,10 +237,13 @@ def split_tissues(
     gm_prior_template: FloatArray,
     lesions: BoolArray | None = None,
     evidence: GreyWhiteEvidence | None = None,
+    given: GivenMasks | None = None,
 ) -> SlabAnatomy:
     """GM/WM split, region labels and levels on a given cord segmentation.
 
-    ``evidence`` carries the aligned T2*-weighted image when the exam has one.
+    ``evidence`` carries the aligned T2*-weighted image when the exam has one. ``given``:
+    slices with GM (or WM) given with the exam take it (WM = cord minus GM); the automatic
+    split runs only if some cord slice has none.
     """
     evidence = evidence or GreyWhiteEvidence()
     # The split and the rim erosion only look at the cord and its surroundings: crop.
@@ -240,11 +253,17 @@ def split_tissues(
     box = segmentation.box(_TISSUE_MARGIN_VOX)
     if box is not None:
         cord = segmentation.cord[box]
-        t1_box = t1_ms[box] if lesions is None else np.where(lesions[box], np.nan, t1_ms[box])
-        prior = coords.sample(gm_prior_template)[box]
-        t2star = evidence.t2star[box] if evidence.t2star is not None else None
-        gm[box], wm[box] = split_gm_wm(t1_box, cord, prior, voxel_mm=voxel_mm, t2star=t2star)
+        if given is None or not given.covers_grey_matter(segmentation.cord):
+            t1_box = t1_ms[box] if lesions is None else np.where(lesions[box], np.nan, t1_ms[box])
+            prior = coords.sample(gm_prior_template)[box]
+            t2star = evidence.t2star[box] if evidence.t2star is not None else None
+            gm[box], wm[box] = split_gm_wm(t1_box, cord, prior, voxel_mm=voxel_mm, t2star=t2star)
         interior[box] = binary_erosion(cord, structure=_IN_PLANE_CROSS)
+    given_gm = given.grey_matter(segmentation.cord) if given is not None else None
+    if given_gm is not None:
+        given_mask, slices = given_gm
+        gm[slices] = given_mask[slices]
+        wm[slices] = segmentation.cord[slices] & ~given_mask[slices]
     labels = label_regions(coords, gm, wm)
     levels = estimate_levels(coords, n_slabs)
     masks = region_masks(labels, gm, wm, levels, within=interior)

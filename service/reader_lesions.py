@@ -1,23 +1,30 @@
-"""Reader (radiologist) lesion masks as integer label images on each slab's grid.
+"""Reader (radiologist) segmentations: a SEG's frames placed on the slabs, and its lesions as
+integer label images on each slab's grid.
 
-Readers outline MS lesions and send them as a DICOM Segmentation (SEG) that references the
-exam's images, or offline as NIfTI. Both become ``int32`` label images indexed ``[k, j, i]``
-on the grid of a :class:`~service.volumes.SeriesVolume` (docs/CONVENTIONS.md), with
-0 = background and lesion ids 1..N.
+Readers outline MS lesions (and possibly the cord, GM or WM: :mod:`service.reader_masks`) and
+send them as a DICOM Segmentation (SEG) that references the exam's images, or offline as
+NIfTI. Lesions become ``int32`` label images indexed ``[k, j, i]`` on the grid of a
+:class:`~service.volumes.SeriesVolume` (docs/CONVENTIONS.md), with 0 = background and lesion
+ids 1..N.
 
-SEG rules (:func:`lesions_from_seg`):
+What a segment is (:func:`segment_kind`): spinal cord, grey matter, white matter or lesion,
+decided by its SegmentedPropertyTypeCodeSequence first, then by the words of its
+SegmentLabel / SegmentDescription; anything else is a lesion (see :data:`TISSUE_CODES`).
+
+SEG rules (:func:`read_seg`, :func:`lesions_from_seg`):
 
 - Only Segmentation Storage (BINARY or FRACTIONAL) is read; a FRACTIONAL pixel counts as lesion
   when ``value / MaximumFractionalValue >= FRACTIONAL_THRESHOLD`` (0.5).
-- Segments sorted by SegmentNumber become lesion ids 1..N (the k-th segment is lesion k).
-  Where segments overlap, the later segment (higher SegmentNumber) wins.
+- Lesion segments sorted by SegmentNumber become lesion ids 1..N (the k-th lesion segment is
+  lesion k). Where they overlap, the later segment (higher SegmentNumber) wins. Cord, GM and
+  WM segments are never lesions; a SEG holding only those gives empty label images.
 - A frame is placed on a slice through its DerivationImageSequence/SourceImageSequence
   (ReferencedSOPInstanceUID, plus ReferencedFrameNumber for multi-frame sources). A frame
   without source references is placed by geometry: same FrameOfReferenceUID (when both are
   known), orientation within ``ORIENTATION_TOL``, pixel spacing within ``SPACING_RTOL``, and
   ImagePositionPatient within ``POSITION_TOL_MM`` of a slice position.
-- Empty frames that match no slice are ignored; a frame holding lesion pixels that matches no
-  slice is an error, so no outlined voxel is silently dropped.
+- Empty frames that match no slice are ignored; a frame holding pixels (of any segment) that
+  matches no slice is an error, so no outlined voxel is silently dropped.
 - Every instance the SEG references (Referenced Series Sequence and per-frame references) must
   belong to one of the given volumes.
 
@@ -26,8 +33,10 @@ Error messages name UIDs only, never patient data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import nibabel as nib
 import numpy as np
@@ -41,13 +50,23 @@ from service.volumes import SeriesVolume
 
 __all__ = [
     "FRACTIONAL_THRESHOLD",
+    "LESION_CATEGORY_CODES",
+    "LESION_CODES",
     "ORIENTATION_TOL",
     "POSITION_TOL_MM",
     "SEGMENTATION_STORAGE",
     "SPACING_RTOL",
+    "TISSUE_CODES",
     "ReaderLesionError",
+    "ReaderSeg",
+    "SegmentKind",
+    "integer_nifti_on_grid",
+    "kind_from_text",
+    "lesion_labels",
     "lesions_from_nifti",
     "lesions_from_seg",
+    "read_seg",
+    "segment_kind",
 ]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -60,7 +79,135 @@ _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 class ReaderLesionError(ValueError):
-    """A reader lesion mask cannot be used; the message says why in terms a user can act on."""
+    """A reader mask (lesion, cord, GM or WM) cannot be used; the message says why in terms a
+    user can act on."""
+
+
+class SegmentKind(StrEnum):
+    """What a reader's segment outlines."""
+
+    CORD = "cord"
+    GM = "gm"
+    WM = "wm"
+    LESION = "lesion"
+
+
+#: Segmented property types read as tissue, (scheme, code) -> kind. All checked against DICOM
+#: PS3.16 2024 as shipped in pydicom 3.0.2 (``pydicom.sr._concepts_dict``):
+#:
+#: - SCT 2748008 "Spinal cord", SCT 12958003 "Spinal cord gray matter" and SCT 27088001
+#:   "Spinal cord white matter" (CID 7151, 7153 "CNS Segmentation Types", 7192): the codes our
+#:   own SEG writer uses (reports/codes.py), so what we write could be read back;
+#: - SCT 389081007 "Gray Matter" and SCT 389080008 "White Matter" (CID 7151, 7153, 7192): the
+#:   generic CNS tissue codes a workstation offers when it has no spinal-cord-specific one.
+#:
+#: Not accepted: brain codes (SCT 68523003 "Cerebral White Matter", SCT 33060004 "Cerebellar
+#: White Matter", SCT 40146001 "Cerebral Gray Matter"), which cannot describe a cord slab.
+#: Legacy SRT codes (before SNOMED CT) fall through to the label text.
+TISSUE_CODES: dict[tuple[str, str], SegmentKind] = {
+    ("SCT", "2748008"): SegmentKind.CORD,
+    ("SCT", "12958003"): SegmentKind.GM,
+    ("SCT", "389081007"): SegmentKind.GM,
+    ("SCT", "27088001"): SegmentKind.WM,
+    ("SCT", "389080008"): SegmentKind.WM,
+}
+#: Property types that are lesions whatever the label says ("WM lesion" stays a lesion): the
+#: lesion types of CID 7159 "Lesion Segmentation Types" that MS lesions are drawn as: SCT
+#: 52988006 "Lesion" (also CID 7151, what our writer uses), NCIt C113842 "Enhancing Lesion",
+#: NCIt C81175 "Non-Enhancing Lesion", SCT 79654002 "Edema", SCT 409774005 "Inflammation".
+#: SCT 24700007 is in no PS3.16 context group (checked), so it is not listed; a segment coded
+#: with it, like any other unknown code without tissue words in its label, is a lesion anyway.
+LESION_CODES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("SCT", "52988006"),
+        ("NCIt", "C113842"),
+        ("NCIt", "C81175"),
+        ("SCT", "79654002"),
+        ("SCT", "409774005"),
+    }
+)
+#: Segmented property categories that make a segment a lesion: SCT 49755003 "Morphologically
+#: Abnormal Structure" (CID 7150).
+LESION_CATEGORY_CODES: frozenset[tuple[str, str]] = frozenset({("SCT", "49755003")})
+
+_LESION_WORDS = re.compile(r"^(lesions?|plaques?|demyelinat\w*|ms|candidates?)$")
+_TISSUE_WORDS: tuple[tuple[SegmentKind, re.Pattern[str]], ...] = (
+    (SegmentKind.GM, re.compile(r"\b(gm|gr[ae]y ?matter|gr[ae]ymatter)\b")),
+    (SegmentKind.WM, re.compile(r"\b(wm|white ?matter|whitematter)\b")),
+    (SegmentKind.CORD, re.compile(r"\b(cord|spinal ?cord|spinalcord)\b")),
+)
+
+
+def kind_from_text(text: str) -> SegmentKind | None:
+    """The tissue or lesion a label, description or file name names, or None.
+
+    Case and separators do not matter (``"Spinal_Cord"``, ``"slab1-gm"``, ``"GreyMatter"``).
+    A lesion word ("lesion", "plaque", "demyelination", "MS", "candidate") makes it a lesion
+    whatever else it says; GM or WM wins over "cord" ("spinal cord grey matter" is GM).
+
+    Raises
+    ------
+    ReaderLesionError
+        If the text names both grey and white matter (e.g. ``"GM/WM"``): that cannot be used
+        as either.
+
+    Examples
+    --------
+    >>> [kind_from_text(t) for t in ("SpinalCord", "slab1_gm", "WM lesion 2", "CSF")]
+    [<SegmentKind.CORD: 'cord'>, <SegmentKind.GM: 'gm'>, <SegmentKind.LESION: 'lesion'>, None]
+    """
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
+    words = re.sub(r"[^a-z0-9]+", " ", spaced.lower()).split()
+    if any(_LESION_WORDS.match(word) for word in words):
+        return SegmentKind.LESION
+    joined = " ".join(words)
+    found = [kind for kind, pattern in _TISSUE_WORDS if pattern.search(joined)]
+    if SegmentKind.GM in found and SegmentKind.WM in found:
+        raise ReaderLesionError(
+            f"{text!r} names both grey and white matter: outline them as separate segments"
+        )
+    return found[0] if found else None
+
+
+def _codes(item: Dataset, keyword: str) -> set[tuple[str, str]]:
+    return {
+        (str(code.get("CodingSchemeDesignator", "")), str(code.get("CodeValue", "")))
+        for code in item.get(keyword) or []
+    }
+
+
+def segment_kind(item: Dataset) -> SegmentKind:
+    """What one item of a SEG's SegmentSequence outlines.
+
+    The property type code decides first (:data:`TISSUE_CODES`, :data:`LESION_CODES`,
+    :data:`LESION_CATEGORY_CODES`); otherwise the words of SegmentLabel, then of
+    SegmentDescription (:func:`kind_from_text`); otherwise it is a lesion, as every segment
+    of a reader SEG was before tissue outlines were accepted.
+
+    Raises
+    ------
+    ReaderLesionError
+        If the segment's label or description names both grey and white matter.
+    """
+    types = _codes(item, "SegmentedPropertyTypeCodeSequence")
+    tissues = {TISSUE_CODES[code] for code in types if code in TISSUE_CODES}
+    if len(tissues) == 1:
+        return tissues.pop()
+    if types & LESION_CODES or _codes(item, "SegmentedPropertyCategoryCodeSequence") & (
+        LESION_CATEGORY_CODES
+    ):
+        return SegmentKind.LESION
+    for keyword in ("SegmentLabel", "SegmentDescription"):
+        try:
+            kind = kind_from_text(str(item.get(keyword) or ""))
+        except ReaderLesionError as exc:
+            raise ReaderLesionError(
+                f"segment {item.get('SegmentNumber', '?')}: {exc}; or code it with "
+                "SegmentedPropertyTypeCodeSequence"
+            ) from exc
+        if kind is not None:
+            return kind
+    return SegmentKind.LESION
 
 
 @dataclass(frozen=True)
@@ -164,7 +311,7 @@ def _frames(seg: Dataset, seg_uid: str) -> list[_Frame]:
     n_frames = int(seg.get("NumberOfFrames") or 1)
     if not per_frame or len(per_frame) != n_frames:
         raise ReaderLesionError(
-            f"lesion SEG {seg_uid}: {len(per_frame or [])} per-frame functional groups for "
+            f"reader SEG {seg_uid}: {len(per_frame or [])} per-frame functional groups for "
             f"{n_frames} frames (tiled or incomplete SEGs are not supported)"
         )
     shared = _item(seg, "SharedFunctionalGroupsSequence")
@@ -172,7 +319,7 @@ def _frames(seg: Dataset, seg_uid: str) -> list[_Frame]:
     for number, item in enumerate(per_frame, start=1):
         identification = _group(item, shared, "SegmentIdentificationSequence")
         if identification is None or "ReferencedSegmentNumber" not in identification:
-            raise ReaderLesionError(f"lesion SEG {seg_uid}: frame {number} names no segment")
+            raise ReaderLesionError(f"reader SEG {seg_uid}: frame {number} names no segment")
         frames.append(
             _Frame(
                 number=number,
@@ -190,33 +337,37 @@ def _frames(seg: Dataset, seg_uid: str) -> list[_Frame]:
     return frames
 
 
-def _lesion_ids(seg: Dataset, seg_uid: str) -> dict[int, int]:
-    numbers = [int(item.SegmentNumber) for item in seg.get("SegmentSequence") or []]
+def _segments(seg: Dataset, seg_uid: str) -> dict[int, SegmentKind]:
+    items = list(seg.get("SegmentSequence") or [])
+    numbers = [int(item.SegmentNumber) for item in items]
     if not numbers:
-        raise ReaderLesionError(f"lesion SEG {seg_uid} has no segments")
+        raise ReaderLesionError(f"reader SEG {seg_uid} has no segments")
     if len(set(numbers)) != len(numbers):
-        raise ReaderLesionError(f"lesion SEG {seg_uid} repeats segment numbers {numbers}")
-    return {number: lesion_id for lesion_id, number in enumerate(sorted(numbers), start=1)}
+        raise ReaderLesionError(f"reader SEG {seg_uid} repeats segment numbers {numbers}")
+    try:
+        return {number: segment_kind(item) for number, item in zip(numbers, items, strict=True)}
+    except ReaderLesionError as exc:
+        raise ReaderLesionError(f"reader SEG {seg_uid}: {exc}") from exc
 
 
 def _masks(seg: Dataset, seg_uid: str, n_frames: int) -> NDArray[np.bool_]:
     seg_type = str(seg.get("SegmentationType", "")).upper()
     if seg_type not in ("BINARY", "FRACTIONAL"):
         raise ReaderLesionError(
-            f"lesion SEG {seg_uid}: SegmentationType {seg_type or '(missing)'} is not "
+            f"reader SEG {seg_uid}: SegmentationType {seg_type or '(missing)'} is not "
             "supported (BINARY or FRACTIONAL)"
         )
     try:
         pixels = np.asarray(seg.pixel_array)
     except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise ReaderLesionError(f"lesion SEG {seg_uid}: pixel data cannot be read: {exc}") from exc
+        raise ReaderLesionError(f"reader SEG {seg_uid}: pixel data cannot be read: {exc}") from exc
     rows, columns = int(seg.Rows), int(seg.Columns)
     pixels = pixels.reshape((n_frames, rows, columns))
     if seg_type == "BINARY":
         return pixels > 0
     maximum = int(seg.get("MaximumFractionalValue") or 0)
     if maximum <= 0:
-        raise ReaderLesionError(f"lesion SEG {seg_uid}: FRACTIONAL without MaximumFractionalValue")
+        raise ReaderLesionError(f"reader SEG {seg_uid}: FRACTIONAL without MaximumFractionalValue")
     return pixels.astype(np.float64) / maximum >= FRACTIONAL_THRESHOLD
 
 
@@ -247,7 +398,7 @@ def _check_seg(seg: Dataset) -> str:
     sop_class = str(seg.get("SOPClassUID") or "")
     if sop_class == _LABEL_MAP_STORAGE:
         raise ReaderLesionError(
-            f"lesion SEG {seg_uid} is a Label Map Segmentation; send BINARY or FRACTIONAL"
+            f"reader SEG {seg_uid} is a Label Map Segmentation; send BINARY or FRACTIONAL"
         )
     if sop_class != SEGMENTATION_STORAGE:
         raise ReaderLesionError(
@@ -266,14 +417,14 @@ def _check_study(seg: Dataset, seg_uid: str, volumes: Sequence[SeriesVolume]) ->
     seg_study = str(seg.get("StudyInstanceUID") or "")
     if exam_studies and seg_study not in exam_studies:
         raise ReaderLesionError(
-            f"lesion SEG {seg_uid} references images of another exam (study "
+            f"reader SEG {seg_uid} references images of another exam (study "
             f"{seg_study or 'missing'}; this exam is study {', '.join(sorted(exam_studies))})"
         )
 
 
 def _unknown_error(seg_uid: str, unknown: Sequence[str], where: str) -> ReaderLesionError:
     return ReaderLesionError(
-        f"lesion SEG {seg_uid} references {len(unknown)} image(s) not in the exam "
+        f"reader SEG {seg_uid} references {len(unknown)} image(s) not in the exam "
         f"({where}, e.g. SOP instance {sorted(unknown)[0]}); the SEG must be drawn on this "
         "exam's slab series"
     )
@@ -286,7 +437,7 @@ def _size_error(
         f"series {v.series_uid}: {v.array.shape[1]}x{v.array.shape[2]}" for v in volumes
     )
     return ReaderLesionError(
-        f"lesion SEG {seg_uid} frames are {rows}x{columns} pixels (rows x columns) but the "
+        f"reader SEG {seg_uid} frames are {rows}x{columns} pixels (rows x columns) but the "
         f"slabs are {sizes}"
     )
 
@@ -349,8 +500,44 @@ class _Placer:
         return self.by_geometry(frame)
 
 
-def lesions_from_seg(seg: Dataset, volumes: Sequence[SeriesVolume]) -> list[NDArray[np.int32]]:
-    """Turn a reader's lesion Segmentation into one label image per slab.
+@dataclass(frozen=True)
+class ReaderSeg:
+    """A reader SEG, checked, with every frame that holds pixels placed on a slab slice.
+
+    Attributes
+    ----------
+    uid : str
+        SOPInstanceUID of the SEG.
+    kinds : dict of int to SegmentKind
+        SegmentNumber -> what the segment outlines.
+    shapes : tuple of tuple of int
+        ``[k, j, i]`` shape of each volume, in the order the volumes were given.
+    placed : tuple
+        ``(segment number, volume index, slice index, mask [j, i])`` per placed frame, in
+        frame order.
+    """
+
+    uid: str
+    kinds: dict[int, SegmentKind]
+    shapes: tuple[tuple[int, int, int], ...]
+    placed: tuple[tuple[int, int, int, NDArray[np.bool_]], ...]
+
+    def numbers(self, kind: SegmentKind) -> list[int]:
+        """Segment numbers of one kind, ascending."""
+        return sorted(number for number, k in self.kinds.items() if k == kind)
+
+    def union(self, numbers: Collection[int]) -> list[NDArray[np.bool_]]:
+        """One mask per volume: the voxels of any of the segments ``numbers``."""
+        wanted = set(numbers)
+        masks = [np.zeros(shape, dtype=bool) for shape in self.shapes]
+        for number, v, k, mask in self.placed:
+            if number in wanted:
+                masks[v][k] |= mask
+        return masks
+
+
+def read_seg(seg: Dataset, volumes: Sequence[SeriesVolume]) -> ReaderSeg:
+    """Check a reader's Segmentation, classify its segments and place its frames on the slabs.
 
     Parameters
     ----------
@@ -361,19 +548,15 @@ def lesions_from_seg(seg: Dataset, volumes: Sequence[SeriesVolume]) -> list[NDAr
 
     Returns
     -------
-    list of numpy.ndarray
-        One ``int32`` array per volume, shaped like ``volume.array`` and indexed
-        ``[k, j, i]``: 0 where the SEG has nothing (all zeros for a slab the SEG does not
-        cover), otherwise the lesion id. Segments sorted by SegmentNumber are lesions 1..N;
-        where segments overlap, the higher segment number wins.
+    ReaderSeg
 
     Raises
     ------
     ReaderLesionError
         If the instance is not a BINARY/FRACTIONAL SEG, belongs to another study, references
         images that are in none of ``volumes``, has frames of another size than the slab it
-        refers to, has no frame matching a slice of any slab, or has a frame with lesion pixels
-        that matches no slice.
+        refers to, has no frame matching a slice of any slab, has a frame with pixels that
+        matches no slice, or a segment naming both grey and white matter.
     TypeError
         If ``seg`` is not a Dataset or ``volumes`` not a sequence of SeriesVolume.
     ValueError
@@ -386,41 +569,92 @@ def lesions_from_seg(seg: Dataset, volumes: Sequence[SeriesVolume]) -> list[NDAr
     unknown = _referenced_instances(seg) - set(placer.instance_volume)
     if unknown:
         raise _unknown_error(seg_uid, sorted(unknown), "Referenced Series Sequence")
-    lesion_ids = _lesion_ids(seg, seg_uid)
+    kinds = _segments(seg, seg_uid)
     frames = _frames(seg, seg_uid)
     for frame in frames:
-        if frame.segment_number not in lesion_ids:
+        if frame.segment_number not in kinds:
             raise ReaderLesionError(
-                f"lesion SEG {seg_uid}: frame {frame.number} refers to segment "
+                f"reader SEG {seg_uid}: frame {frame.number} refers to segment "
                 f"{frame.segment_number}, which the SEG does not describe"
             )
     masks = _masks(seg, seg_uid, len(frames))
     places = [placer.place(frame) for frame in frames]
     if all(place is None for place in places):
         raise ReaderLesionError(
-            f"lesion SEG {seg_uid}: none of its {len(frames)} frames matches a slice of any "
+            f"reader SEG {seg_uid}: none of its {len(frames)} frames matches a slice of any "
             f"of the {len(volumes)} slab(s) (orientation, pixel spacing or position differ)"
         )
+    placed = []
     for frame, place in zip(frames, places, strict=True):
-        if place is None and masks[frame.number - 1].any():
+        mask = masks[frame.number - 1]
+        if place is None and mask.any():
             where = (
                 "at LPS " + ", ".join(f"{x:.2f}" for x in frame.position_mm) + " mm"
                 if frame.position_mm is not None
                 else "without a position"
             )
             raise ReaderLesionError(
-                f"lesion SEG {seg_uid}: frame {frame.number} (segment {frame.segment_number}) "
-                f"{where} holds lesion pixels but lies on no slice of any slab"
+                f"reader SEG {seg_uid}: frame {frame.number} (segment {frame.segment_number}) "
+                f"{where} holds outlined pixels but lies on no slice of any slab"
             )
-    labels = [np.zeros(volume.array.shape, dtype=np.int32) for volume in volumes]
-    ordered = sorted(
-        (lesion_ids[f.segment_number], f.number, p)
-        for f, p in zip(frames, places, strict=True)
-        if p is not None
+        if place is not None and mask.any():
+            placed.append((frame.segment_number, place[0], place[1], mask))
+    return ReaderSeg(
+        uid=seg_uid,
+        kinds=kinds,
+        shapes=tuple(tuple(int(n) for n in v.array.shape) for v in volumes),  # type: ignore[misc]
+        placed=tuple(placed),
     )
-    for lesion_id, number, (v, k) in ordered:
-        labels[v][k][masks[number - 1]] = lesion_id
+
+
+def lesion_labels(reader_seg: ReaderSeg) -> list[NDArray[np.int32]]:
+    """The lesions of a read SEG as one ``int32`` label image per volume.
+
+    Lesion segments sorted by SegmentNumber are lesions 1..N; where they overlap, the higher
+    segment number wins. Cord, GM and WM segments are left out.
+    """
+    lesion_ids = {
+        number: lesion_id
+        for lesion_id, number in enumerate(reader_seg.numbers(SegmentKind.LESION), start=1)
+    }
+    labels = [np.zeros(shape, dtype=np.int32) for shape in reader_seg.shapes]
+    ordered = sorted(
+        (
+            (lesion_ids[number], order, v, k)
+            for order, (number, v, k, _) in enumerate(reader_seg.placed)
+            if number in lesion_ids
+        ),
+    )
+    for lesion_id, order, v, k in ordered:
+        labels[v][k][reader_seg.placed[order][3]] = lesion_id
     return labels
+
+
+def lesions_from_seg(seg: Dataset, volumes: Sequence[SeriesVolume]) -> list[NDArray[np.int32]]:
+    """Turn the lesion segments of a reader's Segmentation into one label image per slab.
+
+    Parameters
+    ----------
+    seg : pydicom.dataset.Dataset
+        Segmentation Storage instance (BINARY or FRACTIONAL), with pixel data.
+    volumes : sequence of SeriesVolume
+        The volume of every slab the SEG may refer to (usually ``Slab.reference``).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One ``int32`` array per volume, shaped like ``volume.array`` and indexed
+        ``[k, j, i]``: 0 where the SEG has no lesion (all zeros for a slab the SEG does not
+        cover, or a SEG of cord/GM/WM only), otherwise the lesion id. Lesion segments
+        (:func:`segment_kind`) sorted by SegmentNumber are lesions 1..N; where they overlap,
+        the higher segment number wins.
+
+    Raises
+    ------
+    ReaderLesionError, TypeError, ValueError
+        As :func:`read_seg`.
+    """
+    return lesion_labels(read_seg(seg, volumes))
 
 
 def _describe_grid(shape: Sequence[int], affine_lps: NDArray[np.float64]) -> str:
@@ -442,6 +676,67 @@ def _grid_distance_mm(
     )
     difference = (corners @ affine_a.T - corners @ affine_b.T)[:, :3]
     return float(np.max(np.linalg.norm(difference, axis=1)))
+
+
+def integer_nifti_on_grid(
+    image: nib.Nifti1Image, volume: SeriesVolume, *, tol_mm: float = 0.1, what: str = "lesion"
+) -> NDArray[np.int32]:
+    """Read a reader's NIfTI mask on a slab's grid as ``int32`` values indexed ``[k, j, i]``.
+
+    Parameters
+    ----------
+    image : nibabel.Nifti1Image
+        Mask on the grid of ``volume`` (RAS affine, ``(i, j, k)`` data, as written by
+        :func:`service.nifti.to_nifti`).
+    volume : SeriesVolume
+        The slab's reference volume.
+    tol_mm : float
+        Largest allowed distance (mm) between corresponding corner voxel centres of the
+        NIfTI grid and the slab grid.
+    what : str
+        What the mask holds, for messages ("lesion", "cord", ...).
+
+    Raises
+    ------
+    ReaderLesionError
+        If the image is on another grid (the message names both grids) or holds negative,
+        non-integer or non-finite values.
+    TypeError
+        If ``image`` is not a Nifti1Image or ``volume`` not a SeriesVolume.
+    ValueError
+        If ``tol_mm`` is negative or not finite.
+    """
+    if not isinstance(volume, SeriesVolume):
+        raise TypeError(f"volume must be a SeriesVolume, got {type(volume).__name__}")
+    if not np.isfinite(tol_mm) or tol_mm < 0:
+        raise ValueError(f"tol_mm must be a finite number >= 0, got {tol_mm!r}")
+    try:
+        data, affine_lps = from_nifti(image)
+    except ValueError as exc:
+        raise ReaderLesionError(f"{what} NIfTI cannot be read: {exc}") from exc
+    if (
+        data.shape != volume.array.shape
+        or _grid_distance_mm(data.shape, affine_lps, volume.affine_lps) > tol_mm
+    ):
+        nifti_grid = _describe_grid(data.shape, affine_lps)
+        slab_grid = _describe_grid(volume.array.shape, volume.affine_lps)
+        raise ReaderLesionError(
+            f"{what} NIfTI grid ({nifti_grid}) differs from the grid of series "
+            f"{volume.series_uid} ({slab_grid}) by more than {tol_mm} mm"
+        )
+    values = np.asarray(data)
+    if not np.all(np.isfinite(values)):
+        raise ReaderLesionError(f"{what} NIfTI holds non-finite values")
+    if values.size and (values.min() < 0 or values.max() > _INT32_MAX):
+        raise ReaderLesionError(
+            f"{what} NIfTI values must be within 0..{_INT32_MAX}, got "
+            f"{values.min()}..{values.max()}"
+        )
+    if not np.array_equal(values, np.round(values)):
+        raise ReaderLesionError(
+            f"{what} NIfTI holds non-integer values; send a binary or integer label mask"
+        )
+    return values.astype(np.int32)
 
 
 def lesions_from_nifti(
@@ -469,45 +764,10 @@ def lesions_from_nifti(
 
     Raises
     ------
-    ReaderLesionError
-        If the image is on another grid (the message names both grids) or holds negative,
-        non-integer or non-finite values.
-    TypeError
-        If ``image`` is not a Nifti1Image or ``volume`` not a SeriesVolume.
-    ValueError
-        If ``tol_mm`` is negative or not finite.
+    ReaderLesionError, TypeError, ValueError
+        As :func:`integer_nifti_on_grid`.
     """
-    if not isinstance(volume, SeriesVolume):
-        raise TypeError(f"volume must be a SeriesVolume, got {type(volume).__name__}")
-    if not np.isfinite(tol_mm) or tol_mm < 0:
-        raise ValueError(f"tol_mm must be a finite number >= 0, got {tol_mm!r}")
-    try:
-        data, affine_lps = from_nifti(image)
-    except ValueError as exc:
-        raise ReaderLesionError(f"lesion NIfTI cannot be read: {exc}") from exc
-    if (
-        data.shape != volume.array.shape
-        or _grid_distance_mm(data.shape, affine_lps, volume.affine_lps) > tol_mm
-    ):
-        nifti_grid = _describe_grid(data.shape, affine_lps)
-        slab_grid = _describe_grid(volume.array.shape, volume.affine_lps)
-        raise ReaderLesionError(
-            f"lesion NIfTI grid ({nifti_grid}) differs from the grid of series "
-            f"{volume.series_uid} ({slab_grid}) by more than {tol_mm} mm"
-        )
-    values = np.asarray(data)
-    if not np.all(np.isfinite(values)):
-        raise ReaderLesionError("lesion NIfTI holds non-finite values")
-    if values.size and (values.min() < 0 or values.max() > _INT32_MAX):
-        raise ReaderLesionError(
-            f"lesion NIfTI values must be within 0..{_INT32_MAX}, got "
-            f"{values.min()}..{values.max()}"
-        )
-    if not np.array_equal(values, np.round(values)):
-        raise ReaderLesionError(
-            "lesion NIfTI holds non-integer values; send a binary or integer label mask"
-        )
-    labels = values.astype(np.int32)
+    labels = integer_nifti_on_grid(image, volume, tol_mm=tol_mm, what="lesion")
     if labels.max(initial=0) <= 1:
         components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
         return components.astype(np.int32)
