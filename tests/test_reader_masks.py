@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from processing.segmentation import CordSegmentation
+from processing.segmentation import CordSegmentation, segmentation_with_given_cord
 from service.cli import main
 from service.exam import find_exam_series, match_slabs
 from service.jobs import result_identity
@@ -36,7 +36,6 @@ from service.reader_masks import (
     mask_from_nifti,
     mask_kind_of_file,
     masks_from_seg,
-    segmentation_with_given_cord,
 )
 from service.settings import Settings
 from service.volumes import SeriesVolume

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from processing.segmentation.cord import CordSegmentation, SegmentationSettings, segment_cord
+from processing.segmentation.given import segmentation_with_given_cord
 from processing.segmentation.tissue import TissueMixture, fit_tissue_mixture, split_gm_wm
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "TissueMixture",
     "fit_tissue_mixture",
     "segment_cord",
+    "segmentation_with_given_cord",
     "split_gm_wm",
 ]
