@@ -287,3 +287,39 @@ def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path
         assert classes["Encapsulated PDF Storage"] == 1
         assert classes["Secondary Capture Image Storage"] >= 2
         assert orthanc.find("Series", {"StudyInstanceUID": patient.study_uid, "Modality": "SEG"})
+
+
+def test_scanner_exam_with_a_gre_and_a_coarse_b1_map_uses_both(
+    orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    """Series on their own grids arrive with the exam, join its job and are used."""
+    exam = make_exams(
+        tmp_path / "phantom",
+        seed=23,
+        slices_per_slab=8,
+        enhanced=True,
+        t2star=True,
+        t2star_shift_mm=(0.3, -0.3, 0.0),
+        b1_map=True,
+        b1_grid="coarse",
+    )[0]
+    with ServiceProcess(
+        tmp_path / "svc", destination=orthanc.destination, site_protocols=exam.site_protocols
+    ) as service:
+        assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished)
+        assert [j.state for j in jobs] == [JobState.DONE], [j.error for j in jobs]
+        summary = jobs[0].result["summary"]
+    assert summary["b1_corrected"] is True
+    for entry in summary["slabs"]:
+        assert {"b1map", "t2star"} <= set(entry["components"])
+        assert "resampled from 3.5 x 3.5 x 5 mm" in entry["b1_note"]
+        evidence = entry["gm_wm_evidence"]
+        assert evidence["source"] == "T1 + T2*-weighted GRE", evidence
+        assert len(evidence["t2star_echo_times_ms"]) == 4
+        # axial slabs: rows along +y, columns along +x
+        shift = evidence["t2star_alignment"]["shift_mm"]
+        assert abs(shift[0] + 0.3) < 0.15 and abs(shift[1] - 0.3) < 0.15, shift
+    assert set(orthanc.sop_instance_uids(exam.study_uid)) >= {
+        s["result_sop_instance_uid"] for s in summary["slabs"]
+    }
