@@ -38,9 +38,9 @@ from service.model_store import (
     load_model,
     save_model,
 )
-from service.pipeline import slab_t1
 from service.protocol import SiteProtocol
 from service.quantify import SlabAnatomy, segment_slab
+from service.t1_map import slab_t1
 
 __all__ = ["ScoringModel", "build_model", "load_scoring_model"]
 

@@ -2,51 +2,36 @@
 every output (result DICOM objects, NIfTI maps and masks, summary.json).
 
 The same function serves the offline CLI (`cordt1 process`) and the Celery worker, so both
-produce identical outputs.
+produce identical outputs. Its parts live beside it: T1 of a slab in :mod:`service.t1_map`,
+reader outlines and masks in :mod:`service.reader_inputs`, the quantitative stages in
+:mod:`service.quantify`, writing the results in :mod:`service.result_writer`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import highdicom as hd
-import nibabel as nib
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset
 
-from dicom_node.components import Component
 from processing.lesions import patient_lesion_summary
-from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
+from processing.mp2rage import MP2RAGEProtocol
 from processing.stats import DEFAULT_Z_THRESHOLD
 from processing.template import geometric_gm_prior
-from reports.codes import REGION_CONCEPTS
-from reports.encapsulated_pdf import build_encapsulated_pdf
-from reports.figures import SlabImages, render_exam_figures, render_pdf_report
+from reports.figures import SlabImages
 from reports.identity import ResultIdentity
-from reports.parametric_map import MapKind, build_parametric_map
-from reports.secondary_capture import build_secondary_captures
-from reports.segmentation import SegmentSpec, build_segmentation, segment_numbers, segment_specs
-from reports.structured_report import build_measurement_report
+from reports.parametric_map import MapKind
+from reports.segmentation import segment_specs
 from service.exam import ExamError, ExamSeries, Slab, match_slabs
 from service.history import follow_up_block
-from service.nifti import to_nifti
 from service.partners import describe_grid, partner_on_grid
 from service.protocol import (
     ProtocolError,
     SiteProtocol,
-    match_profile,
-    protocol_from_headers,
     protocol_from_profile,
 )
 from service.quantify import (
@@ -62,60 +47,27 @@ from service.quantify import (
     split_tissues,
     stats_to_summary,
 )
-from service.reader_lesions import (
-    ReaderLesionError,
-    SegmentKind,
-    lesion_labels,
-    lesions_from_nifti,
-    read_seg,
+from service.reader_inputs import (
+    ReaderInput,
+    reader_input_from_exam,
+    reader_lesions_from_files,
+    reader_masks_from_files,
 )
-from service.reader_masks import GivenMasks, mask_from_nifti, mask_kind_of_file, masks_from_seg
-from service.volumes import SeriesVolume, same_grid
+from service.result_writer import (
+    SEG_SERIES_NUMBER,
+    T1_SERIES_NUMBER,
+    Z_SERIES_NUMBER,
+    ExamOutputs,
+    ResultWriter,
+)
+from service.t1_map import slab_t1
 
 if TYPE_CHECKING:
     from service.model_build import ScoringModel
 
-__all__ = ["ExamOutputs", "process_exam", "slab_t1"]
+__all__ = ["ExamOutputs", "process_exam"]
 
 log = logging.getLogger(__name__)
-
-T1_SERIES_NUMBER = 9100
-Z_SERIES_NUMBER = 9200
-SEG_SERIES_NUMBER = 9300
-SR_SERIES_NUMBER = 9400
-SC_SERIES_NUMBER = 9500
-PDF_SERIES_NUMBER = 9600
-#: Summary key -> label of its segment in our SEG (see reports.segmentation.segment_specs).
-REGION_SEGMENT_LABELS: dict[str, str] = {
-    "cord": "Spinal cord",
-    "gm": "Grey matter",
-    "wm": "White matter",
-    **{concept.key: concept.label for concept in REGION_CONCEPTS.values()},
-}
-
-
-@dataclass
-class ExamOutputs:
-    """What one exam produced."""
-
-    out_dir: Path
-    summary: dict[str, Any]
-    dicom_files: list[Path] = field(default_factory=list)
-    nifti_files: list[Path] = field(default_factory=list)
-
-
-@lru_cache(maxsize=16)
-def _lookup_table(protocol: MP2RAGEProtocol) -> T1LookupTable:
-    return T1LookupTable.build(protocol)
-
-
-#: Relative B1 values of the 2-D (T1 x B1) table: 0.5 to 1.5 in steps of 0.025.
-B1_TABLE_VALUES = tuple(np.round(np.arange(0.5, 1.5001, 0.025), 3))
-
-
-@lru_cache(maxsize=8)
-def _b1_lookup_table(protocol: MP2RAGEProtocol) -> T1LookupTable:
-    return T1LookupTable.build(protocol, b1=B1_TABLE_VALUES)
 
 
 def _foreground(slab: Slab) -> NDArray[np.bool_]:
@@ -138,116 +90,6 @@ def _t1_statistics(t1_ms: NDArray[np.float64], mask: NDArray[np.bool_]) -> dict[
         "p05": round(float(np.percentile(values, 5)), 1),
         "p95": round(float(np.percentile(values, 95)), 1),
     }
-
-
-def slab_t1(
-    slab: Slab, profiles: list[SiteProtocol]
-) -> tuple[NDArray[np.float64], dict[str, Any], MP2RAGEProtocol | None]:
-    """T1 (ms) of one slab from UNI and the protocol, or the scanner's map without UNI.
-
-    Returns
-    -------
-    t1_ms, info, protocol
-        ``protocol`` is None when the scanner's T1 map was used.
-
-    Raises
-    ------
-    ExamError
-        If the protocol values are missing or inconsistent.
-    """
-    if slab.uni is None:
-        assert slab.t1map is not None
-        return slab.t1map.array.astype(np.float64), {"t1_source": "scanner T1 map"}, None
-    try:
-        protocol, sources = protocol_from_headers(
-            uni=slab.uni.datasets[0],
-            inv1=slab.inv1.datasets[0] if slab.inv1 else None,
-            inv2=slab.inv2.datasets[0] if slab.inv2 else None,
-            profiles=profiles,
-        )
-    except ProtocolError as exc:
-        raise ExamError(str(exc)) from exc
-    table = _lookup_table(protocol)
-    uni = stored_to_uni(slab.uni.array)
-    t1_ms = t1_from_uni(uni, table) * 1000.0
-    t1_ms, b1_corrected, b1_note = _b1_correct(slab, uni, t1_ms, protocol, profiles)
-    info = {
-        "t1_source": "UNI + protocol lookup table",
-        "b1_corrected": b1_corrected,
-        "b1_note": b1_note,
-        "protocol": {
-            "tr_mp2rage_s": protocol.tr_mp2rage_s,
-            "ti_s": [protocol.ti1_s, protocol.ti2_s],
-            "flip_deg": [protocol.flip1_deg, protocol.flip2_deg],
-            "echo_spacing_s": protocol.echo_spacing_s,
-            "n_excitations": protocol.n_excitations,
-            "efficiency": protocol.efficiency,
-            "sources": sources,
-        },
-        "lookup_t1_range_ms": [
-            round(float(v) * 1000, 1) for v in table.monotonic_part()[0][[0, -1]]
-        ],
-    }
-    if slab.notes:
-        info["partner_notes"] = list(slab.notes)
-    return t1_ms, info, protocol
-
-
-def _b1_correct(
-    slab: Slab,
-    uni: NDArray[np.float64],
-    t1_ms: NDArray[np.float64],
-    protocol: MP2RAGEProtocol,
-    profiles: list[SiteProtocol],
-) -> tuple[NDArray[np.float64], bool, str]:
-    """T1 corrected for B1+ where the slab's B1 map gives a value; the note says how much.
-
-    A B1 map on another grid is resampled onto the UNI grid (trilinear, antialiased); stored
-    values <= 0 mean "not measured". Voxels the map does not cover, or whose B1 is outside the
-    2-D table, keep the uncorrected T1.
-    """
-    assert slab.uni is not None
-    if slab.b1map is None:
-        unused = [note for note in slab.notes if note.startswith("B1 map")]
-        if unused:
-            return t1_ms, False, "; ".join(unused) + "; T1 not corrected for B1+"
-        return t1_ms, False, "T1 not corrected for B1+ (no B1 map)"
-    profile = match_profile(profiles, str(slab.uni.datasets[0].get("ProtocolName", "")))
-    scale = profile.b1_map_scale if profile else None
-    if scale is None:
-        return (
-            t1_ms,
-            False,
-            "B1 map received but not used: b1_map_scale is not set in the site protocol "
-            "profile; T1 not corrected for B1+",
-        )
-    stored = slab.b1map.array
-    measured = np.where(stored > 0, stored, np.nan)
-    relative_b1, covered = partner_on_grid(slab.b1map, slab.uni, values=measured)
-    relative_b1 /= scale
-    corrected = t1_from_uni(uni, _b1_lookup_table(protocol), b1=relative_b1) * 1000.0
-    usable = np.isfinite(corrected)
-    has_b1 = np.isfinite(relative_b1)
-    inside = float(usable[has_b1].mean()) if has_b1.any() else 0.0
-    if not usable.any():
-        return (
-            t1_ms,
-            False,
-            f"B1 map received but not used: it gives no usable B1 value on the slab "
-            f"({100 * covered:.0f} % of voxels covered); T1 not corrected for B1+",
-        )
-    grid = (
-        "same grid"
-        if same_grid(slab.b1map, slab.uni)
-        else f"resampled from {describe_grid(slab.b1map)}"
-    )
-    note = (
-        f"T1 corrected for B1+ with the B1 map ({grid}; {100 * covered:.0f} % of voxels "
-        f"covered, {100 * inside:.0f} % of those inside the table's range)"
-    )
-    if covered < 0.995:
-        note += "; voxels outside the B1 map are not corrected"
-    return np.where(usable, corrected, t1_ms), True, note
 
 
 def _t2star_sampler(slab: Slab) -> T2StarSampler | None:
@@ -300,134 +142,6 @@ def _exam_identity(slab: Slab) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _ReaderInput:
-    """What readers sent with the exam or gave offline, per slab (None: nothing given)."""
-
-    lesions: list[NDArray[np.int32]] | None = None
-    masks: list[GivenMasks | None] = field(default_factory=list)
-
-
-def _reader_segs_from_exam(exam: ExamSeries, slabs: list[Slab]) -> _ReaderInput:
-    """Lesions and cord/GM/WM masks outlined by readers and sent as DICOM SEG with the exam.
-
-    Lesions of several SEGs are merged per slab (ids offset); masks of one kind are united.
-    ``lesions`` is None when no SEG holds a lesion segment.
-    """
-    files = [path for paths in exam.series(Component.SEG).values() for path in paths]
-    found = _ReaderInput(masks=[None] * len(slabs))
-    if not files:
-        return found
-    merged = [np.zeros(slab.reference.array.shape, np.int32) for slab in slabs]
-    any_lesion_segment = False
-    for path in sorted(files):
-        try:
-            reader_seg = read_seg(pydicom.dcmread(path), [s.reference for s in slabs])
-        except ReaderLesionError as exc:
-            raise ExamError(f"reader SEG cannot be used: {exc}") from exc
-        any_lesion_segment |= bool(reader_seg.numbers(SegmentKind.LESION))
-        offset = max(int(m.max()) for m in merged)
-        for target, labels in zip(merged, lesion_labels(reader_seg), strict=True):
-            target[labels > 0] = labels[labels > 0] + offset
-        for i, given in enumerate(masks_from_seg(reader_seg)):
-            if given is not None:
-                known = found.masks[i]
-                found.masks[i] = given if known is None else known.merged(given)
-    if any_lesion_segment:
-        found.lesions = merged
-    return found
-
-
-def _slab_of_file(
-    path: Path, slabs: list[Slab], read: Callable[[Any, SeriesVolume], Any], what: str
-) -> tuple[int, Any]:
-    """The slab a reader NIfTI lies on, and what ``read`` made of it there.
-
-    A name containing ``slab<k>`` must agree with the grid; without it the grid decides alone.
-    """
-    try:
-        image = nib.load(path)
-    except Exception as exc:
-        raise ExamError(f"reader {what} file {path.name} cannot be read: {exc}") from exc
-    matches: dict[int, Any] = {}
-    errors: list[str] = []
-    for slab in slabs:
-        try:
-            matches[slab.index] = read(image, slab.reference)
-        except ReaderLesionError as exc:
-            errors.append(f"slab {slab.index}: {exc}")
-    named = re.search(r"slab(\d+)", path.name)
-    if not matches:
-        raise ExamError(f"reader {what} file {path.name} matches no slab: {'; '.join(errors)}")
-    if named and int(named.group(1)) not in matches:
-        raise ExamError(
-            f"reader {what} file {path.name} is named for slab {named.group(1)} but lies on "
-            f"the grid of slab(s) {sorted(matches)}"
-        )
-    if not named and len(matches) > 1:
-        raise ExamError(
-            f"reader {what} file {path.name} fits slabs {sorted(matches)}: put slab<k> in its name"
-        )
-    index = int(named.group(1)) if named else next(iter(matches))
-    return index, matches[index]
-
-
-def _reader_lesions_from_files(files: list[Path], slabs: list[Slab]) -> list[NDArray[np.int32]]:
-    """Reader lesion NIfTI masks (one per slab at most), each matched to its slab by grid."""
-    found: dict[int, tuple[Path, NDArray[np.int32]]] = {}
-    for path in files:
-        index, labels = _slab_of_file(path, slabs, lesions_from_nifti, "lesion")
-        if index in found:
-            raise ExamError(
-                f"two reader lesion files for slab {index}: {found[index][0].name} and "
-                f"{path.name} (give one NIfTI per slab)"
-            )
-        found[index] = (path, labels)
-    return [
-        found[s.index][1] if s.index in found else np.zeros(s.reference.array.shape, np.int32)
-        for s in slabs
-    ]
-
-
-def _reader_masks_from_files(files: list[Path], slabs: list[Slab]) -> list[GivenMasks | None]:
-    """Reader cord/GM/WM NIfTI masks (``*cord*``, ``*gm*``, ``*wm*``; at most one of each kind
-    per slab), each matched to its slab by grid."""
-    found: dict[tuple[int, str], tuple[Path, NDArray[np.bool_]]] = {}
-    for path in files:
-        try:
-            kind = mask_kind_of_file(path)
-        except ReaderLesionError as exc:
-            raise ExamError(str(exc)) from exc
-
-        def read(image: Any, volume: SeriesVolume, kind: Any = kind) -> NDArray[np.bool_]:
-            return mask_from_nifti(image, volume, kind)
-
-        index, mask = _slab_of_file(path, slabs, read, str(kind))
-        if (index, str(kind)) in found:
-            raise ExamError(
-                f"two {kind} mask files for slab {index}: {found[index, str(kind)][0].name} "
-                f"and {path.name}"
-            )
-        found[index, str(kind)] = (path, mask)
-    out: list[GivenMasks | None] = []
-    for slab in slabs:
-        given = {
-            kind: found[slab.index, kind]
-            for kind in ("cord", "gm", "wm")
-            if (slab.index, kind) in found
-        }
-        out.append(
-            GivenMasks(
-                **{kind: mask for kind, (_, mask) in given.items()},
-                origin="reader NIfTI",
-                ids=tuple(path.name for path, _ in given.values()),
-            )
-            if given
-            else None
-        )
-    return out
-
-
 def _check_model(
     scoring: ScoringModel,
     slabs: list[Slab],
@@ -475,176 +189,6 @@ def _check_model(
     except ProtocolMismatch as exc:
         raise ExamError(str(exc)) from exc
     return t1_source
-
-
-@contextmanager
-def _writing(what: str) -> Iterator[None]:
-    """Turn any failure of a result writer into an ExamError naming the object."""
-    try:
-        yield
-    except ExamError:
-        raise
-    except Exception as exc:
-        log.exception("writing the %s failed", what)
-        raise ExamError(
-            f"writing the {what} failed ({type(exc).__name__}: {exc}); no result was sent"
-        ) from exc
-
-
-class _Writer:
-    """Writes one exam's files and remembers them; a failing writer fails the whole exam."""
-
-    def __init__(self, out: ExamOutputs) -> None:
-        self.out = out
-        self.segmentations: list[hd.seg.Segmentation] = []
-        self.parametric_maps: list[Dataset] = []
-        (out.out_dir / "dicom").mkdir(parents=True, exist_ok=True)
-        (out.out_dir / "nifti").mkdir(parents=True, exist_ok=True)
-
-    def nifti(self, name: str, array: NDArray[Any], affine_lps: NDArray[np.float64]) -> None:
-        path = self.out.out_dir / "nifti" / name
-        nib.save(to_nifti(array, affine_lps), path)
-        self.out.nifti_files.append(path)
-
-    def parametric_map(
-        self,
-        slab: Slab,
-        values: NDArray[np.float64],
-        kind: MapKind,
-        series_number: int,
-        identity: ResultIdentity,
-        name: str,
-    ) -> str:
-        reference = slab.reference
-        with _writing(f"{kind} parametric map"):
-            pm = self._parametric_map(reference, values, kind, series_number, identity)
-        path = self.out.out_dir / "dicom" / name
-        pm.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        self.parametric_maps.append(pm)
-        return str(pm.SOPInstanceUID)
-
-    @staticmethod
-    def _parametric_map(
-        reference: SeriesVolume,
-        values: NDArray[np.float64],
-        kind: MapKind,
-        series_number: int,
-        identity: ResultIdentity,
-    ) -> hd.pm.ParametricMap:
-        return build_parametric_map(
-            reference.datasets,
-            reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
-            kind,
-            series_number=series_number,
-            identity=identity,
-        )
-
-    def report(self, summary: dict[str, Any], slabs: list[Slab], identity: ResultIdentity) -> str:
-        """The TID 1500 Structured Report of the whole exam."""
-        numbers = {
-            str(entry["seg_sop_instance_uid"]): entry.get("segment_numbers", {})
-            for entry in summary["slabs"]
-            if entry.get("seg_sop_instance_uid")
-        }
-
-        def lookup(key: str, seg: Dataset) -> int | None:
-            label = REGION_SEGMENT_LABELS.get(key)
-            return numbers.get(str(seg.SOPInstanceUID), {}).get(label) if label else None
-
-        with _writing("structured report"):
-            sr = self._build_report(summary, slabs, identity, lookup)
-        path = self.out.out_dir / "dicom" / "report_sr.dcm"
-        sr.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        return str(sr.SOPInstanceUID)
-
-    def _build_report(
-        self,
-        summary: dict[str, Any],
-        slabs: list[Slab],
-        identity: ResultIdentity,
-        lookup: Callable[[str, Dataset], int | None],
-    ) -> hd.sr.Comprehensive3DSR:
-        return build_measurement_report(
-            summary,
-            source_images=[ds for slab in slabs for ds in slab.reference.datasets],
-            segmentations=self.segmentations,
-            segment_numbers=lookup,
-            parametric_maps=self.parametric_maps,
-            series_number=SR_SERIES_NUMBER,
-            identity=identity,
-        )
-
-    def rendered_report(
-        self,
-        summary: dict[str, Any],
-        slabs: list[Slab],
-        images: list[SlabImages],
-        identity: ResultIdentity,
-        history: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Charts and overlays as Secondary Captures, the one-page report as Encapsulated PDF."""
-        sources = [ds for slab in slabs for ds in slab.reference.datasets]
-        figures_dir = self.out.out_dir / "figures"
-        figures_dir.mkdir(exist_ok=True)
-        with _writing("rendered figures"):
-            figures = render_exam_figures(summary, images, history)
-            pdf = render_pdf_report(summary, figures)
-        for figure in figures:
-            (figures_dir / f"{figure.name}.png").write_bytes(figure.png())
-        (figures_dir / "report.pdf").write_bytes(pdf)
-        with _writing("secondary captures"):
-            captures = build_secondary_captures(
-                figures, sources, series_number=SC_SERIES_NUMBER, identity=identity
-            )
-        with _writing("encapsulated PDF report"):
-            document = build_encapsulated_pdf(
-                pdf,
-                sources,
-                document_title="cordt1 spinal cord T1 report",
-                series_number=PDF_SERIES_NUMBER,
-                identity=identity,
-            )
-        uids = []
-        for number, capture in enumerate(captures, start=1):
-            path = self.out.out_dir / "dicom" / f"figure{number}_sc.dcm"
-            capture.save_as(path, enforce_file_format=True)
-            self.out.dicom_files.append(path)
-            uids.append(str(capture.SOPInstanceUID))
-        path = self.out.out_dir / "dicom" / "report_pdf.dcm"
-        document.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        return {
-            "figures": [f.name for f in figures],
-            "sc_sop_instance_uids": uids,
-            "pdf_sop_instance_uid": str(document.SOPInstanceUID),
-        }
-
-    def segmentation(
-        self,
-        slab: Slab,
-        specs: list[SegmentSpec],
-        series_number: int,
-        identity: ResultIdentity,
-        name: str,
-    ) -> tuple[str, dict[str, int]]:
-        reference = slab.reference
-        multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
-        order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
-        with _writing("segmentation"):
-            seg = build_segmentation(
-                reference.datasets,
-                specs,
-                series_number=series_number,
-                identity=identity,
-                slice_order=order,  # type: ignore[arg-type]
-            )
-        path = self.out.out_dir / "dicom" / name
-        seg.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        self.segmentations.append(seg)
-        return str(seg.SOPInstanceUID), segment_numbers(specs)
 
 
 def process_exam(
@@ -704,16 +248,16 @@ def process_exam(
     if reader_lesion_files is not None:
         if reader_lesions is not None:
             raise ValueError("give reader_lesions or reader_lesion_files, not both")
-        reader_lesions = _reader_lesions_from_files(reader_lesion_files, slabs)
+        reader_lesions = reader_lesions_from_files(reader_lesion_files, slabs)
     from_exam = (
-        _reader_segs_from_exam(exam, slabs)
+        reader_input_from_exam(exam, slabs)
         if reader_lesions is None or reader_mask_files is None
-        else _ReaderInput(masks=[None] * len(slabs))
+        else ReaderInput(masks=[None] * len(slabs))
     )
     if reader_lesions is None:
         reader_lesions = from_exam.lesions
     given_masks = (
-        _reader_masks_from_files(reader_mask_files, slabs)
+        reader_masks_from_files(reader_mask_files, slabs)
         if reader_mask_files is not None
         else from_exam.masks
     )
@@ -726,7 +270,7 @@ def process_exam(
             for info in infos:
                 info["t1_source"] = t1_source
     out = ExamOutputs(out_dir=out_dir, summary={})
-    writer = _Writer(out)
+    writer = ResultWriter(out)
     n_slabs = len(slabs)
     prior = model.gm_prior if model is not None else geometric_gm_prior(n_slabs)
 

@@ -1,5 +1,5 @@
 """B1 maps and T2* series on their own grids: which slab they serve, and how they are read
-on the slab's grid (service.partners, service.exam.match_slabs, service.pipeline.slab_t1)."""
+on the slab's grid (service.partners, service.exam.match_slabs, service.t1_map.slab_t1)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from service.partners import (
     partner_fit,
     partner_on_grid,
 )
-from service.pipeline import slab_t1
 from service.protocol import SiteProtocol
+from service.t1_map import slab_t1
 from service.volumes import SeriesVolume
 from tests.dicom_factory import make_legacy_series, write_datasets
 from tests.grids import tilted_affine, world_mm

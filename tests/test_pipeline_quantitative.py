@@ -269,12 +269,12 @@ def test_a_failing_writer_fails_the_exam_with_a_clear_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import service.pipeline
+    import service.result_writer
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk quota exceeded")
 
-    monkeypatch.setattr(service.pipeline, "build_measurement_report", broken)
+    monkeypatch.setattr(service.result_writer, "build_measurement_report", broken)
     with pytest.raises(ExamError, match=r"writing the structured report failed.*disk quota"):
         _score(cohort[1][-1], model_dir, tmp_path / "out")
 
