@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from processing.smoothing import smooth_ignoring_nan
+
 __all__ = ["InPlaneShift", "apply_inplane_shift", "estimate_inplane_shift"]
 
 FloatArray = NDArray[np.float64]
@@ -44,16 +46,6 @@ class InPlaneShift:
     shift_mm: tuple[float, float]
     correlation: float
     at_limit: bool
-
-
-def _smooth_nan(volume: FloatArray, sigma_vox: tuple[float, float]) -> FloatArray:
-    """In-plane Gaussian smoothing that ignores NaN (normalised convolution); NaN stays NaN."""
-    valid = np.isfinite(volume)
-    sigma = (0.0, *sigma_vox)
-    weight = ndimage.gaussian_filter(valid.astype(np.float64), sigma)
-    total = ndimage.gaussian_filter(np.where(valid, volume, 0.0), sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid & (weight > 1e-6), total / weight, np.nan)
 
 
 def _ncc(a: FloatArray, b: FloatArray) -> float:
@@ -157,7 +149,8 @@ def estimate_inplane_shift(
     mov = mov[:, crop[0][0] : crop[0][1], crop[1][0] : crop[1][1]]
     if smooth_mm > 0:
         sigma = (smooth_mm / spacing[0], smooth_mm / spacing[1])
-        ref, mov = _smooth_nan(ref, sigma), _smooth_nan(mov, sigma)
+        ref = smooth_ignoring_nan(ref, (0.0, *sigma), mode="reflect")
+        mov = smooth_ignoring_nan(mov, (0.0, *sigma), mode="reflect")
     (j0, j1), (i0, i1) = (
         (low - c0, high - c0) for (low, high), (c0, _) in zip(box, crop, strict=True)
     )

@@ -17,6 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from processing.smoothing import smooth_ignoring_nan
+
 __all__ = ["coverage", "coverage_fraction", "resample_to_grid", "source_index_map"]
 
 FloatArray = NDArray[np.float64]
@@ -135,7 +137,7 @@ def resample_to_grid(
     index_map = index_map.copy()
     index_map[:3, 3] -= low
     if np.any(sigma > 0.05):
-        source = _smooth_ignoring_nan(source, tuple(float(s) for s in sigma))
+        source = smooth_ignoring_nan(source, tuple(float(s) for s in sigma))
     # Normalised interpolation: NaN voxels get no weight, and a target voxel whose neighbours
     # are mostly NaN stays NaN.
     valid = np.isfinite(source)
@@ -160,17 +162,6 @@ def _affine(
         mode="nearest",
         prefilter=False,
     )
-
-
-def _smooth_ignoring_nan(values: FloatArray, sigma: tuple[float, float, float]) -> FloatArray:
-    """Gaussian smoothing by normalised convolution (NaN voxels neither count nor spread)."""
-    valid = np.isfinite(values)
-    if valid.all():
-        return ndimage.gaussian_filter(values, sigma, mode="nearest")
-    weight = ndimage.gaussian_filter(valid.astype(np.float64), sigma, mode="nearest")
-    total = ndimage.gaussian_filter(np.where(valid, values, 0.0), sigma, mode="nearest")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid & (weight > 1e-6), total / weight, np.nan)
 
 
 def coverage(

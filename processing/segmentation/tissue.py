@@ -25,6 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from processing.smoothing import smooth_ignoring_nan
+
 __all__ = ["TissueMixture", "fit_tissue_mixture", "normalise_t2star", "split_gm_wm"]
 
 FloatArray = NDArray[np.float64]
@@ -127,12 +129,10 @@ def fit_tissue_mixture(
 
 
 def _smooth_inside(t1: FloatArray, mask: BoolArray, sigma_vox: tuple[float, float]) -> FloatArray:
-    """In-plane Gaussian smoothing restricted to ``mask`` (normalised convolution)."""
-    sigma = (0.0, *sigma_vox)
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
-    total = ndimage.gaussian_filter(np.where(mask, t1, 0.0), sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mask & (weight > 1e-6), total / weight, t1)
+    """In-plane Gaussian smoothing restricted to ``mask`` (finite values inside it)."""
+    inside = np.where(mask, t1, np.nan)
+    smoothed = smooth_ignoring_nan(inside, (0.0, *sigma_vox), mode="reflect")
+    return np.where(np.isfinite(smoothed), smoothed, t1)
 
 
 def normalise_t2star(t2star: FloatArray, interior: BoolArray) -> FloatArray:
