@@ -185,11 +185,9 @@ def t2star_evidence(
     box = segmentation.box(margin_vox)
     if box is None:
         return GreyWhiteEvidence(info={"source": "T1"})
-    t2star_box = t2star(box)
-    t2star_full = np.full(t1_ms.shape, np.nan)
-    t2star_full[box] = t2star_box
-    t2star = t2star_full
-    covered = np.isfinite(t2star) & cord
+    on_grid = np.full(t1_ms.shape, np.nan)  # the T2*-weighted image, NaN outside the box
+    on_grid[box] = t2star(box)
+    covered = np.isfinite(on_grid) & cord
     info: dict[str, Any] = {
         "source": "T1",
         "t2star_cord_covered_percent": round(100.0 * float(covered.sum() / max(cord.sum(), 1)), 1),
@@ -198,7 +196,7 @@ def t2star_evidence(
         info["t2star_note"] = "T2*-weighted series does not cover the cord: not used"
         return GreyWhiteEvidence(info=info)
     try:
-        shift = estimate_inplane_shift(t1_ms, t2star, cord, voxel_mm=voxel_mm[1:])
+        shift = estimate_inplane_shift(t1_ms, on_grid, cord, voxel_mm=voxel_mm[1:])
     except ValueError as exc:
         info["t2star_note"] = f"T2*-weighted series not aligned ({exc}): not used"
         return GreyWhiteEvidence(info=info)
@@ -218,12 +216,10 @@ def t2star_evidence(
             "map: not used"
         )
         return GreyWhiteEvidence(info=info)
-    aligned = t2star
     if max(abs(v) for v in shift.shift_mm) >= _MIN_SHIFT_MM:
-        aligned = np.full(t1_ms.shape, np.nan)
-        aligned[box] = apply_inplane_shift(t2star[box], shift.shift_mm, voxel_mm=voxel_mm[1:])
+        on_grid[box] = apply_inplane_shift(on_grid[box], shift.shift_mm, voxel_mm=voxel_mm[1:])
     info["source"] = "T1 + T2*-weighted GRE"
-    return GreyWhiteEvidence(t2star=aligned, info=info)
+    return GreyWhiteEvidence(t2star=on_grid, info=info)
 
 
 def split_tissues(
