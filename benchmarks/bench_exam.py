@@ -7,12 +7,18 @@ Makes a phantom cohort (controls for the model, one patient with 2 slabs), build
 then processes the patient ``repeat`` times, each in a fresh subprocess (so peak memory is the
 exam's own), and reads the pipeline's own stage timings from summary.json; each child then
 processes the exam once more (``warm_worker``: what a long-lived Celery worker child sees from
-its second job on, with imports and highdicom's tables loaded). The peer in the same
+its second job on, with imports and highdicom's tables loaded). Every run uses the service's
+default settings (``writer_processes``: the results are written by the job's process and a
+forked helper; no NIfTI); the warm variants also time one writing process and the NIfTI export
+(``write_results_s_by_variant``). ``write_results`` is the writing of the files only: the
+statistics, segment lists and summary belong to ``compute``. The peer in the same
 run: pydicom reading and writing the exam's source images (plain I/O of the same data), so the
 ratio says how much our result writing costs against merely copying the input.
 
 Peak memory is the child's own high-water mark of resident memory (``VmHWM`` in
-``/proc/self/status``), plus the largest sampled RSS of each phase. ``getrusage`` is not used
+``/proc/self/status``), plus the largest sampled RSS of each phase and the largest sampled
+PSS of the child and its writing helpers together (``smaps_rollup``; shared pages counted
+once). ``getrusage`` is not used
 for it: Linux carries ``ru_maxrss`` over ``execve``, so a child started from this parent (which
 built the model, at about 2.7 GiB) would report the parent's peak (an earlier version of this
 benchmark reported 2.6 GiB that way). ``ru_maxrss_mib`` is still written, for comparison.
@@ -36,7 +42,7 @@ from typing import Any
 import pydicom
 
 RUNNER = """
-import json, sys, resource, threading, time
+import json, os, sys, resource, threading, time
 from pathlib import Path
 from service.exam import find_exam_series
 from service.jobs import result_identity
@@ -45,42 +51,76 @@ from service.pipeline import process_exam
 from service.protocol import load_site_protocols
 from service.settings import Settings
 
-def status_kib(key):
-    for line in open("/proc/self/status"):
+def status_kib(key, pid="self"):
+    for line in open(f"/proc/{pid}/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
 
+def pss_kib(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+def helpers():
+    me = os.getpid()
+    return [int(p) for p in open(f"/proc/{me}/task/{me}/children").read().split()]
+
 samples, stop = [], threading.Event()
 def sample():
+    # own resident memory, and the proportional share of this process and its helpers
+    # (result writers forked for the writing; PSS counts shared pages once)
     while not stop.is_set():
-        samples.append((time.perf_counter(), status_kib("VmRSS")))
-        stop.wait(0.02)
+        total = pss_kib("self")
+        for pid in helpers():
+            try:
+                total += pss_kib(pid)
+            except OSError:
+                pass
+        samples.append((time.perf_counter(), status_kib("VmRSS"), total))
+        stop.wait(0.05)
 dicom_dir, out, model, profile = map(Path, sys.argv[1:5])
 exams = find_exam_series(sorted(dicom_dir.rglob("*.dcm")))
 (series,) = exams.values()
-kwargs = dict(profiles=load_site_protocols(profile), identity=result_identity(Settings()),
-              model=load_scoring_model(model))
+settings = Settings()
+service = dict(
+    profiles=load_site_protocols(profile), identity=result_identity(settings),
+    model=load_scoring_model(model), writer_processes=settings.writer_processes,
+    write_nifti=settings.nifti_results,
+)
 sampler = threading.Thread(target=sample, daemon=True)
 started = time.perf_counter()
 sampler.start()
-result = process_exam(series, out, **kwargs)
+result = process_exam(series, out, **service)
 stop.set()
 sampler.join()
 timings = result.summary["timings_s"]
-edges, phases, t = {}, {}, started
+edges, phases, pss, t = {}, {}, {}, started
 for name in ("load", "compute", "write_results"):
     edges[name] = (t, t + timings[name])
     t += timings[name]
 for name, (a, b) in edges.items():
-    inside = [kib for when, kib in samples if a <= when <= b]
-    phases[name] = round(max(inside) / 1024, 1) if inside else None
+    inside = [(kib, total) for when, kib, total in samples if a <= when <= b]
+    phases[name] = round(max(k for k, _ in inside) / 1024, 1) if inside else None
+    pss[name] = round(max(t for _, t in inside) / 1024, 1) if inside else None
 # The same exam again in this process: what a long-lived Celery worker child sees from its
-# second job on (imports done, highdicom's standard tables and matplotlib's fonts loaded).
-warm = process_exam(series, Path(str(out) + "-warm"), **kwargs).summary["timings_s"]
-print(json.dumps({"timings_s": timings, "warm_timings_s": warm,
+# second job on (imports done, highdicom's standard tables and matplotlib's fonts loaded),
+# with the service's settings, with one writing process, and as `cordt1 process` (NIfTI too).
+warm = {}
+for name, options in (
+    ("service", {}),
+    ("one_writer_process", {"writer_processes": 1}),
+    ("with_nifti", {"write_nifti": True}),
+):
+    summary = process_exam(series, Path(f"{out}-warm-{name}"), **{**service, **options}).summary
+    warm[name] = summary["timings_s"]
+print(json.dumps({"timings_s": timings, "warm_timings_s": warm["service"],
+                  "warm_variants_timings_s": warm,
+                  "writer_processes": settings.writer_processes,
                   "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
                   "sampled_peak_rss_mib_by_phase": phases,
+                  "sampled_peak_pss_with_helpers_mib_by_phase": pss,
                   "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "objects": len(result.dicom_files)}))
 """
@@ -187,6 +227,10 @@ def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any
         "warm_worker": {
             "timings_s": best_warm,
             "total_s": round(sum(best_warm.values()), 2),
+            "write_results_s_by_variant": {
+                name: min(r["warm_variants_timings_s"][name]["write_results"] for r in runs)
+                for name in runs[0]["warm_variants_timings_s"]
+            },
         },
         "peer_copy_sources_s": round(min(peers), 3),
         "ratio_write_results_to_copy_sources": round(write_s / min(peers), 2),

@@ -17,6 +17,7 @@ __all__ = [
     "TYPE2_PATIENT_STUDY",
     "body_part_examined",
     "header_copy",
+    "instance_header",
     "is_multiframe",
     "prepare_sources",
     "replace",
@@ -47,6 +48,40 @@ def header_copy(ds: Dataset) -> Dataset:
     if hasattr(ds, "file_meta"):
         copy.file_meta = ds.file_meta
     return copy
+
+
+def instance_header(
+    source: Dataset, *, sop_class_uid: str, series_instance_uid: str, sop_instance_uid: str
+) -> Dataset:
+    """The identity of a result object that is still being written, in ``source``'s study.
+
+    What a report needs to list the object as evidence before the object itself exists
+    (results of one exam are written in parallel, their UIDs chosen beforehand).
+
+    Examples
+    --------
+    >>> src = Dataset()
+    >>> src.StudyInstanceUID = "1.2.3"
+    >>> head = instance_header(src, sop_class_uid="1.2.840.10008.5.1.4.1.1.30",
+    ...                        series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5")
+    >>> head.StudyInstanceUID, head.SOPInstanceUID
+    ('1.2.3', '1.2.3.4.5')
+    """
+    for name, uid in (
+        ("sop_class_uid", sop_class_uid),
+        ("series_instance_uid", series_instance_uid),
+        ("sop_instance_uid", sop_instance_uid),
+    ):
+        if not isinstance(uid, str) or not uid:
+            raise ValueError(f"{name} must be a non-empty UID string, got {uid!r}")
+    if not source.get("StudyInstanceUID"):
+        raise ValueError("the source has no StudyInstanceUID")
+    head = Dataset()
+    head.SOPClassUID = sop_class_uid
+    head.StudyInstanceUID = source.StudyInstanceUID
+    head.SeriesInstanceUID = series_instance_uid
+    head.SOPInstanceUID = sop_instance_uid
+    return head
 
 
 def replace(ds: Dataset, keyword: str, value: object) -> None:

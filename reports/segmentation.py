@@ -36,9 +36,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 from reports import codes
-from reports.common import body_part_examined, prepare_sources
+from reports.common import body_part_examined, instance_header, prepare_sources
 from reports.identity import ResultIdentity, apply_identity
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "build_segmentation",
     "segment_numbers",
     "segment_specs",
+    "segmentation_header",
 ]
 
 _LO_MAX = 64
@@ -574,3 +576,45 @@ def build_segmentation(
     seg.SeriesDescription = f"{identity.software_name} {series_description}"
     apply_identity(seg, identity)
     return seg
+
+
+def segmentation_header(
+    source_images: Sequence[Dataset],
+    segments: Sequence[SegmentSpec],
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+) -> Dataset:
+    """What a report reads of the SEG that :func:`build_segmentation` makes with these UIDs.
+
+    SOP class, study, series and instance UIDs, the source series (ReferencedSeriesSequence)
+    and the segments' numbers and labels: enough to reference its segments and list it as
+    evidence while the SEG itself is still being written (in another process).
+
+    Raises
+    ------
+    ValueError
+        For no segments, duplicate or invalid labels, sources of several series, or empty
+        UIDs.
+    """
+    _check_segments(segments)
+    series = {str(ds.SeriesInstanceUID) for ds in source_images}
+    if len(series) != 1:
+        raise ValueError(f"the sources must be one series, got {len(series)}")
+    head = instance_header(
+        source_images[0],
+        sop_class_uid=SegmentationStorage,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+    )
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = series.pop()
+    head.ReferencedSeriesSequence = [referenced]
+    items = []
+    for number, spec in enumerate(segments, start=1):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = spec.label
+        items.append(item)
+    head.SegmentSequence = items
+    return head

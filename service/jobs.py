@@ -88,6 +88,8 @@ class JobRunner:
                 model=self._model(),
                 z_threshold=self.settings.z_threshold,
                 prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid),
+                write_nifti=self.settings.nifti_results or self.settings.bids_dir is not None,
+                writer_processes=self.settings.writer_processes,
             )
             if self.settings.bids_dir is not None:
                 self._export_bids(exam, out_dir, self.settings.bids_dir)

@@ -203,6 +203,8 @@ def process_exam(
     prior_summary: dict[str, Any] | None = None,
     reader_lesion_files: list[Path] | None = None,
     reader_mask_files: list[Path] | None = None,
+    write_nifti: bool = True,
+    writer_processes: int = 1,
 ) -> ExamOutputs:
     """Compute and write every result of one exam into ``out_dir``.
 
@@ -232,6 +234,11 @@ def process_exam(
         one of each per slab, matched by grid), used instead of our segmentation
         (:mod:`service.reader_masks`). Without them, cord/GM/WM segments of a reader SEG sent
         with the exam are used.
+    write_nifti : bool
+        Also write the maps and masks as NIfTI into ``out_dir/nifti`` (the research export).
+    writer_processes : int
+        Processes that write the result files, this one included (see
+        :mod:`service.task_lanes`); 1 writes them here, one after another.
 
     Raises
     ------
@@ -270,7 +277,7 @@ def process_exam(
             for info in infos:
                 info["t1_source"] = t1_source
     out = ExamOutputs(out_dir=out_dir, summary={})
-    writer = ResultWriter(out)
+    writer = ResultWriter(out, identity, write_nifti=write_nifti)
     n_slabs = len(slabs)
     prior = model.gm_prior if model is not None else geometric_gm_prior(n_slabs)
 
@@ -378,7 +385,6 @@ def process_exam(
         b1_corrected=all(info.get("b1_corrected", False) for info in infos),
     )
     scored = model is not None and qc.verdict != "fail"
-    computed = time.perf_counter()
 
     for slab, t1_ms, anatomy, slab_scores, slab_summary in zip(
         slabs, t1_maps, anatomies, scores, slab_summaries, strict=True
@@ -386,7 +392,7 @@ def process_exam(
         affine = slab.reference.affine_lps
         k = slab.index
         slab_summary["result_sop_instance_uid"] = writer.parametric_map(
-            slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, identity, f"t1map_slab{k}.dcm"
+            slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, f"t1map_slab{k}.dcm"
         )
         writer.nifti(f"slab{k}_t1_ms.nii.gz", np.nan_to_num(t1_ms).astype(np.float32), affine)
         for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
@@ -394,12 +400,7 @@ def process_exam(
         writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels.astype(np.int16), affine)
         if scored and slab_scores.z is not None:
             slab_summary["z_sop_instance_uid"] = writer.parametric_map(
-                slab,
-                slab_scores.z,
-                MapKind.Z_SCORE,
-                Z_SERIES_NUMBER + k,
-                identity,
-                f"zmap_slab{k}.dcm",
+                slab, slab_scores.z, MapKind.Z_SCORE, Z_SERIES_NUMBER + k, f"zmap_slab{k}.dcm"
             )
             writer.nifti(
                 f"slab{k}_z.nii.gz", np.nan_to_num(slab_scores.z).astype(np.float32), affine
@@ -418,7 +419,7 @@ def process_exam(
         )
         if specs:
             seg_uid, numbers = writer.segmentation(
-                slab, specs, SEG_SERIES_NUMBER + k, identity, f"seg_slab{k}.dcm"
+                slab, specs, SEG_SERIES_NUMBER + k, f"seg_slab{k}.dcm"
             )
             slab_summary["seg_sop_instance_uid"] = seg_uid
             slab_summary["segment_numbers"] = numbers
@@ -437,8 +438,8 @@ def process_exam(
         summary["model"] = model.summary()
     if prior_summary is not None and scored:
         summary["follow_up"] = follow_up_block(prior_summary, summary)
-    if writer.segmentations:
-        summary["sr_sop_instance_uid"] = writer.report(summary, slabs, identity)
+    if writer.has_segmentations:
+        summary["sr_sop_instance_uid"] = writer.report(summary, slabs)
     images = [
         SlabImages(
             slab=slab.index,
@@ -453,7 +454,10 @@ def process_exam(
         )
     ]
     history = [prior_summary] if prior_summary is not None else []
-    summary["rendered"] = writer.rendered_report(summary, slabs, images, identity, history)
+    writer.rendered_report(summary, slabs, images, history)
+    # Statistics, segments and the summary are computed; what follows only writes files.
+    computed = time.perf_counter()
+    summary["rendered"] = writer.write(processes=writer_processes)
     summary["timings_s"] = {
         "load": round(loaded - started, 3),
         "compute": round(computed - loaded, 3),

@@ -1,5 +1,13 @@
-"""Write one exam's result files (DICOM objects, NIfTI, figures) and remember them; a failing
-writer fails the whole exam with an error naming the object."""
+"""Write one exam's result files (DICOM objects, NIfTI, figures); a failing writer fails the
+whole exam with an error naming the object.
+
+The pipeline first *plans* every object (:class:`ResultWriter` methods return the UIDs the
+object will have, so the summary and the report can name it), then :meth:`ResultWriter.write`
+makes them all as independent tasks shared between the job's process and forked helpers
+(:mod:`service.task_lanes`): the report lists the SEGs and maps as evidence from their
+planned headers (:func:`reports.segmentation.segmentation_header`), not from the objects.
+Files appear only in ``out_dir``; nothing is sent before every task has succeeded.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +23,25 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.uid import ParametricMapStorage
 
 from reports.codes import REGION_CONCEPTS
+from reports.common import instance_header
 from reports.encapsulated_pdf import build_encapsulated_pdf
 from reports.figures import SlabImages, render_exam_figures, render_pdf_report
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind, build_parametric_map
 from reports.secondary_capture import build_secondary_captures
-from reports.segmentation import SegmentSpec, build_segmentation, segment_numbers
+from reports.segmentation import (
+    SegmentSpec,
+    build_segmentation,
+    segment_numbers,
+    segmentation_header,
+)
 from reports.structured_report import build_measurement_report
 from service.exam import ExamError, Slab
 from service.nifti import to_nifti
-from service.volumes import SeriesVolume
+from service.task_lanes import LaneError, Task, TaskError, run_tasks
 
 __all__ = [
     "PDF_SERIES_NUMBER",
@@ -38,6 +53,7 @@ __all__ = [
     "Z_SERIES_NUMBER",
     "ExamOutputs",
     "ResultWriter",
+    "Written",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,34 +83,83 @@ class ExamOutputs:
     nifti_files: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class Written:
+    """Files one writing task made, and what it has to tell (``values``)."""
+
+    dicom_files: list[Path] = field(default_factory=list)
+    nifti_files: list[Path] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+# Relative run times (a 2-slab 448 x 448 exam), so that the longest tasks start first.
+_COST_REPORT = 4.0
+_COST_RENDERED = 4.0
+_COST_SEGMENTATION = 1.2
+_COST_MAP = 0.25
+_COST_NIFTI = 0.1
+
+
 @contextmanager
-def _writing(what: str) -> Iterator[None]:
-    """Turn any failure of a result writer into an ExamError naming the object."""
+def _planning(what: str) -> Iterator[None]:
+    """Turn an invalid object description into an ExamError naming the object."""
     try:
         yield
     except ExamError:
         raise
     except Exception as exc:
-        log.exception("writing the %s failed", what)
+        log.error("planning the %s failed: %s", what, exc)
         raise ExamError(
             f"writing the {what} failed ({type(exc).__name__}: {exc}); no result was sent"
         ) from exc
 
 
-class ResultWriter:
-    """Writes one exam's files and remembers them; a failing writer fails the whole exam."""
+def _save(dataset: Dataset, path: Path) -> Written:
+    dataset.save_as(path, enforce_file_format=True)
+    return Written(dicom_files=[path])
 
-    def __init__(self, out: ExamOutputs) -> None:
+
+class ResultWriter:
+    """Plans one exam's result files, then writes them all (:meth:`write`).
+
+    Parameters
+    ----------
+    out : ExamOutputs
+        Where the files go (``dicom/``, ``nifti/``, ``figures/`` are created).
+    identity : ResultIdentity
+        Software name, version and research-use text of every object.
+    write_nifti : bool
+        Whether :meth:`nifti` writes anything (the service's NIfTI export is optional).
+    """
+
+    def __init__(
+        self, out: ExamOutputs, identity: ResultIdentity, *, write_nifti: bool = True
+    ) -> None:
         self.out = out
-        self.segmentations: list[hd.seg.Segmentation] = []
-        self.parametric_maps: list[Dataset] = []
+        self.identity = identity
+        self.write_nifti = write_nifti
+        self.tasks: list[Task[Written]] = []
+        self._segmentations: list[Dataset] = []
+        self._parametric_maps: list[Dataset] = []
+        self._rendered: int | None = None
         (out.out_dir / "dicom").mkdir(parents=True, exist_ok=True)
-        (out.out_dir / "nifti").mkdir(parents=True, exist_ok=True)
+        if write_nifti:
+            (out.out_dir / "nifti").mkdir(parents=True, exist_ok=True)
+
+    def _plan(self, name: str, cost: float, run: Callable[[], Written]) -> None:
+        self.tasks.append(Task(name=name, run=run, cost=cost))
 
     def nifti(self, name: str, array: NDArray[Any], affine_lps: NDArray[np.float64]) -> None:
+        """Plan a NIfTI file (nothing when NIfTI is off)."""
+        if not self.write_nifti:
+            return
         path = self.out.out_dir / "nifti" / name
-        nib.save(to_nifti(array, affine_lps), path)
-        self.out.nifti_files.append(path)
+
+        def run() -> Written:
+            nib.save(to_nifti(array, affine_lps), path)
+            return Written(nifti_files=[path])
+
+        self._plan(f"NIfTI file {name}", _COST_NIFTI, run)
 
     def parametric_map(
         self,
@@ -102,36 +167,86 @@ class ResultWriter:
         values: NDArray[np.float64],
         kind: MapKind,
         series_number: int,
-        identity: ResultIdentity,
         name: str,
     ) -> str:
+        """Plan a T1 or Z Parametric Map of ``slab``; returns its SOP Instance UID."""
         reference = slab.reference
-        with _writing(f"{kind} parametric map"):
-            pm = self._parametric_map(reference, values, kind, series_number, identity)
-        path = self.out.out_dir / "dicom" / name
-        pm.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        self.parametric_maps.append(pm)
-        return str(pm.SOPInstanceUID)
-
-    @staticmethod
-    def _parametric_map(
-        reference: SeriesVolume,
-        values: NDArray[np.float64],
-        kind: MapKind,
-        series_number: int,
-        identity: ResultIdentity,
-    ) -> hd.pm.ParametricMap:
-        return build_parametric_map(
-            reference.datasets,
-            reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
-            kind,
-            series_number=series_number,
-            identity=identity,
+        series_uid, sop_uid = str(hd.UID()), str(hd.UID())
+        self._parametric_maps.append(
+            instance_header(
+                reference.datasets[0],
+                sop_class_uid=ParametricMapStorage,
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_uid,
+            )
         )
+        path = self.out.out_dir / "dicom" / name
+        identity = self.identity
 
-    def report(self, summary: dict[str, Any], slabs: list[Slab], identity: ResultIdentity) -> str:
-        """The TID 1500 Structured Report of the whole exam."""
+        def run() -> Written:
+            pm = build_parametric_map(
+                reference.datasets,
+                reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
+                kind,
+                series_number=series_number,
+                identity=identity,
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_uid,
+            )
+            return _save(pm, path)
+
+        self._plan(f"{kind} parametric map of slab {slab.index}", _COST_MAP, run)
+        return sop_uid
+
+    def segmentation(
+        self,
+        slab: Slab,
+        specs: list[SegmentSpec],
+        series_number: int,
+        name: str,
+    ) -> tuple[str, dict[str, int]]:
+        """Plan the SEG of ``slab``; returns its SOP Instance UID and the segment numbers."""
+        reference = slab.reference
+        multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
+        order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
+        series_uid, sop_uid = str(hd.UID()), str(hd.UID())
+        with _planning("segmentation"):
+            self._segmentations.append(
+                segmentation_header(
+                    reference.datasets,
+                    specs,
+                    series_instance_uid=series_uid,
+                    sop_instance_uid=sop_uid,
+                )
+            )
+        path = self.out.out_dir / "dicom" / name
+        identity = self.identity
+
+        def run() -> Written:
+            seg = build_segmentation(
+                reference.datasets,
+                specs,
+                series_number=series_number,
+                identity=identity,
+                slice_order=order,  # type: ignore[arg-type]
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_uid,
+            )
+            return _save(seg, path)
+
+        self._plan(f"segmentation of slab {slab.index}", _COST_SEGMENTATION, run)
+        return sop_uid, segment_numbers(specs)
+
+    @property
+    def has_segmentations(self) -> bool:
+        """Whether a SEG is planned (the report needs one)."""
+        return bool(self._segmentations)
+
+    def report(self, summary: dict[str, Any], slabs: list[Slab]) -> str:
+        """Plan the TID 1500 Structured Report of the whole exam; returns its SOP Instance UID.
+
+        ``summary`` is read when the report is built, i.e. after every object is planned.
+        """
         numbers = {
             str(entry["seg_sop_instance_uid"]): entry.get("segment_numbers", {})
             for entry in summary["slabs"]
@@ -142,53 +257,54 @@ class ResultWriter:
             label = REGION_SEGMENT_LABELS.get(key)
             return numbers.get(str(seg.SOPInstanceUID), {}).get(label) if label else None
 
-        with _writing("structured report"):
-            sr = self._build_report(summary, slabs, identity, lookup)
+        series_uid, sop_uid = str(hd.UID()), str(hd.UID())
+        sources = [ds for slab in slabs for ds in slab.reference.datasets]
+        segmentations, maps = list(self._segmentations), list(self._parametric_maps)
         path = self.out.out_dir / "dicom" / "report_sr.dcm"
-        sr.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        return str(sr.SOPInstanceUID)
+        identity = self.identity
 
-    def _build_report(
-        self,
-        summary: dict[str, Any],
-        slabs: list[Slab],
-        identity: ResultIdentity,
-        lookup: Callable[[str, Dataset], int | None],
-    ) -> hd.sr.Comprehensive3DSR:
-        return build_measurement_report(
-            summary,
-            source_images=[ds for slab in slabs for ds in slab.reference.datasets],
-            segmentations=self.segmentations,
-            segment_numbers=lookup,
-            parametric_maps=self.parametric_maps,
-            series_number=SR_SERIES_NUMBER,
-            identity=identity,
-        )
+        def run() -> Written:
+            sr = build_measurement_report(
+                summary,
+                source_images=sources,
+                segmentations=segmentations,
+                segment_numbers=lookup,
+                parametric_maps=maps,
+                series_number=SR_SERIES_NUMBER,
+                identity=identity,
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_uid,
+            )
+            return _save(sr, path)
+
+        self._plan("structured report", _COST_REPORT, run)
+        return sop_uid
 
     def rendered_report(
         self,
         summary: dict[str, Any],
         slabs: list[Slab],
         images: list[SlabImages],
-        identity: ResultIdentity,
         history: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Charts and overlays as Secondary Captures, the one-page report as Encapsulated PDF."""
+    ) -> None:
+        """Plan the charts and overlays (Secondary Captures) and the PDF page (Encapsulated
+        PDF); what was made is in :attr:`ExamOutputs.summary` ``["rendered"]`` after
+        :meth:`write`."""
         sources = [ds for slab in slabs for ds in slab.reference.datasets]
-        figures_dir = self.out.out_dir / "figures"
-        figures_dir.mkdir(exist_ok=True)
-        with _writing("rendered figures"):
+        out_dir = self.out.out_dir
+        identity = self.identity
+
+        def run() -> Written:
+            figures_dir = out_dir / "figures"
+            figures_dir.mkdir(exist_ok=True)
             figures = render_exam_figures(summary, images, history)
             pdf = render_pdf_report(summary, figures)
-        for figure in figures:
-            (figures_dir / f"{figure.name}.png").write_bytes(figure.png())
-        (figures_dir / "report.pdf").write_bytes(pdf)
-        with _writing("secondary captures"):
+            for figure in figures:
+                (figures_dir / f"{figure.name}.png").write_bytes(figure.png())
+            (figures_dir / "report.pdf").write_bytes(pdf)
             captures = build_secondary_captures(
                 figures, sources, series_number=SC_SERIES_NUMBER, identity=identity
             )
-        with _writing("encapsulated PDF report"):
             document = build_encapsulated_pdf(
                 pdf,
                 sources,
@@ -196,42 +312,45 @@ class ResultWriter:
                 series_number=PDF_SERIES_NUMBER,
                 identity=identity,
             )
-        uids = []
-        for number, capture in enumerate(captures, start=1):
-            path = self.out.out_dir / "dicom" / f"figure{number}_sc.dcm"
-            capture.save_as(path, enforce_file_format=True)
-            self.out.dicom_files.append(path)
-            uids.append(str(capture.SOPInstanceUID))
-        path = self.out.out_dir / "dicom" / "report_pdf.dcm"
-        document.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        return {
-            "figures": [f.name for f in figures],
-            "sc_sop_instance_uids": uids,
-            "pdf_sop_instance_uid": str(document.SOPInstanceUID),
-        }
+            written = Written()
+            for number, capture in enumerate(captures, start=1):
+                path = out_dir / "dicom" / f"figure{number}_sc.dcm"
+                written.dicom_files += _save(capture, path).dicom_files
+            path = out_dir / "dicom" / "report_pdf.dcm"
+            written.dicom_files += _save(document, path).dicom_files
+            written.values = {
+                "figures": [f.name for f in figures],
+                "sc_sop_instance_uids": [str(c.SOPInstanceUID) for c in captures],
+                "pdf_sop_instance_uid": str(document.SOPInstanceUID),
+            }
+            return written
 
-    def segmentation(
-        self,
-        slab: Slab,
-        specs: list[SegmentSpec],
-        series_number: int,
-        identity: ResultIdentity,
-        name: str,
-    ) -> tuple[str, dict[str, int]]:
-        reference = slab.reference
-        multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
-        order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
-        with _writing("segmentation"):
-            seg = build_segmentation(
-                reference.datasets,
-                specs,
-                series_number=series_number,
-                identity=identity,
-                slice_order=order,  # type: ignore[arg-type]
-            )
-        path = self.out.out_dir / "dicom" / name
-        seg.save_as(path, enforce_file_format=True)
-        self.out.dicom_files.append(path)
-        self.segmentations.append(seg)
-        return str(seg.SOPInstanceUID), segment_numbers(specs)
+        self._rendered = len(self.tasks)
+        self._plan("rendered report (figures, secondary captures, PDF)", _COST_RENDERED, run)
+
+    def write(self, *, processes: int = 1) -> dict[str, Any]:
+        """Write every planned file, on ``processes`` processes in all.
+
+        Returns
+        -------
+        dict
+            What the rendered report made (figure names and UIDs), empty without one.
+
+        Raises
+        ------
+        ExamError
+            Naming the object whose writer failed, or the helper process that died; no
+            result is sent then.
+        """
+        try:
+            results = run_tasks(self.tasks, processes=processes)
+        except TaskError as exc:
+            raise ExamError(
+                f"writing the {exc.name} failed ({exc.error}); no result was sent"
+            ) from exc
+        except LaneError as exc:
+            raise ExamError(f"writing the results failed: {exc}; no result was sent") from exc
+        for written in results:
+            self.out.dicom_files.extend(written.dicom_files)
+            self.out.nifti_files.extend(written.nifti_files)
+        return results[self._rendered].values if self._rendered is not None else {}

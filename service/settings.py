@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     z_threshold: float = Field(
         1.96, gt=0, description="One-sided Z above which a voxel counts as abnormal."
     )
+    nifti_results: bool = Field(
+        False,
+        description="Also keep NIfTI maps and masks in each job's results folder (always "
+        "written when bids_dir is set; `cordt1 process` always writes them).",
+    )
+    writer_processes: int = Field(
+        2,
+        ge=1,
+        description="Processes that write one exam's result objects, the job's own included "
+        "(helpers are forked for the writing only); 1: the job's process alone.",
+    )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"

@@ -263,11 +263,13 @@ def test_reader_lesions_sent_as_seg_are_characterised(
     assert all(les["segment_number"] for les in reader)
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_a_failing_writer_fails_the_exam_with_a_clear_error(
     cohort: tuple[Path, list[PhantomExam]],
     model_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    processes: int,
 ) -> None:
     import service.result_writer
 
@@ -276,7 +278,44 @@ def test_a_failing_writer_fails_the_exam_with_a_clear_error(
 
     monkeypatch.setattr(service.result_writer, "build_measurement_report", broken)
     with pytest.raises(ExamError, match=r"writing the structured report failed.*disk quota"):
-        _score(cohort[1][-1], model_dir, tmp_path / "out")
+        _score(cohort[1][-1], model_dir, tmp_path / "out", writer_processes=processes)
+
+
+def test_results_written_by_two_processes_reference_each_other(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    """The report lists the SEGs and maps written in the other process, by their real UIDs."""
+    summary = _score(cohort[1][-1], model_dir, tmp_path, writer_processes=2, write_nifti=False)
+    assert not (tmp_path / "nifti").exists() and summary["outputs"]["nifti"] == []
+    written = {
+        path.name: pydicom.dcmread(path, stop_before_pixels=True)
+        for path in sorted((tmp_path / "dicom").glob("*.dcm"))
+    }
+    assert sorted(written) == sorted(summary["outputs"]["dicom"])
+    uids = {name: str(ds.SOPInstanceUID) for name, ds in written.items()}
+    for k, entry in enumerate(summary["slabs"], start=1):
+        assert uids[f"t1map_slab{k}.dcm"] == entry["result_sop_instance_uid"]
+        assert uids[f"zmap_slab{k}.dcm"] == entry["z_sop_instance_uid"]
+        assert uids[f"seg_slab{k}.dcm"] == entry["seg_sop_instance_uid"]
+        labels = {
+            str(item.SegmentLabel): int(item.SegmentNumber)
+            for item in written[f"seg_slab{k}.dcm"].SegmentSequence
+        }
+        assert labels == entry["segment_numbers"]
+    assert uids["report_sr.dcm"] == summary["sr_sop_instance_uid"]
+    assert uids["report_pdf.dcm"] == summary["rendered"]["pdf_sop_instance_uid"]
+    captures = [uids[name] for name in sorted(written) if name.endswith("_sc.dcm")]
+    assert captures == summary["rendered"]["sc_sop_instance_uids"]
+    sr = written["report_sr.dcm"]
+    evidence = {
+        str(item.ReferencedSOPInstanceUID): str(item.ReferencedSOPClassUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    for name in ("t1map_slab1.dcm", "zmap_slab2.dcm", "seg_slab1.dcm", "seg_slab2.dcm"):
+        assert evidence[uids[name]] == str(written[name].SOPClassUID), name
+    _check_report_regions(summary, tmp_path / "dicom" / "report_sr.dcm")
 
 
 def test_every_result_object_of_a_scored_exam_passes_dciodvfy(
@@ -284,7 +323,7 @@ def test_every_result_object_of_a_scored_exam_passes_dciodvfy(
 ) -> None:
     import subprocess
 
-    _score(cohort[1][-1], model_dir, tmp_path)
+    _score(cohort[1][-1], model_dir, tmp_path, writer_processes=2)
     files = sorted((tmp_path / "dicom").glob("*.dcm"))
     kinds = {path.name.split("_")[0] for path in files}
     assert {"t1map", "zmap", "seg", "report"} <= kinds

@@ -21,6 +21,7 @@ from reports.segmentation import (
     build_segmentation,
     segment_numbers,
     segment_specs,
+    segmentation_header,
 )
 from tests.dicom_factory import affine_from_geometry, make_enhanced_mr, make_legacy_series
 
@@ -98,6 +99,37 @@ def _build(sources: list[Dataset], segments: object, **kwargs: object) -> hd.seg
 
 
 # ---- the standard list -----------------------------------------------------------------------
+
+
+def test_the_planned_header_is_what_the_written_seg_says(
+    stored: np.ndarray, specs: list[SegmentSpec]
+) -> None:
+    """A report may reference a SEG that another process is still writing."""
+    sources = make_legacy_series(stored, OBLIQUE)
+    head = segmentation_header(
+        sources, specs, series_instance_uid="1.2.826.0.1.3", sop_instance_uid="1.2.826.0.1.4"
+    )
+    seg = _round_trip(
+        _build(
+            sources, specs, series_instance_uid="1.2.826.0.1.3", sop_instance_uid="1.2.826.0.1.4"
+        )
+    )
+    for keyword in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert head[keyword].value == seg[keyword].value, keyword
+    assert (
+        head.ReferencedSeriesSequence[0].SeriesInstanceUID
+        == seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    )
+    assert [(int(i.SegmentNumber), str(i.SegmentLabel)) for i in head.SegmentSequence] == [
+        (int(i.SegmentNumber), str(i.SegmentLabel)) for i in seg.SegmentSequence
+    ]
+    with pytest.raises(ValueError, match="non-empty UID"):
+        segmentation_header(sources, specs, series_instance_uid="", sop_instance_uid="1.2")
+    other = make_legacy_series(stored, OBLIQUE)
+    with pytest.raises(ValueError, match="one series, got 2"):
+        segmentation_header(
+            [*sources, *other], specs, series_instance_uid="1.2.3", sop_instance_uid="1.2.4"
+        )
 
 
 def test_segment_specs_lists_every_kind_in_order(specs: list[SegmentSpec]) -> None:
