@@ -113,12 +113,14 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
 def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
     """Run a Celery worker that processes jobs (on this or another host)."""
     from service.celery_app import create_app
+    from service.warmup import warm_up
 
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json.read_text())
     else:
         settings = _settings(ctx, **_overrides(**flags))
     app = create_app(settings)
+    warm_up()  # before the pool forks: every child starts warm
     app.worker_main(
         [
             "worker",

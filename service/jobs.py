@@ -89,7 +89,7 @@ class JobRunner:
                 z_threshold=self.settings.z_threshold,
                 prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid),
                 write_nifti=self.settings.nifti_results or self.settings.bids_dir is not None,
-                writer_processes=self.settings.writer_processes,
+                writer_processes=self.settings.result_writer_processes,
             )
             if self.settings.bids_dir is not None:
                 self._export_bids(exam, out_dir, self.settings.bids_dir)

@@ -156,7 +156,7 @@ def process_folder(
                 prior_summary=previous.get(patient),
                 reader_lesion_files=reader_files,
                 reader_mask_files=mask_files,
-                writer_processes=settings.writer_processes,
+                writer_processes=settings.result_writer_processes,
             )
             if settings.bids_dir is not None:
                 _export(exam, target, settings.bids_dir, study_uid in with_time)

@@ -21,6 +21,9 @@ from pydantic_settings import (
 __all__ = ["NodeSettings", "SendSettings", "Settings", "load_settings"]
 
 CONFIG_ENV = "CORDT1_CONFIG"
+#: Result objects are written by this many processes at most unless configured: the report
+#: and the rendered figures are the two largest tasks, the SEGs and maps together the third.
+MAX_AUTO_WRITER_PROCESSES = 3
 
 
 class NodeSettings(BaseModel):
@@ -94,11 +97,12 @@ class Settings(BaseSettings):
         description="Also keep NIfTI maps and masks in each job's results folder (always "
         "written when bids_dir is set; `cordt1 process` always writes them).",
     )
-    writer_processes: int = Field(
-        2,
+    writer_processes: int | None = Field(
+        None,
         ge=1,
         description="Processes that write one exam's result objects, the job's own included "
-        "(helpers are forked for the writing only); 1: the job's process alone.",
+        "(helpers are forked for the writing only); 1: the job's process alone; default: "
+        "the CPUs this process may use, at most 3 (more gains nothing: 2 big objects).",
     )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
@@ -114,6 +118,13 @@ class Settings(BaseSettings):
     def results_dir(self) -> Path:
         """Where every job writes its outputs."""
         return self.data_dir / "results"
+
+    @property
+    def result_writer_processes(self) -> int:
+        """``writer_processes``, or the usable CPUs (at most 3) when it is not set."""
+        if self.writer_processes is not None:
+            return self.writer_processes
+        return max(1, min(MAX_AUTO_WRITER_PROCESSES, len(os.sched_getaffinity(0))))
 
     @property
     def job_store_url(self) -> str:

@@ -170,8 +170,9 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
     os.close(queue_write)
     children: list[tuple[int, int]] = []
     try:
-        # Objects that exist now are not garbage the children need to look at: without this,
-        # a child's first full collection touches (and so copies) every page of the heap.
+        # Objects that exist now are not garbage the lanes need to look at while they write:
+        # without this, a child's full collection touches (and so copies) every page of the
+        # heap, and the parent's scans the exam's data again.
         gc.freeze()
         for _ in range(helpers):
             result_read, result_write = os.pipe()
@@ -181,7 +182,6 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
                 _child(tasks, queue_read, result_write)
             os.close(result_write)
             children.append((pid, result_read))
-        gc.unfreeze()
         done = _lane(tasks, queue_read)
         outcomes: dict[int, tuple[bool, Any]] = {}
         for index, ok, value in done:
@@ -198,6 +198,7 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
             if status:
                 lost.append(_describe_status(status))
     finally:
+        gc.unfreeze()
         os.close(queue_read)
         for pid, result_read in children:  # only after an exception in this process
             os.close(result_read)
@@ -216,8 +217,10 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
 def _sequential(tasks: Sequence[Task[T]]) -> list[T]:
     results = []
     for task in tasks:
+        started = time.perf_counter()
         try:
             results.append(task.run())
         except Exception as exc:
             raise TaskError(task.name, f"{type(exc).__name__}: {exc}", exc) from exc
+        log.debug("%s: %.3f s", task.name, time.perf_counter() - started)
     return results

@@ -70,6 +70,8 @@ def _check_results_in_pacs(
         assert _dciodvfy_errors(data, tmp_path) == []
     events = [e["kind"] for e in service.store().events(limit=500)]
     assert "association" in events and "results.sent" in events
+    # the worker loaded the DICOM tables and fonts before its first job, in its main process
+    assert "worker warmed up" in service.log_text()
 
 
 def test_exam_from_scanner_reaches_the_pacs_with_embedded_defaults(

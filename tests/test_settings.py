@@ -62,14 +62,15 @@ def test_shipped_example_configuration_is_valid() -> None:
     settings = load_settings(root / "deploy" / "cordt1.example.toml")
     assert settings.node.allowed_calling_aes == {"MR7T": "10.20.30.40", "PACS": ""}
     assert settings.send.retry_interval_s == 900
-    assert settings.writer_processes == 2 and settings.nifti_results is False
+    assert settings.writer_processes is None and settings.nifti_results is False
+    assert 1 <= settings.result_writer_processes <= 3
 
 
 def test_result_writing_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORDT1_WRITER_PROCESSES", "1")
     monkeypatch.setenv("CORDT1_NIFTI_RESULTS", "true")
     settings = load_settings(None)
-    assert settings.writer_processes == 1 and settings.nifti_results is True
+    assert settings.result_writer_processes == 1 and settings.nifti_results is True
     monkeypatch.setenv("CORDT1_WRITER_PROCESSES", "0")
     with pytest.raises(ValidationError, match="writer_processes"):
         load_settings(None)

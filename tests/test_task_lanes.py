@@ -47,6 +47,19 @@ def test_results_come_back_in_task_order_from_two_processes(tmp_path: Path) -> N
     assert os.getpid() in results[:2]
 
 
+def test_three_processes_run_three_tasks_at_once(tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+
+    def meet_all(me: str) -> int:
+        for other in names:
+            if other != me:
+                _meet(tmp_path, me, other)
+        return os.getpid()
+
+    tasks = [Task(name, lambda name=name: meet_all(name)) for name in names]
+    assert len(set(run_tasks(tasks, processes=3))) == 3
+
+
 def test_one_process_runs_everything_here_in_order() -> None:
     seen: list[int] = []
     tasks = [Task(f"t{i}", lambda i=i: seen.append(i) or os.getpid()) for i in range(4)]
