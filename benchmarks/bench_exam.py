@@ -20,7 +20,8 @@ copying the input.
 
 Peak memory is the child's own high-water mark of resident memory (``VmHWM`` in
 ``/proc/self/status``), plus the largest sampled RSS of each phase and the largest sampled PSS
-of the child and its writing helper together (``smaps_rollup``; shared pages counted once).
+of the child and its writing helper together (``smaps_rollup``; shared pages counted once),
+sampled in the cold runs only (sampling costs CPU).
 ``getrusage`` is not used
 for it: Linux carries ``ru_maxrss`` over ``execve``, so a child started from this parent (which
 built the model, at about 2.7 GiB) would report the parent's peak (an earlier version of this
@@ -100,12 +101,16 @@ service = dict(
     model=load_scoring_model(model), writer_processes=settings.result_writer_processes,
     write_nifti=settings.nifti_results,
 )
+# Memory is sampled in the cold runs only: reading smaps_rollup costs CPU, and the worker-like
+# runs are there for their timings.
 sampler = threading.Thread(target=sample, daemon=True)
 started = time.perf_counter()
-sampler.start()
+if warm_up_s is None:
+    sampler.start()
 result = process_exam(series, out, **service)
 stop.set()
-sampler.join()
+if warm_up_s is None:
+    sampler.join()
 timings = result.summary["timings_s"]
 edges, phases, pss, t = {}, {}, {}, started
 for name in ("load", "compute", "write_results"):

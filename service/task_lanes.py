@@ -150,8 +150,8 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
     Raises
     ------
     TaskError
-        For the first task (in task order) that raised; ``cause`` holds the exception when
-        it was raised in this process.
+        For the first task (in task order) that raised; with ``processes=1`` its ``cause``
+        holds the exception itself (from a helper only its text comes back).
     LaneError
         If a helper process died before reporting (its tasks' results are lost).
     ValueError
@@ -176,7 +176,17 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
         gc.freeze()
         for _ in range(helpers):
             result_read, result_write = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # process or memory limit: the lanes there are do it all
+                os.close(result_read)
+                os.close(result_write)
+                log.warning(
+                    "could not start a helper process (%s); going on with %d process(es)",
+                    exc,
+                    len(children) + 1,
+                )
+                break
             if pid == 0:  # pragma: no cover - runs in the child, which leaves by os._exit
                 os.close(result_read)
                 _child(tasks, queue_read, result_write)
@@ -199,15 +209,18 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
                 lost.append(_describe_status(status))
     finally:
         gc.unfreeze()
+        if children:  # an exception here (Ctrl-C, say): helpers start no further task
+            while _take(queue_read) is not None:
+                pass
         os.close(queue_read)
-        for pid, result_read in children:  # only after an exception in this process
+        for pid, result_read in children:
             os.close(result_read)
             _wait(pid)
     for index in range(len(tasks)):
         if index in outcomes and not outcomes[index][0]:
             raise TaskError(tasks[index].name, outcomes[index][1])
     if lost:
-        raise LaneError(f"a result-writing process died ({'; '.join(lost)})")
+        raise LaneError(f"a helper process died ({'; '.join(lost)})")
     missing = [tasks[i].name for i in range(len(tasks)) if i not in outcomes]
     if missing:
         raise LaneError(f"no process ran: {', '.join(missing)}")

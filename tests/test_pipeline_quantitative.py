@@ -281,6 +281,36 @@ def test_a_failing_writer_fails_the_exam_with_a_clear_error(
         _score(cohort[1][-1], model_dir, tmp_path / "out", writer_processes=processes)
 
 
+def test_a_writing_helper_that_dies_fails_the_exam(
+    cohort: tuple[Path, list[PhantomExam]],
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import signal
+
+    import service.result_writer
+
+    parent = os.getpid()
+    for name in (
+        "build_parametric_map",
+        "build_segmentation",
+        "build_measurement_report",
+        "render_exam_figures",
+    ):
+        real = getattr(service.result_writer, name)
+
+        def killed_in_helper(*args: object, _real: object = real, **kwargs: object) -> object:
+            if os.getpid() != parent:  # out of memory, say
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _real(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(service.result_writer, name, killed_in_helper)
+    with pytest.raises(ExamError, match=r"helper process died \(killed by signal 9"):
+        _score(cohort[1][-1], model_dir, tmp_path / "out", writer_processes=2)
+
+
 def test_results_written_by_two_processes_reference_each_other(
     cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
 ) -> None:

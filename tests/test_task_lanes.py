@@ -120,7 +120,7 @@ def test_a_helper_that_dies_fails_the_run(tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return 0
 
-    with pytest.raises(LaneError, match=r"killed by signal 9 \(SIGKILL\)"):
+    with pytest.raises(LaneError, match=r"helper process died \(killed by signal 9 \(SIGKILL\)"):
         run_tasks(_pair(tmp_path, die_in_helper), processes=2)
 
 
@@ -158,3 +158,15 @@ def test_helpers_start_inside_a_daemonic_worker_process(tmp_path: Path) -> None:
     outcome = queue.get(timeout=60)
     worker.join(timeout=60)
     assert outcome == ("ok", 2)
+
+
+def test_without_a_helper_this_process_writes_everything(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    tasks = [Task(f"t{i}", lambda i=i: i * i) for i in range(4)]
+    assert run_tasks(tasks, processes=2) == [0, 1, 4, 9]
+    assert "could not start a helper process" in caplog.text
