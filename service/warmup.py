@@ -1,13 +1,15 @@
 """Load, once per worker, what the first exam would otherwise wait for while writing.
 
 highdicom reads its tables of the DICOM standard (IODs, modules; about 0.4 s) the first time it
-builds an object, and matplotlib loads its fonts the first time it draws text. A Celery worker
+builds an object, and matplotlib loads its fonts the first time it draws text and sets up its
+PDF writer (about 0.3 s) the first time it writes a PDF. A Celery worker
 calls :func:`warm_up` in its main process before it forks its pool, so every child starts its
 first job with both loaded (``worker_init`` in :mod:`service.celery_app`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -40,7 +42,8 @@ def _synthetic_source() -> Dataset:
 
 
 def warm_up() -> float:
-    """Build one tiny Secondary Capture and draw text in every weight the figures use.
+    """Build one tiny Secondary Capture, draw text in every weight the figures use, as pixels
+    and as a PDF page (kept in memory).
 
     Returns
     -------
@@ -57,6 +60,7 @@ def warm_up() -> float:
         fig.text(0.1, y, "cordt1 0123456789", weight=weight, style=style, fontsize=10)
     fig.text(0.1, 0.8, "italic", style="italic", fontsize=8)
     FigureCanvasAgg(fig).draw()
+    fig.savefig(io.BytesIO(), format="pdf")
     seconds = time.perf_counter() - started
-    log.info("worker warmed up in %.2f s (DICOM standard tables, fonts)", seconds)
+    log.info("worker warmed up in %.2f s (DICOM standard tables, fonts, PDF writer)", seconds)
     return seconds
