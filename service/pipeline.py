@@ -394,17 +394,15 @@ def process_exam(
         slab_summary["result_sop_instance_uid"] = writer.parametric_map(
             slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, f"t1map_slab{k}.dcm"
         )
-        writer.nifti(f"slab{k}_t1_ms.nii.gz", np.nan_to_num(t1_ms).astype(np.float32), affine)
+        writer.nifti(f"slab{k}_t1_ms.nii.gz", t1_ms, affine, np.float32)
         for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
-            writer.nifti(f"slab{k}_{name}.nii.gz", mask.astype(np.uint8), affine)
-        writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels.astype(np.int16), affine)
+            writer.nifti(f"slab{k}_{name}.nii.gz", mask, affine, np.uint8)
+        writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels, affine, np.int16)
         if scored and slab_scores.z is not None:
             slab_summary["z_sop_instance_uid"] = writer.parametric_map(
                 slab, slab_scores.z, MapKind.Z_SCORE, Z_SERIES_NUMBER + k, f"zmap_slab{k}.dcm"
             )
-            writer.nifti(
-                f"slab{k}_z.nii.gz", np.nan_to_num(slab_scores.z).astype(np.float32), affine
-            )
+            writer.nifti(f"slab{k}_z.nii.gz", slab_scores.z, affine, np.float32)
         specs = segment_specs(
             cord=anatomy.cord,
             gm=anatomy.gm,
@@ -428,7 +426,7 @@ def process_exam(
             ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
         ):
             if labels is not None:
-                writer.nifti(f"slab{k}_{name}.nii.gz", labels.astype(np.int16), affine)
+                writer.nifti(f"slab{k}_{name}.nii.gz", labels, affine, np.int16)
 
     summary = _summary(
         slabs, slab_summaries, t1_maps, anatomies, scores, scored, z_threshold, identity

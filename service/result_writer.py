@@ -149,14 +149,22 @@ class ResultWriter:
     def _plan(self, name: str, cost: float, run: Callable[[], Written]) -> None:
         self.tasks.append(Task(name=name, run=run, cost=cost))
 
-    def nifti(self, name: str, array: NDArray[Any], affine_lps: NDArray[np.float64]) -> None:
-        """Plan a NIfTI file (nothing when NIfTI is off)."""
+    def nifti(
+        self,
+        name: str,
+        array: NDArray[Any],
+        affine_lps: NDArray[np.float64],
+        dtype: type[np.generic],
+    ) -> None:
+        """Plan a NIfTI file of ``array`` stored as ``dtype`` (NaN as 0); nothing when NIfTI
+        is off."""
         if not self.write_nifti:
             return
         path = self.out.out_dir / "nifti" / name
 
         def run() -> Written:
-            nib.save(to_nifti(array, affine_lps), path)
+            data = np.nan_to_num(array) if np.issubdtype(array.dtype, np.floating) else array
+            nib.save(to_nifti(data.astype(dtype), affine_lps), path)
             return Written(nifti_files=[path])
 
         self._plan(f"NIfTI file {name}", _COST_NIFTI, run)
