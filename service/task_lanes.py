@@ -162,7 +162,7 @@ def run_tasks(tasks: Sequence[Task[T]], *, processes: int = 2) -> list[T]:
     if len(tasks) > _MAX_TASKS:
         raise ValueError(f"at most {_MAX_TASKS} tasks, got {len(tasks)}")
     helpers = min(processes, len(tasks)) - 1
-    if helpers <= 0:
+    if helpers <= 0 or not hasattr(os, "fork"):  # no fork (Windows): all here
         return _sequential(tasks)
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
     queue_read, queue_write = os.pipe()
