@@ -256,7 +256,8 @@ def run_demo(
                 f"(Z > {summary['z_threshold']}); {lesions.get('count', 0)} lesion "
                 f"{lesions.get('source', 'candidate')}(s)"
             )
-        _say(f"outputs (DICOM, NIfTI, summary.json): {job.result['out_dir']}")
+        _say(f"outputs (DICOM, figures, summary.json): {job.result['out_dir']}")
+        _say("NIfTI copies for researchers: nifti_results = true, or cordt1 process")
         _say(f"job list: cordt1 --config {config} status")
         code = 0
         if keep_running:
