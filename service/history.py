@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from processing.followup import compare
 
-__all__ = ["follow_up_block", "lesion_source_for_comparison"]
+__all__ = ["choose_prior", "exam_moment", "follow_up_block", "lesion_source_for_comparison"]
 
 #: Template coordinates (slab, s, u, v) -> rough millimetres: slabs never match each other,
 #: s spans a slab (~50 mm), u and v are cord half-width (~6.5 mm) and half-depth (~4.5 mm).
 TEMPLATE_AXIS_MM = (1000.0, 50.0, 6.5, 4.5)
+
+
+def exam_moment(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """(StudyDate, StudyTime) of a summary's exam, empty strings where unknown."""
+    exam = summary.get("exam") or {}
+    return str(exam.get("study_date") or ""), str(exam.get("study_time") or "")
+
+
+def choose_prior(
+    candidates: Sequence[Mapping[str, Any]], moment: tuple[str, str]
+) -> Mapping[str, Any] | None:
+    """The summary of the patient's latest exam taken before ``moment``, or None.
+
+    Parameters
+    ----------
+    candidates : sequence of mapping
+        Summaries of the same patient's other processed exams, oldest processed first.
+    moment : tuple of str
+        (StudyDate, StudyTime) of the exam being processed (DICOM DA, TM; empty if unknown).
+
+    Returns
+    -------
+    mapping or None
+        With a study date: the latest candidate dated before it (an exam taken later, say
+        from the archive after the newer one, is never the prior); when no candidate is
+        dated, the one processed last. Without a study date: the latest by date, then by
+        processing order.
+    """
+    dated = [c for c in candidates if exam_moment(c)[0]]
+    if moment[0]:
+        pool = [c for c in dated if exam_moment(c) < moment] if dated else list(candidates)
+    else:
+        pool = list(candidates)
+    if not pool:
+        return None
+    order = {id(c): i for i, c in enumerate(pool)}
+    return max(pool, key=lambda c: (exam_moment(c), order[id(c)]))
 
 
 def lesion_source_for_comparison(prior: Mapping[str, Any], current: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ from reports.identity import ResultIdentity
 from service import __version__
 from service.bids import exam_labels, export_exam
 from service.exam import ExamError, ExamSeries
+from service.history import choose_prior
 from service.model_build import ScoringModel, load_scoring_model
 from service.pipeline import process_exam
 from service.protocol import load_site_protocols
@@ -87,7 +88,9 @@ class JobRunner:
                 identity=result_identity(self.settings),
                 model=self._model(),
                 z_threshold=self.settings.z_threshold,
-                prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid),
+                prior_summary=self._prior_summary(
+                    job.id, job.patient_key, job.study_uid, self._moment(exam)
+                ),
                 write_nifti=self.settings.nifti_results or self.settings.bids_dir is not None,
                 writer_processes=self.settings.result_writer_processes,
             )
@@ -188,25 +191,35 @@ class JobRunner:
                 ) from exc
         return self._scoring_model
 
-    def _prior_summary(self, job_id: int, patient: str, study_uid: str) -> dict[str, Any] | None:
-        """Summary of the same patient's most recent earlier exam, if one was processed."""
+    def _prior_summary(
+        self, job_id: int, patient: str, study_uid: str, moment: tuple[str, str]
+    ) -> dict[str, Any] | None:
+        """Summary of the same patient's latest exam taken before this one, if processed."""
         if not patient:
             return None
-        earlier = [
-            j
-            for j in self.store.list_jobs(limit=100000, states=[JobState.DONE])
+        others = [
+            j.result["summary"]
+            for j in sorted(
+                self.store.list_jobs(limit=100000, states=[JobState.DONE]), key=lambda j: j.id
+            )
             if j.patient_key == patient
             and j.study_uid != study_uid
             and j.id != job_id
             and "summary" in j.result
         ]
-        if not earlier:
-            return None
-        latest = max(
-            earlier, key=lambda j: (j.result["summary"]["exam"].get("study_date", ""), j.id)
-        )
-        summary: dict[str, Any] = latest.result["summary"]
-        return summary
+        prior = choose_prior(others, moment)
+        return dict(prior) if prior is not None else None
+
+    @staticmethod
+    def _moment(exam: ExamSeries) -> tuple[str, str]:
+        """(StudyDate, StudyTime) from the exam's first file; empty strings where unknown."""
+        for series in exam.by_component.values():
+            for files in series.values():
+                header = pydicom.dcmread(
+                    files[0], stop_before_pixels=True, specific_tags=["StudyDate", "StudyTime"]
+                )
+                return str(header.get("StudyDate") or ""), str(header.get("StudyTime") or "")
+        return "", ""
 
     def _exam(self, study_uid: str, series_uids: tuple[str, ...]) -> ExamSeries:
         exam = ExamSeries(study_uid=study_uid)

@@ -137,6 +137,7 @@ def _exam_identity(slab: Slab) -> dict[str, Any]:
     return {
         "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
         "study_date": str(ds.get("StudyDate", "") or ""),
+        "study_time": str(ds.get("StudyTime", "") or ""),
         "accession_number": str(ds.get("AccessionNumber", "") or ""),
         "protocol_name": str(ds.get("ProtocolName", "") or ""),
     }

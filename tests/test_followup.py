@@ -185,3 +185,33 @@ def test_compare_finds_the_phantom_new_and_enlarged_lesions(cohort: Path) -> Non
         changed += len(expected_new) + len(expected_enlarged)
         assert set(result.to_dict()["lesions"]) >= {"new", "enlarged", "stable"}
     assert changed >= 2
+
+
+# ---- which earlier exam a new one is compared with (service.history.choose_prior) ------------
+
+
+def _exam_summary(date: str, time: str = "", tag: str = "") -> dict:
+    return {"exam": {"study_date": date, "study_time": time, "study_instance_uid": tag}}
+
+
+def test_the_prior_is_the_latest_exam_taken_before_this_one() -> None:
+    from service.history import choose_prior
+
+    jan, mar, may = (_exam_summary(d, tag=d) for d in ("20260105", "20260310", "20260512"))
+    # processed in any order: the prior of an April exam is March, never May
+    assert choose_prior([may, jan, mar], ("20260415", "")) is mar
+    # an archive exam older than all others has no prior, even though newer ones are done
+    assert choose_prior([may, mar], ("20251201", "")) is None
+    # the same day: the study time decides
+    morning, noon = _exam_summary("20260310", "0800"), _exam_summary("20260310", "1200")
+    assert choose_prior([noon, morning], ("20260310", "1000")) is morning
+
+
+def test_without_dates_the_last_processed_exam_is_the_prior() -> None:
+    from service.history import choose_prior
+
+    first, second = _exam_summary("", tag="a"), _exam_summary("", tag="b")
+    assert choose_prior([first, second], ("20260415", "")) is second
+    dated = _exam_summary("20260101")
+    assert choose_prior([dated, first], ("", "")) is dated  # known dates rank above unknown
+    assert choose_prior([], ("20260415", "")) is None
