@@ -114,9 +114,9 @@ def _planning(what: str) -> Iterator[None]:
         ) from exc
 
 
-def _save(dataset: Dataset, path: Path) -> Written:
+def _save(dataset: Dataset, path: Path) -> Path:
     dataset.save_as(path, enforce_file_format=True)
-    return Written(dicom_files=[path])
+    return path
 
 
 class ResultWriter:
@@ -148,6 +148,17 @@ class ResultWriter:
 
     def _plan(self, name: str, cost: float, run: Callable[[], Written]) -> None:
         self.tasks.append(Task(name=name, run=run, cost=cost))
+
+    def _plan_object(
+        self, name: str, cost: float, filename: str, build: Callable[[], Dataset]
+    ) -> None:
+        """Plan one DICOM object: ``build()`` makes it, the task saves it as ``filename``."""
+        path = self.out.out_dir / "dicom" / filename
+
+        def run() -> Written:
+            return Written(dicom_files=[_save(build(), path)])
+
+        self._plan(name, cost, run)
 
     def nifti(
         self,
@@ -188,22 +199,19 @@ class ResultWriter:
                 sop_instance_uid=sop_uid,
             )
         )
-        path = self.out.out_dir / "dicom" / name
-        identity = self.identity
 
-        def run() -> Written:
-            pm = build_parametric_map(
+        def build() -> Dataset:
+            return build_parametric_map(
                 reference.datasets,
                 reference.to_source_order(np.where(np.isfinite(values), values, 0.0)),
                 kind,
                 series_number=series_number,
-                identity=identity,
+                identity=self.identity,
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
             )
-            return _save(pm, path)
 
-        self._plan(f"{kind} parametric map of slab {slab.index}", _COST_MAP, run)
+        self._plan_object(f"{kind} parametric map of slab {slab.index}", _COST_MAP, name, build)
         return sop_uid
 
     def segmentation(
@@ -227,22 +235,19 @@ class ResultWriter:
                     sop_instance_uid=sop_uid,
                 )
             )
-        path = self.out.out_dir / "dicom" / name
-        identity = self.identity
 
-        def run() -> Written:
-            seg = build_segmentation(
+        def build() -> Dataset:
+            return build_segmentation(
                 reference.datasets,
                 specs,
                 series_number=series_number,
-                identity=identity,
+                identity=self.identity,
                 slice_order=order,  # type: ignore[arg-type]
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
             )
-            return _save(seg, path)
 
-        self._plan(f"segmentation of slab {slab.index}", _COST_SEGMENTATION, run)
+        self._plan_object(f"segmentation of slab {slab.index}", _COST_SEGMENTATION, name, build)
         return sop_uid, segment_numbers(specs)
 
     @property
@@ -268,24 +273,21 @@ class ResultWriter:
         series_uid, sop_uid = str(hd.UID()), str(hd.UID())
         sources = [ds for slab in slabs for ds in slab.reference.datasets]
         segmentations, maps = list(self._segmentations), list(self._parametric_maps)
-        path = self.out.out_dir / "dicom" / "report_sr.dcm"
-        identity = self.identity
 
-        def run() -> Written:
-            sr = build_measurement_report(
+        def build() -> Dataset:
+            return build_measurement_report(
                 summary,
                 source_images=sources,
                 segmentations=segmentations,
                 segment_numbers=lookup,
                 parametric_maps=maps,
                 series_number=SR_SERIES_NUMBER,
-                identity=identity,
+                identity=self.identity,
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
             )
-            return _save(sr, path)
 
-        self._plan("structured report", _COST_REPORT, run)
+        self._plan_object("structured report", _COST_REPORT, "report_sr.dcm", build)
         return sop_uid
 
     def rendered_report(
@@ -300,7 +302,6 @@ class ResultWriter:
         :meth:`write`."""
         sources = [ds for slab in slabs for ds in slab.reference.datasets]
         out_dir = self.out.out_dir
-        identity = self.identity
 
         def run() -> Written:
             figures_dir = out_dir / "figures"
@@ -311,27 +312,28 @@ class ResultWriter:
                 (figures_dir / f"{figure.name}.png").write_bytes(figure.png())
             (figures_dir / "report.pdf").write_bytes(pdf)
             captures = build_secondary_captures(
-                figures, sources, series_number=SC_SERIES_NUMBER, identity=identity
+                figures, sources, series_number=SC_SERIES_NUMBER, identity=self.identity
             )
             document = build_encapsulated_pdf(
                 pdf,
                 sources,
                 document_title="cordt1 spinal cord T1 report",
                 series_number=PDF_SERIES_NUMBER,
-                identity=identity,
+                identity=self.identity,
             )
-            written = Written()
-            for number, capture in enumerate(captures, start=1):
-                path = out_dir / "dicom" / f"figure{number}_sc.dcm"
-                written.dicom_files += _save(capture, path).dicom_files
-            path = out_dir / "dicom" / "report_pdf.dcm"
-            written.dicom_files += _save(document, path).dicom_files
-            written.values = {
-                "figures": [f.name for f in figures],
-                "sc_sop_instance_uids": [str(c.SOPInstanceUID) for c in captures],
-                "pdf_sop_instance_uid": str(document.SOPInstanceUID),
-            }
-            return written
+            files = [
+                _save(capture, out_dir / "dicom" / f"figure{number}_sc.dcm")
+                for number, capture in enumerate(captures, start=1)
+            ]
+            files.append(_save(document, out_dir / "dicom" / "report_pdf.dcm"))
+            return Written(
+                dicom_files=files,
+                values={
+                    "figures": [f.name for f in figures],
+                    "sc_sop_instance_uids": [str(c.SOPInstanceUID) for c in captures],
+                    "pdf_sop_instance_uid": str(document.SOPInstanceUID),
+                },
+            )
 
         self._rendered = len(self.tasks)
         self._plan("rendered report (figures, secondary captures, PDF)", _COST_RENDERED, run)
