@@ -78,7 +78,7 @@ class JobRunner:
         job = self.store.get_job(job_id)
         out_dir = self.job_dir(job_id)
         try:
-            exam = self._exam(job.study_uid, job.series_uids)
+            exam, moment = self._exam(job.study_uid, job.series_uids)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             outputs = process_exam(
@@ -88,9 +88,7 @@ class JobRunner:
                 identity=result_identity(self.settings),
                 model=self._model(),
                 z_threshold=self.settings.z_threshold,
-                prior_summary=self._prior_summary(
-                    job.id, job.patient_key, job.study_uid, self._moment(exam)
-                ),
+                prior_summary=self._prior_summary(job.id, job.patient_key, job.study_uid, moment),
                 write_nifti=self.settings.nifti_results or self.settings.bids_dir is not None,
                 writer_processes=self.settings.result_writer_processes,
             )
@@ -210,19 +208,12 @@ class JobRunner:
         prior = choose_prior(others, moment)
         return dict(prior) if prior is not None else None
 
-    @staticmethod
-    def _moment(exam: ExamSeries) -> tuple[str, str]:
-        """(StudyDate, StudyTime) from the exam's first file; empty strings where unknown."""
-        for series in exam.by_component.values():
-            for files in series.values():
-                header = pydicom.dcmread(
-                    files[0], stop_before_pixels=True, specific_tags=["StudyDate", "StudyTime"]
-                )
-                return str(header.get("StudyDate") or ""), str(header.get("StudyTime") or "")
-        return "", ""
-
-    def _exam(self, study_uid: str, series_uids: tuple[str, ...]) -> ExamSeries:
+    def _exam(
+        self, study_uid: str, series_uids: tuple[str, ...]
+    ) -> tuple[ExamSeries, tuple[str, str]]:
+        """The exam's files by component, and its (StudyDate, StudyTime), empty if unknown."""
         exam = ExamSeries(study_uid=study_uid)
+        moment = ("", "")
         paths = self.store.instance_paths(series_uids)
         for series_uid, files in paths.items():
             existing = [Path(p) for p in files if Path(p).exists()]
@@ -230,4 +221,6 @@ class JobRunner:
                 raise ExamError(f"series {series_uid}: no received file is left in the spool")
             header = pydicom.dcmread(existing[0], stop_before_pixels=True)
             exam.by_component.setdefault(classify(header), {})[series_uid] = existing
-        return exam
+            if not moment[0]:
+                moment = (str(header.get("StudyDate") or ""), str(header.get("StudyTime") or ""))
+        return exam, moment
