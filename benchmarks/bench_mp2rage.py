@@ -180,13 +180,7 @@ def run(
         "benchmark": "mp2rage",
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "protocol": {
-            "tr_mp2rage_s": protocol.tr_mp2rage_s,
-            "ti_s": [protocol.ti1_s, protocol.ti2_s],
-            "flip_deg": [protocol.flip1_deg, protocol.flip2_deg],
-            "echo_spacing_s": protocol.echo_spacing_s,
-            "n_excitations": protocol.n_excitations,
-        },
+        "protocol": protocol.as_dict(),
         "repeat": repeat,
         "table_build": {
             "t1_points": int(table.t1_s.size),

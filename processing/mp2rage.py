@@ -128,6 +128,17 @@ class MP2RAGEProtocol:
         """Free recovery between the second block and the next inversion (s)."""
         return self.tr_mp2rage_s - self.ti2_s - self.n_after * self.echo_spacing_s
 
+    def as_dict(self) -> dict[str, float | int | list[float]]:
+        """The acquisition numbers, JSON-ready (TIs and flip angles as pairs)."""
+        return {
+            "tr_mp2rage_s": self.tr_mp2rage_s,
+            "ti_s": [self.ti1_s, self.ti2_s],
+            "flip_deg": [self.flip1_deg, self.flip2_deg],
+            "echo_spacing_s": self.echo_spacing_s,
+            "n_excitations": self.n_excitations,
+            "efficiency": self.efficiency,
+        }
+
 
 _Affine = tuple[NDArray[np.float64], NDArray[np.float64]]
 

@@ -72,15 +72,7 @@ def slab_t1(
         "t1_source": "UNI + protocol lookup table",
         "b1_corrected": b1_corrected,
         "b1_note": b1_note,
-        "protocol": {
-            "tr_mp2rage_s": protocol.tr_mp2rage_s,
-            "ti_s": [protocol.ti1_s, protocol.ti2_s],
-            "flip_deg": [protocol.flip1_deg, protocol.flip2_deg],
-            "echo_spacing_s": protocol.echo_spacing_s,
-            "n_excitations": protocol.n_excitations,
-            "efficiency": protocol.efficiency,
-            "sources": sources,
-        },
+        "protocol": {**protocol.as_dict(), "sources": sources},
         "lookup_t1_range_ms": [
             round(float(v) * 1000, 1) for v in table.monotonic_part()[0][[0, -1]]
         ],
