@@ -8,6 +8,7 @@ INV2 magnitude image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,9 +17,11 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "RAYLEIGH_SD_FACTOR",
+    "CordCoverage",
     "QcThresholds",
     "QcVerdict",
     "assess",
+    "cord_coverage",
     "estimate_snr",
 ]
 
@@ -97,6 +100,94 @@ class QcVerdict:
             raise ValueError(f"a {self.verdict!r} verdict needs at least one reason")
 
 
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if start is not None and (n is None or n != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if n is not None and start is None:
+            start = n
+        prev = n
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class CordCoverage:
+    """On which slices the cord was found, per slab: what the exam's numbers rest on.
+
+    Attributes
+    ----------
+    slices : int
+        Slices of all slabs together.
+    found : int
+        Slices with a cord.
+    missing : dict of int to tuple of int
+        Slab number -> 1-based numbers of its slices without a cord (slabs with none left out).
+    """
+
+    slices: int
+    found: int
+    missing: dict[int, tuple[int, ...]]
+
+    @property
+    def missing_text(self) -> str:
+        """The missing slices, e.g. ``"slab 1: slices 3, 7-9; slab 2: slice 12"``."""
+        return "; ".join(
+            f"slab {slab}: slice{'s' if len(numbers) > 1 else ''} {_ranges(numbers)}"
+            for slab, numbers in sorted(self.missing.items())
+        )
+
+    @property
+    def statement(self) -> str:
+        """One sentence for readers, e.g. ``"cord found on 22 of 24 slices (not found: ...)"``."""
+        if not self.missing:
+            return f"cord found on all {self.slices} slices"
+        return (
+            f"cord found on {self.found} of {self.slices} slices (not found: {self.missing_text})"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """The ``coverage`` block of summary.json."""
+        return {
+            "slices": self.slices,
+            "cord_slices_found": self.found,
+            "missing_slices": {str(k): list(v) for k, v in sorted(self.missing.items())},
+            "statement": self.statement,
+        }
+
+
+def cord_coverage(found_per_slab: Mapping[int, ArrayLike]) -> CordCoverage:
+    """Summarise per-slab "cord found" flags.
+
+    Parameters
+    ----------
+    found_per_slab : mapping of int to array_like of bool
+        Slab number -> one flag per slice (in slice order).
+
+    Returns
+    -------
+    CordCoverage
+
+    Examples
+    --------
+    >>> cord_coverage({1: [True, False, False, True], 2: [True, True]}).statement
+    'cord found on 4 of 6 slices (not found: slab 1: slices 2-3)'
+    """
+    slices = found = 0
+    missing: dict[int, tuple[int, ...]] = {}
+    for slab, flags in found_per_slab.items():
+        flags = _per_slice(f"found flags of slab {slab}", flags, np.bool_)
+        slices += flags.size
+        found += int(np.count_nonzero(flags))
+        numbers = tuple(int(i) + 1 for i in np.flatnonzero(~flags))
+        if numbers:
+            missing[int(slab)] = numbers
+    return CordCoverage(slices=slices, found=found, missing=missing)
+
+
 def _fraction(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -123,6 +214,7 @@ def assess(
     protocol_matches_model: bool | None,
     b1_corrected: bool,
     thresholds: QcThresholds | None = None,
+    slab_per_slice: ArrayLike | None = None,
 ) -> QcVerdict:
     """Apply the QC rules of :class:`QcThresholds` to one exam.
 
@@ -147,6 +239,9 @@ def assess(
         Whether T1 was corrected with a B1 map.
     thresholds : QcThresholds, optional
         Rule limits; the documented defaults when omitted.
+    slab_per_slice : array_like of int, optional
+        Slab number of every slice (slices of one slab consecutive, in order); with it the
+        reasons name the slices without a cord ("slab 2: slices 5-6").
 
     Returns
     -------
@@ -186,12 +281,19 @@ def assess(
     warns: list[str] = []
     missing = int(np.count_nonzero(~found))
     missing_fraction = missing / n_slices if n_slices else 1.0
+    which = ""
+    if slab_per_slice is not None:
+        slab_of = _per_slice("slab_per_slice", slab_per_slice, np.int64)
+        if slab_of.size != n_slices:
+            raise ValueError(f"slab_per_slice has {slab_of.size} values for {n_slices} slices")
+        coverage = cord_coverage({int(s): found[slab_of == s] for s in np.unique(slab_of)})
+        which = f" ({coverage.missing_text})" if coverage.missing else ""
     if n_slices == 0:
         fails.append("no slices to assess")
     elif missing_fraction > limits.max_missing_fraction_fail:
-        fails.append(f"no cord found on {missing} of {n_slices} slices")
+        fails.append(f"no cord found on {missing} of {n_slices} slices{which}")
     elif missing:
-        warns.append(f"no cord found on {missing} of {n_slices} slices")
+        warns.append(f"no cord found on {missing} of {n_slices} slices{which}")
 
     found_area = area[found]
     bad_area = (found_area < limits.area_min_mm2) | (found_area > limits.area_max_mm2)

@@ -1153,6 +1153,9 @@ def render_pdf_report(
     if failed:
         qc_lines[0] += " - Z-score results are withheld because:"
     qc_lines += [f"   - {r}" for r in [str(r) for r in summary["qc"].get("reasons") or []][:6]]
+    coverage = (summary.get("coverage") or {}).get("statement")
+    if coverage:
+        qc_lines.append(f"Numbers rest on: {coverage}")
     ax.text(
         0.04,
         0.925,

@@ -392,8 +392,10 @@ def model_build(
         )
     except (ExamError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
+    excluded = list(metadata.extra.get("excluded_controls", []))
+    left_out = f", {len(excluded)} left out (QC failed, listed above)" if excluded else ""
     click.echo(
-        f"model {metadata.model_version}: {metadata.n_controls} controls, protocol "
+        f"model {metadata.model_version}: {metadata.n_controls} controls{left_out}, protocol "
         f"{metadata.protocol_name!r}, written to {out_dir}"
     )
 

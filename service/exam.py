@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from dicom_node.components import Component, classify, classify_series, is_gradient_echo
@@ -28,6 +30,7 @@ __all__ = [
     "find_exam_series",
     "match_slabs",
     "own_markers",
+    "slab_foreground",
 ]
 
 
@@ -73,6 +76,14 @@ class Slab:
         if volume is None:
             raise ExamError(f"slab {self.index} has neither UNI nor T1 map")
         return volume
+
+
+def slab_foreground(slab: Slab) -> NDArray[np.bool_]:
+    """Voxels with signal: INV2 above a tenth of its robust maximum (all voxels without INV2)."""
+    if slab.inv2 is None:
+        return np.isfinite(slab.reference.array)
+    inv2 = slab.inv2.array
+    return inv2 > 0.1 * float(np.percentile(inv2, 99.5))
 
 
 def dicom_files(folder: Path) -> list[Path]:

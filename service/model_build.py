@@ -30,7 +30,15 @@ from processing.template import (
     gm_prior_from_controls,
 )
 from service import __version__
-from service.exam import ExamError, ExamSeries, Slab, dicom_files, find_exam_series, match_slabs
+from service.exam import (
+    ExamError,
+    ExamSeries,
+    Slab,
+    dicom_files,
+    find_exam_series,
+    match_slabs,
+    slab_foreground,
+)
 from service.model_store import (
     ModelMetadata,
     ProtocolMismatch,
@@ -39,7 +47,7 @@ from service.model_store import (
     save_model,
 )
 from service.protocol import SiteProtocol
-from service.quantify import SlabAnatomy, segment_slab
+from service.quantify import SlabAnatomy, assess_exam, segment_slab
 from service.t1_map import slab_t1
 
 __all__ = ["ScoringModel", "build_model", "load_scoring_model"]
@@ -140,6 +148,26 @@ def _within_cell_spread(
     return np.sum(ss_parts, axis=0), np.sum(dof_parts, axis=0)
 
 
+def _qc_failures(control: _Control) -> tuple[str, ...]:
+    """The failed QC rules of a control segmented with any prior (none: usable)."""
+    cord_t1 = np.concatenate(
+        [t1[a.cord] for a, t1 in zip(control.anatomies, control.t1_ms, strict=True)]
+    )
+    verdict = assess_exam(
+        anatomies=control.anatomies,
+        inv2=[s.inv2.array if s.inv2 is not None else None for s in control.slabs],
+        foregrounds=[slab_foreground(s) for s in control.slabs],
+        outside_lookup_in_cord=float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else 1.0,
+        voxel_mm=[s.reference.voxel_mm for s in control.slabs],
+        model_valid=[],
+        protocol_matches_model=None,
+        b1_corrected=all(s.b1map is not None for s in control.slabs),
+    )
+    if not any(a.segmentation.found.any() for a in control.anatomies):
+        return ("fail: no spinal cord found on any slice",)
+    return tuple(r for r in verdict.reasons if r.startswith("fail: "))
+
+
 def _merge_slabs(templates: list[NDArray[np.float64]]) -> NDArray[np.float64]:
     merged = templates[0].copy()
     for template in templates[1:]:
@@ -177,11 +205,16 @@ def build_model(
 ) -> ModelMetadata:
     """Build and save a normative model from every exam under ``controls_dir``.
 
+    A control whose QC fails (cord missing on most slices, SNR or lookup-table coverage too
+    low) is left out; the model's metadata lists it with the reasons (``extra
+    ["excluded_controls"]``).
+
     Raises
     ------
     ExamError
-        If fewer than three controls can be read, their protocols or slab counts differ,
-        or a control cannot be processed (the message names its study UID).
+        If fewer than three controls can be read or pass QC (the message lists the ones left
+        out and why), their protocols or slab counts differ, or a control cannot be processed
+        (the message names its study UID).
     """
     say = progress or (lambda _msg: None)
     exams = find_exam_series(dicom_files(controls_dir))
@@ -211,9 +244,26 @@ def build_model(
         raise ExamError("a control appears twice (same patient): one exam per control")
 
     geometric = geometric_gm_prior(n_slabs)
+    excluded: dict[str, tuple[str, ...]] = {}
+    usable: list[_Control] = []
     for i, control in enumerate(controls, start=1):
         control.anatomies = _segment(control, geometric, n_slabs)
+        failures = _qc_failures(control)
+        if failures:
+            excluded[control.study_uid] = failures
+            say(f"left out control {control.study_uid}: QC {'; '.join(failures)}")
+            log.warning("control %s left out of the model: QC failed", control.study_uid)
+        else:
+            usable.append(control)
         say(f"segmented control {i}/{len(controls)} (geometric prior)")
+    if len(usable) < MIN_CONTROLS:
+        listed = "; ".join(f"{uid} ({'; '.join(why)})" for uid, why in excluded.items())
+        raise ExamError(
+            f"only {len(usable)} of {len(controls)} controls pass QC; at least {MIN_CONTROLS} "
+            f"are needed for a normative model. Left out: {listed}"
+        )
+    controls = usable
+    keys = [c.key for c in controls]
     learned = gm_prior_from_controls([(a.coords, a.gm) for c in controls for a in c.anatomies])
     t1_templates, masks = [], []
     within_ss, within_dof = [], []
@@ -258,7 +308,12 @@ def build_model(
         smoothing_sigma_vox=SMOOTHING_SIGMA_VOX,
         shrinkage_n0=SHRINKAGE_N0,
         min_count=MIN_CONTROLS,
-        extra={"gm_prior_sha256": hashlib.sha256(prior_data).hexdigest()},
+        extra={
+            "gm_prior_sha256": hashlib.sha256(prior_data).hexdigest(),
+            "excluded_controls": [
+                {"study_instance_uid": uid, "reasons": list(why)} for uid, why in excluded.items()
+            ],
+        },
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / GM_PRIOR_FILE).write_bytes(prior_data)

@@ -20,13 +20,14 @@ from numpy.typing import NDArray
 
 from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol
+from processing.qc import cord_coverage
 from processing.stats import DEFAULT_Z_THRESHOLD
 from processing.template import geometric_gm_prior
 from reports.figures import SlabImages
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind
 from reports.segmentation import segment_specs
-from service.exam import ExamError, ExamSeries, Slab, match_slabs
+from service.exam import ExamError, ExamSeries, Slab, match_slabs, slab_foreground
 from service.history import follow_up_block
 from service.partners import describe_grid, partner_on_grid
 from service.protocol import (
@@ -68,15 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["ExamOutputs", "process_exam"]
 
 log = logging.getLogger(__name__)
-
-
-def _foreground(slab: Slab) -> NDArray[np.bool_]:
-    """Voxels with signal: INV2 above a tenth of its robust maximum (all voxels without INV2)."""
-    reference = slab.reference.array
-    if slab.inv2 is None:
-        return np.isfinite(reference)
-    inv2 = slab.inv2.array
-    return inv2 > 0.1 * float(np.percentile(inv2, 99.5))
 
 
 def _t1_statistics(t1_ms: NDArray[np.float64], mask: NDArray[np.bool_]) -> dict[str, float]:
@@ -289,7 +281,7 @@ def process_exam(
     for i, slab in enumerate(slabs):
         t1_ms, reference = t1_maps[i], slab.reference
         voxel_mm, affine = reference.voxel_mm, reference.affine_lps
-        foreground = _foreground(slab)
+        foreground = slab_foreground(slab)
         foregrounds.append(foreground)
         reader = reader_lesions[i] if reader_lesions is not None else None
         anatomy = segment_slab(
@@ -360,6 +352,9 @@ def process_exam(
                 else 100.0,
                 "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
                 "cord_slices_found": int(anatomy.segmentation.found.sum()),
+                "cord_missing_slices": [
+                    int(i) + 1 for i in np.flatnonzero(~anatomy.segmentation.found)
+                ],
                 "segmentation_source": given_masks[i].describe()
                 if given_masks[i] is not None
                 else "automatic",
@@ -433,6 +428,9 @@ def process_exam(
         slabs, slab_summaries, t1_maps, anatomies, scores, scored, z_threshold, identity
     )
     summary["qc"] = {"verdict": qc.verdict, "reasons": list(qc.reasons), "metrics": qc.metrics}
+    summary["coverage"] = cord_coverage(
+        {a.coords.slab: a.segmentation.found for a in anatomies}
+    ).as_dict()
     if model is not None:
         summary["model"] = model.summary()
     if prior_summary is not None and scored:

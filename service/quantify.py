@@ -402,11 +402,12 @@ def assess_exam(
     b1_corrected: bool,
 ) -> QcVerdict:
     """The QC verdict of a whole exam (all slabs together)."""
-    areas, found, shifts = [], [], []
+    areas, found, shifts, slab_of = [], [], [], []
     for anatomy, vox in zip(anatomies, voxel_mm, strict=True):
         seg = anatomy.segmentation
         areas.append(seg.area_mm2(vox))
         found.append(seg.found)
+        slab_of.append(np.full(len(seg.found), anatomy.coords.slab))
         centre = seg.centre_ji * np.asarray(vox[1:])
         shift = np.full(len(seg.found), np.nan)
         shift[1:] = np.hypot(*np.diff(centre, axis=0).T)
@@ -436,6 +437,7 @@ def assess_exam(
         template_fit=template_fit,
         protocol_matches_model=protocol_matches_model,
         b1_corrected=b1_corrected,
+        slab_per_slice=np.concatenate(slab_of),
     )
 
 

@@ -361,3 +361,87 @@ def test_every_result_object_of_a_scored_exam_passes_dciodvfy(
         out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
         errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
         assert errors == [], (path.name, errors)
+
+
+def _blank(
+    exam: PhantomExam, out: Path, *, slab: int | None = None, slice_k: int = 0
+) -> PhantomExam:
+    """A copy of ``exam`` whose images hold no cord: all of them, or one slice of one slab."""
+    shutil.copytree(exam.root, out)
+    for path in (out / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        if slab is not None:
+            if not path.parent.name.endswith(f"slab{slab}"):
+                continue
+            positions = sorted(
+                float(p.ImagePositionPatient[2])
+                for p in map(pydicom.dcmread, path.parent.glob("*.dcm"))
+            )
+            if float(ds.ImagePositionPatient[2]) != positions[slice_k]:
+                continue
+        value = int(np.median(ds.pixel_array))
+        ds.PixelData = np.full(ds.pixel_array.shape, value, ds.pixel_array.dtype).tobytes()
+        ds.save_as(path)
+    return PhantomExam(out, out / "dicom", out / "truth", exam.study_uid, exam.site_protocols)
+
+
+def test_slices_without_a_cord_are_named_in_summary_qc_report_and_pdf(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    exam = _blank(cohort[1][-1], tmp_path / "exam", slab=2, slice_k=0)
+    summary = _score(exam, model_dir, tmp_path / "out")
+    inferior_first = summary["slabs"][1]["cord_missing_slices"]
+    assert len(inferior_first) == 1
+    coverage = summary["coverage"]
+    assert coverage["missing_slices"] == {"2": inferior_first}
+    assert coverage["cord_slices_found"] == coverage["slices"] - 1
+    named = f"slab 2: slice {inferior_first[0]}"
+    assert named in coverage["statement"]
+    assert any(named in reason for reason in summary["qc"]["reasons"])
+    sr = pydicom.dcmread(tmp_path / "out" / "dicom" / "report_sr.dcm")
+    texts = [
+        item.TextValue
+        for container in sr.ContentSequence
+        for item in getattr(container, "ContentSequence", [])
+        if "TextValue" in item
+    ]
+    assert coverage["statement"] in texts
+    pdfs = sorted((tmp_path / "out" / "figures").glob("*.pdf"))
+    assert pdfs
+    import subprocess
+
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdfs[0]), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Numbers rest on" in text and named in " ".join(text.split())
+
+
+def test_model_build_leaves_out_controls_that_fail_qc_and_refuses_too_few(
+    cohort: tuple[Path, list[PhantomExam]], tmp_path: Path
+) -> None:
+    root, exams = cohort
+    controls = [e for e in exams if e.dicom_dir.is_relative_to(root / "controls")]
+    folder = tmp_path / "controls"
+    for i, exam in enumerate(controls[:3]):
+        shutil.copytree(exam.root, folder / f"control{i}")
+    bad = _blank(controls[3], folder / "blank")
+    metadata = build_model(
+        folder,
+        tmp_path / "model",
+        profiles=load_site_protocols(bad.site_protocols),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert metadata.n_controls == 3
+    excluded = metadata.extra["excluded_controls"]
+    assert [e["study_instance_uid"] for e in excluded] == [bad.study_uid]
+    assert any("no spinal cord" in r or "no cord found" in r for r in excluded[0]["reasons"])
+    assert load_scoring_model(tmp_path / "model").metadata.extra["excluded_controls"] == excluded
+
+    shutil.rmtree(folder / "control0")
+    with pytest.raises(ExamError, match=rf"only 2 of 3 controls pass QC.*{bad.study_uid}"):
+        build_model(
+            folder,
+            tmp_path / "model2",
+            profiles=load_site_protocols(bad.site_protocols),
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )

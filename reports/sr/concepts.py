@@ -19,6 +19,7 @@ __all__ = [
     "COMMENT",
     "COMPOSITION",
     "COMPOSITIONS",
+    "COVERAGE",
     "CRANIO_CAUDAL_EXTENT",
     "DERIVATION_MAX",
     "DERIVATION_MEAN",
@@ -143,6 +144,7 @@ QC_VERDICTS: dict[str, Code] = {
     "fail": _private("QC_FAIL", "QC failed: Z-scores withheld"),
 }
 QC_REASON = _private("QC_REASON", "Quality control reason")
+COVERAGE = _private("COVERAGE", "Slices the reported numbers rest on")
 MODEL_VERSION = _private("MODEL_VERSION", "Normative model version")
 Z_THRESHOLD = _private("Z_THRESHOLD", "Z-score threshold for abnormal voxels")
 FOLLOW_UP = _private("FOLLOW_UP", "Change since prior exam")

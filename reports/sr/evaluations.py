@@ -85,6 +85,8 @@ def evaluations_container(
     if report.qc_verdict is not None:
         items.append(_code(c.QC_VERDICT, c.QC_VERDICTS[report.qc_verdict]))
     items.extend(_text(c.QC_REASON, reason) for reason in report.qc_reasons)
+    if report.coverage:
+        items.append(_text(c.COVERAGE, report.coverage))
     if report.z_withheld:
         items.append(
             _text(c.COMMENT, "QC failed: Z-scores and abnormal-voxel percentages are withheld")

@@ -118,6 +118,7 @@ class ExamReport:
     qc_verdict: str | None
     qc_reasons: tuple[str, ...]
     follow_up: FollowUp | None
+    coverage: str | None = None
 
     @property
     def z_withheld(self) -> bool:
@@ -368,6 +369,7 @@ def read_summary(summary: Mapping) -> ExamReport:
         for i, r in enumerate(_list(qc.get("reasons"), "summary['qc']['reasons']"))
     )
     exam = _mapping(summary.get("exam"), "summary['exam']") or {}
+    coverage = _mapping(summary.get("coverage"), "summary['coverage']") or {}
     n_slabs, slab_series, slab_regions = _slabs(summary, withheld)
     lesions = tuple(
         _lesion(item, f"summary['lesions'][{i}]")
@@ -410,4 +412,5 @@ def read_summary(summary: Mapping) -> ExamReport:
         qc_verdict=verdict,
         qc_reasons=tuple(r for r in reasons if r),
         follow_up=_follow_up(summary, withheld),
+        coverage=_text(coverage.get("statement"), "summary['coverage']['statement']"),
     )
