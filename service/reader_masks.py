@@ -3,7 +3,9 @@ segmentation (issue 4: "accept masks given with the exam instead when present").
 
 They come as segments of a reader SEG (:func:`masks_from_seg`; which segment is what is
 decided by :func:`service.reader_lesions.segment_kind`) or offline as NIfTI files named
-``*cord*``, ``*gm*``, ``*wm*`` (:func:`mask_kind_of_file`, :func:`mask_from_nifti`).
+``*cord*``, ``*gm*``, ``*wm*`` or as the Spinal Cord Toolbox names them (``*_seg``,
+``*_gmseg``, ``*_wmseg``, ``*label-SC_seg``, ...; :func:`mask_kind_of_file`,
+:func:`mask_from_nifti`).
 
 How given masks replace the automatic ones on a slab (:class:`GivenMasks`):
 
@@ -19,6 +21,7 @@ How given masks replace the automatic ones on a slab (:class:`GivenMasks`):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,19 +203,47 @@ def masks_from_seg(reader_seg: ReaderSeg) -> list[GivenMasks | None]:
     return out
 
 
+#: The Spinal Cord Toolbox's output names: ``sub-01_T2star_gmseg``, ``..._label-GM_seg``.
+_SCT_NAMES: tuple[tuple[re.Pattern[str], SegmentKind], ...] = (
+    (re.compile(r"(^|[_-])label-SC_seg$", re.IGNORECASE), SegmentKind.CORD),
+    (re.compile(r"(^|[_-])label-GM_seg$", re.IGNORECASE), SegmentKind.GM),
+    (re.compile(r"(^|[_-])label-WM_seg$", re.IGNORECASE), SegmentKind.WM),
+    (re.compile(r"(^|[_-])gmseg$", re.IGNORECASE), SegmentKind.GM),
+    (re.compile(r"(^|[_-])wmseg$", re.IGNORECASE), SegmentKind.WM),
+)
+_SCT_CORD = re.compile(r"(^|[_-])seg$", re.IGNORECASE)
+
+
 def mask_kind_of_file(path: Path) -> SegmentKind:
-    """Cord, GM or WM, from a NIfTI file's name (``slab1_cord.nii.gz``, ``sub-01_gm.nii``).
+    """Cord, GM or WM, from a NIfTI file's name.
+
+    Our names (``slab1_cord.nii.gz``, ``sub-01_gm.nii``) and the Spinal Cord Toolbox's:
+    ``*_gmseg`` / ``*label-GM_seg`` (GM), ``*_wmseg`` / ``*label-WM_seg`` (WM),
+    ``*label-SC_seg`` and a plain ``*_seg`` naming no other tissue (cord).
 
     Raises
     ------
     ReaderLesionError
         If the name names no tissue, a lesion, or both grey and white matter.
+
+    Examples
+    --------
+    >>> [str(mask_kind_of_file(Path(n))) for n in (
+    ...     "sub-01_T2star_gmseg.nii.gz", "sub-01_T2w_seg.nii", "sub-01_label-WM_seg.nii.gz")]
+    ['gm', 'cord', 'wm']
     """
     stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    for pattern, sct_kind in _SCT_NAMES:
+        if pattern.search(stem):
+            return sct_kind
     kind = kind_from_text(stem)
+    if kind is None and _SCT_CORD.search(stem):
+        kind = SegmentKind.CORD  # SCT's sct_deepseg_sc / sct_propseg output
     if kind not in TISSUE_KINDS:
         raise ReaderLesionError(
-            f"mask file {path.name}: its name must say which tissue it holds (cord, gm or wm)"
+            f"mask file {path.name}: its name must say which tissue it holds (cord, gm or wm), "
+            "or be a Spinal Cord Toolbox name (*_seg, *_gmseg, *_wmseg, *label-SC_seg, "
+            "*label-GM_seg, *label-WM_seg)"
         )
     return kind  # type: ignore[return-value]
 

@@ -277,6 +277,32 @@ def test_nifti_mask_names_and_values(small: Exam, tmp_path: Path) -> None:
     np.testing.assert_array_equal(cord, _truth(small.truth_dir, 1, "cord") > 0)
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sub-01_T2star_seg.nii.gz", SegmentKind.CORD),  # sct_deepseg_sc / sct_propseg
+        ("sub-01_T2star_gmseg.nii.gz", SegmentKind.GM),  # sct_deepseg_gm
+        ("sub-01_T2star_wmseg.nii", SegmentKind.WM),  # sct_maths: cord minus GM
+        ("sub-01_UNIT1_label-SC_seg.nii.gz", SegmentKind.CORD),  # BIDS derivatives naming
+        ("sub-01_UNIT1_label-GM_seg.nii", SegmentKind.GM),
+        ("sub-01_UNIT1_label-WM_seg.nii.gz", SegmentKind.WM),
+        ("SUB-01_T2STAR_GMSEG.nii.gz", SegmentKind.GM),
+        ("slab1_gm_seg.nii.gz", SegmentKind.GM),  # our own word wins over the plain _seg
+    ],
+)
+def test_spinal_cord_toolbox_mask_names(name: str, expected: SegmentKind) -> None:
+    assert mask_kind_of_file(Path(name)) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sub-01_lesion_seg.nii.gz", "sub-01_label-lesion_seg.nii.gz", "sub-01_T2star.nii.gz"],
+)
+def test_names_that_are_no_tissue_mask_stay_refused(name: str) -> None:
+    with pytest.raises(ReaderLesionError, match="Spinal Cord Toolbox name"):
+        mask_kind_of_file(Path(name))
+
+
 # --- the pipeline on given masks ------------------------------------------------------------
 
 
@@ -381,6 +407,36 @@ def test_process_cli_uses_nifti_masks(patient: PhantomExam, tmp_path: Path) -> N
     assert [s["segmentation_source"] for s in summary["slabs"]] == [
         f"reader NIfTI slab{k}_gm.nii.gz, slab{k}_wm.nii.gz (gm, wm)" for k in (1, 2)
     ]
+    for k in (1, 2):
+        for name in ("cord", "gm", "wm"):
+            np.testing.assert_array_equal(
+                _nifti(out, f"slab{k}_{name}.nii.gz"), _truth(patient.truth_dir, k, name)
+            )
+
+
+@pytest.mark.slow
+def test_process_cli_takes_masks_under_spinal_cord_toolbox_names(
+    patient: PhantomExam, tmp_path: Path
+) -> None:
+    """Slab 1 as sct_deepseg_sc/_gm name them, slab 2 with BIDS ``label-`` names."""
+    masks = tmp_path / "sct"
+    masks.mkdir()
+    names = {
+        (1, "cord"): "sub-01_acq-top_T2star_seg.nii.gz",
+        (1, "gm"): "sub-01_acq-top_T2star_gmseg.nii.gz",
+        (2, "cord"): "sub-01_acq-bottom_UNIT1_label-SC_seg.nii.gz",
+        (2, "wm"): "sub-01_acq-bottom_UNIT1_label-WM_seg.nii.gz",
+    }
+    for (k, tissue), name in names.items():
+        shutil.copy(patient.truth_dir / f"slab{k}_{tissue}.nii.gz", masks / name)
+    argv = ["process", str(patient.dicom_dir), "--out", str(tmp_path / "out")]
+    argv += ["--site-protocols", str(patient.site_protocols), "--masks", str(masks)]
+    assert main(argv) == 0
+    out = tmp_path / "out" / patient.study_uid
+    summary = json.loads((out / "summary.json").read_text())
+    sources = [s["segmentation_source"] for s in summary["slabs"]]
+    assert sources[0].startswith("reader NIfTI") and sources[0].endswith("(cord, gm)")
+    assert sources[1].startswith("reader NIfTI") and sources[1].endswith("(cord, wm)")
     for k in (1, 2):
         for name in ("cord", "gm", "wm"):
             np.testing.assert_array_equal(
