@@ -2,14 +2,18 @@
 
 Layout written under ``bids_root`` (BIDS 1.9.0, derivative dataset):
 
-- ``dataset_description.json`` (``DatasetType`` ``derivative``, ``GeneratedBy`` cordt1) and
-  ``.bidsignore`` (the summary and the Z-score map use suffixes BIDS does not define);
+- ``dataset_description.json`` (``DatasetType`` ``derivative``, ``GeneratedBy`` cordt1,
+  ``SourceDatasets``: one ``urn:oid:<StudyInstanceUID>`` per exported DICOM study), a
+  ``README`` and ``.bidsignore`` (the summary, the Z-score map and the group table use names
+  BIDS does not define);
+- ``cordt1_regions.tsv`` + ``.json``: the group table, one row per exam, slab and region or
+  level (:mod:`service.group_table`), updated by every export;
 - ``sub-<s>/ses-<e>/sub-<s>_ses-<e>_desc-cordt1_summary.json``: ``summary.json`` without the
   accession number;
 - ``sub-<s>/ses-<e>/anat/sub-<s>_ses-<e>_acq-slab<k>_<name>`` per slab ``k``:
 
   ========================================  ===============================================
-  ``T1map.nii.gz`` + ``.json``              T1 in ms; MP2RAGE protocol, B1 correction
+  ``T1map.nii.gz`` + ``.json``              T1 in seconds (BIDS); MP2RAGE timing keys
   ``desc-zscore_statmap.nii.gz`` + ``.json``  Z-score against the normative model (if scored)
   ``desc-cord_mask``, ``desc-gm_mask``,     binary cord, grey- and white-matter masks
   ``desc-wm_mask`` (``.nii.gz`` + ``.json``)
@@ -17,6 +21,12 @@ Layout written under ``bids_root`` (BIDS 1.9.0, derivative dataset):
   ``desc-lesions_dseg``                     reader lesions (ids as in the summary's slab labels)
   ``desc-candidates_dseg``                  automatic lesion candidates (if scored)
   ========================================  ===============================================
+
+Every image has its units in the NIfTI header (``xyzt_units``: mm, s) and a sidecar with BIDS
+keys only; facts BIDS has no key for (both inversion times, B1 correction, normative model
+version, Z threshold, software version) are in the session's ``desc-cordt1_summary.json``
+(``.bidsignore``d) and the group table. Writes of the shared root files (description, group
+table) hold the folder's lock (:func:`service.group_table.locked`).
 
 The subject label is the pseudonymous patient key (:func:`dicom_node.instance.patient_key`),
 never the PatientID; the session label is the study date, with the study time appended when
@@ -41,6 +51,7 @@ from dicom_node.instance import patient_key
 from processing.regions import REGIONS
 from service import __version__
 from service.exam import ExamSeries
+from service.group_table import TABLE_NAME, exam_rows, locked, update_table
 
 __all__ = [
     "BIDS_VERSION",
@@ -55,7 +66,41 @@ __all__ = [
 BIDS_VERSION = "1.9.0"
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 _SLAB_FILE = re.compile(r"slab(\d+)_(t1_ms|z|cord|gm|wm|labels|lesions_reader|lesions_candidates)")
-_BIDSIGNORE = ("*_summary.json", "*_statmap.nii.gz", "*_statmap.json")
+_BIDSIGNORE = (
+    "*_summary.json",
+    "*_statmap.nii.gz",
+    "*_statmap.json",
+    TABLE_NAME,
+    TABLE_NAME.removesuffix(".tsv") + ".json",
+)
+_MP2RAGE_REFERENCE = (
+    "Marques JP, Kober T, Krueger G, van der Zwaag W, Van de Moortele PF, Gruetter R. "
+    "MP2RAGE, a self bias-field corrected sequence for improved segmentation and "
+    "T1-mapping at high field. NeuroImage 2010;49(2):1271-1281. "
+    "doi:10.1016/j.neuroimage.2009.10.002"
+)
+_README = """# cordt1 spinal cord quantitative T1 (BIDS derivatives)
+
+RESEARCH USE ONLY - NOT FOR DIAGNOSIS.
+
+Written by cordt1 from 7 T MP2RAGE exams of the cervical spinal cord (DICOM studies named
+in dataset_description.json SourceDatasets as urn:oid:<StudyInstanceUID>).
+
+Per session (sub-<patient key>/ses-<study date>/anat/, one acq-slab<k> per slab):
+
+- *_T1map.nii.gz: longitudinal relaxation time T1 in seconds;
+- *_desc-cord_mask, *_desc-gm_mask, *_desc-wm_mask: binary cord, grey and white matter;
+- *_dseg.nii.gz + .tsv: cord sub-regions (columns, funiculi, horns by side);
+- *_desc-lesions_dseg, *_desc-candidates_dseg: reader lesions, automatic lesion candidates;
+- *_desc-zscore_statmap.nii.gz: voxel-wise Z-score against the normative model (ignored by
+  the BIDS validator: statmap is not a BIDS suffix yet);
+- sub-*_ses-*_desc-cordt1_summary.json: the exam's full summary (protocol with both inversion
+  times, B1 correction, QC, model, lesions, region values).
+
+cordt1_regions.tsv (columns described in cordt1_regions.json): one row per exam, slab and
+region or vertebral level, with voxels, mean/median T1 (ms), mean Z, % abnormal voxels, QC
+verdict and model version.
+"""
 
 
 @dataclass(frozen=True)
@@ -92,6 +137,16 @@ _OUTPUTS: dict[str, _Output] = {
         "desc-candidates_dseg", "Automatic lesion candidates (not reviewed by a reader)"
     ),
 }
+
+
+#: Output kind -> the kinds it is computed from (its sidecar's ``Sources``, when exported).
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "z": ("t1_ms",),
+    "labels": ("cord", "gm"),
+    "lesions_candidates": ("z",),
+}
+
+_TISSUE = ("cord", "gm", "wm")
 
 
 def _check_label(value: str, what: str) -> str:
@@ -210,9 +265,30 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-def _write_description(bids_root: Path) -> Path:
-    """Write ``dataset_description.json`` unless this cordt1 derivative has one already."""
+def _write_description(bids_root: Path, study_uid: str) -> Path:
+    """Write or update ``dataset_description.json``, ``README`` and ``.bidsignore``.
+
+    The study joins ``SourceDatasets`` (once). Call with the root's lock held.
+
+    Raises
+    ------
+    ValueError
+        If the folder holds another BIDS dataset (not a cordt1 derivative).
+    """
     path = bids_root / "dataset_description.json"
+    description: dict[str, Any] = {
+        "Name": "cordt1 spinal cord quantitative T1",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "cordt1",
+                "Version": __version__,
+                "Description": "7 T MP2RAGE cervical cord T1 maps, segmentation and Z-scores",
+            }
+        ],
+        "SourceDatasets": [],
+    }
     if path.exists():
         try:
             existing = json.loads(path.read_text())
@@ -224,23 +300,22 @@ def _write_description(bids_root: Path) -> Path:
                 f"{bids_root} holds another BIDS dataset (not a cordt1 derivative); "
                 "export into an empty folder"
             )
-        return path
-    description = {
-        "Name": "cordt1 spinal cord quantitative T1",
-        "BIDSVersion": BIDS_VERSION,
-        "DatasetType": "derivative",
-        "GeneratedBy": [
-            {
-                "Name": "cordt1",
-                "Version": __version__,
-                "Description": "7 T MP2RAGE cervical cord T1 maps, segmentation and Z-scores",
-            }
-        ],
-    }
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    _write_json(temporary, description)
-    temporary.replace(path)
-    (bids_root / ".bidsignore").write_text("\n".join(_BIDSIGNORE) + "\n")
+        description = {**description, **existing}
+    source = {"URL": f"urn:oid:{study_uid}"}
+    sources = list(description.get("SourceDatasets") or [])
+    if source not in sources:
+        description["SourceDatasets"] = [*sources, source]
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        _write_json(temporary, description)
+        temporary.replace(path)
+    readme = bids_root / "README"
+    if not readme.exists() and not any(bids_root.glob("README.*")):
+        readme.write_text(_README)
+    ignore = bids_root / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [pattern for pattern in _BIDSIGNORE if pattern not in lines]
+    if missing:
+        ignore.write_text("\n".join(lines + missing) + "\n")
     return path
 
 
@@ -254,37 +329,49 @@ def _slab_outputs(nifti_dir: Path) -> dict[int, dict[str, Path]]:
     return found
 
 
-def _common(summary: dict[str, Any]) -> dict[str, Any]:
-    model = summary.get("model") or {}
-    return {
-        "SoftwareVersion": str(summary.get("software", {}).get("version", __version__)),
-        "NormativeModelVersion": model.get("model_version"),
-        "ResearchUse": summary.get("research_use", ""),
-    }
+def _t1_sidecar(slab: dict[str, Any]) -> dict[str, Any]:
+    """BIDS keys of a T1map: units, estimation and the MP2RAGE timing (seconds, degrees).
 
-
-def _t1_sidecar(slab: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    ``InversionTime`` is left out: BIDS gives it one number per image, and the T1 map comes
+    from both inversions (their times are in the session summary).
+    """
+    source = str(slab.get("t1_source") or "")
+    sidecar: dict[str, Any] = {"Units": "s", "SkullStripped": False}
+    if source:
+        sidecar["EstimationAlgorithm"] = source
+    if source.startswith("UNI"):
+        sidecar["EstimationReference"] = _MP2RAGE_REFERENCE
     protocol = slab.get("protocol")
-    sidecar: dict[str, Any] = {
-        "Units": "ms",
-        "EstimationMethod": slab.get("t1_source", ""),
-        "B1Corrected": bool(slab.get("b1_corrected", False)),
-        "B1Note": slab.get("b1_note", ""),
-        "MP2RAGEProtocol": protocol,
-        "SourceSeriesInstanceUID": slab.get("series_instance_uid", ""),
-    }
     if protocol:
-        # The BIDS names of the MP2RAGE parameters (qMRI appendix), in seconds and degrees.
         sidecar.update(
             {
                 "RepetitionTimePreparation": protocol["tr_mp2rage_s"],
-                "InversionTime": protocol["ti_s"],
                 "FlipAngle": protocol["flip_deg"],
                 "RepetitionTimeExcitation": protocol["echo_spacing_s"],
                 "NumberShots": protocol["n_excitations"],
             }
         )
     return sidecar
+
+
+def _bids_uri(path: Path, bids_root: Path) -> str:
+    return f"bids::{path.relative_to(bids_root).as_posix()}"
+
+
+def _write_image(source: Path, target: Path, *, scale: float | None = None) -> None:
+    """Copy a NIfTI image with its units in the header (mm, s); ``scale`` multiplies values."""
+    image = nib.load(source)
+    header = image.header.copy()
+    data = np.asanyarray(image.dataobj)
+    if scale is not None:
+        data = (np.asarray(image.get_fdata(dtype=np.float64)) * scale).astype(np.float32)
+        header.set_data_dtype(np.float32)
+        header.set_slope_inter(None, None)
+    out = nib.Nifti1Image(data, image.affine, header)
+    out.header.set_xyzt_units("mm", "sec")
+    out.set_sform(*image.get_sform(coded=True))
+    out.set_qform(*image.get_qform(coded=True))
+    nib.save(out, target)
 
 
 def _regions_table() -> str:
@@ -310,6 +397,7 @@ def _lesions_table(image_path: Path, k: int, source: str, lesions: list[dict[str
 
 
 def _dseg_sidecar_columns(kind: str) -> dict[str, Any]:
+    """Descriptions of a dseg TSV's extra columns (BIDS reads them from the shared sidecar)."""
     if kind == "labels":
         return {
             "tissue": {
@@ -347,12 +435,15 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
     ------
     ValueError
         If a label is not alphanumeric, the exam folder has no summary or no T1 map, or
-        ``bids_root`` is a file or holds a dataset that is not a cordt1 derivative.
+        ``bids_root`` is a file or holds a dataset that is not a cordt1 derivative (or a
+        ``cordt1_regions.tsv`` that is not the group table).
 
     Notes
     -----
     The session folder is built aside and then swapped in, so exporting the same session
-    again replaces it completely (no stale file from an earlier run survives).
+    again replaces it completely (no stale file from an earlier run survives); the exam's rows
+    in the group table ``cordt1_regions.tsv`` are replaced likewise. The T1 map is written in
+    seconds (BIDS); the pipeline's own ``slab<k>_t1_ms.nii.gz`` stays in ms.
     """
     _check_label(subject, "subject")
     _check_label(session, "session")
@@ -369,8 +460,10 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
 
     if bids_root.exists() and not bids_root.is_dir():
         raise ValueError(f"BIDS folder {bids_root} exists and is not a folder")
-    bids_root.mkdir(parents=True, exist_ok=True)
-    _write_description(bids_root)
+    study_uid = str(summary.get("exam", {}).get("study_instance_uid") or "")
+    rows = exam_rows(summary, subject=subject, session=session)  # raises without a study UID
+    with locked(bids_root):
+        _write_description(bids_root, study_uid)
     subject_dir = bids_root / f"sub-{subject}"
     subject_dir.mkdir(exist_ok=True)
     final = subject_dir / f"ses-{session}"
@@ -378,23 +471,36 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
     anat = staging / "anat"
     anat.mkdir(parents=True)
     prefix = f"sub-{subject}_ses-{session}"
+
+    def uri(k: int, kind: str) -> str:
+        name = f"{prefix}_acq-slab{k}_{_OUTPUTS[kind].name}.nii.gz"
+        return _bids_uri(final / "anat" / name, bids_root)
+
     written: list[Path] = []
     try:
-        common = _common(summary)
         lesions = list(summary.get("lesions", []))
         for k in sorted(slabs):
             for kind, source in sorted(outputs[k].items()):
                 spec = _OUTPUTS[kind]
                 stem = anat / f"{prefix}_acq-slab{k}_{spec.name}"
-                shutil.copyfile(source, stem.with_name(stem.name + ".nii.gz"))
-                written.append(stem.with_name(stem.name + ".nii.gz"))
+                image = stem.with_name(stem.name + ".nii.gz")
+                _write_image(source, image, scale=1e-3 if kind == "t1_ms" else None)
+                written.append(image)
                 sidecar: dict[str, Any] = {"Description": spec.description, **dict(spec.extra)}
                 if kind == "t1_ms":
-                    sidecar.update(_t1_sidecar(slabs[k], summary))
-                elif kind == "z":
-                    sidecar.update(
-                        {"Units": "arbitrary", "ZThreshold": summary.get("z_threshold")}
-                    )
+                    sidecar.update(_t1_sidecar(slabs[k]))
+                else:
+                    sidecar["SpatialReference"] = uri(k, "t1_ms")
+                made_from = _SOURCES.get(kind, ())
+                if kind in _TISSUE and slabs[k].get("segmentation_source", "automatic") == (
+                    "automatic"
+                ):
+                    made_from = ("t1_ms",)  # our segmentation runs on the T1 map
+                sources = [uri(k, s) for s in made_from if s in outputs[k]]
+                if sources:
+                    sidecar["Sources"] = sources
+                if kind == "z":
+                    sidecar["SkullStripped"] = False
                 if spec.name.endswith("dseg"):
                     table = (
                         _regions_table()
@@ -409,7 +515,7 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
                     stem.with_name(stem.name + ".tsv").write_text(table)
                     written.append(stem.with_name(stem.name + ".tsv"))
                     sidecar.update(_dseg_sidecar_columns(kind))
-                _write_json(stem.with_name(stem.name + ".json"), {**common, **sidecar})
+                _write_json(stem.with_name(stem.name + ".json"), sidecar)
                 written.append(stem.with_name(stem.name + ".json"))
         exported = dict(summary)
         exported["exam"] = {
@@ -421,13 +527,15 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
         _write_json(summary_out, exported)
         written.append(summary_out)
         old = subject_dir / f".ses-{session}.old-{uuid.uuid4().hex}"
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
+        with locked(bids_root):
+            if final.exists():
+                final.rename(old)
+            staging.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    update_table(bids_root, rows)
     return [final / path.relative_to(staging) for path in written]
 
 

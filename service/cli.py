@@ -244,9 +244,10 @@ def retry(
     "masks",
     type=click.Path(exists=True, path_type=Path),
     multiple=True,
-    help="Cord/GM/WM mask NIfTI (name containing cord, gm or wm), or a folder of them, used "
-    "instead of the automatic segmentation (matched to the slab by grid; repeatable). "
-    "INPUT_DIR must hold a single exam.",
+    help="Cord/GM/WM mask NIfTI (name containing cord, gm or wm, or a Spinal Cord Toolbox "
+    "name: *_seg, *_gmseg, *_wmseg, *label-SC_seg, *label-GM_seg, *label-WM_seg), or a folder "
+    "of them, used instead of the automatic segmentation (matched to the slab by grid; "
+    "repeatable). INPUT_DIR must hold a single exam.",
 )
 @click.pass_context
 def process(
@@ -260,7 +261,12 @@ def process(
     lesions: tuple[Path, ...],
     masks: tuple[Path, ...],
 ) -> None:
-    """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/."""
+    """Process every exam found in INPUT_DIR offline; outputs go to OUT_DIR/<study UID>/.
+
+    The group table OUT_DIR/cordt1_regions.tsv (and, with --bids-out, one at the BIDS root)
+    gets one row per exam, slab and region or level. Progress ("exam k of N: <study UID>")
+    goes to stderr. Exits 1 when no exam is found or any exam failed.
+    """
     from service.offline import process_folder
 
     settings = _settings(
@@ -277,12 +283,21 @@ def process(
             settings,
             lesions=list(lesions) or None,
             masks=list(masks) or None,
+            progress=lambda message: click.echo(message, err=True),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():
         click.echo(line)
     if report.failed:
+        click.echo(
+            f"Error: {len(report.failed)} of {len(report.failed) + len(report.done)} exam(s) "
+            "failed: " + "; ".join(f"{uid}: {error}" for uid, error in report.failed.items()),
+            err=True,
+        )
+        raise click.exceptions.Exit(1)
+    if not report.done:
+        click.echo(f"Error: {report.none_found or 'no DICOM exam found'}", err=True)
         raise click.exceptions.Exit(1)
 
 

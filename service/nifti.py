@@ -44,7 +44,8 @@ def to_nifti(array: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
     Returns
     -------
     nibabel.Nifti1Image
-        Data ``(i, j, k)``, affine to RAS, sform and qform code 1 (scanner).
+        Data ``(i, j, k)``, affine to RAS, sform and qform code 1 (scanner), spatial
+        units mm (``xyzt_units``).
 
     Examples
     --------
@@ -60,6 +61,7 @@ def to_nifti(array: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
     # update_affine=False: the header keeps float32 copies, img.affine stays exact
     img.set_qform(affine_ras, code=1, update_affine=False)
     img.set_sform(affine_ras, code=1, update_affine=False)
+    img.header.set_xyzt_units("mm", "sec")  # units in the header (BIDS validators ask)
     return img
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import pydicom
 
 from dicom_node.instance import patient_key
-from service.bids import exam_labels, export_exam
+from service.bids import exam_labels, export_exam, session_label
 from service.exam import ExamError, ExamSeries, dicom_files, find_exam_series
+from service.group_table import TABLE_NAME, exam_rows, update_table
 from service.jobs import result_identity
 from service.model_build import load_scoring_model
 from service.pipeline import process_exam
@@ -26,17 +28,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FolderReport:
-    """Per exam: output folder or error."""
+    """Per exam: output folder or error; why nothing was found; the group table written.
+
+    Attributes
+    ----------
+    done, failed : dict
+        Study UID -> output folder, study UID -> error.
+    none_found : str
+        When no exam was found: what was searched and what was there (else empty).
+    tables : list of Path
+        Group tables written (:mod:`service.group_table`).
+    """
 
     done: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    none_found: str = ""
+    tables: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """At least one exam was processed and none failed."""
+        return bool(self.done) and not self.failed
 
     def lines(self) -> list[str]:
         """Human-readable lines, one per exam."""
         out = [f"done   {uid}: {path}" for uid, path in self.done.items()]
         out += [f"FAILED {uid}: {error}" for uid, error in self.failed.items()]
+        out += [f"table  {path}" for path in self.tables]
         if not self.done and not self.failed:
-            out.append("no DICOM exam found")
+            out.append(self.none_found or "no DICOM exam found")
         return out
 
 
@@ -91,6 +111,29 @@ def _export(exam: ExamSeries, exam_out_dir: Path, bids_dir: Path, with_time: boo
         raise ExamError(f"BIDS export to {bids_dir} failed: {exc}") from exc
 
 
+def _none_found(input_dir: Path, n_files: int) -> str:
+    if not input_dir.is_dir():
+        return f"no DICOM exam found: {input_dir} is not a folder"
+    if n_files == 0:
+        return f"no DICOM exam found: {input_dir} holds no DICOM (Part-10) file"
+    return (
+        f"no DICOM exam found: the {n_files} DICOM file(s) in {input_dir} are all results "
+        "this software wrote (never inputs)"
+    )
+
+
+def _table_rows(
+    exam: ExamSeries, summary: dict[str, Any], with_time: bool
+) -> list[dict[str, str]]:
+    """Group-table rows of an exam, labelled as its BIDS session would be."""
+    labels = exam_labels(exam)
+    try:
+        session = session_label(labels.study_date, labels.study_time, with_time=with_time)
+    except ValueError:
+        session = "n/a"  # no StudyDate/StudyTime: the rows still say which study they are
+    return exam_rows(summary, subject=labels.subject, session=session)
+
+
 def process_folder(
     input_dir: Path,
     out_dir: Path,
@@ -98,13 +141,17 @@ def process_folder(
     *,
     lesions: list[Path] | None = None,
     masks: list[Path] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> FolderReport:
     """Process every exam under ``input_dir`` (any folder layout) into ``out_dir/<study UID>``.
 
     One exam failing does not stop the others; its error is in the report. Exams of one
     patient run in date order, each compared with the one before (follow-up). With
     ``settings.bids_dir`` every processed exam is also exported as BIDS derivatives
-    (:mod:`service.bids`); a failing export fails that exam.
+    (:mod:`service.bids`, which also updates the group table at the BIDS root); a failing
+    export fails that exam. The group table ``out_dir/cordt1_regions.tsv``
+    (:mod:`service.group_table`) gets the rows of every processed exam (an exam processed
+    again replaces its rows).
 
     Parameters
     ----------
@@ -119,6 +166,8 @@ def process_folder(
         Cord, GM and WM masks as NIfTI files or folders of them (names containing ``cord``,
         ``gm``, ``wm``; one set per slab, matched by grid), used instead of our segmentation
         (:mod:`service.reader_masks`); only for an ``input_dir`` holding a single exam.
+    progress : callable or None
+        Called with ``"exam k of N: <study UID>"`` before each exam.
 
     Raises
     ------
@@ -130,7 +179,10 @@ def process_folder(
     profiles = load_site_protocols(settings.site_protocols)
     identity = result_identity(settings)
     model = load_scoring_model(settings.model_dir) if settings.model_dir else None
-    exams = find_exam_series(dicom_files(input_dir))
+    files = dicom_files(input_dir) if input_dir.is_dir() else []
+    exams = find_exam_series(files)
+    if not exams:
+        report.none_found = _none_found(input_dir, len(files))
     reader_files = lesion_files(lesions) if lesions else None
     mask_files = nifti_files(masks, "tissue") if masks else None
     for given, what in ((reader_files, "lesion"), (mask_files, "tissue")):
@@ -141,7 +193,10 @@ def process_folder(
             )
     with_time = _sessions_with_time(exams) if settings.bids_dir is not None else set()
     previous: dict[str, dict[str, Any]] = {}
-    for study_uid in sorted(exams, key=lambda uid: _patient_and_date(exams[uid])):
+    say = progress or (lambda _msg: None)
+    order = sorted(exams, key=lambda uid: _patient_and_date(exams[uid]))
+    for number, study_uid in enumerate(order, start=1):
+        say(f"exam {number} of {len(order)}: {study_uid}")
         exam = exams[study_uid]
         patient, _date = _patient_and_date(exam)
         target = out_dir / study_uid
@@ -164,6 +219,18 @@ def process_folder(
             log.warning("exam %s failed: %s", study_uid, exc)
             report.failed[study_uid] = str(exc)
             continue
+        try:
+            table = update_table(
+                out_dir, _table_rows(exam, outputs.summary, study_uid in with_time)
+            )
+        except (OSError, ValueError) as exc:
+            log.warning("exam %s: group table not written: %s", study_uid, exc)
+            report.failed[study_uid] = f"group table {out_dir / TABLE_NAME} not written: {exc}"
+            continue
         previous[patient] = outputs.summary
         report.done[study_uid] = target
+        if table not in report.tables:
+            report.tables.append(table)
+    if settings.bids_dir is not None and report.done:
+        report.tables.append(settings.bids_dir / TABLE_NAME)
     return report

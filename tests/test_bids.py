@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,19 @@ from service.settings import Settings
 from service.store import JobState, JobStore
 from tests.service_harness import PhantomExam, make_exams
 
+#: Keys a BIDS 1.9 T1map sidecar of this derivative may carry (all defined by BIDS).
+BIDS_T1MAP_KEYS = {
+    "Description",
+    "Units",
+    "SkullStripped",
+    "EstimationAlgorithm",
+    "EstimationReference",
+    "RepetitionTimePreparation",
+    "FlipAngle",
+    "RepetitionTimeExcitation",
+    "NumberShots",
+    "Sources",
+}
 SUBJECT = "0123456789abcdef"
 SESSION = "20240102"
 PREFIX = f"sub-{SUBJECT}_ses-{SESSION}"
@@ -59,9 +74,18 @@ def _summary(*, scored: bool) -> dict[str, Any]:
                 "t1_source": "UNI + protocol lookup table",
                 "b1_corrected": k == 2,
                 "b1_note": "note",
+                "regions": {
+                    "cord": {"voxels": 40 * k, "mean_t1_ms": 1300.0 + k, "median_t1_ms": 1290.0},
+                    "C3": {"voxels": 20, "mean_t1_ms": 1310.5, "median_t1_ms": 1305.0},
+                },
             }
             for k in (1, 2)
         ],
+        "regions": {
+            "cord": {"voxels": 120, "mean_t1_ms": 1301.7, "median_t1_ms": 1290.0},
+            "C3": {"voxels": 40, "mean_t1_ms": 1310.5, "median_t1_ms": 1305.0},
+        },
+        "qc": {"verdict": "pass"},
         "research_use": "RESEARCH USE ONLY - NOT FOR DIAGNOSIS",
         "lesions": [
             {"id": 1, "source": "reader", "slab": 1, "label_in_slab": 1, "volume_mm3": 2.5},
@@ -71,6 +95,8 @@ def _summary(*, scored: bool) -> dict[str, Any]:
     if scored:
         summary["model"] = {"model_version": "nm-feedbeef"}
         summary["z_threshold"] = 1.96
+        for regions in [summary["regions"], *(slab["regions"] for slab in summary["slabs"])]:
+            regions["cord"].update({"mean_z": 0.25, "abnormal_percent": 3.5})
     return summary
 
 
@@ -124,6 +150,10 @@ def test_export_writes_bids_derivative_tree(exam_out: Path, tmp_path: Path) -> N
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "cordt1"
     assert description["GeneratedBy"][0]["Version"]
+    assert description["SourceDatasets"] == [{"URL": "urn:oid:1.2.3.4"}]
+    assert "RESEARCH USE ONLY" in (root / "README").read_text()
+    ignored = (root / ".bidsignore").read_text().splitlines()
+    assert {"*_summary.json", "*_statmap.nii.gz", "cordt1_regions.tsv"} <= set(ignored)
     session = root / f"sub-{SUBJECT}" / f"ses-{SESSION}"
     anat = {p.name for p in (session / "anat").iterdir()}
     for k in (1, 2):
@@ -148,13 +178,22 @@ def test_export_writes_bids_derivative_tree(exam_out: Path, tmp_path: Path) -> N
     assert [p.name for p in (root / f"sub-{SUBJECT}").iterdir()] == [f"ses-{SESSION}"]
 
 
-def test_exported_images_keep_data_and_grid(exam_out: Path, tmp_path: Path) -> None:
+def test_exported_images_keep_data_and_grid_with_t1_in_seconds(
+    exam_out: Path, tmp_path: Path
+) -> None:
     export_bids(exam_out, tmp_path / "bids", subject=SUBJECT, session=SESSION)
     anat = tmp_path / "bids" / f"sub-{SUBJECT}" / f"ses-{SESSION}" / "anat"
     source, source_affine = from_nifti(nib.load(exam_out / "nifti" / "slab2_t1_ms.nii.gz"))
-    copy, copy_affine = from_nifti(nib.load(anat / f"{PREFIX}_acq-slab2_T1map.nii.gz"))
-    np.testing.assert_array_equal(copy, source)
+    image = nib.load(anat / f"{PREFIX}_acq-slab2_T1map.nii.gz")
+    t1_s, copy_affine = from_nifti(image)
+    np.testing.assert_allclose(t1_s, source / 1000.0, rtol=1e-6)  # BIDS T1map: seconds
     np.testing.assert_allclose(copy_affine, source_affine)
+    assert image.header.get_xyzt_units() == ("mm", "sec")
+    labels, _ = from_nifti(nib.load(exam_out / "nifti" / "slab2_labels.nii.gz"))
+    dseg = nib.load(anat / f"{PREFIX}_acq-slab2_dseg.nii.gz")
+    np.testing.assert_array_equal(from_nifti(dseg)[0], labels)
+    assert dseg.get_data_dtype() == np.int16
+    assert dseg.header.get_xyzt_units() == ("mm", "sec")
 
 
 def test_t1_and_z_sidecars_carry_units_protocol_b1_and_model(
@@ -163,20 +202,26 @@ def test_t1_and_z_sidecars_carry_units_protocol_b1_and_model(
     export_bids(exam_out, tmp_path / "bids", subject=SUBJECT, session=SESSION)
     anat = tmp_path / "bids" / f"sub-{SUBJECT}" / f"ses-{SESSION}" / "anat"
     slab1 = json.loads((anat / f"{PREFIX}_acq-slab1_T1map.json").read_text())
-    slab2 = json.loads((anat / f"{PREFIX}_acq-slab2_T1map.json").read_text())
-    assert slab1["Units"] == "ms"
-    assert slab1["MP2RAGEProtocol"]["ti_s"] == [0.8, 2.7]
-    assert slab1["MP2RAGEProtocol"]["efficiency"] == 0.96
-    assert slab1["InversionTime"] == [0.8, 2.7]
+    assert slab1["Units"] == "s"
+    assert slab1["SkullStripped"] is False
     assert slab1["RepetitionTimePreparation"] == 5.0
     assert slab1["FlipAngle"] == [4.0, 5.0]
     assert slab1["NumberShots"] == 48
-    assert (slab1["B1Corrected"], slab2["B1Corrected"]) == (False, True)
-    assert slab1["NormativeModelVersion"] == "nm-feedbeef"
-    assert slab1["SoftwareVersion"] == "9.8.7"
+    assert slab1["EstimationAlgorithm"] == "UNI + protocol lookup table"
+    assert "MP2RAGE" in slab1["EstimationReference"]
+    # BIDS keys only: InversionTime is one number per image in BIDS, so both inversion times
+    # (and B1 correction, model, software version) are in the session summary instead.
+    assert set(slab1) <= BIDS_T1MAP_KEYS
+    summary = json.loads((anat.parent / f"{PREFIX}_desc-cordt1_summary.json").read_text())
+    assert summary["slabs"][0]["protocol"]["ti_s"] == [0.8, 2.7]
+    assert [slab["b1_corrected"] for slab in summary["slabs"]] == [False, True]
+    assert summary["model"]["model_version"] == "nm-feedbeef"
     z = json.loads((anat / f"{PREFIX}_acq-slab1_desc-zscore_statmap.json").read_text())
-    assert z["ZThreshold"] == 1.96
-    assert z["NormativeModelVersion"] == "nm-feedbeef"
+    t1_uri = f"bids::sub-{SUBJECT}/ses-{SESSION}/anat/{PREFIX}_acq-slab1_T1map.nii.gz"
+    assert z["Sources"] == [t1_uri]
+    assert z["SpatialReference"] == t1_uri
+    mask = json.loads((anat / f"{PREFIX}_acq-slab1_desc-cord_mask.json").read_text())
+    assert (mask["Type"], mask["SpatialReference"]) == ("ROI", t1_uri)
 
 
 def test_dseg_tsv_lists_every_region_code(exam_out: Path, tmp_path: Path) -> None:
@@ -232,8 +277,14 @@ def test_exporting_again_replaces_the_session(tmp_path: Path) -> None:
     anat = root / f"sub-{SUBJECT}" / f"ses-{SESSION}" / "anat"
     assert not list(anat.glob("*statmap*")), "stale Z-map of the earlier export survived"
     assert {p for p in anat.parent.rglob("*") if p.is_file()} == set(written)
-    sidecar = json.loads((anat / f"{PREFIX}_acq-slab1_T1map.json").read_text())
-    assert sidecar["NormativeModelVersion"] is None
+    summary = json.loads((anat.parent / f"{PREFIX}_desc-cordt1_summary.json").read_text())
+    assert "model" not in summary
+    # The group table holds the exam once, with the later (unscored) values.
+    rows = _read_tsv(root / "cordt1_regions.tsv")
+    assert len(rows) == 6  # (slab 1, slab 2, all) x (cord, C3)
+    assert {r["mean_z"] for r in rows} == {"n/a"}
+    description = json.loads((root / "dataset_description.json").read_text())
+    assert description["SourceDatasets"] == [{"URL": "urn:oid:1.2.3.4"}]
 
 
 def test_not_a_processed_exam_folder_is_refused(tmp_path: Path) -> None:
@@ -319,15 +370,87 @@ def test_process_bids_out_exports_the_exam(
     for k in (1, 2):
         t1, affine = from_nifti(nib.load(session / "anat" / f"{prefix}_acq-slab{k}_T1map.nii.gz"))
         ours, our_affine = from_nifti(nib.load(out_dir / "nifti" / f"slab{k}_t1_ms.nii.gz"))
-        np.testing.assert_array_equal(t1, ours)
+        np.testing.assert_allclose(t1 * 1000.0, ours, rtol=1e-6)
         np.testing.assert_allclose(affine, our_affine)
         sidecar = json.loads((session / "anat" / f"{prefix}_acq-slab{k}_T1map.json").read_text())
-        assert sidecar["Units"] == "ms"
-        assert sidecar["MP2RAGEProtocol"] == summary["slabs"][k - 1]["protocol"]
-        assert sidecar["B1Corrected"] is False
+        assert sidecar["Units"] == "s"
+        protocol = summary["slabs"][k - 1]["protocol"]
+        assert sidecar["RepetitionTimePreparation"] == protocol["tr_mp2rage_s"]
+        assert sidecar["FlipAngle"] == protocol["flip_deg"]
     exported = json.loads((session / f"{prefix}_desc-cordt1_summary.json").read_text())
     assert exported["exam"]["study_instance_uid"] == exam.study_uid
     assert "accession_number" not in exported["exam"]
+
+
+def _validator() -> Path:
+    """The BIDS validator (PyPI ``bids-validator-deno``, in the ``test`` extra)."""
+    found = shutil.which("bids-validator-deno") or shutil.which(
+        "bids-validator-deno", path=str(Path(sys.executable).parent)
+    )
+    if found is None:
+        pytest.fail("bids-validator-deno not found: install the project's test extra")
+    return Path(found)
+
+
+def _validate(bids_root: Path) -> list[dict[str, Any]]:
+    """Every issue the BIDS validator reports on ``bids_root`` (its ``--format json``)."""
+    run = subprocess.run(
+        [str(_validator()), "--format", "json", str(bids_root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        report = json.loads(run.stdout)
+    except ValueError:
+        pytest.fail(f"validator gave no JSON (exit {run.returncode}): {run.stderr[-2000:]}")
+    return list(report["issues"]["issues"])
+
+
+def _describe(issue: dict[str, Any]) -> str:
+    message = str(issue.get("issueMessage", "")).strip().splitlines()
+    return f"{issue['code']}/{issue.get('subCode', '-')} at {issue.get('location', '?')}" + (
+        f": {message[0]}" if message else ""
+    )
+
+
+@pytest.mark.slow
+def test_process_bids_out_passes_the_bids_validator(processed: tuple[Path, Path, Path]) -> None:
+    _, bids, _ = processed
+    issues = _validate(bids)
+    errors = [_describe(i) for i in issues if i.get("severity") == "error"]
+    assert errors == [], "BIDS validator errors:\n" + "\n".join(errors)
+    # The only warning left: dataset_description.json names no authors (the site adds them).
+    warnings = sorted({i["code"] for i in issues if i.get("severity") == "warning"})
+    assert warnings == ["TOO_FEW_AUTHORS"], [_describe(i) for i in issues]
+
+
+@pytest.mark.slow
+def test_scored_export_with_lesions_passes_the_bids_validator(
+    exam_out: Path, tmp_path: Path
+) -> None:
+    """Z-map, reader lesions and candidates too (the phantom CLI run above is not scored)."""
+    export_bids(exam_out, tmp_path / "bids", subject=SUBJECT, session=SESSION)
+    errors = [_describe(i) for i in _validate(tmp_path / "bids") if i["severity"] == "error"]
+    assert errors == [], "BIDS validator errors:\n" + "\n".join(errors)
+
+
+def test_process_bids_out_writes_the_group_table(
+    exam: PhantomExam, processed: tuple[Path, Path, Path]
+) -> None:
+    out_dir, bids, _ = processed
+    key, _ = _subject(exam)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    rows = _read_tsv(bids / "cordt1_regions.tsv")
+    assert {(r["subject"], r["study_instance_uid"]) for r in rows} == {(key, exam.study_uid)}
+    assert {r["session"] for r in rows} == {summary["exam"]["study_date"]}
+    slab2_wm = next(r for r in rows if (r["slab"], r["region"], r["level"]) == ("2", "wm", "n/a"))
+    assert float(slab2_wm["median_t1_ms"]) == summary["slabs"][1]["regions"]["wm"]["median_t1_ms"]
+    columns = json.loads((bids / "cordt1_regions.json").read_text())
+    assert list(columns) == list(rows[0])
+    # The same table next to the outputs.
+    assert _read_tsv(out_dir.parent / "cordt1_regions.tsv") == rows
 
 
 def test_process_lesions_become_reader_lesions_with_true_volumes(
@@ -456,6 +579,13 @@ def test_worker_exports_bids_when_configured(exam: PhantomExam, tmp_path: Path) 
     assert (state, error) == (JobState.DONE, "")
     key, _ = _subject(exam)
     assert len(list(bids.glob(f"sub-{key}/ses-*/anat/*_acq-slab2_T1map.nii.gz"))) == 1
+    # The group table at the BIDS root grows as exams arrive; the same exam again (another
+    # worker, another job) replaces its rows instead of adding them twice.
+    rows = _read_tsv(bids / "cordt1_regions.tsv")
+    assert rows and {r["study_instance_uid"] for r in rows} == {exam.study_uid}
+    (tmp_path / "again").mkdir()
+    assert _run_job(exam, tmp_path / "again", bids) == (JobState.DONE, "")
+    assert _read_tsv(bids / "cordt1_regions.tsv") == rows
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -45,10 +46,13 @@ def _truth_t1_check(exam: PhantomExam, out_dir: Path, n_slabs: int = 2) -> None:
 
 
 def test_process_writes_t1_maps_nifti_and_summary(
-    exams: list[PhantomExam], tmp_path: Path
+    exams: list[PhantomExam], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exam = exams[0]
     assert _process(exam.dicom_dir, tmp_path, exam.site_protocols) == 0
+    captured = capsys.readouterr()
+    assert f"exam 1 of 1: {exam.study_uid}" in captured.err
+    assert f"table  {tmp_path / 'cordt1_regions.tsv'}" in captured.out
     out_dir = tmp_path / exam.study_uid
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["exam"]["study_instance_uid"] == exam.study_uid
@@ -63,6 +67,51 @@ def test_process_writes_t1_maps_nifti_and_summary(
     assert pm.StudyInstanceUID == exam.study_uid
     assert "RESEARCH USE ONLY" in pm.SeriesDescription
     _truth_t1_check(exam, out_dir)
+    # The group table next to the outputs: the exam's region and level values.
+    rows = _read_tsv(tmp_path / "cordt1_regions.tsv")
+    cord = next(r for r in rows if (r["slab"], r["region"], r["level"]) == ("all", "cord", "n/a"))
+    assert float(cord["mean_t1_ms"]) == summary["regions"]["cord"]["mean_t1_ms"]
+    assert int(cord["voxels"]) == summary["regions"]["cord"]["voxels"]
+    assert cord["qc_verdict"] == summary["qc"]["verdict"]
+    levels = {r["level"] for r in rows if r["slab"] == "all"} - {"n/a"}
+    assert levels == {key for key in summary["regions"] if key.startswith("C")}
+    assert levels
+    # Processing again replaces the exam's rows.
+    assert _process(exam.dicom_dir, tmp_path, exam.site_protocols) == 0
+    assert len(_read_tsv(tmp_path / "cordt1_regions.tsv")) == len(rows)
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [({}, "holds no DICOM (Part-10) file"), ({"notes.txt": "hello"}, "holds no DICOM")],
+)
+def test_no_exam_found_exits_non_zero_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: dict[str, str], why: str
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, text in content.items():
+        (folder / name).write_text(text)
+    assert _process(folder, tmp_path / "out", None) == 1
+    captured = capsys.readouterr()
+    assert "no DICOM exam found" in captured.err
+    assert why in captured.err
+
+
+def test_results_only_folder_is_no_exam(
+    exams: list[PhantomExam], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier run's DICOM results are never inputs: nothing to process is an error."""
+    out = tmp_path / "out"
+    assert _process(exams[0].dicom_dir, out, exams[0].site_protocols) == 0
+    capsys.readouterr()
+    assert _process(out, tmp_path / "again", exams[0].site_protocols) == 1
+    assert "results this software wrote" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -100,10 +149,18 @@ def test_one_broken_exam_does_not_stop_the_others(
             shutil.rmtree(series)
     (folder / "not-dicom.txt").write_text("hello")
     assert _process(folder, tmp_path / "out", exams[0].site_protocols) == 1
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out
     assert f"done   {exams[0].study_uid}" in output
     assert f"FAILED {exams[1].study_uid}" in output
     assert "no UNI and no T1 map" in output
+    # stderr: progress over both exams, and which exam failed and why
+    for uid in (exams[0].study_uid, exams[1].study_uid):
+        assert f" of 2: {uid}" in captured.err
+    assert f"1 of 2 exam(s) failed: {exams[1].study_uid}: " in captured.err
+    assert "no UNI and no T1 map" in captured.err.split("failed:")[1]
+    rows = _read_tsv(tmp_path / "out" / "cordt1_regions.tsv")
+    assert {r["study_instance_uid"] for r in rows} == {exams[0].study_uid}
 
 
 @pytest.mark.parametrize(
