@@ -57,7 +57,10 @@ COLUMNS: dict[str, dict[str, str]] = {
         "Units": "%",
     },
     "qc_verdict": {"Description": "Exam quality control verdict (pass, warn, fail)"},
-    "model_version": {"Description": "Normative model version used for Z (n/a: none)"},
+    "model_version": {
+        "Description": "Normative model the exam was scored or checked against (n/a: none); "
+        "Z is n/a when the QC verdict fail withholds it"
+    },
     "software_version": {"Description": "cordt1 version that processed the exam"},
 }
 
