@@ -45,11 +45,6 @@ class FolderReport:
     none_found: str = ""
     tables: list[Path] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        """At least one exam was processed and none failed."""
-        return bool(self.done) and not self.failed
-
     def lines(self) -> list[str]:
         """Human-readable lines, one per exam."""
         out = [f"done   {uid}: {path}" for uid, path in self.done.items()]
