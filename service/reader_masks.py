@@ -203,15 +203,17 @@ def masks_from_seg(reader_seg: ReaderSeg) -> list[GivenMasks | None]:
     return out
 
 
-#: The Spinal Cord Toolbox's output names: ``sub-01_T2star_gmseg``, ``..._label-GM_seg``.
+#: The Spinal Cord Toolbox's output names: ``sub-01_T2star_gmseg``, ``..._label-GM_seg``, and
+#: the ``-manual`` corrections of spine-generic style datasets (``..._gmseg-manual``).
+_MANUAL = r"(-manual)?$"
 _SCT_NAMES: tuple[tuple[re.Pattern[str], SegmentKind], ...] = (
-    (re.compile(r"(^|[_-])label-SC_seg$", re.IGNORECASE), SegmentKind.CORD),
-    (re.compile(r"(^|[_-])label-GM_seg$", re.IGNORECASE), SegmentKind.GM),
-    (re.compile(r"(^|[_-])label-WM_seg$", re.IGNORECASE), SegmentKind.WM),
-    (re.compile(r"(^|[_-])gmseg$", re.IGNORECASE), SegmentKind.GM),
-    (re.compile(r"(^|[_-])wmseg$", re.IGNORECASE), SegmentKind.WM),
+    (re.compile(r"(^|[_-])label-SC_seg" + _MANUAL, re.IGNORECASE), SegmentKind.CORD),
+    (re.compile(r"(^|[_-])label-GM_seg" + _MANUAL, re.IGNORECASE), SegmentKind.GM),
+    (re.compile(r"(^|[_-])label-WM_seg" + _MANUAL, re.IGNORECASE), SegmentKind.WM),
+    (re.compile(r"(^|[_-])gmseg" + _MANUAL, re.IGNORECASE), SegmentKind.GM),
+    (re.compile(r"(^|[_-])wmseg" + _MANUAL, re.IGNORECASE), SegmentKind.WM),
 )
-_SCT_CORD = re.compile(r"(^|[_-])seg$", re.IGNORECASE)
+_SCT_CORD = re.compile(r"(^|[_-])seg" + _MANUAL, re.IGNORECASE)
 
 
 def mask_kind_of_file(path: Path) -> SegmentKind:
@@ -219,7 +221,8 @@ def mask_kind_of_file(path: Path) -> SegmentKind:
 
     Our names (``slab1_cord.nii.gz``, ``sub-01_gm.nii``) and the Spinal Cord Toolbox's:
     ``*_gmseg`` / ``*label-GM_seg`` (GM), ``*_wmseg`` / ``*label-WM_seg`` (WM),
-    ``*label-SC_seg`` and a plain ``*_seg`` naming no other tissue (cord).
+    ``*label-SC_seg`` and a plain ``*_seg`` naming no other tissue (cord); each also with
+    ``-manual`` appended (``sub-01_T2star_gmseg-manual``).
 
     Raises
     ------

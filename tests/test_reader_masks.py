@@ -288,6 +288,8 @@ def test_nifti_mask_names_and_values(small: Exam, tmp_path: Path) -> None:
         ("sub-01_UNIT1_label-WM_seg.nii.gz", SegmentKind.WM),
         ("SUB-01_T2STAR_GMSEG.nii.gz", SegmentKind.GM),
         ("slab1_gm_seg.nii.gz", SegmentKind.GM),  # our own word wins over the plain _seg
+        ("sub-01_T2star_gmseg-manual.nii.gz", SegmentKind.GM),  # spine-generic corrections
+        ("sub-01_T1w_seg-manual.nii.gz", SegmentKind.CORD),
     ],
 )
 def test_spinal_cord_toolbox_mask_names(name: str, expected: SegmentKind) -> None:
