@@ -456,7 +456,11 @@ class StorageSCP:
 
     def _handle_aborted(self, event: evt.Event) -> None:
         state = self._state(event.assoc)
-        if state is not None:
+        if state is None or state.reason.startswith("aborted by us"):
+            return
+        if event.assoc.dul.idle_timer_expired():
+            state.reason = f"aborted by us: idle for {self._config.network_timeout_s:g} s"
+        else:
             state.reason = "aborted"
 
     def _handle_conn_close(self, event: evt.Event) -> None:
