@@ -120,6 +120,8 @@ def test_our_scu_reports_the_refusal_and_good_instances_still_arrive(
         send([broken_mr("half pixel data"), good], node.destination, calling_ae="S", timeout_s=10)
     report = caught.value.report
     assert report is not None and report.n_stored == 1
+    (failed,) = report.failed
+    assert failed.detail.endswith("(PixelData 256 B, header needs 512 B)")
     assert node.instances.get(timeout=5).sop_instance_uid == good.SOPInstanceUID
 
 
