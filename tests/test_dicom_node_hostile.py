@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from pynetdicom import AE
@@ -16,9 +17,10 @@ from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[at
 
 from dicom_node.pixel_header import expected_native_bytes, needs_pixel_data, pixel_data_problem
 from dicom_node.scp import ScpConfig, StoreRefusal
-from dicom_node.scu import SendError, send
+from dicom_node.scu import Destination, SendError, send
 from dicom_node.status import StoreStatus
-from service.server import record_association, record_refusal
+from service.server import Service, record_association, record_refusal
+from service.settings import load_settings
 from service.store import JobStore
 from tests.hostile_factory import BROKEN, broken_mr, send_raw_c_store
 from tests.test_dicom_node_factories import make_mr
@@ -265,3 +267,57 @@ def test_refusals_and_associations_are_audited_with_reasons(
     (association,) = [event["message"] for event in store.iter_events("association")]
     assert "0 instance(s) stored, 1 refused" in association and "released" in association
     assert "Doe" not in " ".join(lines) + association  # no patient name in the audit trail
+
+
+def test_service_wires_the_settings_and_audits_refusals(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        node={
+            "host": "127.0.0.1",
+            "port": 0,
+            "min_free_mb": 0,
+            "idle_timeout_s": 1.0,
+            "max_associations_per_ae": 1,
+            "max_pixel_mb": 1,
+        },
+    )
+    service = Service(settings)
+    service.scp.start()
+    try:
+        port = service.scp.port
+        assert port is not None
+        destination = Destination(settings.node.ae_title, "127.0.0.1", port)
+        big = make_mr(rows=1024, cols=1024)  # 2 MiB of pixel data, above max_pixel_mb
+        with pytest.raises(SendError, match="0xC220"):
+            send([big], destination, calling_ae="SCANNER", timeout_s=10)
+        ae = AE(ae_title="IDLER")
+        ae.add_requested_context(Verification)
+        idle = ae.associate("127.0.0.1", port, ae_title=settings.node.ae_title)
+        second = ae.associate("127.0.0.1", port, ae_title=settings.node.ae_title)
+        assert idle.is_established and second.is_rejected
+        deadline = time.monotonic() + 10
+        while idle.is_established and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert idle.is_aborted
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            messages = [e["message"] for e in service.store.iter_events("association")]
+            if len(messages) == 3:
+                break
+            time.sleep(0.05)
+    finally:
+        service.scp.stop()
+    (refused,) = [e["message"] for e in service.store.iter_events("store.refused")]
+    assert "0xC220" in refused and "over limit" in refused and "quarantined as" in refused
+    assert any("0 instance(s) stored, 1 refused" in m for m in messages)
+    assert any("IDLER" in m and "max_associations_per_ae 1" in m for m in messages)
+    assert any("IDLER" in m and "idle for 1 s" in m for m in messages)
+    service.store.close()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"idle_timeout_s": 0}, {"max_associations_per_ae": 0}, {"max_pixel_mb": 0}]
+)
+def test_node_settings_refuse_nonsense_limits(bad: dict[str, float]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        load_settings(node=bad)
