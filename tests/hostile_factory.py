@@ -65,6 +65,7 @@ def send_raw_c_store(
     *,
     sop_instance_uid: str | None,
     message_id: int | None = 1,
+    with_data_set: bool = True,
     timeout_s: float = 10.0,
 ) -> tuple[C_STORE | None, float]:
     """Send a C-STORE request built field by field (fields may be missing) and wait.
@@ -79,7 +80,8 @@ def send_raw_c_store(
     if sop_instance_uid is not None:
         request.AffectedSOPInstanceUID = sop_instance_uid
     request.Priority = 2
-    request.DataSet = BytesIO(encode(ds, False, True))
+    if with_data_set:
+        request.DataSet = BytesIO(encode(ds, False, True))
     context_id = next(
         cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID
     )

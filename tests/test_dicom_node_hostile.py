@@ -150,6 +150,26 @@ def test_empty_affected_sop_instance_uid_is_answered_at_once(
     assert (node.record().failures, len(list(node.spool.iter_files()))) == (1, 1)
 
 
+def test_c_store_without_data_set_is_answered_c210_at_once(
+    hostile_node: Callable[..., Node],
+) -> None:
+    node = hostile_node()
+    ae = AE(ae_title="BROKEN")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    ds = make_mr()
+    try:
+        response, seconds = send_raw_c_store(
+            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, with_data_set=False
+        )
+    finally:
+        assoc.release()
+    assert response is not None and response.Status == StoreStatus.CANNOT_UNDERSTAND
+    assert "header not understood" in str(response.ErrorComment) and seconds < 2
+    (refusal,) = _refusals(node)
+    assert refusal.sop_instance_uid == ds.SOPInstanceUID
+
+
 def test_request_without_message_id_is_aborted_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
