@@ -528,7 +528,7 @@ class StorageSCP:
         response = Dataset()
         response.Status = int(outcome.status)
         if outcome.status != StoreStatus.SUCCESS:
-            response.ErrorComment = outcome.reason[:_ERROR_COMMENT_MAX]
+            response.ErrorComment = _error_comment(outcome.reason)
             self._refused(event.assoc, str(event.request.AffectedSOPInstanceUID or ""), outcome)
         return response
 
@@ -588,7 +588,7 @@ class StorageSCP:
         response = type(request)()
         response.MessageIDBeingRespondedTo = request.MessageID
         response.Status = int(status)
-        response.ErrorComment = reason[:_ERROR_COMMENT_MAX]
+        response.ErrorComment = _error_comment(reason)
         for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
             if getattr(request, keyword, None) is not None:
                 setattr(response, keyword, getattr(request, keyword))
@@ -729,6 +729,12 @@ def _resolve(host: str) -> frozenset[str]:
     except socket.gaierror as exc:
         raise ValueError(f"allowed host {host!r} cannot be resolved: {exc}") from exc
     return frozenset(str(info[4][0]) for info in infos)
+
+
+def _error_comment(reason: str) -> str:
+    """The reason as an Error Comment: LO, at most 64 printable ASCII characters, no backslash."""
+    cleaned = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
+    return cleaned[:_ERROR_COMMENT_MAX].rstrip()
 
 
 def _short(exc: BaseException) -> str:

@@ -341,3 +341,11 @@ def test_service_wires_the_settings_and_audits_refusals(tmp_path: Path) -> None:
 def test_node_settings_refuse_nonsense_limits(bad: dict[str, float]) -> None:
     with pytest.raises(ValidationError, match=next(iter(bad))):
         load_settings(node=bad)
+
+
+def test_error_comment_is_a_valid_lo() -> None:
+    from dicom_node.scp import _error_comment
+
+    comment = _error_comment("bad \\ value é\n" + "x" * 100)
+    assert comment.startswith("bad ? value ??x") and len(comment) == 64
+    assert all(" " <= c <= "~" and c != "\\" for c in comment)
