@@ -368,7 +368,11 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         port=node.port,
         allowed_calling_aes={SENDER_AE: "127.0.0.1"},
         max_associations=node.max_associations,
+        # every sender uses SENDER_AE: allow up to MAX_SENDERS of them at once
+        max_associations_per_ae=max(MAX_SENDERS, node.max_associations_per_ae),
         min_free_bytes=node.min_free_mb * 1024 * 1024,
+        max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
+        network_timeout_s=node.idle_timeout_s,
     )
     scp = StorageSCP(
         config,

@@ -20,24 +20,33 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom._handlers import standard_dimse_recv_handler
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_info
+from dicom_node.pixel_header import pixel_data_problem
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
 from dicom_node.validation import check_ae_title, check_uid
 
-__all__ = ["AssociationRecord", "ScpConfig", "StorageSCP"]
+__all__ = ["AssociationRecord", "ScpConfig", "StorageSCP", "StoreRefusal"]
 
 LOGGER = logging.getLogger(__name__)
 
 _REJECT_PERMANENT = 0x01
+_REJECT_TRANSIENT = 0x02
 _SOURCE_SERVICE_USER = 0x01
+_SOURCE_PROVIDER_PRESENTATION = 0x03
 _DIAG_CALLING_AE_NOT_RECOGNISED = 0x03
 _DIAG_CALLED_AE_NOT_RECOGNISED = 0x07
+_DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
+_STATUS_MISTYPED_ARGUMENT = 0x0212
+_ERROR_COMMENT_MAX = 64  # LO
+_DIMSE_RECV = evt.EVT_DIMSE_RECV
 
 
 @dataclass
@@ -60,13 +69,19 @@ class ScpConfig:
         Reject associations whose called AE title is not ``ae_title``.
     max_associations : int
         Concurrent associations; more are rejected (local limit exceeded).
+    max_associations_per_ae : int
+        Concurrent associations of one calling AE title; more are rejected at once
+        (transient, local limit exceeded), so one misbehaving client cannot take every slot.
     min_free_bytes : int
         C-STORE is refused with 0xA700 when storing the instance would leave less free
         space on the spool file system.
     maximum_pdu_size : int
         Largest PDU we accept (0 = unlimited); 128 KiB cut CPU per image ~20 %.
+    max_pixel_bytes : int
+        Instances whose header declares more pixel data than this are refused (0xC220).
     acse_timeout_s, dimse_timeout_s, network_timeout_s : float
-        pynetdicom timeouts in seconds.
+        pynetdicom timeouts in seconds. ``network_timeout_s`` is the idle-association
+        timeout: an association on which nothing arrives for that long is aborted.
 
     Raises
     ------
@@ -80,8 +95,10 @@ class ScpConfig:
     allowed_calling_aes: Mapping[str, str | None] = field(default_factory=dict)
     check_called_ae: bool = True
     max_associations: int = 10
+    max_associations_per_ae: int = 4
     min_free_bytes: int = 2 * 1024**3
     maximum_pdu_size: int = 131072
+    max_pixel_bytes: int = 2 * 1024**3
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
@@ -103,6 +120,13 @@ class ScpConfig:
             raise ValueError(
                 f"ScpConfig.max_associations must be >= 1, got {self.max_associations}"
             )
+        if self.max_associations_per_ae < 1:
+            raise ValueError(
+                "ScpConfig.max_associations_per_ae must be >= 1, "
+                f"got {self.max_associations_per_ae}"
+            )
+        if self.max_pixel_bytes < 1:
+            raise ValueError(f"ScpConfig.max_pixel_bytes must be >= 1, got {self.max_pixel_bytes}")
         if self.min_free_bytes < 0:
             raise ValueError(f"ScpConfig.min_free_bytes must be >= 0, got {self.min_free_bytes}")
         if self.maximum_pdu_size != 0 and self.maximum_pdu_size < 4096:
@@ -154,6 +178,44 @@ class AssociationRecord:
     ended_at: float
 
 
+@dataclass(frozen=True)
+class StoreRefusal:
+    """One C-STORE answered with a failure status (for the audit trail).
+
+    Attributes
+    ----------
+    calling_ae : str
+        Sender's AE title.
+    address : str
+        Sender's IP address.
+    sop_instance_uid : str
+        Affected SOP Instance UID of the request as received (may be empty or invalid).
+    status : int
+        The DIMSE status we returned (see :mod:`dicom_node.status`).
+    reason : str
+        Why, in words (no patient data); also sent as the response's Error Comment.
+    quarantined : str or None
+        File name in the quarantine folder when the bytes were kept there.
+    at : float
+        Epoch seconds.
+    """
+
+    calling_ae: str
+    address: str
+    sop_instance_uid: str
+    status: int
+    reason: str
+    quarantined: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: StoreStatus
+    reason: str = ""
+    quarantined: str | None = None
+
+
 @dataclass
 class _AssocState:
     calling_ae: str
@@ -182,6 +244,9 @@ class StorageSCP:
         raises, the peer gets 0xC211 and the file stays spooled.
     on_association : Callable[[AssociationRecord], None] or None
         Called once per association when it ends or is rejected.
+    on_refusal : Callable[[StoreRefusal], None] or None
+        Called (in the network thread, keep it fast) for every C-STORE answered with a
+        failure status, including malformed requests and A700.
     own_markers : OwnResultMarkers
         Recognises our own results (``InstanceInfo.is_own_result``).
     """
@@ -194,6 +259,7 @@ class StorageSCP:
         on_association: Callable[[AssociationRecord], None] | None = None,
         *,
         own_markers: OwnResultMarkers,
+        on_refusal: Callable[[StoreRefusal], None] | None = None,
     ) -> None:
         if not isinstance(config, ScpConfig):
             raise TypeError("config must be a ScpConfig")
@@ -205,6 +271,9 @@ class StorageSCP:
             raise TypeError("on_association must be callable or None")
         if not isinstance(own_markers, OwnResultMarkers):
             raise TypeError("own_markers must be an OwnResultMarkers")
+        if on_refusal is not None and not callable(on_refusal):
+            raise TypeError("on_refusal must be callable or None")
+        self._on_refusal = on_refusal
         self._config = config
         self._spool = spool
         self._on_instance = on_instance
@@ -254,6 +323,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_CONN_CLOSE, self._handle_conn_close),
             (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_DIMSE_RECV, self._handle_dimse_recv),
         ]
         server = ae.start_server(
             (self._config.host, self._config.port), block=False, evt_handlers=handlers
@@ -293,6 +363,11 @@ class StorageSCP:
     # ------------------------------------------------------------------ associations
     def _handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
+        # pynetdicom's debug-log handler for received messages raises on the malformed
+        # requests _handle_dimse_recv answers, which would skip ours: run it after ours.
+        if any(h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(_DIMSE_RECV)):
+            assoc.unbind(_DIMSE_RECV, standard_dimse_recv_handler)
+            assoc.bind(_DIMSE_RECV, standard_dimse_recv_handler)
         requestor = assoc.requestor
         primitive = requestor.primitive
         state = _AssocState(
@@ -305,18 +380,25 @@ class StorageSCP:
         with self._lock:
             self._states[assoc] = state
         reason = self._refusal_reason(state)
+        result, source = _REJECT_PERMANENT, _SOURCE_SERVICE_USER
         if reason is None:
-            return
-        diagnostic = (
-            _DIAG_CALLED_AE_NOT_RECOGNISED
-            if reason.startswith("called")
-            else _DIAG_CALLING_AE_NOT_RECOGNISED
-        )
+            reason = self._over_ae_limit(assoc, state)
+            if reason is None:
+                return
+            result, source, diagnostic = (
+                _REJECT_TRANSIENT,
+                _SOURCE_PROVIDER_PRESENTATION,
+                _DIAG_LOCAL_LIMIT_EXCEEDED,
+            )
+        elif reason.startswith("called"):
+            diagnostic = _DIAG_CALLED_AE_NOT_RECOGNISED
+        else:
+            diagnostic = _DIAG_CALLING_AE_NOT_RECOGNISED
         LOGGER.warning(
             "rejecting association from %r at %s: %s", state.calling_ae, state.address, reason
         )
         state.reason = reason
-        assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, diagnostic)
+        assoc.acse.send_reject(result, source, diagnostic)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom does)
         self._finish(assoc)
 
@@ -331,6 +413,18 @@ class StorageSCP:
         if allowed is not None and state.address not in allowed:
             return "calling AE title not allowed from this address"
         return None
+
+    def _over_ae_limit(self, assoc: Association, state: _AssocState) -> str | None:
+        with self._lock:
+            others = sum(
+                1
+                for other, other_state in self._states.items()
+                if other is not assoc and other_state.calling_ae == state.calling_ae
+            )
+        limit = self._config.max_associations_per_ae
+        if others < limit:
+            return None
+        return f"too many associations from this calling AE (max_associations_per_ae {limit})"
 
     def _handle_accepted(self, event: evt.Event) -> None:
         state = self._state(event.assoc)
@@ -362,7 +456,11 @@ class StorageSCP:
 
     def _handle_aborted(self, event: evt.Event) -> None:
         state = self._state(event.assoc)
-        if state is not None:
+        if state is None or state.reason.startswith("aborted by us"):
+            return
+        if event.assoc.dul.idle_timer_expired():
+            state.reason = f"aborted by us: idle for {self._config.network_timeout_s:g} s"
+        else:
             state.reason = "aborted"
 
     def _handle_conn_close(self, event: evt.Event) -> None:
@@ -423,15 +521,83 @@ class StorageSCP:
             LOGGER.exception("on_association callback failed for %r", record.calling_ae)
 
     # ------------------------------------------------------------------ C-STORE
-    def _handle_store(self, event: evt.Event) -> int:
+    def _handle_store(self, event: evt.Event) -> Dataset:
         state = self._state(event.assoc)
         calling_ae = state.calling_ae if state is not None else ""
-        status = self._store(event, calling_ae)
-        if state is not None and status != StoreStatus.SUCCESS:
-            state.failures += 1
-        return int(status)
+        outcome = self._store(event, calling_ae)
+        response = Dataset()
+        response.Status = int(outcome.status)
+        if outcome.status != StoreStatus.SUCCESS:
+            response.ErrorComment = _error_comment(outcome.reason)
+            self._refused(event.assoc, str(event.request.AffectedSOPInstanceUID or ""), outcome)
+        return response
 
-    def _store(self, event: evt.Event, calling_ae: str) -> StoreStatus:
+    def _refused(self, assoc: Association, sop_uid: str, outcome: _Outcome) -> None:
+        state = self._state(assoc)
+        if state is not None:
+            state.failures += 1
+        if self._on_refusal is None:
+            return
+        refusal = StoreRefusal(
+            calling_ae=state.calling_ae if state is not None else "",
+            address=state.address if state is not None else "",
+            sop_instance_uid=sop_uid[:80],
+            status=int(outcome.status),
+            reason=outcome.reason,
+            quarantined=outcome.quarantined,
+            at=time.time(),
+        )
+        try:
+            self._on_refusal(refusal)
+        except Exception:
+            LOGGER.exception("on_refusal callback failed for %r", refusal.calling_ae)
+
+    def _handle_dimse_recv(self, event: evt.Event) -> None:
+        """Answer at once the requests pynetdicom would drop silently.
+
+        pynetdicom ignores a request that lacks a required parameter (e.g. a C-STORE with an
+        empty Affected SOP Instance UID), and the peer waits for an answer that never comes.
+        This runs in the DUL thread once a message is decoded: for such a request it sends
+        the failure response itself, or aborts when there is no Message ID to answer.
+        Requests pynetdicom cannot decode at all are aborted by pynetdicom.
+        """
+        try:
+            request = event.message.message_to_primitive()
+        except Exception:
+            return  # pynetdicom aborts the association for undecodable messages
+        if request.MessageIDBeingRespondedTo is not None or request.is_valid_request:
+            return
+        missing = [k for k in request.REQUEST_KEYWORDS if getattr(request, k) is None]
+        is_store = isinstance(request, C_STORE)
+        kind = type(request).__name__.replace("_", "-")
+        reason = f"malformed {kind} request: no {', '.join(missing)}"
+        assoc = event.assoc
+        state = self._state(assoc)
+        LOGGER.error("%s from %r", reason, state.calling_ae if state is not None else "?")
+        if request.MessageID is None:
+            if state is not None:
+                state.reason = f"aborted by us: {reason}"
+            assoc.abort()  # the non-blocking abort inside a notification handler
+            return
+        if not is_store:
+            status = _STATUS_MISTYPED_ARGUMENT
+        elif missing == ["AffectedSOPInstanceUID"]:
+            status = StoreStatus.INVALID_SOP_INSTANCE
+        else:
+            status = StoreStatus.CANNOT_UNDERSTAND
+        response = type(request)()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.Status = int(status)
+        response.ErrorComment = _error_comment(reason)
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            if getattr(request, keyword, None) is not None:
+                setattr(response, keyword, getattr(request, keyword))
+        if is_store:
+            sop_uid = str(request.AffectedSOPInstanceUID or "")
+            self._refused(assoc, sop_uid, _Outcome(StoreStatus(status), reason))
+        assoc.dimse.send_msg(response, int(event.message.context_id))
+
+    def _store(self, event: evt.Event, calling_ae: str) -> _Outcome:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         try:
@@ -446,13 +612,22 @@ class StorageSCP:
                     len(encoded),
                     self._config.min_free_bytes,
                 )
-                return StoreStatus.OUT_OF_RESOURCES
+                return _Outcome(
+                    StoreStatus.OUT_OF_RESOURCES,
+                    f"spool disk: {free // 2**20} MiB free, below the configured minimum",
+                )
             received_at = time.time()
             try:
-                ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+                ds = dcmread(BytesIO(encoded))  # pixel data read as bytes, never decoded
                 uids = _header_uids(ds)
             except Exception as exc:
-                return self._reject_undecodable(encoded, calling_ae, sop_uid, exc)
+                return self._quarantine(
+                    encoded,
+                    calling_ae,
+                    sop_uid,
+                    StoreStatus.CANNOT_UNDERSTAND,
+                    f"header not understood: {_short(exc)}",
+                )
             study_uid, series_uid, instance_uid, class_uid = uids
             if instance_uid != sop_uid or class_uid != str(request.AffectedSOPClassUID):
                 LOGGER.error(
@@ -462,7 +637,15 @@ class StorageSCP:
                     class_uid,
                     instance_uid,
                 )
-                return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                return _Outcome(
+                    StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    "SOP Class/Instance UID of the data set differ from the request",
+                )
+            problem = pixel_data_problem(ds, max_pixel_bytes=self._config.max_pixel_bytes)
+            if problem is not None:
+                return self._quarantine(
+                    encoded, calling_ae, sop_uid, StoreStatus.PIXEL_DATA_MISMATCH, problem
+                )
             target = self._spool.path_for(study_uid, series_uid, instance_uid)
             try:
                 info = read_instance_info(
@@ -474,19 +657,25 @@ class StorageSCP:
                     size_bytes=len(encoded),
                 )
             except ValueError as exc:
-                return self._reject_undecodable(encoded, calling_ae, sop_uid, exc)
+                return self._quarantine(
+                    encoded,
+                    calling_ae,
+                    sop_uid,
+                    StoreStatus.CANNOT_UNDERSTAND,
+                    f"header not understood: {_short(exc)}",
+                )
             self._spool.write(encoded, study_uid, series_uid, instance_uid)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
-                return StoreStatus.OUT_OF_RESOURCES
+                return _Outcome(StoreStatus.OUT_OF_RESOURCES, "spool disk full while writing")
             LOGGER.error(
                 "C-STORE %s from %r: spool write failed: %s", sop_uid, calling_ae, _short(exc)
             )
-            return StoreStatus.PROCESSING_FAILURE
+            return _Outcome(StoreStatus.PROCESSING_FAILURE, f"spool write failed: {_short(exc)}")
         except Exception as exc:
             LOGGER.error("C-STORE %s from %r failed: %s", sop_uid, calling_ae, _short(exc))
-            return StoreStatus.PROCESSING_FAILURE
+            return _Outcome(StoreStatus.PROCESSING_FAILURE, f"store failed: {_short(exc)}")
         try:
             self._on_instance(info)
         except Exception as exc:
@@ -496,32 +685,33 @@ class StorageSCP:
                 calling_ae,
                 _short(exc),
             )
-            return StoreStatus.PROCESSING_FAILURE
+            return _Outcome(
+                StoreStatus.PROCESSING_FAILURE, f"recording failed (file spooled): {_short(exc)}"
+            )
         state = self._state(event.assoc)
         if state is not None:
             state.instances += 1
             state.bytes_received += len(encoded)
-        return StoreStatus.SUCCESS
+        return _Outcome(StoreStatus.SUCCESS)
 
-    def _reject_undecodable(
-        self, encoded: bytes, calling_ae: str, sop_uid: str, exc: Exception
-    ) -> StoreStatus:
-        reason = f"header not understood: {_short(exc)}"
+    def _quarantine(
+        self, encoded: bytes, calling_ae: str, sop_uid: str, status: StoreStatus, reason: str
+    ) -> _Outcome:
         try:
             kept = self._spool.quarantine(encoded, reason, calling_ae=calling_ae)
         except OSError as write_error:
             LOGGER.error(
-                "C-STORE %s from %r not understood and not quarantined (%s): %s",
+                "C-STORE %s from %r refused and not quarantined (%s): %s",
                 sop_uid,
                 calling_ae,
                 _short(write_error),
                 reason,
             )
-        else:
-            LOGGER.error(
-                "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
-            )
-        return StoreStatus.CANNOT_UNDERSTAND
+            return _Outcome(status, reason)
+        LOGGER.error(
+            "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
+        )
+        return _Outcome(status, reason, kept.name)
 
 
 def _header_uids(ds: Dataset) -> tuple[str, str, str, str]:
@@ -539,6 +729,12 @@ def _resolve(host: str) -> frozenset[str]:
     except socket.gaierror as exc:
         raise ValueError(f"allowed host {host!r} cannot be resolved: {exc}") from exc
     return frozenset(str(info[4][0]) for info in infos)
+
+
+def _error_comment(reason: str) -> str:
+    """The reason as an Error Comment: LO, at most 64 printable ASCII characters, no backslash."""
+    cleaned = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
+    return cleaned[:_ERROR_COMMENT_MAX].rstrip()
 
 
 def _short(exc: BaseException) -> str:

@@ -431,4 +431,8 @@ def _send_one(assoc: Association, item: _Item) -> InstanceOutcome:
             item.sop_instance_uid, None, "no response (timeout or connection lost)"
         )
     status = int(response.Status)
-    return InstanceOutcome(item.sop_instance_uid, status, describe(status))
+    detail = describe(status)
+    comment = str(response.get("ErrorComment", "") or "").strip()
+    if comment:
+        detail = f"{detail} ({comment})"
+    return InstanceOutcome(item.sop_instance_uid, status, detail)

@@ -8,18 +8,25 @@ The SCU side (:mod:`dicom_node.scu`) uses :func:`is_success`, :func:`is_warning`
 C-STORE statuses returned by our SCP (DICOM PS3.4 B.2.3, pynetdicom ``doc_handle_store``):
 
 ========  ===========================================================================
-Code      Meaning and when we return it
+Code      Meaning and when we return it (every failure carries an Error Comment)
 ========  ===========================================================================
 0x0000    Success: the Part-10 file is written and fsynced in the spool.
 0xA700    Refused, out of resources: the spool disk has less free space than
           ``ScpConfig.min_free_bytes``, or the disk filled while writing. Nothing is kept.
+0x0117    Invalid SOP instance: the request's Affected SOP Instance UID is missing or
+          empty (answered at once, before any data set is read).
 0xA900    Error, dataset does not match SOP class: the SOP Class/Instance UID in the
           dataset differs from the one in the C-STORE request. Nothing is kept.
 0xC210    Error, cannot understand: the header could not be decoded or lacks a valid
           Study/Series/SOP Instance UID. The bytes are kept in the quarantine folder.
 0xC211    Error, cannot understand (processing failure): any other exception while
           spooling or in the ``on_instance`` callback; logged with UIDs only. When the
-          callback failed the file stays in the spool (a re-send overwrites it).
+          callback failed the file stays in the spool (a re-send overwrites it). Also
+          a C-STORE request lacking another required command element (e.g. Priority).
+0xC220    Error, pixel data do not match the header: no PixelData in an image SOP class,
+          Rows/Columns 0, BitsAllocated not 1/8/16/32/64, declared size above
+          ``ScpConfig.max_pixel_bytes``, native pixel data shorter than the header needs,
+          or encapsulated pixel data without (enough) fragments. Kept in quarantine.
 ========  ===========================================================================
 """
 
@@ -34,10 +41,12 @@ class StoreStatus(IntEnum):
     """C-STORE response statuses returned by :class:`dicom_node.scp.StorageSCP`."""
 
     SUCCESS = 0x0000
+    INVALID_SOP_INSTANCE = 0x0117
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC210
     PROCESSING_FAILURE = 0xC211
+    PIXEL_DATA_MISMATCH = 0xC220
 
 
 _WARNING_CODES: frozenset[int] = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
@@ -57,6 +66,7 @@ _KNOWN: dict[int, str] = {
     0x0212: "failure: mistyped argument",
     0xC210: "failure: cannot understand (dataset could not be decoded)",
     0xC211: "failure: cannot understand (unhandled error in the peer's handler)",
+    0xC220: "failure: cannot understand (pixel data do not match the header)",
 }
 
 

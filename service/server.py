@@ -21,8 +21,9 @@ from typing import Any
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
 from dicom_node.instance import InstanceInfo
-from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
+from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
+from dicom_node.status import describe
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
 from service.settings import Settings
@@ -35,6 +36,7 @@ __all__ = [
     "own_markers",
     "record_association",
     "record_instance",
+    "record_refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,11 +77,26 @@ def record_instance(store: JobStore, info: InstanceInfo) -> None:
 
 def record_association(store: JobStore, record: AssociationRecord) -> None:
     """Keep one association (accepted or rejected, and why) in the audit trail."""
-    outcome = "accepted" if record.accepted else f"rejected ({record.reason})"
+    if record.accepted:
+        outcome = f"accepted, ended: {record.reason}"
+    else:
+        outcome = f"rejected ({record.reason})"
     store.log_event(
         "association",
         f"{record.calling_ae}@{record.address} {outcome}, "
-        f"{record.instances} instance(s), {record.bytes} bytes",
+        f"{record.instances} instance(s) stored, {record.failures} refused, "
+        f"{record.bytes} bytes",
+    )
+
+
+def record_refusal(store: JobStore, refusal: StoreRefusal) -> None:
+    """Keep one refused C-STORE (status, reason, quarantine file) in the audit trail."""
+    kept = f"; quarantined as {refusal.quarantined}" if refusal.quarantined else ""
+    store.log_event(
+        "store.refused",
+        f"{refusal.calling_ae}@{refusal.address} SOP instance "
+        f"{refusal.sop_instance_uid or '(none)'}: {describe(refusal.status)}: "
+        f"{refusal.reason}{kept}",
     )
 
 
@@ -112,12 +129,16 @@ class Service:
                     ae: host or None for ae, host in node.allowed_calling_aes.items()
                 },
                 max_associations=node.max_associations,
+                max_associations_per_ae=node.max_associations_per_ae,
                 min_free_bytes=node.min_free_mb * 1024 * 1024,
+                max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
+                network_timeout_s=node.idle_timeout_s,
             ),
             self.spool,
             on_instance=self.on_instance,
             on_association=self.on_association,
             own_markers=own_markers(),
+            on_refusal=self.on_refusal,
         )
 
     # --- event handlers (called from the SCP's threads; keep them short) ---------------------
@@ -132,6 +153,10 @@ class Service:
     def on_association(self, record: AssociationRecord) -> None:
         """Keep every association in the audit trail."""
         record_association(self.store, record)
+
+    def on_refusal(self, refusal: StoreRefusal) -> None:
+        """Keep every refused C-STORE (and why) in the audit trail."""
+        record_refusal(self.store, refusal)
 
     # --- the watcher -------------------------------------------------------------------------
     def dispatch_ready(self, now: float | None = None) -> list[int]:

@@ -37,6 +37,15 @@ class NodeSettings(BaseModel):
         description="AE title -> allowed IP address (None: any address). Empty: accept any AE.",
     )
     max_associations: int = Field(10, ge=1)
+    max_associations_per_ae: int = Field(
+        4, ge=1, description="Concurrent associations of one calling AE; more are rejected."
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="An association on which nothing arrives this long is aborted."
+    )
+    max_pixel_mb: int = Field(
+        2048, ge=1, description="Refuse instances whose header declares more pixel data."
+    )
     min_free_mb: int = Field(1024, ge=0, description="Refuse C-STORE below this free space.")
     settle_s: float = Field(5.0, gt=0, description="Silence after a complete exam before a job.")
     stale_s: float = Field(120.0, gt=0, description="Silence after which an incomplete exam runs.")

@@ -16,7 +16,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.instance import InstanceInfo, OwnResultMarkers
-from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
+from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
@@ -46,7 +46,11 @@ class Node:
 def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[StorageSCP] = []
 
-    def _start(on_instance: Callable[[InstanceInfo], None] | None = None, **config: Any) -> Node:
+    def _start(
+        on_instance: Callable[[InstanceInfo], None] | None = None,
+        on_refusal: Callable[[StoreRefusal], None] | None = None,
+        **config: Any,
+    ) -> Node:
         instances: queue.Queue[InstanceInfo] = queue.Queue()
         records: queue.Queue[AssociationRecord] = queue.Queue()
         spool = Spool(tmp_path / "spool")
@@ -58,6 +62,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             on_instance or instances.put,
             records.put,
             own_markers=MARKERS,
+            on_refusal=on_refusal,
         )
         scp.start()
         started.append(scp)
