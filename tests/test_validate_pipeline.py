@@ -18,7 +18,8 @@ def test_tiny_validation_writes_every_report_key(tmp_path: Path) -> None:
     out = tmp_path / "results"
     assert main(["--out", str(out), "--work", str(tmp_path / "work"), *TINY]) == 0
 
-    report = json.loads((out / "validation.json").read_text())
+    report = json.loads((out / "validation-real.json").read_text())
+    assert report["config"]["anatomy"] == "real"
     assert {
         "created",
         "machine",
@@ -32,6 +33,7 @@ def test_tiny_validation_writes_every_report_key(tmp_path: Path) -> None:
     assert [b["n_controls"] for b in report["model_builds"]] == [3, 4]  # one fold + all
     metrics = " ".join(row["metric"] for row in report["rows"])
     for words in ("T1 bias", "Dice cord", "Dice gm", "left-out controls", "diffuse rise",
+                  "cord found on slices",
                   "sensitivity", "false candidates", "composition", "follow-up",
                   "run time", "peak memory"):  # fmt: skip
         assert words in metrics
@@ -42,8 +44,9 @@ def test_tiny_validation_writes_every_report_key(tmp_path: Path) -> None:
     for exam in report["exams"]:
         assert exam["error"] is None
         assert {"dice", "t1", "regions", "lesions", "seconds", "peak_rss_mib"} <= set(exam)
+        assert exam["cord_slices"]["truth"] == 4  # the phantom's cord runs through the slab
         assert {"cord", "gm", "wm"} == set(exam["dice"])
-    markdown = (out / "validation.md").read_text()
+    markdown = (out / "validation-real.md").read_text()
     assert "| metric | value | target | status |" in markdown
     assert "patients-follow-up/patient-001/exam-2" in markdown
 
@@ -53,4 +56,6 @@ def test_plan_refuses_too_few_controls_for_leave_one_out() -> None:
         CohortPlan(controls=3)
     with pytest.raises(ValueError, match="loo_folds"):
         CohortPlan(controls=5, loo_folds=6)
+    with pytest.raises(ValueError, match="anatomy"):
+        CohortPlan(anatomy="disc")
     assert main(["--out", "unused", "--controls", "2"]) == 2
