@@ -39,6 +39,7 @@ _SUBCUTANEOUS_MM = 4.0
 _AIRWAY_MIN_MM2 = 40.0
 _VESSEL_MAX_MM2 = 80.0
 _MARROW_EROSION_MM = 1.5
+_BODY_FRONT_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,9 @@ def _classify_slice(
         near_spine = radius_mm[blob].min() < _SPINE_RADIUS_MM
         if near_spine:
             out[blob] = Material.BONE
-            cy = float(yy[blob].mean())
-            if cy < centre_px[0] - 4.0 / spacing_mm:  # anterior of the canal: vertebral body
-                vertebral_body |= blob
+            # the part in front of the canal is the vertebral body (pedicles and laminae,
+            # often connected to it, stay cortical bone)
+            vertebral_body |= blob & (yy < centre_px[0] - _BODY_FRONT_MM / spacing_mm)
         elif blob.sum() * pixel_mm2 >= _AIRWAY_MIN_MM2:
             out[blob] = Material.AIR
     erosion = max(1, round(_MARROW_EROSION_MM / spacing_mm))
