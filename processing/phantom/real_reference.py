@@ -37,7 +37,12 @@ _CANAL_SEARCH_MM = 11.0
 _MIN_CANAL_RADIUS_MM = 4.5
 _SUBCUTANEOUS_MM = 4.0
 _AIRWAY_MIN_MM2 = 40.0
-_VESSEL_MAX_MM2 = 80.0
+_VESSEL_MIN_MM2 = 6.0
+_VESSEL_MAX_MM2 = 150.0
+_VESSEL_MIN_FILL = 0.5
+_VESSEL_RATIO = 1.8
+#: The neck's large vessels (carotid, jugular, vertebral) run within this distance of the cord.
+_VESSEL_MAX_RADIUS_MM = 45.0
 _MARROW_EROSION_MM = 1.5
 _BODY_FRONT_MM = 6.0
 
@@ -99,7 +104,7 @@ class RealReference:
 
 
 def _to_lps_slices(volume: NDArray) -> NDArray:
-    """NIfTI ``(i, j, k)`` with i toward patient right-to-left... re-laid out as ``[k, y, x]``.
+    """NIfTI ``(i, j, k)`` re-laid out as ``[k, y, x]`` (x toward patient left, y posterior).
 
     Assumes the usual axial RAS layout: i runs toward patient left (x_RAS decreasing) and j
     toward anterior (y_RAS increasing); the j axis is flipped so y increases toward posterior.
@@ -146,8 +151,8 @@ def _classify_slice(
     depth_mm = ndimage.distance_transform_edt(body) * spacing_mm
     out[body & (depth_mm < _SUBCUTANEOUS_MM) & ~dark] = Material.FAT
 
-    # Bright tissue away from the canal: compact blobs are vessels (long T1, as CSF), the
-    # rest fat (septa, intermuscular fat).
+    # Bright tissue away from the canal: large, compact, very bright blobs are vessels (flow
+    # makes them bright; long T1, coded as CSF), the rest fat (septa, intermuscular fat).
     labels, _ = ndimage.label(bright & (radius_mm > _CANAL_SEARCH_MM + 3.0))
     pixel_mm2 = spacing_mm**2
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
@@ -155,8 +160,14 @@ def _classify_slice(
             continue
         blob = labels[region] == index
         area = blob.sum() * pixel_mm2
-        extent = max(blob.shape) * spacing_mm
-        vessel = area <= _VESSEL_MAX_MM2 and area >= 0.3 * extent**2
+        compact = blob.mean() >= _VESSEL_MIN_FILL
+        brightest = float(smooth[region][blob].max())
+        vessel = (
+            _VESSEL_MIN_MM2 <= area <= _VESSEL_MAX_MM2
+            and compact
+            and brightest > _VESSEL_RATIO * reference
+            and float(radius_mm[region][blob].min()) < _VESSEL_MAX_RADIUS_MM
+        )
         out[region][blob] = Material.CSF if vessel else Material.FAT
 
     # Dark tissue: bone near the spine (vertebral body with marrow inside), airway or fascia
