@@ -276,3 +276,15 @@ def test_cli_anatomy_option(tmp_path: Path) -> None:
         assert ('"kind": "real"' in truth) == (kind == "real")
     bad = runner.invoke(cli, ["phantom", "--out", str(tmp_path / "x"), "--anatomy", "cartoon"])
     assert bad.exit_code != 0
+
+
+def test_gre_on_real_anatomy_shows_cord_and_grey_matter(tmp_path: Path) -> None:
+    options = PhantomOptions(matrix=96, slices_per_slab=3, slabs=1, t2star=True)
+    write_cohort(tmp_path, controls=1, patients=0, follow_up=False, seed=2, options=options)
+    truth = json.loads(next(tmp_path.rglob("truth.json")).read_text())
+    record = truth["slabs"][0]["t2star"]
+    voxel_mm2 = options.t2star_voxel_mm**2
+    slices = record["shape"][0]
+    # adult cord cross-sections, about a fifth of it grey matter
+    assert 50.0 < record["cord_voxels"] * voxel_mm2 / slices < 130.0
+    assert 0.1 < record["gm_voxels"] / record["cord_voxels"] < 0.32
