@@ -25,6 +25,10 @@ FloatArray = NDArray[np.float64]
 
 #: Half-width (mm) of the vertebral-body band around a level boundary drawn as disc.
 _DISC_HALF_MM = 2.5
+#: Anterior median fissure: half-width (template mm) and where it starts (fraction of the
+#: cord's antero-posterior semi-axis in front of the centre).
+_FISSURE_HALF_WIDTH_MM = 0.2
+_FISSURE_START = 0.55
 
 
 def _affine_2x2(scale: float, aspect: float, rotation_deg: float, shear: float) -> FloatArray:
@@ -127,7 +131,7 @@ class RealAnatomy:
         z = np.asarray(z_mm, dtype=float)
         tops = np.asarray(self.level_tops_mm)
         k_tops = ref.pam_level_k
-        step = ref.pam_spacing_mm
+        step = ref.pam_slice_mm
         # np.interp needs increasing x: reverse both; extrapolate linearly with the PAM50 step.
         k = np.interp(z, tops[::-1], k_tops[::-1])
         k = np.where(z > tops[0], k_tops[0] + (z - tops[0]) / step, k)
@@ -248,7 +252,7 @@ class RealAnatomy:
         # Canal (PAM50 cord + CSF), shaped per subject, displaced from the cord.
         k = self._pam_k(z)
         pam_centre = ref.pam_centre_mm[k]
-        step = ref.pam_spacing_mm
+        step = ref.pam_inplane_mm
         canal_inv = np.linalg.inv(_affine_2x2(self.canal_scale, self.canal_aspect, 0.0, 0.0))
         qx = pam_centre[..., 0] + canal_inv[0, 0] * ex + canal_inv[0, 1] * ey
         qy = pam_centre[..., 1] + canal_inv[1, 0] * ex + canal_inv[1, 1] * ey
@@ -264,6 +268,12 @@ class RealAnatomy:
         label, inside = self._lookup(ref.pam_labels, k, qx, qy, step)
         out[inside & (label == PAM_WM)] = Material.WM
         out[inside & (label == PAM_GM)] = Material.GM
+        # Anterior median fissure (CSF and vessels), which the template's blur leaves out.
+        depth = ref.pam_semi_axes_mm[k, 1]
+        fissure = (np.abs(qx - pam_centre[..., 0]) < _FISSURE_HALF_WIDTH_MM) & (
+            qy - pam_centre[..., 1] < -_FISSURE_START * depth
+        )
+        out[inside & fissure & (label >= PAM_WM)] = Material.CSF
         return out
 
 

@@ -46,6 +46,8 @@ _VESSEL_MAX_RADIUS_MM = 45.0
 _MARROW_EROSION_MM = 1.5
 _BODY_FRONT_MM = 6.0
 _CENTRE_SMOOTHING_SLICES = 6.0
+#: In-plane Gaussian (template pixels) that rounds the template's staircase outlines.
+_OUTLINE_SMOOTHING_PX = 0.6
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,16 @@ class RealReference:
     Attributes
     ----------
     pam_labels : ndarray of uint8, shape (k, y, x)
-        0 outside the canal, 1 CSF, 2 cord WM, 3 cord GM (PAM50, k increasing toward the head).
+        0 outside the canal, 1 CSF, 2 cord WM, 3 cord GM (PAM50, k increasing toward the head;
+        outlines smoothed and resampled to half the template's in-plane spacing).
     pam_centre_mm : ndarray, shape (k, 2)
         Cord centroid (x, y) of each PAM50 slice in grid mm (index * spacing).
     pam_semi_axes_mm : ndarray, shape (k, 2)
         Half the cord's left-right and antero-posterior extent on each PAM50 slice.
     pam_level_k : ndarray, shape (8,)
         PAM50 slice coordinate of the top of C1..C7 and the bottom of C7 (decreasing).
-    pam_spacing_mm : float
-        In-plane and slice spacing of the PAM50 grid.
+    pam_inplane_mm, pam_slice_mm : float
+        In-plane and slice spacing of ``pam_labels`` (in-plane: half the template's).
     neck_materials : ndarray of uint8, shape (s, y, x)
         :class:`Material` of every pixel of the real neck's slices (the canal is CSF).
     neck_vertebral_body : ndarray of bool, shape (s, y, x)
@@ -78,7 +81,8 @@ class RealReference:
     pam_centre_mm: NDArray[np.float64]
     pam_semi_axes_mm: NDArray[np.float64]
     pam_level_k: NDArray[np.float64]
-    pam_spacing_mm: float
+    pam_inplane_mm: float
+    pam_slice_mm: float
     neck_materials: NDArray[np.uint8]
     neck_vertebral_body: NDArray[np.bool_]
     neck_centre_mm: NDArray[np.float64]
@@ -95,13 +99,13 @@ class RealReference:
             raise ValueError("neck_centre_mm needs one (x, y) per neck slice")
         if np.asarray(self.pam_level_k).shape != (8,) or np.any(np.diff(self.pam_level_k) >= 0):
             raise ValueError("pam_level_k needs 8 decreasing slice coordinates")
-        if self.pam_spacing_mm <= 0 or self.neck_spacing_mm <= 0:
+        if min(self.pam_inplane_mm, self.pam_slice_mm, self.neck_spacing_mm) <= 0:
             raise ValueError("spacings must be positive")
 
     @property
     def pam_cord_area_mm2(self) -> NDArray[np.float64]:
         """Cord area of each PAM50 slice (mm^2)."""
-        return (self.pam_labels >= PAM_WM).sum(axis=(1, 2)) * self.pam_spacing_mm**2
+        return (self.pam_labels >= PAM_WM).sum(axis=(1, 2)) * self.pam_inplane_mm**2
 
 
 def _to_lps_slices(volume: NDArray) -> NDArray:
@@ -243,17 +247,34 @@ def classify_neck(
     return materials, body, centre, spacing
 
 
+def _upsampled(volume: NDArray, smoothing_px: float) -> NDArray[np.float32]:
+    """``[k, y, x]`` volume smoothed in-plane and resampled to half the in-plane spacing.
+
+    New in-plane index ``m`` sits at old index ``m / 2`` (same origin, ``2 n - 1`` samples),
+    so smooth outlines replace the template's 0.5 mm staircase.
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    if smoothing_px > 0:
+        v = ndimage.gaussian_filter(v, (0.0, smoothing_px, smoothing_px))
+    _, ny, nx = v.shape
+    return ndimage.zoom(v, (1.0, (2 * ny - 1) / ny, (2 * nx - 1) / nx), order=1)
+
+
 def _pam_layout(
     cord: NDArray[np.bool_],
     csf: NDArray[np.bool_],
     gm: NDArray[np.float32],
     wm: NDArray[np.float32],
 ) -> NDArray[np.uint8]:
-    labels = np.zeros(cord.shape, dtype=np.uint8)
-    labels[csf] = PAM_CSF
-    labels[cord] = PAM_WM
-    labels[cord & (gm > wm)] = PAM_GM
-    return _to_lps_slices(labels)
+    """PAM50 labels as ``[k, y, x]`` at half the template's in-plane spacing."""
+    canal = _upsampled(_to_lps_slices(cord | csf), _OUTLINE_SMOOTHING_PX) > 0.5
+    in_cord = _upsampled(_to_lps_slices(cord), _OUTLINE_SMOOTHING_PX) > 0.5
+    grey = _upsampled(_to_lps_slices(np.asarray(gm) - np.asarray(wm)), 0.0) > 0.0
+    labels = np.zeros(canal.shape, dtype=np.uint8)
+    labels[canal] = PAM_CSF
+    labels[in_cord] = PAM_WM
+    labels[in_cord & grey] = PAM_GM
+    return labels
 
 
 def prepare_real_reference(
@@ -283,10 +304,11 @@ def prepare_real_reference(
     shapes = {np.shape(a) for a in (pam_cord, pam_csf, pam_gm, pam_wm, pam_levels)}
     if len(shapes) != 1:
         raise ValueError("the PAM50 arrays must share one shape")
-    inplane, step = _check_axial(pam_affine_ras, "PAM50")
-    if abs(inplane - step) > 1e-3:
+    template_mm, step = _check_axial(pam_affine_ras, "PAM50")
+    if abs(template_mm - step) > 1e-3:
         raise ValueError("PAM50 must be isotropic")
     labels = _pam_layout(pam_cord, pam_csf, pam_gm, pam_wm)
+    inplane = template_mm / 2.0
     cord = labels >= PAM_WM
     present = cord.any(axis=(1, 2))
     if not present.any():
@@ -322,7 +344,8 @@ def prepare_real_reference(
         pam_centre_mm=np.stack([cx, cy], axis=1) * inplane,
         pam_semi_axes_mm=np.stack([width, depth], axis=1),
         pam_level_k=np.asarray(tops),
-        pam_spacing_mm=inplane,
+        pam_inplane_mm=inplane,
+        pam_slice_mm=step,
         neck_materials=neck_materials,
         neck_vertebral_body=body,
         neck_centre_mm=neck_centre,
