@@ -288,3 +288,16 @@ def test_gre_on_real_anatomy_shows_cord_and_grey_matter(tmp_path: Path) -> None:
     # adult cord cross-sections, about a fifth of it grey matter
     assert 50.0 < record["cord_voxels"] * voxel_mm2 / slices < 130.0
     assert 0.1 < record["gm_voxels"] / record["cord_voxels"] < 0.32
+
+
+def test_rootlets_cross_the_csf_behind_the_cord_on_part_of_each_level(
+    reference: RealReference,
+) -> None:
+    anatomy = _subject(2, reference)
+    crossed = []
+    for z in _cord_levels(anatomy, 30):
+        m = _slice(anatomy, z, 10.0)
+        behind = np.zeros(m.shape, dtype=bool)
+        behind[m.shape[0] // 2 + 5 :, :] = True  # posterior of the cord centre (y > 1 mm)
+        crossed.append(bool(np.any(behind & (m == Material.DISC))))
+    assert 0 < sum(crossed) < len(crossed)  # some slices, not all

@@ -29,6 +29,14 @@ _DISC_HALF_MM = 2.5
 #: cord's antero-posterior semi-axis in front of the centre).
 _FISSURE_HALF_WIDTH_MM = 0.2
 _FISSURE_START = 0.55
+#: Nerve rootlets: half-width (mm), reach from the cord centre (mm), part of each level
+#: (0 = top, 1 = bottom) where dorsal and ventral rootlets cross the CSF, and their tissue
+#: (the disc's values, T1 about 1350 ms and T2* about 25 ms, are close to nerve root's).
+_ROOTLET_HALF_WIDTH_MM = 0.25
+_ROOTLET_MAX_RADIUS_MM = 12.0
+_DORSAL_ROOT_PHASE = (0.15, 0.6)
+_VENTRAL_ROOT_PHASE = (0.45, 0.9)
+_ROOTLET_MATERIAL = Material.DISC
 
 
 def _affine_2x2(scale: float, aspect: float, rotation_deg: float, shear: float) -> FloatArray:
@@ -65,6 +73,9 @@ class RealAnatomy:
         Cord centre line (as in the analytic anatomy).
     fov_offset_x_mm, fov_offset_y_mm : float
         Where a planner centres the field of view relative to the cord.
+    dorsal_root_deg, ventral_root_deg : float
+        Angle of the dorsal and ventral nerve rootlets from the posterior (dorsal) and
+        anterior (ventral) midline; the rootlets cross the CSF on part of each level.
     """
 
     reference: RealReference = field(repr=False, compare=False)
@@ -93,6 +104,8 @@ class RealAnatomy:
     lordosis_mm: float
     fov_offset_x_mm: float
     fov_offset_y_mm: float
+    dorsal_root_deg: float
+    ventral_root_deg: float
 
     def __post_init__(self) -> None:
         tops = np.asarray(self.level_tops_mm, dtype=float)
@@ -108,6 +121,8 @@ class RealAnatomy:
             raise ValueError("cord_shear must be within +-0.3")
         if self.drift_period_mm <= 0 or self.canal_wobble_period_mm <= 0:
             raise ValueError("periods must be positive")
+        if not (10.0 <= self.dorsal_root_deg <= 80.0 and 10.0 <= self.ventral_root_deg <= 80.0):
+            raise ValueError("rootlet angles must be within 10..80 degrees of the midline")
 
     # ---- parameters ----------------------------------------------------------------------
     def as_dict(self) -> dict[str, object]:
@@ -202,6 +217,45 @@ class RealAnatomy:
         )
 
     # ---- tissue classes ------------------------------------------------------------------
+    def _rootlet_mask(self, dx: FloatArray, dy: FloatArray, z: FloatArray) -> NDArray[np.bool_]:
+        """Thin radial streaks from the cord toward the canal wall (dorsal and ventral roots).
+
+        Each level's rootlets cross the CSF on a part of the level (dorsal ones higher, ventral
+        ones lower), left and right, at the subject's angles from the midline.
+        """
+        tops = np.asarray(self.level_tops_mm)
+        level = np.clip(np.searchsorted(-tops, -z, side="right") - 1, 0, tops.size - 2)
+        phase = (tops[level] - z) / (tops[level] - tops[level + 1])  # 0 top .. 1 bottom
+        radius = np.hypot(dx, dy)
+        near = radius < _ROOTLET_MAX_RADIUS_MM
+        out = np.zeros(dx.shape, dtype=bool)
+        for angle_deg, (low, high), posterior in (
+            (self.dorsal_root_deg, _DORSAL_ROOT_PHASE, True),
+            (self.ventral_root_deg, _VENTRAL_ROOT_PHASE, False),
+        ):
+            present = near & (phase >= low) & (phase <= high)
+            if not present.any():
+                continue
+            t = np.deg2rad(angle_deg)
+            along_y = np.cos(t) if posterior else -np.cos(t)
+            for side in (-1.0, 1.0):
+                ux, uy = side * np.sin(t), along_y  # unit vector of the rootlet
+                along = dx * ux + dy * uy
+                across = np.abs(dy * ux - dx * uy)
+                out |= present & (along > 0) & (across < _ROOTLET_HALF_WIDTH_MM)
+        return out
+
+    def _add_rootlets(
+        self, out: NDArray[np.uint8], dx: FloatArray, dy: FloatArray, z: FloatArray
+    ) -> None:
+        """Turn the CSF the rootlets cross into nerve tissue (in place, before the cord)."""
+        csf = out == Material.CSF
+        if not csf.any():
+            return
+        index = np.flatnonzero(csf.ravel())
+        root = self._rootlet_mask(dx.ravel()[index], dy.ravel()[index], z.ravel()[index])
+        out.flat[index[root]] = _ROOTLET_MATERIAL
+
     @staticmethod
     def _lookup(
         table: NDArray, slices: NDArray[np.intp], x_mm: FloatArray, y_mm: FloatArray, step: float
@@ -258,6 +312,7 @@ class RealAnatomy:
         qy = pam_centre[..., 1] + canal_inv[1, 0] * ex + canal_inv[1, 1] * ey
         label, inside = self._lookup(ref.pam_labels, k, qx, qy, step)
         out[inside & (label >= PAM_CSF)] = Material.CSF
+        self._add_rootlets(out, dx, dy, z)
 
         # Cord and grey matter (PAM50), deformed per subject.
         cord_inv = np.linalg.inv(
@@ -316,4 +371,6 @@ def draw_real_anatomy(rng: np.random.Generator, reference: RealReference) -> Rea
         lordosis_mm=float(rng.uniform(2.0, 5.0)),
         fov_offset_x_mm=float(rng.uniform(-8.0, 8.0)),
         fov_offset_y_mm=float(rng.uniform(-15.0, -4.0)),
+        dorsal_root_deg=float(rng.uniform(35.0, 55.0)),
+        ventral_root_deg=float(rng.uniform(45.0, 65.0)),
     )
