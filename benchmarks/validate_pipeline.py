@@ -6,7 +6,8 @@ Run from the repository root::
 
 Steps:
 
-1. write a phantom cohort (``service.phantom.write_cohort``): controls; patients with a
+1. write a phantom cohort (``service.phantom.write_cohort``, ``--anatomy real`` or
+   ``simple``): controls; patients with a
    follow-up exam; patients without; patients with oblique slices (each group its own
    cohort folder and seed, so subjects never repeat);
 2. build normative models with ``service.model_build.build_model`` (what
@@ -94,8 +95,11 @@ class CohortPlan:
     slices: int = 12
     slabs: int = 2
     seed: int = 1
+    anatomy: str = "real"
 
     def __post_init__(self) -> None:
+        if self.anatomy not in ("real", "simple"):
+            raise ValueError(f"anatomy must be real or simple, got {self.anatomy!r}")
         if self.controls < 4:
             raise ValueError(
                 f"controls must be >= 4 (3 per leave-one-out model), got {self.controls}"
@@ -146,6 +150,7 @@ def _write_group(root: str, group: dict[str, Any], plan: CohortPlan) -> None:
         slices_per_slab=plan.slices,
         slabs=plan.slabs,
         oblique_deg=group["oblique_deg"],
+        anatomy=plan.anatomy,
     )
     write_cohort(
         Path(root) / group["name"],
@@ -1133,6 +1138,12 @@ def _get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slabs", type=int, default=defaults.slabs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--anatomy",
+        choices=("real", "simple"),
+        default=defaults.anatomy,
+        help="phantom anatomy: real shapes (PAM50 in a real neck) or the analytic one",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=2,
@@ -1156,6 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slices=args.slices,
             slabs=args.slabs,
             seed=args.seed,
+            anatomy=args.anatomy,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
