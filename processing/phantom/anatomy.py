@@ -154,6 +154,13 @@ class SubjectAnatomy:
         level = 1 + np.sum(z[..., None] < tops, axis=-1)
         return level.astype(np.int16)
 
+    def cord_offset_mm(
+        self, u: FloatArray, v: FloatArray, z_mm: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Offset (x, y mm) from the cord centre of cord coordinates ``(u, v)`` at z."""
+        a, b = self.semi_axes(z_mm)
+        return u * a, v * b
+
     def cord_coordinates(self, points_mm: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Normalised cord coordinates ``(u, v)``: u left-right, v anterior(-)..posterior(+)."""
         p = np.asarray(points_mm, dtype=float)

@@ -136,13 +136,13 @@ def _one_lesion(
     sign = rng.choice([-1.0, 1.0])
     midline = location == "posterior" and composition == "wm_only" and rng.random() < 0.4
     u = 0.0 if midline else sign * tu
-    a, b = anatomy.semi_axes(np.asarray(z))
+    offset_x, offset_y = anatomy.cord_offset_mm(u, tv, np.asarray(z))
     side = "midline" if midline else ("left" if u > 0 else "right")  # LPS: +x = left
     return Lesion(
         lesion_id=lesion_id,
         z_mm=float(z),
-        offset_x_mm=float(u * a),
-        offset_y_mm=float(tv * b),
+        offset_x_mm=float(offset_x),
+        offset_y_mm=float(offset_y),
         radius_x_mm=float(r_xy * rng.uniform(0.85, 1.15)),
         radius_y_mm=float(r_xy * rng.uniform(0.7, 1.0)),
         radius_z_mm=float(r_z),

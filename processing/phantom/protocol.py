@@ -51,6 +51,12 @@ class Anatomy(Protocol):
         """Normalised cord coordinates ``(u, v)``: u left-right, v anterior(-)..posterior(+)."""
         ...
 
+    def cord_offset_mm(
+        self, u: FloatArray, v: FloatArray, z_mm: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Offset (x, y mm) from the cord centre of cord coordinates ``(u, v)`` at z."""
+        ...
+
     def materials(self, points_mm: FloatArray) -> NDArray[np.uint8]:
         """Tissue class (:class:`~processing.phantom.anatomy.Material`) of each point."""
         ...

@@ -200,12 +200,36 @@ class RealAnatomy:
         level = 1 + np.sum(z[..., None] < tops, axis=-1)
         return level.astype(np.int16)
 
+    def _cord_matrix(self) -> FloatArray:
+        return _affine_2x2(
+            self.cord_scale, self.cord_aspect, self.cord_rotation_deg, self.cord_shear
+        )
+
     def cord_coordinates(self, points_mm: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Normalised cord coordinates ``(u, v)``: u left-right, v anterior(-)..posterior(+)."""
+        """Normalised cord coordinates ``(u, v)``: u left-right, v anterior(-)..posterior(+).
+
+        Measured in the template's frame (the subject's rotation and shear undone), in units
+        of the template cord's semi-axes, so ``(0, 0.6)`` is in the dorsal columns whatever the
+        subject's cord orientation.
+        """
         p = np.asarray(points_mm, dtype=float)
         xc, yc = self.centreline(p[..., 2])
-        a, b = self.semi_axes(p[..., 2])
-        return (p[..., 0] - xc) / a, (p[..., 1] - yc) / b
+        dx, dy = p[..., 0] - xc, p[..., 1] - yc
+        inverse = np.linalg.inv(self._cord_matrix())
+        axes = self.reference.pam_semi_axes_mm[self._pam_k(p[..., 2])]
+        tx = inverse[0, 0] * dx + inverse[0, 1] * dy
+        ty = inverse[1, 0] * dx + inverse[1, 1] * dy
+        return tx / axes[..., 0], ty / axes[..., 1]
+
+    def cord_offset_mm(
+        self, u: FloatArray, v: FloatArray, z_mm: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Offset (x, y mm) from the cord centre of cord coordinates ``(u, v)`` at z."""
+        axes = self.reference.pam_semi_axes_mm[self._pam_k(z_mm)]
+        tx = np.asarray(u, dtype=float) * axes[..., 0]
+        ty = np.asarray(v, dtype=float) * axes[..., 1]
+        m = self._cord_matrix()
+        return m[0, 0] * tx + m[0, 1] * ty, m[1, 0] * tx + m[1, 1] * ty
 
     def canal_offset(self, z_mm: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Canal centre relative to the cord centre (x, y mm) at each z."""
@@ -315,9 +339,7 @@ class RealAnatomy:
         self._add_rootlets(out, dx, dy, z)
 
         # Cord and grey matter (PAM50), deformed per subject.
-        cord_inv = np.linalg.inv(
-            _affine_2x2(self.cord_scale, self.cord_aspect, self.cord_rotation_deg, self.cord_shear)
-        )
+        cord_inv = np.linalg.inv(self._cord_matrix())
         qx = pam_centre[..., 0] + cord_inv[0, 0] * dx + cord_inv[0, 1] * dy
         qy = pam_centre[..., 1] + cord_inv[1, 0] * dx + cord_inv[1, 1] * dy
         label, inside = self._lookup(ref.pam_labels, k, qx, qy, step)
