@@ -301,3 +301,16 @@ def test_rootlets_cross_the_csf_behind_the_cord_on_part_of_each_level(
         behind[m.shape[0] // 2 + 5 :, :] = True  # posterior of the cord centre (y > 1 mm)
         crossed.append(bool(np.any(behind & (m == Material.DISC))))
     assert 0 < sum(crossed) < len(crossed)  # some slices, not all
+
+
+def test_cord_coordinates_follow_the_subjects_cord(reference: RealReference) -> None:
+    anatomy = _subject(3, reference)
+    z = np.full(4, 0.5 * (anatomy.level_tops_mm[3] + anatomy.level_tops_mm[4]))
+    u, v = np.array([0.0, 0.12, -0.5, 0.7]), np.array([0.62, -0.74, 0.0, 0.1])
+    dx, dy = anatomy.cord_offset_mm(u, v, z)
+    xc, yc = anatomy.centreline(z)
+    points = np.stack([xc + dx, yc + dy, z], axis=-1)
+    back_u, back_v = anatomy.cord_coordinates(points)
+    assert np.allclose(back_u, u) and np.allclose(back_v, v)
+    # the dorsal-column point is cord white matter, behind the centre
+    assert anatomy.materials(points[:1])[0] == Material.WM and dy[0] > 1.0
