@@ -6,7 +6,8 @@ Run from the repository root::
 
 Steps:
 
-1. write a phantom cohort (``service.phantom.write_cohort``): controls; patients with a
+1. write a phantom cohort (``service.phantom.write_cohort``, ``--anatomy real`` or
+   ``simple``): controls; patients with a
    follow-up exam; patients without; patients with oblique slices (each group its own
    cohort folder and seed, so subjects never repeat);
 2. build normative models with ``service.model_build.build_model`` (what

@@ -460,9 +460,10 @@ def test_process_lesions_become_reader_lesions_with_true_volumes(
     truth = json.loads((exam.truth_dir / "truth.json").read_text())["lesions"]
     summary = json.loads((out_dir / "summary.json").read_text())
     reader = [les for les in summary["lesions"] if les["source"] == "reader"]
-    assert sorted((les["slab"], les["volume_mm3"]) for les in reader) == sorted(
-        (les["slab"], pytest.approx(les["volume_mm3"], abs=0.01)) for les in truth
-    )
+    expected = sorted((les["slab"], les["volume_mm3"]) for les in truth)
+    assert sorted((les["slab"], les["volume_mm3"]) for les in reader) == [
+        (slab, pytest.approx(volume, abs=0.01)) for slab, volume in expected
+    ]
     assert summary["lesion_summary"]["count"] == len(truth)
     # The reader masks reach the research export voxel for voxel.
     masks = sorted(bids.rglob("*_desc-lesions_dseg.nii.gz"))

@@ -7,7 +7,7 @@ plane (axial or oblique) and any matrix can be rendered by sampling points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -106,6 +106,15 @@ class SubjectAnatomy:
 
     # ---- centre line and cord size -------------------------------------------------------
     @property
+    def fov_offset_mm(self) -> tuple[float, float]:
+        """The field of view is centred on the cord."""
+        return (0.0, 0.0)
+
+    def as_dict(self) -> dict[str, object]:
+        """The drawn parameters (JSON-ready) for the ground truth."""
+        return asdict(self)
+
+    @property
     def enlargement_z_mm(self) -> float:
         """z of the centre of the cervical enlargement (C5/C6 boundary)."""
         return float(self.level_tops_mm[5])
@@ -144,6 +153,13 @@ class SubjectAnatomy:
         # tops is decreasing; count how many level boundaries lie above z.
         level = 1 + np.sum(z[..., None] < tops, axis=-1)
         return level.astype(np.int16)
+
+    def cord_offset_mm(
+        self, u: FloatArray, v: FloatArray, z_mm: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Offset (x, y mm) from the cord centre of cord coordinates ``(u, v)`` at z."""
+        a, b = self.semi_axes(z_mm)
+        return u * a, v * b
 
     def cord_coordinates(self, points_mm: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Normalised cord coordinates ``(u, v)``: u left-right, v anterior(-)..posterior(+)."""
