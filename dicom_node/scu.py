@@ -386,15 +386,29 @@ def _check_tls(destination: Destination, tls: ClientTls | None) -> None:
 
 
 class _RecordingSSLSocket(ssl.SSLSocket):
-    """Keeps the handshake error on its context: pynetdicom only logs it."""
+    """Keeps TLS errors on its context: pynetdicom only logs them.
+
+    With TLS 1.3 a server refuses our client certificate after our side of the handshake
+    has completed, so the alert arrives with the first read: reads are watched too.
+    """
+
+    def _keep(self, exc: BaseException) -> None:
+        errors = getattr(self.context, "cordt1_handshake_errors", None)
+        if isinstance(errors, list):
+            errors.append(exc)
 
     def do_handshake(self, block: bool = False) -> None:
         try:
             super().do_handshake(block)
         except Exception as exc:
-            errors = getattr(self.context, "cordt1_handshake_errors", None)
-            if isinstance(errors, list):
-                errors.append(exc)
+            self._keep(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._keep(exc)
             raise
 
 
@@ -475,8 +489,6 @@ def _associate(ae: AE, destination: Destination, tls: ClientTls | None) -> Assoc
         cause = "association rejected: " + _reject_text(assoc)
     elif assoc.is_aborted:
         cause = "association aborted by the peer during negotiation"
-        if destination.tls:
-            cause += " (with TLS 1.3 also how a peer refuses our client certificate)"
     else:
         cause = "association not established (timeout)"
     LOGGER.warning("sending to %s: %s", destination, cause)

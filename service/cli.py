@@ -102,7 +102,11 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
     from service.server import Service
 
     settings = _settings(ctx, workers=workers, **_overrides(**flags))
-    Service(settings).run_forever()
+    try:
+        service = Service(settings)
+    except ValueError as exc:  # e.g. a TLS certificate file missing or unreadable
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    service.run_forever()
 
 
 @cli.command()
