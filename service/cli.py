@@ -62,7 +62,7 @@ def _service_options(func: Any) -> Any:
             "--destination",
             "destinations",
             multiple=True,
-            help="Result destination AET@HOST:PORT (repeatable).",
+            help="Result destination AET@HOST:PORT, tls://AET@HOST:PORT over TLS (repeatable).",
         ),
         click.option("--broker", default=None, help="Celery broker URL (e.g. redis://...)."),
         click.option("--database-url", default=None, help="Job store SQLAlchemy URL."),

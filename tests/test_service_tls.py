@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import queue
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_node.instance import InstanceInfo, OwnResultMarkers
@@ -18,9 +20,11 @@ from dicom_node.spool import Spool
 from dicom_node.tls import ClientTls, ServerTls
 from service.cli import cli
 from service.jobs import JobRunner, SendOutcome
+from service.pacs import free_port, wait_for_port
 from service.server import Service
 from service.settings import CONFIG_ENV, Settings, load_settings
 from service.store import JobState, JobStore
+from tests.service_harness import ServiceProcess, finished, make_exams, storescu
 from tests.test_dicom_node_factories import make_mr
 from tests.tls_factory import OPENSSL, Pki, make_pki
 
@@ -185,3 +189,54 @@ def test_results_go_to_a_tls_destination_or_the_job_says_why_not(
         assert outcome is SendOutcome.RETRY and job.state is JobState.SENDING
         assert "TLS handshake failed: certificate not trusted" in job.error
         assert received.empty()
+
+
+@pytest.mark.slow
+def test_scanner_to_pacs_over_tls_end_to_end(tmp_path: Path, pki: Pki) -> None:
+    """DCMTK storescu +tls -> `cordt1 serve` (TLS port) -> DCMTK storescp +tls."""
+    storescp = Path("/usr/bin/storescp")
+    if not storescp.is_file():
+        pytest.skip("DCMTK storescp not installed in /usr/bin")
+    exam = make_exams(tmp_path / "phantom", seed=23)[0]
+    out = tmp_path / "pacs"
+    out.mkdir()
+    pacs_port, tls_port = free_port(), free_port()
+    tls_files = ["-pw", "+cf", str(pki.ca_cert)]
+    peer = subprocess.Popen(
+        [
+            *(str(storescp), "+tls", str(pki.server_key), str(pki.server_cert), *tls_files),
+            *("-aet", "PACS", "-od", str(out), str(pacs_port)),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    extra_toml = (
+        f"\n[node.tls]\nport = {tls_port}\n"
+        f'certificate = "{pki.server_cert}"\nprivate_key = "{pki.server_key}"\n'
+        f'ca_certificates = "{pki.ca_cert}"\nrequire_client_certificate = true\n'
+        f'[send.tls]\nca_certificates = "{pki.ca_cert}"\n'
+        f'certificate = "{pki.client_cert}"\nprivate_key = "{pki.client_key}"\n'
+    )
+    try:
+        with ServiceProcess(
+            tmp_path / "service",
+            destination=f"tls://PACS@127.0.0.1:{pacs_port}",
+            site_protocols=exam.site_protocols,
+            extra_toml=extra_toml,
+        ) as service:
+            wait_for_port(tls_port, timeout_s=30)
+            scanner_tls = ("+tls", str(pki.client_key), str(pki.client_cert), *tls_files)
+            sent = storescu(tls_port, [exam.dicom_dir], extra=scanner_tls)
+            assert sent.returncode == 0, sent.stderr
+            jobs = service.wait_for_jobs(finished, timeout_s=300)
+            assert [j.state for j in jobs] == [JobState.DONE], [j.error for j in jobs]
+            events = service.store().events(limit=500)
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)
+    expected = {slab["result_sop_instance_uid"] for slab in jobs[0].result["summary"]["slabs"]}
+    received = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
+    assert expected and expected <= received
+    lines = [e["message"] for e in events if e["kind"] == "association"]
+    assert any("SCANNER@127.0.0.1 accepted" in x and "CN=scanner" in x for x in lines)
