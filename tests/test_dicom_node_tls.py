@@ -328,3 +328,16 @@ def test_unreadable_key_is_named(pki: Pki, tmp_path: Path) -> None:
     key.chmod(0)
     with pytest.raises(ValueError, match=r"cannot read .*Permission denied"):
         ServerTls(pki.server_cert, key, setting="node.tls")
+
+
+def test_a_client_silent_during_the_handshake_is_dropped_after_the_acse_timeout(
+    start_tls_node: Callable[..., TlsNode],
+) -> None:
+    node = start_tls_node(acse_timeout_s=1)
+    with socket.create_connection(("127.0.0.1", node.scp.tls_port or 0), timeout=10) as silent:
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # the server closed the connection
+        waited = time.monotonic() - started
+    assert 0.8 < waited < 4
+    record = node.record()
+    assert not record.accepted and "not completed within 1 s" in record.reason
