@@ -33,7 +33,10 @@ pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl command not ins
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    # load_settings(config) exports $CORDT1_CONFIG: setenv first so that the variable is
+    # removed again after the test (a TLS-only config must not leak into later tests).
+    monkeypatch.setenv(CONFIG_ENV, "")
+    monkeypatch.delenv(CONFIG_ENV)
 
 
 @pytest.fixture(scope="module")
