@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_in
 from dicom_node.pixel_header import pixel_data_problem
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
+from dicom_node.tls import ServerTls, TlsHandshakeError, accept_tls, describe_peer
 from dicom_node.validation import check_ae_title, check_uid
 
 __all__ = ["AssociationRecord", "ScpConfig", "StorageSCP", "StoreRefusal"]
@@ -59,8 +61,9 @@ class ScpConfig:
         Our AE title (1-16 characters).
     host : str
         Address to listen on (``"0.0.0.0"`` for all interfaces).
-    port : int
-        TCP port; 0 lets the OS pick a free port (read it from :attr:`StorageSCP.port`).
+    port : int or None
+        TCP port of plain DICOM; 0 lets the OS pick a free port (read it from
+        :attr:`StorageSCP.port`); ``None``: no plain port (TLS only).
     allowed_calling_aes : Mapping[str, str | None]
         Calling AE title -> host name or IP address it must connect from, or ``None`` for
         any address. An **empty mapping accepts every calling AE** (use only in closed
@@ -82,16 +85,23 @@ class ScpConfig:
     acse_timeout_s, dimse_timeout_s, network_timeout_s : float
         pynetdicom timeouts in seconds. ``network_timeout_s`` is the idle-association
         timeout: an association on which nothing arrives for that long is aborted.
+        ``acse_timeout_s`` also bounds the TLS handshake.
+    tls : ServerTls or None
+        Certificates of the TLS port; required with ``tls_port``.
+    tls_port : int or None
+        TCP port of DICOM over TLS (0: the OS picks, read :attr:`StorageSCP.tls_port`);
+        ``None``: no TLS port. The same AE, policy and limits serve both ports.
 
     Raises
     ------
     ValueError
-        On an invalid AE title, port, limit or timeout.
+        On an invalid AE title, port, limit or timeout, a TLS port without TLS settings or
+        neither port.
     """
 
     ae_title: str
     host: str = "0.0.0.0"
-    port: int = 11112
+    port: int | None = 11112
     allowed_calling_aes: Mapping[str, str | None] = field(default_factory=dict)
     check_called_ae: bool = True
     max_associations: int = 10
@@ -102,13 +112,27 @@ class ScpConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    tls: ServerTls | None = None
+    tls_port: int | None = None
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title, "ScpConfig.ae_title")
         if not isinstance(self.host, str) or not self.host:
             raise ValueError("ScpConfig.host must be a non-empty address")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ValueError(f"ScpConfig.port must be 0..65535, got {self.port!r}")
+        for name in ("port", "tls_port"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535
+            ):
+                raise ValueError(f"ScpConfig.{name} must be 0..65535 or None, got {value!r}")
+        if self.port is None and self.tls_port is None:
+            raise ValueError("ScpConfig needs a port, a tls_port or both")
+        if self.tls_port is not None and not isinstance(self.tls, ServerTls):
+            raise ValueError("ScpConfig.tls_port needs ScpConfig.tls (a ServerTls)")
+        if self.tls is not None and not isinstance(self.tls, ServerTls):
+            raise ValueError("ScpConfig.tls must be a ServerTls or None")
+        if self.port is not None and self.port != 0 and self.port == self.tls_port:
+            raise ValueError("ScpConfig.port and ScpConfig.tls_port must differ")
         allowed: dict[str, str | None] = {}
         for title, address in dict(self.allowed_calling_aes).items():
             key = check_ae_title(title, "allowed calling AE title")
@@ -163,6 +187,9 @@ class AssociationRecord:
         Size in bytes of the instances stored with success.
     started_at, ended_at : float
         Epoch seconds.
+    tls : str
+        ``""`` over plain TCP; over TLS the protocol version and the peer certificate's
+        subject common name (``"TLSv1.3, peer certificate CN=scanner"``).
     """
 
     calling_ae: str
@@ -176,6 +203,7 @@ class AssociationRecord:
     bytes: int
     started_at: float
     ended_at: float
+    tls: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +256,7 @@ class _AssocState:
     instances: int = 0
     failures: int = 0
     bytes_received: int = 0
+    tls: str = ""
 
 
 class StorageSCP:
@@ -279,12 +308,15 @@ class StorageSCP:
         self._on_instance = on_instance
         self._on_association = on_association
         self._own_markers = own_markers
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self._ae: AE | None = None
         self._allowed_ips: dict[str, frozenset[str] | None] = {}
         self._states: dict[Association, _AssocState] = {}
+        self._tls_peers: dict[Association, str] = {}
+        self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self.port: int | None = None
+        self.tls_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -295,12 +327,16 @@ class StorageSCP:
         RuntimeError
             If already started.
         ValueError
-            If an allowed host name cannot be resolved.
+            If an allowed host name cannot be resolved, or a TLS file cannot be loaded.
         OSError
             If the address cannot be bound.
         """
-        if self._server is not None:
+        if self._servers:
             raise RuntimeError("StorageSCP is already running")
+        tls = self._config.tls
+        self._tls_context = (
+            tls.context() if tls is not None and self._config.tls_port is not None else None
+        )
         self._allowed_ips = {
             title: None if host is None else _resolve(host)
             for title, host in self._config.allowed_calling_aes.items()
@@ -325,24 +361,42 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_DIMSE_RECV, self._handle_dimse_recv),
         ]
-        server = ae.start_server(
-            (self._config.host, self._config.port), block=False, evt_handlers=handlers
-        )
         self._ae = ae
-        self._server = server
-        self.port = int(server.server_address[1])
+        try:
+            if self._config.port is not None:
+                server = ae.start_server(
+                    (self._config.host, self._config.port), block=False, evt_handlers=handlers
+                )
+                self._servers.append(server)
+                self.port = int(server.server_address[1])
+            if self._config.tls_port is not None:
+                # The handshake runs in the connection's own thread (EVT_CONN_OPEN), not in
+                # pynetdicom's accept loop, so a silent client cannot stall other clients.
+                tls_handlers = [*handlers, (evt.EVT_CONN_OPEN, self._handle_tls_open)]
+                server = ae.start_server(
+                    (self._config.host, self._config.tls_port),
+                    block=False,
+                    evt_handlers=tls_handlers,
+                )
+                self._servers.append(server)
+                self.tls_port = int(server.server_address[1])
+        except BaseException:
+            self.stop()
+            raise
         LOGGER.info(
-            "storage SCP %s listening on %s:%d",
+            "storage SCP %s listening on %s: plain port %s, TLS port %s",
             self._config.ae_title,
             self._config.host,
-            self.port,
+            self.port if self.port is not None else "off",
+            self.tls_port if self.tls_port is not None else "off",
         )
 
     def stop(self) -> None:
         """Stop listening and end open associations (idempotent)."""
-        server, self._server = self._server, None
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.shutdown()
+        if servers:
             LOGGER.info("storage SCP %s stopped", self._config.ae_title)
         if self._ae is not None:
             self._ae.shutdown()
@@ -351,7 +405,7 @@ class StorageSCP:
     @property
     def is_running(self) -> bool:
         """``True`` between :meth:`start` and :meth:`stop`."""
-        return self._server is not None
+        return bool(self._servers)
 
     def __enter__(self) -> StorageSCP:
         self.start()
@@ -361,6 +415,44 @@ class StorageSCP:
         self.stop()
 
     # ------------------------------------------------------------------ associations
+    def _handle_tls_open(self, event: evt.Event) -> None:
+        """TLS handshake of a connection to the TLS port (in the connection's thread)."""
+        assoc = event.assoc
+        transport = assoc.dul.socket
+        context = self._tls_context
+        if transport is None or transport.socket is None or context is None:
+            return
+        address, port = _peer(event.address)
+        try:
+            tls_sock = accept_tls(transport.socket, context, self._config.acse_timeout_s)
+        except TlsHandshakeError as exc:
+            # The socket is closed. Without this the association thread would wait
+            # acse_timeout_s for an A-ASSOCIATE-RQ that cannot come, holding a slot of
+            # max_associations: a few failed handshakes would lock every client out.
+            assoc.acse_timeout = 0
+            LOGGER.warning("TLS connection from %s refused: %s", address, exc)
+            now = time.time()
+            self._report(
+                AssociationRecord(
+                    calling_ae="",
+                    called_ae="",
+                    address=address,
+                    port=port,
+                    accepted=False,
+                    reason=str(exc),
+                    instances=0,
+                    failures=0,
+                    bytes=0,
+                    started_at=now,
+                    ended_at=now,
+                    tls="handshake failed",
+                )
+            )
+            return
+        transport.socket = tls_sock
+        with self._lock:
+            self._tls_peers[assoc] = describe_peer(tls_sock)
+
     def _handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         # pynetdicom's debug-log handler for received messages raises on the malformed
@@ -378,6 +470,7 @@ class StorageSCP:
             started_at=time.time(),
         )
         with self._lock:
+            state.tls = self._tls_peers.pop(assoc, "")
             self._states[assoc] = state
         reason = self._refusal_reason(state)
         result, source = _REJECT_PERMANENT, _SOURCE_SERVICE_USER
@@ -467,6 +560,8 @@ class StorageSCP:
         assoc = event.assoc
         state = self._state(assoc)
         if state is None:
+            with self._lock:
+                self._tls_peers.pop(assoc, None)
             return
         if not state.accepted or assoc is threading.current_thread() or not assoc.is_alive():
             self._finish(assoc)
@@ -502,6 +597,7 @@ class StorageSCP:
             bytes=state.bytes_received,
             started_at=state.started_at,
             ended_at=time.time(),
+            tls=state.tls,
         )
         if state.accepted:
             LOGGER.info(
@@ -513,6 +609,9 @@ class StorageSCP:
                 record.failures,
                 record.bytes,
             )
+        self._report(record)
+
+    def _report(self, record: AssociationRecord) -> None:
         if self._on_association is None:
             return
         try:
@@ -735,6 +834,13 @@ def _error_comment(reason: str) -> str:
     """The reason as an Error Comment: LO, at most 64 printable ASCII characters, no backslash."""
     cleaned = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
     return cleaned[:_ERROR_COMMENT_MAX].rstrip()
+
+
+def _peer(address: object) -> tuple[str, int]:
+    """``(host, port)`` of an EVT_CONN_OPEN address (a tuple or AddressInformation)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return str(getattr(address, "address", address)), int(getattr(address, "port", 0) or 0)
 
 
 def _short(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ No retries here: the service decides when to try again. Datasets are sent as the
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.contexts import UNCOMPRESSED_TRANSFER_SYNTAXES
 from dicom_node.status import describe, is_failure, is_warning
+from dicom_node.tls import ClientTls, handshake_failure_text
 from dicom_node.validation import check_ae_title, check_uid
 
 __all__ = [
     "MAX_PRESENTATION_CONTEXTS",
+    "TLS_PREFIX",
     "Destination",
     "InstanceOutcome",
     "SendError",
@@ -38,10 +41,13 @@ LOGGER = logging.getLogger(__name__)
 MAX_PRESENTATION_CONTEXTS = 128
 """An association request carries at most 128 presentation contexts (PS3.8 9.3.2.2)."""
 
+TLS_PREFIX = "tls://"
+"""A destination written ``tls://AET@HOST:PORT`` is reached over DICOM TLS."""
+
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer: AE title, host and port.
+    """A DICOM peer: AE title, host and port, plain or TLS.
 
     Parameters
     ----------
@@ -51,6 +57,8 @@ class Destination:
         Host name or IP address.
     port : int
         TCP port 1..65535.
+    tls : bool
+        Reach the peer over DICOM TLS (the sender then needs a :class:`ClientTls`).
 
     Raises
     ------
@@ -61,6 +69,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "destination AE title"))
@@ -75,10 +84,14 @@ class Destination:
             raise ValueError(f"destination port must be an integer, got {self.port!r}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"destination port must be 1..65535, got {self.port}")
+        if not isinstance(self.tls, bool):
+            raise ValueError(f"destination tls must be True or False, got {self.tls!r}")
 
     @classmethod
     def parse(cls, text: str) -> Destination:
         """Parse ``"AET@HOST:PORT"`` (IPv6 hosts in brackets: ``"AET@[::1]:104"``).
+
+        A ``tls://`` prefix (``"tls://PACS@pacs.local:2762"``) means DICOM over TLS.
 
         Parameters
         ----------
@@ -97,12 +110,18 @@ class Destination:
         Examples
         --------
         >>> Destination.parse("PACS@pacs.local:104")
-        Destination(ae_title='PACS', host='pacs.local', port=104)
+        Destination(ae_title='PACS', host='pacs.local', port=104, tls=False)
+        >>> Destination.parse("tls://PACS@pacs.local:2762").tls
+        True
         """
-        form = "expected 'AET@HOST:PORT', e.g. 'PACS@10.0.0.5:104'"
+        form = "expected 'AET@HOST:PORT' or 'tls://AET@HOST:PORT', e.g. 'PACS@10.0.0.5:104'"
         if not isinstance(text, str):
             raise ValueError(f"destination must be a string, {form}")
-        ae_title, at, address = text.strip().rpartition("@")
+        body = text.strip()
+        tls = body.lower().startswith(TLS_PREFIX)
+        if tls:
+            body = body[len(TLS_PREFIX) :]
+        ae_title, at, address = body.rpartition("@")
         if not at or not ae_title:
             raise ValueError(f"destination {text!r} has no AE title before '@'; {form}")
         host, colon, port_text = address.rpartition(":")
@@ -114,11 +133,12 @@ class Destination:
             raise ValueError(f"destination {text!r}: write IPv6 hosts in brackets; {form}")
         if not port_text.isdigit():
             raise ValueError(f"destination {text!r}: port {port_text!r} is not a number; {form}")
-        return cls(ae_title=ae_title, host=host, port=int(port_text))
+        return cls(ae_title=ae_title, host=host, port=int(port_text), tls=tls)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}"
+        prefix = TLS_PREFIX if self.tls else ""
+        return f"{prefix}{self.ae_title}@{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +236,7 @@ def send(
     *,
     calling_ae: str,
     timeout_s: float = 60.0,
+    tls: ClientTls | None = None,
 ) -> SendReport:
     """Send instances to ``destination`` over one association (C-STORE).
 
@@ -231,7 +252,9 @@ def send(
     calling_ae : str
         Our AE title.
     timeout_s : float
-        ACSE, DIMSE and network timeout in seconds.
+        ACSE, DIMSE and network timeout in seconds (also bounds the TLS handshake).
+    tls : ClientTls or None
+        TLS settings; required when ``destination.tls``, ignored otherwise.
 
     Returns
     -------
@@ -241,15 +264,18 @@ def send(
     Raises
     ------
     ValueError
-        On bad arguments, a file that is not DICOM, or more than 128 contexts needed.
+        On bad arguments, a file that is not DICOM, more than 128 contexts needed, or a TLS
+        destination without ``tls``.
     SendError
-        Connection refused or failed, association rejected or aborted, or any instance
-        answered with a failure status (``SendError.report`` has the details).
+        Connection refused or failed, TLS handshake failed (the error says why, e.g. the
+        destination's certificate is not trusted), association rejected or aborted, or any
+        instance answered with a failure status (``SendError.report`` has the details).
     """
     calling_ae = check_ae_title(calling_ae, "calling AE title")
     if not isinstance(destination, Destination):
         raise TypeError("destination must be a Destination")
     _check_timeout(timeout_s)
+    _check_tls(destination, tls)
     items = [_describe_item(source) for source in datasets]
     if not items:
         return SendReport(destination=destination, outcomes=(), duration_s=0.0)
@@ -263,7 +289,7 @@ def send(
     for sop_class_uid, syntaxes in contexts:
         ae.add_requested_context(sop_class_uid, syntaxes)
     started = time.monotonic()
-    assoc = _associate(ae, destination)
+    assoc = _associate(ae, destination, tls)
     outcomes: list[InstanceOutcome] = []
     try:
         for item in items:
@@ -301,7 +327,12 @@ def send(
     return report
 
 
-def echo(destination: Destination, calling_ae: str, timeout_s: float = 10.0) -> bool:
+def echo(
+    destination: Destination,
+    calling_ae: str,
+    timeout_s: float = 10.0,
+    tls: ClientTls | None = None,
+) -> bool:
     """C-ECHO ``destination``.
 
     Parameters
@@ -312,20 +343,29 @@ def echo(destination: Destination, calling_ae: str, timeout_s: float = 10.0) -> 
         Our AE title.
     timeout_s : float
         Timeout in seconds.
+    tls : ClientTls or None
+        TLS settings; required when ``destination.tls``.
 
     Returns
     -------
     bool
         ``True`` if the peer answered the echo with success; ``False`` on any failure
-        (refused, rejected, aborted, failure status).
+        (refused, TLS handshake failed, rejected, aborted, failure status).
+
+    Raises
+    ------
+    ValueError
+        On a TLS destination without ``tls``.
     """
     calling_ae = check_ae_title(calling_ae, "calling AE title")
     _check_timeout(timeout_s)
+    _check_tls(destination, tls)
     ae = _make_ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        LOGGER.info("C-ECHO to %s: no association", destination)
+    try:
+        assoc = _associate(ae, destination, tls)
+    except SendError as exc:
+        LOGGER.info("C-ECHO to %s: no association: %s", destination, exc.cause)
         return False
     try:
         status = assoc.send_c_echo()
@@ -333,6 +373,43 @@ def echo(destination: Destination, calling_ae: str, timeout_s: float = 10.0) -> 
         if assoc.is_established:
             assoc.release()
     return bool(status) and int(status.get("Status", -1)) == 0x0000
+
+
+def _check_tls(destination: Destination, tls: ClientTls | None) -> None:
+    if tls is not None and not isinstance(tls, ClientTls):
+        raise TypeError("tls must be a ClientTls or None")
+    if destination.tls and tls is None:
+        raise ValueError(
+            f"destination {destination} is reached over TLS but no TLS settings were given "
+            "(send.tls: CA certificates, and a client certificate if the peer requires one)"
+        )
+
+
+class _RecordingSSLSocket(ssl.SSLSocket):
+    """Keeps TLS errors on its context: pynetdicom only logs them.
+
+    With TLS 1.3 a server refuses our client certificate after our side of the handshake
+    has completed, so the alert arrives with the first read: reads are watched too.
+    """
+
+    def _keep(self, exc: BaseException) -> None:
+        errors = getattr(self.context, "cordt1_handshake_errors", None)
+        if isinstance(errors, list):
+            errors.append(exc)
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except Exception as exc:
+            self._keep(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._keep(exc)
+            raise
 
 
 def _check_timeout(timeout_s: float) -> None:
@@ -385,18 +462,28 @@ def _contexts_for(items: Sequence[_Item]) -> list[tuple[str, list[str]]]:
     return [(sop_class, syntaxes) for (sop_class, _), syntaxes in contexts.items()]
 
 
-def _associate(ae: AE, destination: Destination) -> Association:
+def _associate(ae: AE, destination: Destination, tls: ClientTls | None) -> Association:
     opened: list[bool] = []
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, lambda event: opened.append(True))]
+    handshake_errors: list[BaseException] = []
+    tls_args: tuple[ssl.SSLContext, str] | None = None
+    if destination.tls and tls is not None:
+        context = tls.context()
+        context.sslsocket_class = _RecordingSSLSocket
+        context.cordt1_handshake_errors = handshake_errors  # type: ignore[attr-defined]
+        tls_args = (context, destination.host)
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=handlers,
+        tls_args=tls_args,
     )
     if assoc.is_established:
         return assoc
-    if not opened:
+    if handshake_errors:
+        cause = handshake_failure_text(handshake_errors[0])
+    elif not opened:
         cause = "connection refused or host unreachable (no TCP connection)"
     elif assoc.is_rejected:
         cause = "association rejected: " + _reject_text(assoc)

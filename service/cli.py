@@ -62,7 +62,7 @@ def _service_options(func: Any) -> Any:
             "--destination",
             "destinations",
             multiple=True,
-            help="Result destination AET@HOST:PORT (repeatable).",
+            help="Result destination AET@HOST:PORT, tls://AET@HOST:PORT over TLS (repeatable).",
         ),
         click.option("--broker", default=None, help="Celery broker URL (e.g. redis://...)."),
         click.option("--database-url", default=None, help="Job store SQLAlchemy URL."),
@@ -102,7 +102,11 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
     from service.server import Service
 
     settings = _settings(ctx, workers=workers, **_overrides(**flags))
-    Service(settings).run_forever()
+    try:
+        service = Service(settings)
+    except ValueError as exc:  # e.g. a TLS certificate file missing or unreadable
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    service.run_forever()
 
 
 @cli.command()

@@ -133,11 +133,17 @@ class JobRunner:
                 continue
             destination = Destination.parse(text)
             try:
+                tls = self.settings.send.client_tls() if destination.tls else None
+            except ValueError as exc:  # a certificate file went missing: may be fixed
+                errors.append(f"sending to {destination} failed: {exc}")
+                continue
+            try:
                 send(
                     files,
                     destination,
                     calling_ae=self.settings.send.calling_ae,
                     timeout_s=self.settings.send.timeout_s,
+                    tls=tls,
                 )
             except SendError as exc:
                 errors.append(str(exc))

@@ -81,11 +81,12 @@ def record_association(store: JobStore, record: AssociationRecord) -> None:
         outcome = f"accepted, ended: {record.reason}"
     else:
         outcome = f"rejected ({record.reason})"
+    transport = f", TLS ({record.tls})" if record.tls else ""
     store.log_event(
         "association",
         f"{record.calling_ae}@{record.address} {outcome}, "
         f"{record.instances} instance(s) stored, {record.failures} refused, "
-        f"{record.bytes} bytes",
+        f"{record.bytes} bytes{transport}",
     )
 
 
@@ -106,10 +107,19 @@ class Service:
     Parameters
     ----------
     settings : Settings
+
+    Raises
+    ------
+    ValueError
+        When a TLS certificate, key or CA file of ``node.tls`` or ``send.tls`` is missing,
+        unreadable or invalid (the message names the setting and the file).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        node = settings.node
+        server_tls = node.tls.server_tls() if node.tls is not None else None
+        settings.send.client_tls()  # the workers' sending TLS files: fail now, not per job
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.job_store_url)
         self.spool = Spool(settings.spool_dir, settings.data_dir / "quarantine")
@@ -119,12 +129,13 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
-        node = settings.node
         self.scp = StorageSCP(
             ScpConfig(
                 ae_title=node.ae_title,
                 host=node.host,
-                port=node.port,
+                port=node.port if node.listen_plain else None,
+                tls=server_tls,
+                tls_port=node.tls.port if node.tls is not None else None,
                 allowed_calling_aes={
                     ae: host or None for ae, host in node.allowed_calling_aes.items()
                 },
@@ -221,10 +232,11 @@ class Service:
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
         log.info(
-            "cordt1 listening as %s on %s:%d",
+            "cordt1 listening as %s on %s: port %s, TLS port %s",
             self.settings.node.ae_title,
             self.settings.node.host,
-            self.scp.port,
+            self.scp.port if self.scp.port is not None else "off",
+            self.scp.tls_port if self.scp.tls_port is not None else "off",
         )
 
     def stop(self) -> None:
@@ -276,7 +288,15 @@ class Service:
         self.start()
         ready_file = self.settings.data_dir / "run" / "ready.json"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
-        ready_file.write_text(json.dumps({"pid": os.getpid(), "dicom_port": self.scp.port}))
+        ready_file.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "dicom_port": self.scp.port,
+                    "dicom_tls_port": self.scp.tls_port,
+                }
+            )
+        )
         try:
             done.wait()
         finally:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,12 +18,56 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["NodeSettings", "SendSettings", "Settings", "load_settings"]
+from dicom_node.scu import TLS_PREFIX
+from dicom_node.tls import ClientTls, ServerTls
+
+__all__ = [
+    "NodeSettings",
+    "NodeTlsSettings",
+    "SendSettings",
+    "SendTlsSettings",
+    "Settings",
+    "load_settings",
+]
 
 CONFIG_ENV = "CORDT1_CONFIG"
 #: Result objects are written by this many processes at most unless configured: the report
 #: and the rendered figures are the two largest tasks, the SEGs and maps together the third.
 MAX_AUTO_WRITER_PROCESSES = 3
+
+
+class NodeTlsSettings(BaseModel):
+    """The receiver's DICOM TLS port (section ``[node.tls]``; absent: no TLS port)."""
+
+    model_config = {"extra": "forbid"}
+
+    port: int = Field(2762, ge=0, le=65535, description="TCP port of DICOM over TLS.")
+    certificate: Path = Field(
+        description="Our certificate (PEM), optionally followed by intermediate CAs."
+    )
+    private_key: Path = Field(description="Its private key (PEM, not encrypted, mode 0600).")
+    ca_certificates: Path | None = Field(
+        None, description="CAs (PEM bundle) that client certificates are verified against."
+    )
+    require_client_certificate: bool = Field(
+        False, description="Refuse clients without a certificate from ca_certificates."
+    )
+
+    def server_tls(self) -> ServerTls:
+        """The checked TLS settings of the SCP.
+
+        Raises
+        ------
+        ValueError
+            Naming the setting and the file that is missing, unreadable or invalid.
+        """
+        return ServerTls(
+            certificate=self.certificate,
+            private_key=self.private_key,
+            ca_certificates=self.ca_certificates,
+            require_client_certificate=self.require_client_certificate,
+            setting="node.tls",
+        )
 
 
 class NodeSettings(BaseModel):
@@ -49,6 +93,14 @@ class NodeSettings(BaseModel):
     min_free_mb: int = Field(1024, ge=0, description="Refuse C-STORE below this free space.")
     settle_s: float = Field(5.0, gt=0, description="Silence after a complete exam before a job.")
     stale_s: float = Field(120.0, gt=0, description="Silence after which an incomplete exam runs.")
+    tls: NodeTlsSettings | None = Field(
+        None,
+        description="A DICOM TLS port besides (or, with listen_plain false, instead of) "
+        "the plain one.",
+    )
+    listen_plain: bool = Field(
+        True, description="Listen for plain DICOM on port; false: the TLS port only."
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -57,17 +109,83 @@ class NodeSettings(BaseModel):
             raise ValueError(f"AE title must be 1-16 printable characters, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _check_ports(self) -> NodeSettings:
+        if not self.listen_plain and self.tls is None:
+            raise ValueError("node.listen_plain = false needs a [node.tls] section")
+        if self.tls is not None and self.listen_plain and self.port == self.tls.port != 0:
+            raise ValueError(f"node.port and node.tls.port are both {self.port}")
+        return self
+
+
+class SendTlsSettings(BaseModel):
+    """TLS for destinations written ``tls://AET@HOST:PORT`` (section ``[send.tls]``)."""
+
+    model_config = {"extra": "forbid"}
+
+    ca_certificates: Path | None = Field(
+        None,
+        description="CAs (PEM bundle) destination certificates must chain to; "
+        "none: the system's trusted CAs.",
+    )
+    certificate: Path | None = Field(
+        None, description="Our client certificate (PEM), for destinations requiring one."
+    )
+    private_key: Path | None = Field(None, description="Its private key (PEM, not encrypted).")
+    check_hostname: bool = Field(
+        True, description="The destination's host name or IP must be in its certificate."
+    )
+
+    def client_tls(self) -> ClientTls:
+        """The checked TLS settings for sending.
+
+        Raises
+        ------
+        ValueError
+            Naming the setting and the file that is missing, unreadable or invalid.
+        """
+        return ClientTls(
+            ca_certificates=self.ca_certificates,
+            certificate=self.certificate,
+            private_key=self.private_key,
+            check_hostname=self.check_hostname,
+            setting="send.tls",
+        )
+
 
 class SendSettings(BaseModel):
     """Where results go and how hard we try."""
 
     destinations: list[str] = Field(
-        default_factory=list, description='Result destinations, each "AET@HOST:PORT".'
+        default_factory=list,
+        description='Result destinations, each "AET@HOST:PORT" or "tls://AET@HOST:PORT".',
     )
     calling_ae: str = "CORDT1"
     attempts: int = Field(5, ge=1)
     retry_interval_s: float = Field(60.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
+    tls: SendTlsSettings | None = Field(None, description="TLS for tls:// destinations.")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> SendSettings:
+        if self.tls is None:
+            for text in self.destinations:
+                if text.strip().lower().startswith(TLS_PREFIX):
+                    raise ValueError(
+                        f"send.destinations has the TLS destination {text!r} but there is no "
+                        "[send.tls] section (CA certificates, client certificate if required)"
+                    )
+        return self
+
+    def client_tls(self) -> ClientTls | None:
+        """The checked TLS settings, or ``None`` without a ``[send.tls]`` section.
+
+        Raises
+        ------
+        ValueError
+            Naming the setting and the file that is missing, unreadable or invalid.
+        """
+        return self.tls.client_tls() if self.tls is not None else None
 
 
 class Settings(BaseSettings):
