@@ -325,25 +325,39 @@ def pam50_priors_from_atlas(
 class PriorWarp:
     """In-plane warp of the template's ``(u, v)`` that aligns a GM prior with one slab.
 
-    The prior is read at ``u / scale_u`` and, with ``w = v - shift_v``, at
-    ``w / scale_anterior`` (``w < 0``) or ``w / scale_posterior`` (``w >= 0``): scales above 1
-    stretch the prior's butterfly (the dorsal horns and the ventral horns separately),
-    ``shift_v > 0`` moves it posteriorly. ``correlation`` is that of the slab's interior T1
-    with the warped prior (GM has the longer T1), ``identity_correlation`` the same with the
-    unwarped prior.
+    With ``w = v - shift_v``, the prior is read at ``w / scale_anterior`` (``w < 0``) or
+    ``w / scale_posterior`` (``w >= 0``) and at ``u / su(w)``, where ``su`` runs smoothly from
+    ``scale_u_anterior`` (``w <= -0.3``) to ``scale_u_posterior`` (``w >= 0.3``). Scales above
+    1 stretch the prior's butterfly (the ventral and the dorsal horns separately), ``shift_v >
+    0`` moves it posteriorly. ``correlation`` is that of the slab's interior T1 with the warped
+    prior (GM has the longer T1), ``identity_correlation`` the same with the unwarped prior.
     """
 
-    scale_u: float = 1.0
+    scale_u_anterior: float = 1.0
+    scale_u_posterior: float = 1.0
     scale_anterior: float = 1.0
     scale_posterior: float = 1.0
     shift_v: float = 0.0
     correlation: float = float("nan")
     identity_correlation: float = float("nan")
 
+    @property
+    def is_identity(self) -> bool:
+        """True when the prior is read where the slab's coordinates say."""
+        return (
+            self.scale_u_anterior,
+            self.scale_u_posterior,
+            self.scale_anterior,
+            self.scale_posterior,
+            self.shift_v,
+        ) == (1.0, 1.0, 1.0, 1.0, 0.0)
+
     def warp_uv(self, u: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Where the slab's ``(u, v)`` read the prior grid."""
         w = v - self.shift_v
-        return u / self.scale_u, np.where(w < 0, w / self.scale_anterior, w / self.scale_posterior)
+        t = np.clip((w + 0.3) / 0.6, 0.0, 1.0)
+        su = self.scale_u_anterior * (1.0 - t) + self.scale_u_posterior * t
+        return u / su, np.where(w < 0, w / self.scale_anterior, w / self.scale_posterior)
 
     def apply(self, coords: CordCoordinates) -> CordCoordinates:
         """Coordinates at which the slab reads the (unwarped) prior grid."""
@@ -353,7 +367,8 @@ class PriorWarp:
     def as_dict(self) -> dict[str, float]:
         """Rounded values for the exam summary."""
         return {
-            "scale_u": round(self.scale_u, 3),
+            "scale_u_anterior": round(self.scale_u_anterior, 3),
+            "scale_u_posterior": round(self.scale_u_posterior, 3),
             "scale_anterior": round(self.scale_anterior, 3),
             "scale_posterior": round(self.scale_posterior, 3),
             "shift_v": round(self.shift_v, 3),
@@ -362,12 +377,13 @@ class PriorWarp:
         }
 
 
-#: Search ranges of the prior warp: scale_u, scale_anterior, scale_posterior, shift_v.
-WARP_BOUNDS = ((0.8, 1.3), (0.8, 1.4), (0.8, 1.8), (-0.2, 0.2))
+#: Search ranges of the prior warp: scale_u_anterior, scale_u_posterior, scale_anterior,
+#: scale_posterior, shift_v.
+WARP_BOUNDS = ((0.8, 1.3), (0.8, 1.3), (0.8, 1.4), (0.8, 1.8), (-0.2, 0.2))
 #: The warp is fitted on at most this many interior voxels, with at most this many
 #: evaluations of the correlation (keeps the fit at tens of milliseconds per slab).
 _WARP_MAX_VOXELS = 3000
-_WARP_MAX_EVALUATIONS = 120
+_WARP_MAX_EVALUATIONS = 150
 
 
 def fit_prior_warp(
@@ -451,7 +467,7 @@ def fit_prior_warp(
         sd = float(p.std())
         return float(np.mean(values * (p - p.mean())) / sd) if sd > 0 else -1.0
 
-    start = np.array([1.0, 1.0, 1.0, 0.0])
+    start = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
     identity = correlation(start)
     found = optimize.minimize(
         lambda x: -correlation(x),
