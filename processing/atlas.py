@@ -44,6 +44,9 @@ _FILL_SIGMA_CELLS = 1.0
 #: A level's region is only assigned where the atlas gives this much probability of a tissue's
 #: regions; further out a cell takes the region of the nearest cell that has it.
 _MIN_REGION_PROBABILITY = 0.05
+#: Half-width (in v) of the band where the prior warp's left-right scale passes from the
+#: ventral to the dorsal one.
+_U_BLEND_HALF_WIDTH = 0.1
 #: Fine samples along a slab used to map template z bins onto levels.
 _Z_SAMPLES_PER_BIN = 16
 
@@ -327,7 +330,7 @@ class PriorWarp:
 
     With ``w = v - shift_v``, the prior is read at ``w / scale_anterior`` (``w < 0``) or
     ``w / scale_posterior`` (``w >= 0``) and at ``u / su(w)``, where ``su`` runs smoothly from
-    ``scale_u_anterior`` (``w <= -0.3``) to ``scale_u_posterior`` (``w >= 0.3``). Scales above
+    ``scale_u_anterior`` (``w <= -0.1``) to ``scale_u_posterior`` (``w >= 0.1``). Scales above
     1 stretch the prior's butterfly (the ventral and the dorsal horns separately), ``shift_v >
     0`` moves it posteriorly. ``correlation`` is that of the slab's interior T1 with the warped
     prior (GM has the longer T1), ``identity_correlation`` the same with the unwarped prior.
@@ -355,7 +358,7 @@ class PriorWarp:
     def warp_uv(self, u: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Where the slab's ``(u, v)`` read the prior grid."""
         w = v - self.shift_v
-        t = np.clip((w + 0.3) / 0.6, 0.0, 1.0)
+        t = np.clip((w + _U_BLEND_HALF_WIDTH) / (2 * _U_BLEND_HALF_WIDTH), 0.0, 1.0)
         su = self.scale_u_anterior * (1.0 - t) + self.scale_u_posterior * t
         return u / su, np.where(w < 0, w / self.scale_anterior, w / self.scale_posterior)
 
@@ -396,7 +399,7 @@ def fit_prior_warp(
     edge_mm: float = 0.6,
     min_voxels: int = 200,
     min_correlation: float = 0.1,
-    min_gain: float = 0.01,
+    min_gain: float = 0.04,
 ) -> PriorWarp:
     """Find the in-plane warp of a GM prior that best matches the slab's T1 contrast.
 
@@ -423,7 +426,9 @@ def fit_prior_warp(
     min_correlation, min_gain : float
         The warp is kept only if its correlation reaches ``min_correlation`` and beats the
         unwarped prior's by ``min_gain``: without a clear GM/WM contrast (noise, lesions, a
-        contrast the wrong way round) the prior stays as the atlas has it.
+        contrast the wrong way round), or when the atlas already fits (on real cords with
+        expert outlines the warp gained 0.01-0.03 and did not improve the GM Dice), the prior
+        stays as the atlas has it.
 
     Returns
     -------
