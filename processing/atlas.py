@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from scipy import ndimage, optimize
 
 from processing.regions import REGIONS, estimate_levels
+from processing.segmentation import fit_tissue_mixture
 from processing.template import (
     TEMPLATE_EXTENT,
     TEMPLATE_SHAPE_UV,
@@ -457,6 +458,13 @@ def fit_prior_warp(
         return PriorWarp()
     flat = np.flatnonzero(use)
     flat = flat[:: max(1, flat.size // _WARP_MAX_VOXELS)]  # evenly thinned: speed, not bias
+    # T1 far outside both tissue classes (lesions, residual partial volume) would pull the
+    # prior towards itself: only voxels within the GM/WM mixture's classes are used
+    values = t1.flat[flat]
+    mixture = fit_tissue_mixture(values, coords.sample(grid).flat[flat])
+    flat = flat[mixture.within_classes(values)]
+    if flat.size < min_voxels:
+        return PriorWarp()
     k = flat // (use.shape[1] * use.shape[2])
     u, v, values = coords.u.flat[flat], coords.v.flat[flat], t1.flat[flat]
     values = (values - values.mean()) / max(float(values.std()), 1e-9)
