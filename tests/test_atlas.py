@@ -231,3 +231,36 @@ def test_pam50_prior_splits_todays_phantom_about_as_well_as_the_geometric_one(
     # measured on these 6 small slabs (patients with lesions included): 0.79 vs 0.77
     assert np.mean(scores["pam50"]) > np.mean(scores["geometric"]) - 0.03
     assert min(scores["pam50"]) > 0.6
+
+
+@pytest.mark.slow
+def test_atlas_sides_follow_the_patient_on_an_oblique_and_a_flipped_slab(
+    exams, tmp_path_factory
+) -> None:
+    from tests.test_regions import _side_from_patient_x
+
+    oblique = phantom_exams(tmp_path_factory, "oblique", seed=8, matrix=256, slices_per_slab=4,
+                            slabs=1, oblique_deg=15.0, snr=25.0)  # fmt: skip
+    slab = exams[0][0]
+    flipped = slab.affine_lps.copy()
+    flipped[:3, 3] = slab.affine_lps[:3, :3] @ [0, 0, slab.t1_ms.shape[2] - 1] + flipped[:3, 3]
+    flipped[:3, 2] *= -1
+    ob = oblique[0][0]
+    cases = [
+        (ob, ob.t1_ms, ob.affine_lps),
+        (slab, slab.t1_ms, slab.affine_lps),
+        (slab, slab.t1_ms[:, :, ::-1], flipped),
+    ]
+    for case, t1, affine in cases:
+        seg = segment_cord(t1, case.voxel_mm)
+        coords = cord_coordinates(seg.cord, seg.centre_ji, affine, slab=case.index,
+                                  n_slabs=case.n_slabs)  # fmt: skip
+        gm, wm = split_gm_wm(t1, seg.cord, coords.sample(pam50_gm_prior(case.n_slabs)),
+                             voxel_mm=case.voxel_mm)  # fmt: skip
+        levels = estimate_levels(coords, case.n_slabs)
+        labels = label_regions_atlas(coords, gm, wm, levels, load_pam50_priors())
+
+        class View:  # the slab as the helper reads it
+            affine_lps = affine
+
+        _side_from_patient_x(View, seg, labels)
