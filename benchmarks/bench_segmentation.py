@@ -6,9 +6,11 @@ Run from the repository root::
 
 For a small phantom cohort (default 6 exams: 3 seeds x control + patient, matrix 448,
 2 slabs, the last seed oblique by 15 degrees) it measures Dice of cord, GM and WM against the
-phantom truth and the run time per exam (segmentation + coordinates + labels), and compares
-in the same run with peers: a plain T1 threshold + largest connected component for the cord,
-prior-only GM (template prior > 0.5) and intensity-only GM (per-voxel mixture threshold).
+phantom truth and the run time per exam (segmentation + coordinates + PAM50 prior warp +
+GM/WM split + atlas labels), and compares in the same run with peers: a plain T1 threshold +
+largest connected component for the cord, prior-only GM (template prior > 0.5),
+intensity-only GM (per-voxel mixture threshold) and the same GM/WM split with the geometric
+(textbook butterfly) prior instead of the PAM50 one.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import scipy
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from processing.atlas import fit_prior_warp, label_regions_atlas
 from processing.mp2rage import T1LookupTable, stored_to_uni, t1_from_uni
-from processing.regions import estimate_levels, label_regions
+from processing.regions import estimate_levels
 from processing.segmentation import fit_tissue_mixture, segment_cord, split_gm_wm
 from processing.template import cord_coordinates, geometric_gm_prior
+from service.atlas import load_pam50_priors, pam50_gm_prior
 from service.exam import find_exam_series, match_slabs
 from service.nifti import from_nifti
 from service.phantom import PhantomOptions, write_cohort
@@ -137,12 +141,17 @@ def run_exam(slabs: list[PhantomSlab]) -> dict[str, Any]:
         coords = cord_coordinates(
             seg.cord, seg.centre_ji, slab.affine_lps, slab=slab.index, n_slabs=slab.n_slabs
         )
-        prior = coords.sample(geometric_gm_prior(slab.n_slabs))
+        atlas = pam50_gm_prior(slab.n_slabs)
+        warp = fit_prior_warp(slab.t1_ms, seg.cord, coords, atlas, voxel_mm=slab.voxel_mm)
+        prior = warp.apply(coords).sample(atlas)
         gm, wm = split_gm_wm(slab.t1_ms, seg.cord, prior, voxel_mm=slab.voxel_mm)
-        label_regions(coords, gm, wm)
-        estimate_levels(coords, slab.n_slabs)
+        levels = estimate_levels(coords, slab.n_slabs)
+        label_regions_atlas(coords, gm, wm, levels, load_pam50_priors())
         elapsed += time.perf_counter() - start
         t = slab.truth
+        # peer: the same split with the geometric (textbook butterfly) prior
+        geometric = coords.sample(geometric_gm_prior(slab.n_slabs))
+        gm_geo, _ = split_gm_wm(slab.t1_ms, seg.cord, geometric, voxel_mm=slab.voxel_mm)
         peer_cord = _peer_cord(slab.t1_ms)
         inside = seg.cord & np.isfinite(prior)
         mixture = fit_tissue_mixture(slab.t1_ms[inside], prior[inside])
@@ -155,6 +164,7 @@ def run_exam(slabs: list[PhantomSlab]) -> dict[str, Any]:
             ("wm", dice(wm, t["wm"])),
             ("peer_cord_threshold", dice(peer_cord, t["cord"])),
             ("peer_gm_prior_only", dice(prior_gm, t["gm"])),
+            ("peer_gm_geometric_prior", dice(gm_geo, t["gm"])),
             ("peer_gm_intensity_only", dice(intensity_gm, t["gm"])),
         ):
             scores.setdefault(key, []).append(value)
@@ -192,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exams.append(result)
                 print(json.dumps(result), file=sys.stderr)
     keys = ["cord", "gm", "wm", "peer_cord_threshold", "peer_gm_prior_only"]
-    keys.append("peer_gm_intensity_only")
+    keys += ["peer_gm_intensity_only", "peer_gm_geometric_prior"]
     mean = {k: float(np.mean([e[k] for e in exams])) for k in keys}
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -210,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cord_vs_threshold_peer": mean["cord"] / max(mean["peer_cord_threshold"], 1e-9),
             "gm_vs_prior_only": mean["gm"] / max(mean["peer_gm_prior_only"], 1e-9),
             "gm_vs_intensity_only": mean["gm"] / max(mean["peer_gm_intensity_only"], 1e-9),
+            "gm_vs_geometric_prior": mean["gm"] / max(mean["peer_gm_geometric_prior"], 1e-9),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

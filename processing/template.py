@@ -383,12 +383,13 @@ def gm_prior_from_controls(
     *,
     pseudo_count: float = 20.0,
     smoothing_cells: float = 1.0,
+    base_prior: FloatArray | None = None,
 ) -> FloatArray:
     """GM probability on the template grid learned from controls' GM masks.
 
     Each cell's probability is the fraction of GM among the controls' cord voxels that fall
-    into it, shrunk towards :func:`geometric_gm_prior` with ``pseudo_count`` voxels of
-    weight, then smoothed in-plane.
+    into it, shrunk towards ``base_prior`` (default :func:`geometric_gm_prior`) with
+    ``pseudo_count`` voxels of weight, then smoothed in-plane.
 
     Parameters
     ----------
@@ -398,6 +399,8 @@ def gm_prior_from_controls(
         Weight of the geometric prior in voxels per cell.
     smoothing_cells : float
         Gaussian sigma (cells) of the in-plane smoothing.
+    base_prior : ndarray, shape ``template_shape(n_slabs)``, optional
+        Prior the learned one is shrunk towards (e.g. the PAM50 atlas' GM probability).
 
     Returns
     -------
@@ -418,8 +421,13 @@ def gm_prior_from_controls(
         inside = np.isfinite(coords.u) & (np.hypot(coords.u, coords.v) <= 1.0)
         gm_count += coords.template_counts(gm & inside)
         total += coords.template_counts(inside)
-    geometric = geometric_gm_prior(n_slabs)
-    prior = (gm_count + pseudo_count * geometric) / (total + pseudo_count)
+    if base_prior is None:
+        base = geometric_gm_prior(n_slabs)
+    else:
+        base = np.asarray(base_prior, dtype=np.float64)
+        if base.shape != shape or not np.all(np.isfinite(base)):
+            raise ValueError(f"base_prior must be finite with shape {shape}")
+    prior = (gm_count + pseudo_count * base) / (total + pseudo_count)
     if smoothing_cells > 0:
         prior = ndimage.gaussian_filter(prior, (0.0, smoothing_cells, smoothing_cells))
     return np.clip(prior, 0.01, 0.99)

@@ -1,13 +1,17 @@
 """Build the reference data cordt1 ships (service/data/) from the public sets in shared/data.
 
 Run once by a developer when the source data change:
-``python scripts/make_reference_data.py ../shared/data service/data``.
+``PYTHONPATH=. python scripts/make_reference_data.py ../shared/data service/data``.
 
 - ``pam50_cervical.npz``: the PAM50 template and atlas (De Leener et al., NeuroImage 2018;
   MIT, NeuroPoly) cut to C1-T1 and to a 30 x 30 mm box around the straight cord, at the
   template's 0.5 mm: cord, CSF, GM and WM probabilities, vertebral levels, disc labels and the
   12 reporting regions (dorsal columns, lateral and ventral funiculi, ventral horns,
   intermediate zone and dorsal horns, left and right) as probabilities summed from the atlas.
+- ``pam50_priors.npz``: the PAM50 GM probability and the 12 region probabilities mapped into
+  the project's normalised cord coordinates and averaged per vertebral level (64 x 64 cells,
+  C1..T1; :func:`processing.atlas.pam50_priors_from_atlas`), made from ``pam50_cervical.npz``;
+  shipped precomputed because building it takes about a second per process.
 - ``neck_t2s.npz``: one real neck (Spinal Cord Toolbox test data, MIT, NeuroPoly): the
   uncropped axial T2*-weighted GRE (0.5 x 0.5 x 7.5 mm), its manual GM outline and the manual
   cord outline of the cropped image resampled onto it.
@@ -23,6 +27,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from service.atlas import build_pam50_priors, save_pam50_priors
+from service.reference_data import read_pam50
 
 #: Reporting region -> PAM50 atlas tract IDs (info_label.txt), left then right.
 REGION_TRACTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -121,6 +128,8 @@ def main(argv: list[str]) -> int:
     source, out = Path(argv[0]), Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     build_pam50(source, out)
+    priors = build_pam50_priors(read_pam50(out / "pam50_cervical.npz"))
+    save_pam50_priors(priors, out / "pam50_priors.npz")
     build_neck(source, out)
     return 0
 

@@ -1,9 +1,9 @@
 """`cordt1 model build`: a normative T1 model from the DICOM exams of healthy controls.
 
-Two passes: every control is segmented with the geometric GM prior, a GM prior is learned
-from those segmentations, then every control is segmented again with the learned prior and
-its T1 averaged into the template. The learned prior is saved with the model, so patients are
-segmented the same way the controls were.
+Two passes: every control is segmented with the PAM50 atlas' GM prior, a GM prior is learned
+from those segmentations (shrunk towards the atlas), then every control is segmented again
+with the learned prior and its T1 averaged into the template. The learned prior is saved with
+the model, so patients are segmented the same way the controls were.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from processing.template import (
     TEMPLATE_EXTENT,
     TEMPLATE_SHAPE_UV,
     TEMPLATE_Z_BINS_PER_SLAB,
-    geometric_gm_prior,
     gm_prior_from_controls,
 )
 from service import __version__
+from service.atlas import pam50_gm_prior
 from service.exam import (
     ExamError,
     ExamSeries,
@@ -243,11 +243,11 @@ def build_model(
     if len(set(keys)) != len(keys):
         raise ExamError("a control appears twice (same patient): one exam per control")
 
-    geometric = geometric_gm_prior(n_slabs)
+    atlas = pam50_gm_prior(n_slabs)
     excluded: dict[str, tuple[str, ...]] = {}
     usable: list[_Control] = []
     for i, control in enumerate(controls, start=1):
-        control.anatomies = _segment(control, geometric, n_slabs)
+        control.anatomies = _segment(control, atlas, n_slabs)
         failures = _qc_failures(control)
         if failures:
             excluded[control.study_uid] = failures
@@ -255,7 +255,7 @@ def build_model(
             log.warning("control %s left out of the model: QC failed", control.study_uid)
         else:
             usable.append(control)
-        say(f"segmented control {i}/{len(controls)} (geometric prior)")
+        say(f"segmented control {i}/{len(controls)} (PAM50 prior)")
     if len(usable) < MIN_CONTROLS:
         listed = "; ".join(f"{uid} ({'; '.join(why)})" for uid, why in excluded.items())
         raise ExamError(
@@ -264,7 +264,9 @@ def build_model(
         )
     controls = usable
     keys = [c.key for c in controls]
-    learned = gm_prior_from_controls([(a.coords, a.gm) for c in controls for a in c.anatomies])
+    learned = gm_prior_from_controls(
+        [(a.coords, a.gm) for c in controls for a in c.anatomies], base_prior=atlas
+    )
     t1_templates, masks = [], []
     within_ss, within_dof = [], []
     for i, control in enumerate(controls, start=1):

@@ -22,11 +22,11 @@ from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol
 from processing.qc import cord_coverage
 from processing.stats import DEFAULT_Z_THRESHOLD
-from processing.template import geometric_gm_prior
 from reports.figures import SlabImages
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind
 from reports.segmentation import segment_specs
+from service.atlas import pam50_gm_prior
 from service.exam import ExamError, ExamSeries, Slab, match_slabs, slab_foreground
 from service.history import follow_up_block
 from service.partners import describe_grid, partner_on_grid
@@ -272,7 +272,7 @@ def process_exam(
     out = ExamOutputs(out_dir=out_dir, summary={})
     writer = ResultWriter(out, identity, write_nifti=write_nifti)
     n_slabs = len(slabs)
-    prior = model.gm_prior if model is not None else geometric_gm_prior(n_slabs)
+    prior = model.gm_prior if model is not None else pam50_gm_prior(n_slabs)
 
     anatomies: list[SlabAnatomy] = []
     scores: list[SlabScores] = []

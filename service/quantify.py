@@ -7,7 +7,7 @@ Plain orchestration of `processing/` functions; no DICOM and no files here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,13 +15,15 @@ from numpy.typing import NDArray
 from scipy.ndimage import binary_erosion
 
 from processing.align import apply_inplane_shift, estimate_inplane_shift
+from processing.atlas import fit_prior_warp, label_regions_atlas
 from processing.lesions import LesionStats, candidates, characterise
 from processing.normative import NormativeModel, z_scores
 from processing.qc import QcVerdict, assess, estimate_snr
-from processing.regions import estimate_levels, label_regions, region_masks
+from processing.regions import estimate_levels, region_masks
 from processing.segmentation import CordSegmentation, segment_cord, split_gm_wm
 from processing.stats import DEFAULT_Z_THRESHOLD, RegionStats, normal_appearing, region_statistics
 from processing.template import CordCoordinates, cord_coordinates
+from service.atlas import load_pam50_priors
 
 if TYPE_CHECKING:
     from service.reader_masks import GivenMasks
@@ -250,18 +252,23 @@ def split_tissues(
     if box is not None:
         cord = segmentation.cord[box]
         if given is None or not given.covers_grey_matter(segmentation.cord):
-            t1_box = t1_ms[box] if lesions is None else np.where(lesions[box], np.nan, t1_ms[box])
-            prior = coords.sample(gm_prior_template)[box]
+            t1 = t1_ms if lesions is None else np.where(lesions, np.nan, t1_ms)
+            # the prior's butterfly fitted in-plane to this slab's GM/WM contrast
+            warp = fit_prior_warp(
+                t1, segmentation.cord, coords, gm_prior_template, voxel_mm=voxel_mm
+            )
+            evidence = replace(evidence, info={**evidence.info, "gm_prior_warp": warp.as_dict()})
+            prior = warp.apply(coords).sample(gm_prior_template)[box]
             t2star = evidence.t2star[box] if evidence.t2star is not None else None
-            gm[box], wm[box] = split_gm_wm(t1_box, cord, prior, voxel_mm=voxel_mm, t2star=t2star)
+            gm[box], wm[box] = split_gm_wm(t1[box], cord, prior, voxel_mm=voxel_mm, t2star=t2star)
         interior[box] = binary_erosion(cord, structure=_IN_PLANE_CROSS)
     given_gm = given.grey_matter(segmentation.cord) if given is not None else None
     if given_gm is not None:
         given_mask, slices = given_gm
         gm[slices] = given_mask[slices]
         wm[slices] = segmentation.cord[slices] & ~given_mask[slices]
-    labels = label_regions(coords, gm, wm)
     levels = estimate_levels(coords, n_slabs)
+    labels = label_regions_atlas(coords, gm, wm, levels, load_pam50_priors())
     masks = region_masks(labels, gm, wm, levels, within=interior)
     return SlabAnatomy(
         index=index,

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DATA_DIR", "NeckReference", "Pam50Reference", "load_neck", "load_pam50"]
+__all__ = [
+    "DATA_DIR",
+    "NeckReference",
+    "Pam50Reference",
+    "load_neck",
+    "load_pam50",
+    "read_pam50",
+]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -67,7 +74,7 @@ class NeckReference:
     affine_ras: NDArray[np.float64]
 
 
-def _load(name: str) -> dict[str, NDArray]:
+def _load(name: str | Path) -> dict[str, NDArray]:
     path = DATA_DIR / name
     if not path.is_file():
         raise FileNotFoundError(
@@ -80,7 +87,12 @@ def _load(name: str) -> dict[str, NDArray]:
 @cache
 def load_pam50() -> Pam50Reference:
     """The shipped PAM50 cervical template and atlas (loaded once per process)."""
-    a = _load("pam50_cervical.npz")
+    return read_pam50(DATA_DIR / "pam50_cervical.npz")
+
+
+def read_pam50(path: Path) -> Pam50Reference:
+    """A PAM50 file in the shipped format (e.g. one just made by the build script)."""
+    a = _load(path)
     return Pam50Reference(
         cord=a["cord"] > 0,
         csf=a["csf"] > 0,

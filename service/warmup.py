@@ -2,9 +2,10 @@
 
 highdicom reads its tables of the DICOM standard (IODs, modules; about 0.4 s) the first time it
 builds an object, and matplotlib loads its fonts the first time it draws text and sets up its
-PDF writer (about 0.3 s) the first time it writes a PDF. A Celery worker
+PDF writer (about 0.3 s) the first time it writes a PDF; the PAM50 priors are read from
+``service/data`` the first time an exam is segmented. A Celery worker
 calls :func:`warm_up` in its main process before it forks its pool, so every child starts its
-first job with both loaded (``worker_init`` in :mod:`service.celery_app`).
+first job with all of them loaded (``worker_init`` in :mod:`service.celery_app`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydicom.uid import MRImageStorage, generate_uid
 from reports.figures import RenderedFigure
 from reports.identity import ResultIdentity
 from reports.secondary_capture import build_secondary_captures
+from service.atlas import load_pam50_priors, pam50_gm_prior
 
 __all__ = ["warm_up"]
 
@@ -61,6 +63,12 @@ def warm_up() -> float:
     fig.text(0.1, 0.8, "italic", style="italic", fontsize=8)
     FigureCanvasAgg(fig).draw()
     fig.savefig(io.BytesIO(), format="pdf")
+    for n_slabs in (1, 2):  # the PAM50 priors (region maps, GM prior per protocol)
+        pam50_gm_prior(n_slabs)
+    _ = load_pam50_priors().region_maps
     seconds = time.perf_counter() - started
-    log.info("worker warmed up in %.2f s (DICOM standard tables, fonts, PDF writer)", seconds)
+    log.info(
+        "worker warmed up in %.2f s (DICOM standard tables, fonts, PDF writer, PAM50 priors)",
+        seconds,
+    )
     return seconds
