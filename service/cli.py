@@ -333,6 +333,12 @@ def process(
 )
 @click.option("--t2star-snr", type=float, default=None, help="GRE first-echo WM SNR. [20]")
 @click.option("--t2star-description", default=None, help="GRE SeriesDescription.")
+@click.option(
+    "--anatomy",
+    type=click.Choice(["real", "simple"]),
+    default=None,
+    help="Real shapes (PAM50 cord in a real neck) or the analytic phantom. [real]",
+)
 def phantom(
     out_dir: Path, controls: int, patients: int, follow_up: bool, seed: int, **options: Any
 ) -> None:

@@ -16,7 +16,10 @@ from dicom_node.components import Component, classify
 from processing.mp2rage import T1LookupTable, stored_to_uni, t1_from_uni
 from service.phantom import PRESETS, PhantomOptions, write_cohort
 
-SMALL = PhantomOptions(matrix=80, slices_per_slab=4, slabs=2, b1_map=True)
+# The analytic anatomy: deep WM is pure WM (no through-slice partial volume at the cord edge)
+# and the physics checks below need that trivial case; real shapes are tested in
+# test_phantom_real_anatomy.py.
+SMALL = PhantomOptions(matrix=80, slices_per_slab=4, slabs=2, b1_map=True, anatomy="simple")
 
 
 def _volume(folder: Path) -> tuple[np.ndarray, list[pydicom.Dataset]]:

@@ -7,7 +7,7 @@ plane (axial or oblique) and any matrix can be rendered by sampling points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -105,6 +105,15 @@ class SubjectAnatomy:
             raise ValueError("CSF thickness must be positive")
 
     # ---- centre line and cord size -------------------------------------------------------
+    @property
+    def fov_offset_mm(self) -> tuple[float, float]:
+        """The field of view is centred on the cord."""
+        return (0.0, 0.0)
+
+    def as_dict(self) -> dict[str, object]:
+        """The drawn parameters (JSON-ready) for the ground truth."""
+        return asdict(self)
+
     @property
     def enlargement_z_mm(self) -> float:
         """z of the centre of the cervical enlargement (C5/C6 boundary)."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from processing.phantom.anatomy import Material, SubjectAnatomy
+from processing.phantom.anatomy import Material
 from processing.phantom.fields import FieldParameters
 from processing.phantom.geometry import SlabGeometry
 from processing.phantom.lesions import Lesion, lesion_material
+from processing.phantom.protocol import Anatomy
 from processing.phantom.render import render_slice_fractions
 from processing.phantom.t2star import TissueT2Star, t2star_material_table
 from processing.phantom.tissues import PROTON_DENSITY, TissueT1, material_table
@@ -152,7 +153,7 @@ def _moved(geometry: SlabGeometry, motion_mm: FloatArray) -> SlabGeometry:
 
 def simulate_gre_slab(
     geometry: SlabGeometry,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesions: tuple[Lesion, ...],
     tissues: TissueT1,
     t2star: TissueT2Star,
@@ -169,7 +170,7 @@ def simulate_gre_slab(
     ----------
     geometry : SlabGeometry
         The GRE grid (as written in the headers).
-    anatomy : SubjectAnatomy
+    anatomy : Anatomy
     lesions : tuple of Lesion
     tissues : TissueT1
         T1 and proton density (steady-state weighting).

@@ -12,7 +12,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from processing.phantom.anatomy import N_BASE_MATERIALS, Material, SubjectAnatomy
+from processing.phantom.anatomy import N_BASE_MATERIALS, Material
+from processing.phantom.protocol import Anatomy
 
 __all__ = [
     "Lesion",
@@ -79,7 +80,7 @@ class Lesion:
         if self.t1_factor <= 1.0:
             raise ValueError("lesion t1_factor must exceed 1 (lesions raise T1)")
 
-    def contains(self, points_mm: NDArray[np.float64], anatomy: SubjectAnatomy) -> NDArray:
+    def contains(self, points_mm: NDArray[np.float64], anatomy: Anatomy) -> NDArray:
         """Boolean mask of points inside the ellipsoid (tissue limits not applied)."""
         p = np.asarray(points_mm, dtype=float)
         xc, yc = anatomy.centreline(p[..., 2])
@@ -97,7 +98,7 @@ def lesion_material(index: int, in_grey_matter: bool) -> int:
 def apply_lesions(
     points_mm: NDArray[np.float64],
     materials: NDArray[np.uint8],
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesions: tuple[Lesion, ...],
 ) -> NDArray[np.uint8]:
     """Replace cord tissue inside lesions by lesion materials (see :func:`lesion_material`)."""
@@ -113,7 +114,7 @@ def apply_lesions(
 
 def _one_lesion(
     rng: np.random.Generator,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesion_id: int,
     z_range_mm: tuple[float, float],
     slab: int,
@@ -164,7 +165,7 @@ def _overlaps(new: Lesion, others: tuple[Lesion, ...]) -> bool:
 
 def draw_lesions(
     rng: np.random.Generator,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     slab_z_ranges_mm: list[tuple[float, float]],
     count: int,
     first_id: int = 1,
@@ -175,7 +176,7 @@ def draw_lesions(
     Parameters
     ----------
     rng : numpy.random.Generator
-    anatomy : SubjectAnatomy
+    anatomy : Anatomy
     slab_z_ranges_mm : list of (low, high)
         Cranio-caudal coverage of each slab (index + 1 = slab number).
     count : int
@@ -211,7 +212,7 @@ def draw_lesions(
 
 def evolve_lesions(
     rng: np.random.Generator,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesions: tuple[Lesion, ...],
     slab_z_ranges_mm: list[tuple[float, float]],
 ) -> tuple[tuple[Lesion, ...], list[int], list[int]]:

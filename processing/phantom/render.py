@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from processing.phantom.anatomy import SubjectAnatomy
 from processing.phantom.geometry import SlabGeometry
 from processing.phantom.lesions import Lesion, apply_lesions
+from processing.phantom.protocol import Anatomy
 
 __all__ = ["render_slice_fractions"]
 
@@ -20,7 +20,7 @@ def _offsets(count: int) -> NDArray[np.float64]:
 def render_slice_fractions(
     geometry: SlabGeometry,
     k: int,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesions: tuple[Lesion, ...],
     n_materials: int,
     *,
@@ -41,7 +41,7 @@ def render_slice_fractions(
     geometry : SlabGeometry
     k : int
         Slice index.
-    anatomy : SubjectAnatomy
+    anatomy : Anatomy
     lesions : tuple of Lesion
     n_materials : int
         Number of material codes (base materials + 2 per lesion).

@@ -8,10 +8,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.mp2rage import MP2RAGEProtocol, signals, uni_from_signals
-from processing.phantom.anatomy import Material, SubjectAnatomy
+from processing.phantom.anatomy import Material
 from processing.phantom.fields import FieldParameters
 from processing.phantom.geometry import SlabGeometry
 from processing.phantom.lesions import Lesion, lesion_material
+from processing.phantom.protocol import Anatomy
 from processing.phantom.render import render_slice_fractions
 from processing.phantom.tissues import PROTON_DENSITY, TissueT1, material_table
 
@@ -93,7 +94,7 @@ def _interp_rows(table: NDArray[np.float64], b1: NDArray[np.float64]) -> NDArray
 
 def simulate_slab(
     geometry: SlabGeometry,
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
     lesions: tuple[Lesion, ...],
     tissues: TissueT1,
     fields: FieldParameters,
@@ -106,7 +107,7 @@ def simulate_slab(
     Parameters
     ----------
     geometry : SlabGeometry
-    anatomy : SubjectAnatomy
+    anatomy : Anatomy
     lesions : tuple of Lesion
         Lesions present at this exam (all slabs; those outside the slab do nothing).
     tissues : TissueT1

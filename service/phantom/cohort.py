@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from processing.phantom.anatomy import draw_anatomy
 from processing.phantom.fields import draw_fields
 from processing.phantom.lesions import draw_lesions, evolve_lesions
 from processing.phantom.tissues import draw_tissue_t1
+from service.phantom.anatomy import draw_subject_anatomy
 from service.phantom.dicom_common import ExamContext
 from service.phantom.exam import ExamPlan, slab_z_ranges, write_exam
 from service.phantom.identity import SubjectIdentity, draw_identity, phantom_uid, subject_rng
@@ -49,7 +49,7 @@ def _subject_plans(
 ) -> list[ExamPlan]:
     rng = subject_rng(seed, kind, index)
     identity = draw_identity(seed, kind, index)
-    anatomy = draw_anatomy(rng)
+    anatomy = draw_subject_anatomy(rng, options.anatomy)
     rise = float(rng.uniform(0.02, 0.06)) if kind == "patient" else 0.0
     tissues = draw_tissue_t1(rng, rise)
     ranges = slab_z_ranges(anatomy, options)

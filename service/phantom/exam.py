@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,12 @@ from processing.mp2rage import (
     t1_from_uni,
     uni_to_stored,
 )
-from processing.phantom.anatomy import Material, SubjectAnatomy
+from processing.phantom.anatomy import Material
 from processing.phantom.fields import FieldParameters
 from processing.phantom.geometry import SlabGeometry, slab_geometry
 from processing.phantom.gre import GREProtocol, gre_noise_sigma, gre_signal, simulate_gre_slab
 from processing.phantom.lesions import Lesion
+from processing.phantom.protocol import Anatomy
 from processing.phantom.simulate import SlabImages, noise_sigma, simulate_slab
 from processing.phantom.t2star import TissueT2Star, draw_tissue_t2star
 from processing.phantom.tissues import PROTON_DENSITY, TissueT1
@@ -54,7 +55,7 @@ class ExamPlan:
     kind: str
     exam_number: int
     context: ExamContext
-    anatomy: SubjectAnatomy
+    anatomy: Anatomy
     tissues: TissueT1
     lesions: tuple[Lesion, ...]
     fields: FieldParameters
@@ -67,13 +68,13 @@ class ExamPlan:
         return f"{self.subject_id}/exam-{self.exam_number}"
 
 
-def _slab_centre_z(anatomy: SubjectAnatomy, options: PhantomOptions, slab: int) -> float:
+def _slab_centre_z(anatomy: Anatomy, options: PhantomOptions, slab: int) -> float:
     length = options.slices_per_slab * options.slice_mm
     top = anatomy.level_tops_mm[0] - 3.0
     return float(top - length / 2.0 - (slab - 1) * length)
 
 
-def slab_z_ranges(anatomy: SubjectAnatomy, options: PhantomOptions) -> list[tuple[float, float]]:
+def slab_z_ranges(anatomy: Anatomy, options: PhantomOptions) -> list[tuple[float, float]]:
     """Cranio-caudal range (mm) of each slab where lesions may be placed."""
     half = options.slices_per_slab * options.slice_mm / 2.0
     ranges = []
@@ -84,9 +85,18 @@ def slab_z_ranges(anatomy: SubjectAnatomy, options: PhantomOptions) -> list[tupl
     return ranges
 
 
+def _fov_centre(plan: ExamPlan, options: PhantomOptions, z_mm: float) -> tuple[float, float]:
+    """Field-of-view centre (x, y) at z: the cord centre plus the anatomy's planning offset,
+    limited so that the cord stays at least 15 mm inside the field of view."""
+    xc, yc = plan.anatomy.centreline(np.asarray(z_mm))
+    room = max(0.0, options.matrix * options.voxel_mm / 2.0 - 15.0)
+    ox, oy = (float(np.clip(v, -room, room)) for v in plan.anatomy.fov_offset_mm)
+    return float(xc) + ox, float(yc) + oy
+
+
 def _geometry(plan: ExamPlan, options: PhantomOptions, slab: int) -> SlabGeometry:
     z = _slab_centre_z(plan.anatomy, options, slab) + plan.shift_mm[2]
-    xc, yc = plan.anatomy.centreline(np.asarray(z))
+    xc, yc = _fov_centre(plan, options, z)
     return slab_geometry(
         (float(xc) + plan.shift_mm[0], float(yc) + plan.shift_mm[1], z),
         n_slices=options.slices_per_slab,
@@ -208,7 +218,7 @@ def subject_t2star(plan: ExamPlan) -> TissueT2Star:
 def _t2star_geometry(plan: ExamPlan, options: PhantomOptions, slab: int) -> SlabGeometry:
     """The GRE grid of a slab: own pixels, slices and matrix, same centre and obliquity."""
     z = _slab_centre_z(plan.anatomy, options, slab) + plan.shift_mm[2]
-    xc, yc = plan.anatomy.centreline(np.asarray(z))
+    xc, yc = _fov_centre(plan, options, z)
     matrix = options.t2star_grid_matrix
     return slab_geometry(
         (float(xc) + plan.shift_mm[0], float(yc) + plan.shift_mm[1], z),
@@ -283,7 +293,7 @@ def _coarse_b1_geometry(plan: ExamPlan, options: PhantomOptions) -> SlabGeometry
     z_top = _slab_centre_z(plan.anatomy, options, 1)
     z_bottom = _slab_centre_z(plan.anatomy, options, options.slabs)
     z = 0.5 * (z_top + z_bottom) + plan.shift_mm[2]
-    xc, yc = plan.anatomy.centreline(np.asarray(z))
+    xc, yc = _fov_centre(plan, options, z)
     extent_mm = options.slabs * options.slices_per_slab * options.slice_mm
     fov_mm = options.matrix * options.voxel_mm
     matrix = int(np.ceil(fov_mm / _B1_COARSE_VOXEL_MM)) + 1
@@ -415,7 +425,7 @@ def write_exam(out_dir: Path, plan: ExamPlan, options: PhantomOptions) -> dict[s
         },
         "snr": options.snr,
         "noise_sigma": sigma,
-        "anatomy": asdict(plan.anatomy),
+        "anatomy": plan.anatomy.as_dict(),
         "slabs": slab_info,
         "lesions": lesion_statistics(plan.lesions, slabs, plan.anatomy),
         "follow_up": plan.follow_up,

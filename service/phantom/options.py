@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from processing.phantom.gre import GREProtocol
 from service.phantom.protocols import PRESETS
 
-__all__ = ["B1_GRIDS", "TRANSFER_SYNTAXES", "PhantomOptions"]
+__all__ = ["ANATOMY_KINDS", "B1_GRIDS", "TRANSFER_SYNTAXES", "PhantomOptions"]
 
 TRANSFER_SYNTAXES = ("explicit", "implicit", "j2k", "rle", "jpegls")
 B1_GRIDS = ("same", "coarse")
+ANATOMY_KINDS = ("real", "simple")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class PhantomOptions:
         First-echo signal-to-noise ratio of nominal cord white matter.
     t2star_description : str
         SeriesDescription (and ProtocolName) of the GRE series.
+    anatomy : str
+        ``real``: cord, grey matter and canal from the PAM50 template inside a real neck's
+        surroundings, deformed per subject; ``simple``: the analytic elliptic cord in a
+        disc-shaped neck (for tests that need a trivial case).
     """
 
     matrix: int = 448
@@ -90,6 +95,7 @@ class PhantomOptions:
     t2star_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     t2star_snr: float = 20.0
     t2star_description: str = "t2star_me_gre_tra"
+    anatomy: str = "real"
 
     def __post_init__(self) -> None:
         # sequences from the command line or JSON: store as tuples of float
@@ -128,6 +134,8 @@ class PhantomOptions:
             raise ValueError(f"b1_grid must be one of {B1_GRIDS}, got {self.b1_grid!r}")
         if self.b1_grid == "coarse" and not self.b1_map:
             raise ValueError("b1_grid='coarse' needs b1_map=True")
+        if self.anatomy not in ANATOMY_KINDS:
+            raise ValueError(f"anatomy must be one of {ANATOMY_KINDS}, got {self.anatomy!r}")
         self._check_t2star()
 
     def _check_t2star(self) -> None:

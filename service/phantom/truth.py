@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from processing.phantom.anatomy import SubjectAnatomy
 from processing.phantom.geometry import SlabGeometry
 from processing.phantom.lesions import Lesion
+from processing.phantom.protocol import Anatomy
 from processing.phantom.simulate import SlabImages
 
 __all__ = [
@@ -65,7 +65,7 @@ def write_slab_truth(
 def lesion_statistics(
     lesions: tuple[Lesion, ...],
     slabs: list[tuple[SlabGeometry, SlabImages]],
-    anatomy: SubjectAnatomy,
+    anatomy: Anatomy,
 ) -> list[dict[str, object]]:
     """Per-lesion truth measured on the label masks of all slabs.
 
