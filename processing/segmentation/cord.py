@@ -38,6 +38,8 @@ class SegmentationSettings:
 
     Parameters
     ----------
+    cord_t1_ms : tuple of float
+        T1 range of the cord's core after light smoothing (lesions included).
     area_mm2 : tuple of float
         Plausible cord cross-section (C1-C7 is about 60-150 mm^2; the range leaves room for
         partial volume, atrophy and oblique cuts).
@@ -53,6 +55,7 @@ class SegmentationSettings:
         Smallest CSF-minus-cord T1 difference around a cord.
     """
 
+    cord_t1_ms: tuple[float, float] = (800.0, 2000.0)
     area_mm2: tuple[float, float] = (30.0, 220.0)
     max_shift_mm_per_slice: float = 3.0
     boundary_fraction: float = 0.4
@@ -61,6 +64,8 @@ class SegmentationSettings:
     min_csf_contrast_ms: float = 760.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.cord_t1_ms[0] < self.cord_t1_ms[1]:
+            raise ValueError("cord_t1_ms must be an increasing pair of positive T1")
         if not 0 < self.area_mm2[0] < self.area_mm2[1]:
             raise ValueError("area_mm2 must be an increasing pair of positive areas")
         if self.max_shift_mm_per_slice <= 0 or self.smoothing_mm <= 0:
@@ -242,6 +247,10 @@ def segment_cord(
             max_shift_mm_per_slice=s.max_shift_mm_per_slice,
             boundary_fraction=s.boundary_fraction,
             min_contrast=s.min_csf_contrast_ms / s.csf_reference_t1_ms,
+            core_range=(
+                s.cord_t1_ms[0] / s.csf_reference_t1_ms,
+                s.cord_t1_ms[1] / s.csf_reference_t1_ms,
+            ),
         ),
     )
     notes = list(detection.notes)

@@ -59,6 +59,8 @@ class DetectionSettings:
         Directions of the star-shaped outline.
     candidates_per_slice : int
         Local maxima kept per slice for the dynamic programme.
+    core_range : tuple of float, optional
+        Normalised values a cord's core may take (None: any value darker than the CSF).
     """
 
     area_mm2: tuple[float, float] = (30.0, 220.0)
@@ -71,6 +73,7 @@ class DetectionSettings:
     boundary_fraction: float = 0.4
     n_rays: int = 48
     candidates_per_slice: int = 8
+    core_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.area_mm2[0] < self.area_mm2[1]:
@@ -83,6 +86,8 @@ class DetectionSettings:
             raise ValueError("min_contrast must be positive and min_score within (0, 1)")
         if not 0 < self.boundary_fraction < 1:
             raise ValueError("boundary_fraction must be within (0, 1)")
+        if self.core_range is not None and not self.core_range[0] < self.core_range[1]:
+            raise ValueError("core_range must be an increasing pair")
         if self.n_rays < 8 or self.candidates_per_slice < 1:
             raise ValueError("need n_rays >= 8 and candidates_per_slice >= 1")
 
@@ -199,7 +204,7 @@ def _peaks(
     if peaks.size == 0:
         return []
     values = contrast[peaks[:, 0], peaks[:, 1]]
-    order = np.argsort(values)[::-1][: 3 * s.candidates_per_slice]
+    order = np.argsort(values)[::-1][: 6 * s.candidates_per_slice]
     return [(int(j), int(i)) for j, i in peaks[order]]
 
 
@@ -229,7 +234,8 @@ def _score(
     """How cord-like the tissue around ``centre`` is, in [0, 1].
 
     The fraction of rays that meet CSF (a value well above the core) a cord-like distance
-    out, times the CSF-cord contrast (saturating at twice the minimum).
+    out, times the CSF-cord contrast (saturating at twice the minimum), times a penalty for
+    a core value outside ``core_range`` and for an implausible area inside the CSF.
     """
     profiles, radii, _ = _rays(image, centre, pixel_mm, s)
     core = float(np.median(profiles[:, radii <= 1.5]))
@@ -238,8 +244,23 @@ def _score(
     bright = peak - core >= s.min_contrast
     if not bright.any():
         return 0.0
-    contrast = float(np.median(peak[bright]) - core)
-    return float(bright.mean()) * min(contrast / (2 * s.min_contrast), 1.0)
+    csf = float(np.median(peak[bright]))
+    score = float(bright.mean()) * min((csf - core) / (2 * s.min_contrast), 1.0)
+    if s.core_range is not None and not s.core_range[0] <= core <= s.core_range[1]:
+        return 0.0
+    level = core + s.boundary_fraction * (csf - core)
+    above = (profiles >= level) & (radii >= 1.0)[None, :]
+    hit = above.any(axis=1)
+    if hit.sum() < 0.5 * s.n_rays:
+        return 0.0
+    radius = float(np.median(radii[np.argmax(above[hit], axis=1)]))
+    area = np.pi * radius**2
+    low, high = s.area_mm2
+    if area < low:
+        score *= (area / low) ** 2
+    elif area > high:
+        score *= (high / area) ** 2
+    return score
 
 
 def _choose(
@@ -269,7 +290,7 @@ def _choose(
             a = np.array([c.centre_ji for c in prev])
             b = np.array([c.centre_ji for c in per_slice[k]])
             dist = np.hypot(*((a[:, None, :] - b[None, :, :]) * scale).transpose(2, 0, 1))
-            penalty = 0.5 * (dist / step_mm) ** 2
+            penalty = 0.5 * np.maximum(dist / step_mm - 0.5, 0.0) ** 2  # half a step is free
             penalty[dist > 2 * step_mm] = np.inf
             total[1:, 1:] = best[-1][1:, None] - penalty
         arg = np.argmax(total, axis=0)
@@ -427,6 +448,24 @@ def detect_cord(
         cands = sorted((c for c in cands if c.score > 0), key=lambda c: -c.score)
         per_slice.append(cands[: s.candidates_per_slice])
     chosen = _choose(per_slice, pixel_mm, spacing[0], s)
+    # Follow the centre line into slices where it was lost: their neighbours' centres become
+    # candidates too, and the programme runs again.
+    for _ in range(2):
+        added = False
+        for k in range(n_slices):
+            if chosen[k] is not None:
+                continue
+            for n in (k - 1, k + 1):
+                other = chosen[n] if 0 <= n < n_slices else None
+                if other is None:
+                    continue
+                score = _score(light[k], other.centre_ji, pixel_mm, s)
+                if score > 0:
+                    per_slice[k].append(_Candidate(other.centre_ji, score))
+                    added = True
+        if not added:
+            break
+        chosen = _choose(per_slice, pixel_mm, spacing[0], s)
 
     notes: list[str] = []
     cord = np.zeros(values.shape, dtype=bool)
