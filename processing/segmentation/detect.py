@@ -315,7 +315,7 @@ def _outline_radii(
     s: DetectionSettings,
 ) -> tuple[FloatArray, float, float] | None:
     """Boundary radius (mm) per ray, and the cord and CSF levels; None without CSF around."""
-    profiles, radii, _ = _rays(image, centre, pixel_mm, s)
+    profiles, radii, angles = _rays(image, centre, pixel_mm, s)
     cord_level = float(np.median(profiles[:, radii <= 1.5]))
     reach = radii >= 1.0
     peak = profiles[:, reach].max(axis=1)
@@ -343,10 +343,55 @@ def _outline_radii(
     if good.sum() < 0.4 * s.n_rays:
         return None
     idx = np.arange(s.n_rays)
+    if good.sum() < s.n_rays:
+        ellipse = _ellipse_radii(radius, angles, s)
+        if ellipse is not None:
+            radius = np.where(good, radius, ellipse)
+            good = np.isfinite(radius)
     radius = np.interp(idx, idx[good], radius[good], period=s.n_rays)
     radius = ndimage.median_filter(radius, size=5, mode="wrap")
     radius = _circular_smooth(radius, 3)
     return radius, cord_level, csf_level
+
+
+def _ellipse_radii(
+    radius: FloatArray, angles: FloatArray, s: DetectionSettings
+) -> FloatArray | None:
+    """Radii of an ellipse fitted to the outline points of the rays that met CSF.
+
+    Where the cord touches the canal wall, rays find no CSF; an ellipse (axes along rows and
+    columns) through the other points, seen from the same centre, gives their radius. None
+    when the fit is not a plausible cord.
+    """
+    good = np.isfinite(radius)
+    y = radius[good] * np.sin(angles[good])
+    x = radius[good] * np.cos(angles[good])
+    design = np.stack([x**2, y**2, x, y], axis=1)
+    try:
+        (a, c, d, e), *_ = np.linalg.lstsq(design, np.ones(x.size), rcond=None)
+    except np.linalg.LinAlgError:
+        return None
+    if a <= 0 or c <= 0:
+        return None
+    x0, y0 = -d / (2 * a), -e / (2 * c)
+    scale = 1 + a * x0**2 + c * y0**2
+    if scale <= 0:
+        return None
+    half_x, half_y = np.sqrt(scale / a), np.sqrt(scale / c)
+    area = np.pi * half_x * half_y
+    if not (s.area_mm2[0] <= area <= s.area_mm2[1]) or max(half_x, half_y) > 2.5 * min(
+        half_x, half_y
+    ):
+        return None
+    # distance from the ray origin (0, 0) to the ellipse along each ray
+    ux, uy = np.cos(angles), np.sin(angles)
+    qa = a * ux**2 + c * uy**2
+    qb = -2 * (a * x0 * ux + c * y0 * uy)
+    qc = a * x0**2 + c * y0**2 - scale
+    disc = qb**2 - 4 * qa * qc
+    if qc >= 0 or (disc < 0).any():
+        return None  # the ray origin lies outside the ellipse
+    return (-qb + np.sqrt(disc)) / (2 * qa)
 
 
 def _rasterise(
