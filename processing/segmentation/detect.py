@@ -167,8 +167,9 @@ def _block_mean(
 
 def _candidate_map(
     image: FloatArray, valid: BoolArray, pixel_mm: tuple[float, float], s: DetectionSettings
-) -> FloatArray:
-    """Contrast between a dark core and the brighter of two frames around it.
+) -> tuple[FloatArray, FloatArray]:
+    """Contrast between a dark core and the brighter of two frames around it, and between
+    the core and the brightest voxel near it.
 
     The frames are means over square annuli (CSF around the cord, even where it is thin or
     interrupted, raises the mean), so the map is smooth and cheap (box filters).
@@ -186,7 +187,12 @@ def _candidate_map(
     inner = (mid_t - core_t) / np.maximum(mid_n - core_n, 1e-6)
     outer = (big_t - mid_t) / np.maximum(big_n - mid_n, 1e-6)
     contrast = np.maximum(inner, outer) - core
-    return np.where(valid & (core_n > 0.8 * core_v), contrast, 0.0)
+    # The brightest voxel within a cord radius or so (CSF in a thin layer or a narrow field
+    # of view, where the frames' means miss it).
+    size = (1, _odd(0.8 * s.frame_mm, pixel_mm[0]), _odd(0.8 * s.frame_mm, pixel_mm[1]))
+    nearby = ndimage.maximum_filter(np.where(valid, image, 0.0), size, mode="constant") - core
+    keep = valid & (core_n > 0.8 * core_v)
+    return np.where(keep, contrast, 0.0), np.where(keep, nearby, 0.0)
 
 
 def _odd(mm: float, pixel: float) -> int:
@@ -221,8 +227,15 @@ def _rays(
     angles = np.linspace(0.0, 2 * np.pi, s.n_rays, endpoint=False)
     jj = centre[0] + np.outer(np.sin(angles), radii) / pixel_mm[0]
     ii = centre[1] + np.outer(np.cos(angles), radii) / pixel_mm[1]
-    profiles = ndimage.map_coordinates(image, [jj, ii], order=1, mode="nearest")
+    # Outside the field of view counts as dark: no CSF is seen there.
+    profiles = ndimage.map_coordinates(image, [jj, ii], order=1, mode="constant", cval=0.0)
     return profiles, radii, angles
+
+
+def _core_level(profiles: FloatArray, radii: FloatArray) -> float:
+    """The cord's value near the centre: a low percentile, so that a lesion there (brighter
+    than the cord) does not raise it."""
+    return float(np.percentile(profiles[:, radii <= 2.0], 30))
 
 
 def _score(
@@ -238,7 +251,7 @@ def _score(
     a core value outside ``core_range`` and for an implausible area inside the CSF.
     """
     profiles, radii, _ = _rays(image, centre, pixel_mm, s)
-    core = float(np.median(profiles[:, radii <= 1.5]))
+    core = _core_level(profiles, radii)
     reach = (radii >= 1.5) & (radii <= 0.8 * s.max_radius_mm)
     peak = profiles[:, reach].max(axis=1)
     bright = peak - core >= s.min_contrast
@@ -316,7 +329,7 @@ def _outline_radii(
 ) -> tuple[FloatArray, float, float] | None:
     """Boundary radius (mm) per ray, and the cord and CSF levels; None without CSF around."""
     profiles, radii, angles = _rays(image, centre, pixel_mm, s)
-    cord_level = float(np.median(profiles[:, radii <= 1.5]))
+    cord_level = _core_level(profiles, radii)
     reach = radii >= 1.0
     peak = profiles[:, reach].max(axis=1)
     bright = peak - cord_level >= s.min_contrast
@@ -338,7 +351,8 @@ def _outline_radii(
     typical = np.nanmedian(radius) if np.isfinite(radius).any() else np.nan
     if not np.isfinite(typical):
         return None
-    radius[radius > 1.8 * typical] = np.nan
+    # Far outliers ran past the cord; short ones stopped at a lesion (high T1, bright).
+    radius[(radius > 1.8 * typical) | (radius < 0.5 * typical)] = np.nan
     good = np.isfinite(radius)
     if good.sum() < 0.4 * s.n_rays:
         return None
@@ -482,13 +496,11 @@ def detect_cord(
     factor = (max(int(1.0 / pixel_mm[0]), 1), max(int(1.0 / pixel_mm[1]), 1))
     coarse_values, coarse_ok = _block_mean(light, ok, factor)
     coarse_mm = (pixel_mm[0] * factor[0], pixel_mm[1] * factor[1])
-    contrast = _candidate_map(coarse_values, coarse_ok, coarse_mm, s)
+    maps = _candidate_map(coarse_values, coarse_ok, coarse_mm, s)
     per_slice: list[list[_Candidate]] = []
     for k in range(n_slices):
-        points = [
-            ((j + 0.5) * factor[0] - 0.5, (i + 0.5) * factor[1] - 0.5)
-            for j, i in _peaks(contrast[k], coarse_mm, s)
-        ]
+        peaks = dict.fromkeys(p for m in maps for p in _peaks(m[k], coarse_mm, s))
+        points = [((j + 0.5) * factor[0] - 0.5, (i + 0.5) * factor[1] - 0.5) for j, i in peaks]
         cands = [_Candidate(p, _score(light[k], p, pixel_mm, s)) for p in points]
         cands = sorted((c for c in cands if c.score > 0), key=lambda c: -c.score)
         per_slice.append(cands[: s.candidates_per_slice])
