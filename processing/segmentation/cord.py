@@ -165,8 +165,9 @@ def _open_in_plane(mask: BoolArray) -> BoolArray:
 
 def _reliable(
     t1: FloatArray, inv2: FloatArray | None, sigma_vox: tuple[float, float]
-) -> BoolArray:
-    """Voxels whose T1 can be trusted: signal in INV2 and a locally steady T1.
+) -> tuple[BoolArray, FloatArray]:
+    """Voxels whose T1 can be trusted (signal in INV2, a locally steady T1), and T1 smoothed
+    in-plane by one voxel.
 
     Without signal (air, cortical bone) the MP2RAGE ratio is noise and T1 jumps from voxel to
     voxel; tissue edges also give large local differences, but only along thin lines, which a
@@ -174,14 +175,15 @@ def _reliable(
     """
     finite = np.isfinite(t1)
     values = np.where(finite, t1, 0.0)
-    residual = values - ndimage.gaussian_filter(values, (0.0, 1.0, 1.0))
+    smooth = ndimage.gaussian_filter(values, (0.0, 1.0, 1.0))
+    residual = values - smooth
     spread = np.sqrt(ndimage.gaussian_filter(residual**2, (0.0, *sigma_vox)))
     erratic = _open_in_plane(spread > 700.0)
     ok = finite & ~erratic
     if inv2 is not None:
         reference = float(np.percentile(inv2, 99.5))
         ok &= inv2 > 0.05 * reference if reference > 0 else False
-    return ok
+    return ok, smooth
 
 
 def _grow(box: Box, margin: tuple[int, int], shape: tuple[int, ...]) -> Box:
@@ -236,10 +238,10 @@ def segment_cord(
     t1, spacing, signal = _validate(t1_ms, voxel_mm, inv2)
     pixel_mm = (spacing[1], spacing[2])
     sigma_vox = (s.smoothing_mm / pixel_mm[0], s.smoothing_mm / pixel_mm[1])
-    reliable = _reliable(t1, signal, sigma_vox)
+    reliable, smooth = _reliable(t1, signal, sigma_vox)
     filled = np.where(np.isfinite(t1), t1, 0.0)
     detection = detect_cord(
-        filled / s.csf_reference_t1_ms,
+        smooth / s.csf_reference_t1_ms,
         spacing,
         valid=reliable,
         settings=DetectionSettings(
@@ -247,6 +249,7 @@ def segment_cord(
             max_shift_mm_per_slice=s.max_shift_mm_per_slice,
             boundary_fraction=s.boundary_fraction,
             min_contrast=s.min_csf_contrast_ms / s.csf_reference_t1_ms,
+            smoothing_mm=0.0,  # T1 smoothed by one voxel already
             core_range=(
                 s.cord_t1_ms[0] / s.csf_reference_t1_ms,
                 s.cord_t1_ms[1] / s.csf_reference_t1_ms,

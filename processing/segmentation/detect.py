@@ -61,6 +61,8 @@ class DetectionSettings:
         Local maxima kept per slice for the dynamic programme.
     core_range : tuple of float, optional
         Normalised values a cord's core may take (None: any value darker than the CSF).
+    smoothing_mm : float
+        In-plane Gaussian sigma applied to the image first (0: the image is smooth already).
     """
 
     area_mm2: tuple[float, float] = (30.0, 220.0)
@@ -74,6 +76,7 @@ class DetectionSettings:
     n_rays: int = 48
     candidates_per_slice: int = 8
     core_range: tuple[float, float] | None = None
+    smoothing_mm: float = 0.35
 
     def __post_init__(self) -> None:
         if not 0 < self.area_mm2[0] < self.area_mm2[1]:
@@ -88,6 +91,8 @@ class DetectionSettings:
             raise ValueError("boundary_fraction must be within (0, 1)")
         if self.core_range is not None and not self.core_range[0] < self.core_range[1]:
             raise ValueError("core_range must be an increasing pair")
+        if self.smoothing_mm < 0:
+            raise ValueError("smoothing_mm must be >= 0")
         if self.n_rays < 8 or self.candidates_per_slice < 1:
             raise ValueError("need n_rays >= 8 and candidates_per_slice >= 1")
 
@@ -493,7 +498,7 @@ def detect_cord(
     values = np.where(ok, values, 0.0)
     pixel_mm = (spacing[1], spacing[2])
     n_slices = values.shape[0]
-    sigma = (0.0, 0.35 / pixel_mm[0], 0.35 / pixel_mm[1])
+    sigma = (0.0, s.smoothing_mm / pixel_mm[0], s.smoothing_mm / pixel_mm[1])
     light = ndimage.gaussian_filter(values, sigma) if max(sigma) > 0.3 else values
 
     # Candidates are searched on a grid of about 1 mm (block means), enough for a cord.
@@ -574,6 +579,17 @@ def detect_cord(
             centre[k] = np.nan
             cord_level[k] = csf_level[k] = np.nan
             continue
+        # Voxels on the outline (one voxel either side) follow the level between cord and CSF.
+        level = cord_level[k] + s.boundary_fraction * (csf_level[k] - cord_level[k])
+        rows, cols = (
+            slice(max(b.start - 2, 0), b.stop + 2)
+            for b in ndimage.find_objects(mask.view(np.int8))[0]
+        )
+        inner = mask[rows, cols]
+        edge = ndimage.binary_dilation(inner) & ~ndimage.binary_erosion(inner)
+        mask[rows, cols] = ndimage.binary_fill_holes(
+            (inner & ~edge) | (edge & (light[k][rows, cols] < level))
+        )
         cord[k] = mask
         jj, ii = np.nonzero(mask)
         centre[k] = (jj.mean(), ii.mean())
