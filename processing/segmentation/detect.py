@@ -443,6 +443,23 @@ def _rasterise(
     return mask
 
 
+def _recentred(
+    image: FloatArray,
+    start: tuple[float, float],
+    pixel_mm: tuple[float, float],
+    s: DetectionSettings,
+) -> tuple[float, float]:
+    """Centroid of the star-shaped outline drawn from ``start`` (``start`` if there is none)."""
+    result = _outline_radii(image, start, pixel_mm, s)
+    if result is None:
+        return start
+    mask = _rasterise(image.shape, start, result[0], pixel_mm)
+    if not mask.any():
+        return start
+    jj, ii = np.nonzero(mask)
+    return float(jj.mean()), float(ii.mean())
+
+
 def detect_cord(
     image: FloatArray,
     voxel_mm: tuple[float, float, float],
@@ -525,9 +542,10 @@ def detect_cord(
                 other = chosen[n] if 0 <= n < n_slices else None
                 if other is None:
                     continue
-                score = _score(light[k], other.centre_ji, pixel_mm, s)
+                point = _recentred(light[k], other.centre_ji, pixel_mm, s)
+                score = _score(light[k], point, pixel_mm, s)
                 if score > 0:
-                    per_slice[k].append(_Candidate(other.centre_ji, score))
+                    per_slice[k].append(_Candidate(point, score))
                     added = True
         if not added:
             break
