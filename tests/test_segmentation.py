@@ -253,3 +253,21 @@ def test_full_size_exams(tmp_path_factory, seed, matrix, oblique, snr) -> None:
             assert dice(wm, slab.truth["wm"]) >= 0.85
             assert dice(gm, slab.truth["gm"]) >= 0.6
             assert elapsed < 6.0
+
+
+def test_lesions_stay_inside_the_cord(small_exams, tmp_path_factory) -> None:
+    """T1 rises in a lesion but stays well below CSF: the outline keeps the lesion inside."""
+    import nibabel as nib
+
+    from service.nifti import from_nifti
+
+    patient = tmp_path_factory.getbasetemp() / "seg-cohort-small" / "patient-001" / "exam-1"
+    lesion_voxels = inside = 0
+    for slab in small_exams[1]:
+        path = patient / "truth" / f"slab{slab.index}_lesions.nii.gz"
+        lesions = from_nifti(nib.load(path))[0] > 0
+        seg = segment_cord(slab.t1_ms, slab.voxel_mm, inv2=slab.inv2)
+        lesion_voxels += int(lesions.sum())
+        inside += int((lesions & seg.cord).sum())
+    assert lesion_voxels > 0  # the patient has lesions in these slabs
+    assert inside >= 0.95 * lesion_voxels
