@@ -13,8 +13,7 @@ Run once by a developer when the source data change:
   C1..T1; :func:`processing.atlas.pam50_priors_from_atlas`), made from ``pam50_cervical.npz``;
   shipped precomputed because building it takes about a second per process.
 - ``neck_t2s.npz``: one real neck (Spinal Cord Toolbox test data, MIT, NeuroPoly): the
-  uncropped axial T2*-weighted GRE (0.5 x 0.5 x 7.5 mm), its manual GM outline and the manual
-  cord outline of the cropped image resampled onto it.
+  uncropped axial T2*-weighted GRE (0.5 x 0.5 x 7.5 mm) and its manual GM outline.
 
 Arrays are stored in NIfTI voxel order (i, j, k) with their RAS affine.
 """
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from service.atlas import build_pam50_priors, save_pam50_priors
 from service.reference_data import read_pam50
@@ -87,36 +85,19 @@ def build_pam50(source: Path, out: Path) -> None:
 
 
 def build_neck(source: Path, out: Path) -> None:
+    """The uncropped real neck and its manual GM outline (both on the same grid).
+
+    The cropped image's cord outline (``t2s_seg``) is not shipped: its header places it 4-6 mm
+    off the cord seen on the uncropped grid, and the cropped image matches no in-plane shift of
+    the uncropped one well, so it cannot be carried over.
+    """
     folder = source / "sct-testing" / "t2s"
     full = nib.load(folder / "t2s_uncropped.nii.gz")
     gm = np.asarray(nib.load(folder / "t2s_uncropped_gmseg_manual.nii.gz").dataobj) > 0
-    cropped = nib.load(folder / "t2s_seg.nii.gz")
-    # voxel of the full grid -> voxel of the cropped grid, nearest neighbour
-    to_cropped = np.linalg.inv(cropped.affine) @ full.affine
-    ijk = np.indices(full.shape).reshape(3, -1)
-    src = to_cropped[:3, :3] @ ijk + to_cropped[:3, 3:4]
-    cord = ndimage.map_coordinates(
-        np.asarray(cropped.dataobj, dtype=np.float32), src, order=0, cval=0.0
-    ).reshape(full.shape)
-    # slices of the full grid whose centre the cropped (outlined) grid covers
-    centres = (
-        to_cropped[2, :3]
-        @ np.array(
-            [
-                [full.shape[0] / 2] * full.shape[2],
-                [full.shape[1] / 2] * full.shape[2],
-                range(full.shape[2]),
-            ]
-        )
-        + to_cropped[2, 3]
-    )
-    outlined = (centres >= -0.5) & (centres <= cropped.shape[2] - 0.5)
     np.savez_compressed(
         out / "neck_t2s.npz",
         image=np.asarray(full.dataobj).astype(np.uint8),
         gm=gm,
-        cord=((cord > 0.5) | gm) & outlined[None, None, :],
-        cord_outlined=outlined,
         affine_ras=full.affine,
     )
 

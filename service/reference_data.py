@@ -61,17 +61,19 @@ class NeckReference:
     Attributes
     ----------
     image : ndarray of uint8
-    gm, cord : ndarray of bool
-        Manual outlines; ``cord`` only on the slices where ``cord_outlined`` is true.
-    cord_outlined : ndarray of bool, shape (k,)
+    gm : ndarray of bool
+        The expert's grey-matter outline (no whole-cord outline exists on this grid).
     affine_ras : ndarray, shape (4, 4)
     """
 
     image: NDArray[np.uint8]
     gm: NDArray[np.bool_]
-    cord: NDArray[np.bool_]
-    cord_outlined: NDArray[np.bool_]
     affine_ras: NDArray[np.float64]
+
+    @property
+    def gm_outlined(self) -> NDArray[np.bool_]:
+        """Slices (k) with a grey-matter outline."""
+        return self.gm.any(axis=(0, 1))
 
 
 def _load(name: str | Path) -> dict[str, NDArray]:
@@ -112,7 +114,5 @@ def load_neck() -> NeckReference:
     return NeckReference(
         image=a["image"],
         gm=a["gm"],
-        cord=a["cord"],
-        cord_outlined=a["cord_outlined"],
         affine_ras=a["affine_ras"],
     )

@@ -19,10 +19,10 @@ def test_pam50_regions_cover_the_cord_and_levels_run_c1_to_t1() -> None:
     assert set(np.unique(pam50.levels)) >= set(range(1, 9))
 
 
-def test_neck_has_real_cord_outlines_of_plausible_area() -> None:
+def test_neck_has_a_grey_matter_outline_of_plausible_area_on_most_slices() -> None:
     neck = load_neck()
     voxel_mm2 = float(np.prod(np.linalg.norm(neck.affine_ras[:3, :2], axis=0)))
-    areas = neck.cord.sum(axis=(0, 1))[neck.cord_outlined] * voxel_mm2
-    assert neck.cord_outlined.sum() >= 6
-    assert np.all((areas > 50) & (areas < 130))
-    assert np.all(neck.gm[..., neck.cord_outlined] <= neck.cord[..., neck.cord_outlined])
+    areas = neck.gm.sum(axis=(0, 1))[neck.gm_outlined] * voxel_mm2
+    assert neck.gm_outlined.sum() >= 9
+    # cervical GM is roughly 10-25 mm^2 in cross-section
+    assert np.all((areas > 8) & (areas < 30)), areas

@@ -107,10 +107,8 @@ def test_cord_found_on_the_real_neck() -> None:
     affine = neck.affine_ras
     voxel_mm = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in (2, 1, 0))
     found = detect_cord(normalise_bright_csf(image), voxel_mm)  # type: ignore[arg-type]
-    outlined = np.flatnonzero(neck.cord_outlined)
+    outlined = np.flatnonzero(neck.gm_outlined)
     assert found.found[outlined].all(), found.notes
-    # The expert's grey matter (drawn on this grid) lies inside the cord found. The shipped
-    # ``cord`` outline comes from the cropped image, whose header places it about 6 mm off the
-    # cord seen on this grid, so it cannot serve as the reference here.
+    # The expert's grey matter (drawn on this grid) lies inside the cord found.
     for k in outlined:
         assert (found.cord[k] & gm[k]).sum() >= 0.9 * gm[k].sum()
