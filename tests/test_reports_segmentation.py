@@ -143,15 +143,16 @@ def test_segment_specs_lists_every_kind_in_order(specs: list[SegmentSpec]) -> No
         "GM ventral horn right",
         "Lesion 1 (reader)",
         "Lesion 3 (reader)",
-        "Lesion candidate 2",
+        "Lesion 2 (automatic candidate)",
         "Abnormal voxels (Z > 1.96)",
     ]
     assert {s.kind for s in specs} == set(SegmentKind)
     assert [s.region_code for s in specs if s.kind is SegmentKind.REGION] == [1, 4, 11, 16]
+    # the TrackingID is the label: the same text as the SR's tracking identifier
     assert [s.tracking_id for s in specs if s.tracking_id] == [
-        "reader lesion 1",
-        "reader lesion 3",
-        "candidate 2",
+        "Lesion 1 (reader)",
+        "Lesion 3 (reader)",
+        "Lesion 2 (automatic candidate)",
     ]
     masks = _exam_masks()
     np.testing.assert_array_equal(specs[7].mask, masks["lesion_labels_reader"] == 1)  # type: ignore[operator]
@@ -206,7 +207,7 @@ def test_every_kind_round_trips_with_codes(stored: np.ndarray, specs: list[Segme
     assert category_and_type("WM lateral funiculus right") == (anatomy, ("14892003", "SCT"))
     assert category_and_type("GM ventral horn right") == (anatomy, ("12958003", "SCT"))
     assert category_and_type("Lesion 1 (reader)") == (abnormal_structure, ("52988006", "SCT"))
-    assert category_and_type("Lesion candidate 2") == (abnormal_structure, ("52988006", "SCT"))
+    assert category_and_type("Lesion 2 (automatic candidate)") == (abnormal_structure, ("52988006", "SCT"))
     assert category_and_type("Abnormal voxels (Z > 1.96)") == (
         abnormal_structure,
         ("263654008", "SCT"),
@@ -221,7 +222,7 @@ def test_every_kind_round_trips_with_codes(stored: np.ndarray, specs: list[Segme
     reader = items["Lesion 1 (reader)"]
     assert reader.SegmentAlgorithmType == "MANUAL"
     assert "SegmentationAlgorithmIdentificationSequence" not in reader
-    assert reader.TrackingID == "reader lesion 1" and reader.TrackingUID
+    assert reader.TrackingID == "Lesion 1 (reader)" and reader.TrackingUID
     assert _code(reader.AnatomicRegionSequence[0]) == ("2748008", "SCT")
     cord = items["Spinal cord"]
     assert cord.SegmentAlgorithmType == "AUTOMATIC"
