@@ -722,6 +722,22 @@ def _phantom_exam(tmp: Path, slabs: int, *, enhanced: bool = False) -> tuple[lis
     return volumes, segs, str(volumes[0].datasets[0].StudyInstanceUID)
 
 
+def _volume_anchors(volumes: list):
+    """Anchors (as the service makes them) in the test SEGs' squares, on each slab's UNI."""
+    from reports.sr.anchors import ImageAnchor, mask_anchor
+
+    def lookup(key: str, slab: int | None) -> ImageAnchor:
+        volume = volumes[(slab or 1) - 1]
+        mask = np.zeros(volume.array.shape, dtype=bool)
+        mask[:, 4:12, 4:12] = True
+        k, column, row, voxels = mask_anchor(mask)  # type: ignore[misc]
+        uid, frame = volume.frame_sources[k]
+        (source,) = [ds for ds in volume.datasets if str(ds.SOPInstanceUID) == uid]
+        return ImageAnchor(source.SOPClassUID, uid, frame, column, row, voxels)
+
+    return lookup
+
+
 def _phantom_reports(tmp: Path) -> list[Path]:
     """Full, failed-QC and minimal reports of 1- and 2-slab phantom exams (incl. Enhanced MR)."""
     paths = []
@@ -748,6 +764,7 @@ def _phantom_reports(tmp: Path) -> list[Path]:
                 segment_numbers=SEGMENT_NUMBERS,
                 series_number=950,
                 identity=IDENTITY,
+                anchors=_volume_anchors(volumes),
             )
             path = tmp / f"sr_{slabs}_{name}.dcm"
             sr.save_as(path, enforce_file_format=True)
