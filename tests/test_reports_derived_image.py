@@ -151,3 +151,18 @@ def test_dciodvfy_finds_no_errors(stored: np.ndarray, tmp_path: Path) -> None:
         assert "MRImage" in report
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert errors == [], kind
+
+
+def test_a_pacs_sending_the_images_back_does_not_start_a_new_exam(stored: np.ndarray) -> None:
+    # MR images with a T1 MAP image type could look like a scanner's T1 map: they carry the
+    # software's manufacturer, which the DICOM node and the folder reader skip.
+    from service.exam import own_markers
+
+    (image,) = build_derived_images(
+        make_legacy_series(stored[:1], OBLIQUE),
+        _t1_ms()[:1],
+        MapKind.T1_MS,
+        series_number=9111,
+        identity=IDENTITY,
+    )
+    assert own_markers().matches(image)
