@@ -71,21 +71,23 @@ def mask_anchor(mask: NDArray[np.bool_]) -> tuple[int, float, float, int] | None
 
     Examples
     --------
-    >>> m = np.zeros((3, 5, 5), dtype=bool); m[1:3, 1:4, 2] = True
+    >>> m = np.zeros((4, 5, 5), dtype=bool); m[1:4, 1:4, 2] = True
     >>> mask_anchor(m)
-    (2, 2.5, 2.5, 6)
+    (2, 2.5, 2.5, 9)
     """
     if not isinstance(mask, np.ndarray) or mask.ndim != 3 or mask.dtype != np.bool_:
         raise ValueError("mask must be a 3-D boolean array [k, j, i]")
-    k_all, _, _ = np.nonzero(mask)
-    if k_all.size == 0:
+    per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    total = int(per_slice.sum())
+    if total == 0:
         return None
-    slices = np.unique(k_all)
-    k = int(slices[np.argmin(np.abs(slices - k_all.mean()))])
+    slices = np.flatnonzero(per_slice)
+    centroid = float(np.dot(np.arange(mask.shape[0]), per_slice)) / total
+    k = int(slices[np.argmin(np.abs(slices - centroid))])
     j, i = np.nonzero(mask[k])
     centre = np.array([j.mean(), i.mean()])
     nearest = int(np.argmin((j - centre[0]) ** 2 + (i - centre[1]) ** 2))
-    return k, float(i[nearest]) + 0.5, float(j[nearest]) + 0.5, int(k_all.size)
+    return k, float(i[nearest]) + 0.5, float(j[nearest]) + 0.5, total
 
 
 def _scoord(anchor: ImageAnchor) -> hd.sr.ScoordContentItem:
