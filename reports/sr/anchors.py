@@ -121,13 +121,14 @@ def anchor_measurements(group: hd.sr.Template, anchor: ImageAnchor) -> int:
         How many NUM items received it.
     """
     container = group[0]
+    point = _scoord(anchor)  # one item, referenced from every NUM (written out for each)
     count = 0
     for item in container.ContentSequence:
         if item.ValueType != "NUM":
             continue
         if "ContentSequence" in item:
-            item.ContentSequence.append(_scoord(anchor))
+            item.ContentSequence.append(point)
         else:
-            item.ContentSequence = hd.sr.ContentSequence([_scoord(anchor)], is_root=False)
+            item.ContentSequence = hd.sr.ContentSequence([point], is_root=False)
         count += 1
     return count
