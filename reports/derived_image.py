@@ -90,13 +90,17 @@ IMAGE_STYLES: dict[MapKind, ImageStyle] = {
 
 
 def _encode(values: NDArray[np.floating], style: ImageStyle) -> NDArray[np.integer]:
+    """Stored integers of ``values`` (float32 arithmetic: exact for these integer ranges)."""
     low, high = style.limits
-    stored = np.rint(np.nan_to_num(values, nan=0.0) / style.slope)
-    stored = np.clip(stored, low, high)
     if not style.signed:
-        stored = np.where(stored < 1, 1, stored)  # 0 is "no value"; a real T1 is > 0.5 ms
-    stored = np.where(np.isfinite(values), stored, style.padding)
-    return stored.astype(np.int16 if style.signed else np.uint16)
+        low = 1  # 0 is "no value"; a real T1 is above 0.5 ms
+    scaled = values.astype(np.float32)
+    missing = np.isnan(scaled)
+    scaled *= np.float32(1.0 / style.slope)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, low, high, out=scaled)
+    scaled[missing] = style.padding
+    return scaled.astype(np.int16 if style.signed else np.uint16)
 
 
 def decode_values(ds: Dataset) -> NDArray[np.float64]:
