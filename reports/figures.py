@@ -1012,7 +1012,7 @@ def _lesion_rows(summary: Mapping[str, Any], limit: int) -> tuple[list[str], lis
             str(lesion.get("composition")), str(lesion.get("composition") or "-")
         )
         label = str(lesion.get("id", "?"))
-        if lesion.get("source") == "automatic":
+        if lesion.get("source") == "candidate":
             label += " (auto)"
         rows.append(
             [

@@ -7,8 +7,9 @@
 - the research-use text, visible to a reader, as a suffix of SeriesDescription (shown in
   every PACS series list) and, for objects with the Content Identification macro
   (Parametric Map, SEG: they carry ContentLabel), as ContentDescription. Both are LO
-  (64 characters); a longer SeriesDescription is shortened in front of the suffix so the
-  research text always survives. ImageComments is not used: it belongs to the General Image
+  (64 characters); a longer SeriesDescription is shortened in front of the suffix, by whole
+  words only (the leading software name first), so the research text always survives and no
+  word is ever cut. ImageComments is not used: it belongs to the General Image
   module, which the Parametric Map and SEG IODs do not include.
 """
 
@@ -107,13 +108,24 @@ class ResultIdentity:
         }
 
 
-def _with_suffix(description: str, suffix: str) -> str:
+def _with_suffix(description: str, suffix: str, software_name: str = "") -> str:
+    """``description - suffix`` within 64 characters, shortened by whole words only.
+
+    Too long: first the leading software name goes (Manufacturer and model name carry it),
+    then words from the end; a word is never cut (a single word longer than the room is
+    dropped, leaving the suffix alone).
+    """
     if not suffix or description.endswith(suffix):
         return description
-    if not description:
-        return suffix
     room = _LO_MAX - len(_SEPARATOR) - len(suffix)
-    return f"{description[:room].rstrip()}{_SEPARATOR}{suffix}"
+    words = description.split()
+    if len(" ".join(words)) > room and software_name and words[:1] == [software_name]:
+        words = words[1:]
+    while words and len(" ".join(words)) > room:
+        words.pop()
+    if not words:
+        return suffix
+    return f"{' '.join(words)}{_SEPARATOR}{suffix}"
 
 
 def apply_identity(ds: Dataset, identity: ResultIdentity) -> Dataset:
@@ -152,7 +164,11 @@ def apply_identity(ds: Dataset, identity: ResultIdentity) -> Dataset:
         ds.InstitutionName = identity.institution
     text = identity.research_use_text
     if text:
-        ds.SeriesDescription = _with_suffix(str(ds.get("SeriesDescription", "") or ""), text)
+        ds.SeriesDescription = _with_suffix(
+            str(ds.get("SeriesDescription", "") or ""), text, identity.software_name
+        )
         if "ContentLabel" in ds:
-            ds.ContentDescription = _with_suffix(str(ds.get("ContentDescription", "") or ""), text)
+            ds.ContentDescription = _with_suffix(
+                str(ds.get("ContentDescription", "") or ""), text, identity.software_name
+            )
     return ds

@@ -74,7 +74,7 @@ MAP_STYLES: dict[MapKind, MapStyle] = {
         lut_explanation="T1 relaxation time (ms) from MP2RAGE",
         content_label="T1_MAP",
         content_description="T1 map (ms)",
-        series_description="T1 map (ms)",
+        series_description="T1 param map",
         window_center=1250.0,
         window_width=2500.0,
         window_explanation="T1 0 to 2500 ms",
@@ -86,7 +86,7 @@ MAP_STYLES: dict[MapKind, MapStyle] = {
         lut_explanation="Z-score of T1 against healthy controls",
         content_label="ZSCORE_MAP",
         content_description="T1 Z-score map",
-        series_description="T1 Z-score map",
+        series_description="Z param map",
         window_center=0.0,
         window_width=8.0,
         window_explanation="Z -4 to 4",
@@ -127,6 +127,7 @@ def build_parametric_map(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     plane_positions: Sequence[hd.PlanePositionSequence] | None = None,
+    slab: int | None = None,
 ) -> hd.pm.ParametricMap:
     """Build a float32 Parametric Map of ``values`` derived from one source series.
 
@@ -147,6 +148,8 @@ def build_parametric_map(
         New UIDs are generated when omitted.
     plane_positions : sequence of highdicom.PlanePositionSequence, optional
         Explicit plane positions (default: those of the source frames).
+    slab : int, optional
+        Slab number, named in the series description (``"T1 param map slab 2"``).
 
     Returns
     -------
@@ -209,6 +212,7 @@ def build_parametric_map(
         plane_positions=plane_positions,
     )
     pm.BodyPartExamined = body_part_examined(sources[0])
-    pm.SeriesDescription = f"{identity.software_name} {style.series_description}"
+    slab_text = "" if slab is None else f" slab {int(slab)}"
+    pm.SeriesDescription = f"{identity.software_name} {style.series_description}{slab_text}"
     apply_identity(pm, identity)
     return pm

@@ -17,8 +17,14 @@ Choices (all visible in the written object):
   otherwise, with an algorithm identification naming the software and its version and a
   family from CID 7162 matching the method (see :data:`SEGMENT_STYLES`).
 - Sub-regions carry a left/right SegmentedPropertyTypeModifier (CID 244); lesions and abnormal
-  voxels carry AnatomicRegion "Spinal cord". Lesions have a TrackingID (e.g.
-  ``"reader lesion 2"``) and a fresh TrackingUID.
+  voxels carry AnatomicRegion "Spinal cord". Lesions are named by their exam-wide id
+  (:func:`lesion_label`, e.g. ``"Lesion 2 (automatic candidate)"``), as label and TrackingID
+  (with a fresh TrackingUID): the same text as the SR's tracking identifier.
+- Two layers (:func:`split_layers`), written as two SEGs of a slab by the service: the
+  clinical layer (cord, lesions, abnormal voxels) in saturated, distinct colours (cord green,
+  reader lesions red, candidates orange, abnormal voxels magenta) and the anatomy layer (GM,
+  WM, 12 regions) in muted, low-saturation colours, so that lesions stay visible when a viewer
+  shows every segment at once.
 - References to every source instance (and frame), BodyPartExamined copied from the source or
   ``CSPINE``, ContentQualification RESEARCH while a research-use text is set, identity via
   :func:`reports.identity.apply_identity`, header-only copies of the sources (the caller's
@@ -27,7 +33,7 @@ Choices (all visible in the written object):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,14 +49,17 @@ from reports.common import body_part_examined, instance_header, prepare_sources
 from reports.identity import ResultIdentity, apply_identity
 
 __all__ = [
+    "CLINICAL_KINDS",
     "SEGMENT_STYLES",
     "SegmentKind",
     "SegmentSpec",
     "SegmentStyle",
     "build_segmentation",
+    "lesion_label",
     "segment_numbers",
     "segment_specs",
     "segmentation_header",
+    "split_layers",
 ]
 
 _LO_MAX = 64
@@ -92,7 +101,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.SPINAL_CORD,
         codes.FAMILY_MORPHOLOGICAL,
         "cord segmentation",
-        (240, 220, 90),
+        (60, 200, 110),
         in_cord=False,
     ),
     SegmentKind.GM: SegmentStyle(
@@ -100,7 +109,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.SPINAL_CORD_GRAY_MATTER,
         codes.FAMILY_CLUSTER_ANALYSIS,
         "grey/white matter split",
-        (150, 150, 150),
+        (170, 150, 140),
         in_cord=False,
     ),
     SegmentKind.WM: SegmentStyle(
@@ -108,7 +117,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.SPINAL_CORD_WHITE_MATTER,
         codes.FAMILY_CLUSTER_ANALYSIS,
         "grey/white matter split",
-        (235, 235, 235),
+        (175, 185, 195),
         in_cord=False,
     ),
     SegmentKind.REGION: SegmentStyle(
@@ -116,7 +125,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         None,
         codes.FAMILY_DEFORMABLE_MODELS,
         "regions in cord template coordinates",
-        (90, 160, 230),
+        (150, 170, 190),
         in_cord=False,
     ),
     SegmentKind.LESION_READER: SegmentStyle(
@@ -124,7 +133,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.LESION,
         None,
         "reader",
-        (230, 40, 40),
+        (255, 0, 0),
         in_cord=True,
     ),
     SegmentKind.LESION_CANDIDATE: SegmentStyle(
@@ -132,7 +141,7 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.LESION,
         codes.FAMILY_HISTOGRAM_ANALYSIS,
         "lesion candidates from Z-scores",
-        (250, 140, 20),
+        (255, 150, 0),
         in_cord=True,
     ),
     SegmentKind.ABNORMAL: SegmentStyle(
@@ -140,27 +149,69 @@ SEGMENT_STYLES: dict[SegmentKind, SegmentStyle] = {
         codes.ABNORMAL,
         codes.FAMILY_HISTOGRAM_ANALYSIS,
         "Z-score threshold against the normative model",
-        (220, 60, 220),
+        (255, 0, 255),
         in_cord=True,
     ),
 }
 
-# Distinct colours for the twelve regions (WM blues/greens, GM warm tones); left and right
-# of one region share a hue and differ in lightness.
+# Muted colours for the twelve regions (WM blues/greens, GM warm tones, all low saturation so
+# that they never hide a lesion); left and right of one region share a hue and differ in
+# lightness.
 _REGION_RGB: dict[int, tuple[int, int, int]] = {
-    1: (70, 130, 230),
-    2: (120, 170, 250),
-    3: (40, 170, 150),
-    4: (100, 210, 190),
-    5: (110, 90, 210),
-    6: (160, 140, 250),
-    11: (200, 120, 40),
-    12: (240, 170, 90),
-    13: (170, 110, 90),
-    14: (220, 160, 140),
-    15: (200, 70, 110),
-    16: (240, 130, 160),
+    1: (120, 145, 185),
+    2: (155, 175, 205),
+    3: (110, 160, 150),
+    4: (150, 190, 180),
+    5: (140, 130, 180),
+    6: (170, 165, 200),
+    11: (175, 145, 115),
+    12: (205, 180, 150),
+    13: (160, 135, 125),
+    14: (195, 175, 165),
+    15: (170, 125, 140),
+    16: (200, 165, 175),
 }
+
+#: What a reader looks at first: the cord outline, the lesions and the abnormal voxels. The
+#: other kinds (GM, WM, regions) are the anatomy layer; each layer goes into its own SEG.
+CLINICAL_KINDS = frozenset(
+    {
+        SegmentKind.CORD,
+        SegmentKind.LESION_READER,
+        SegmentKind.LESION_CANDIDATE,
+        SegmentKind.ABNORMAL,
+    }
+)
+_LESION_SOURCES = {"reader": "reader", "candidate": "automatic candidate"}
+
+
+def lesion_label(lesion_id: int, source: str) -> str:
+    """Segment label, SEG TrackingID and SR tracking text of exam lesion ``lesion_id``.
+
+    One text for one lesion everywhere: the SEG, the SR, the PDF's ``#`` column and
+    ``summary.json`` use the exam-wide lesion id.
+
+    Examples
+    --------
+    >>> lesion_label(3, "candidate")
+    'Lesion 3 (automatic candidate)'
+    """
+    if source not in _LESION_SOURCES:
+        raise ValueError(f"lesion source must be 'reader' or 'candidate', got {source!r}")
+    if isinstance(lesion_id, bool) or not isinstance(lesion_id, int) or lesion_id < 1:
+        raise ValueError(f"lesion id must be a positive int, got {lesion_id!r}")
+    return f"Lesion {lesion_id} ({_LESION_SOURCES[source]})"
+
+
+def split_layers(segments: Sequence[SegmentSpec]) -> tuple[list[SegmentSpec], list[SegmentSpec]]:
+    """(clinical layer, anatomy layer) of a segment list, each in the list's order.
+
+    Clinical: cord, lesions, abnormal voxels (:data:`CLINICAL_KINDS`); anatomy: GM, WM and
+    the regions. Either list may be empty.
+    """
+    clinical = [spec for spec in segments if spec.kind in CLINICAL_KINDS]
+    anatomy = [spec for spec in segments if spec.kind not in CLINICAL_KINDS]
+    return clinical, anatomy
 
 
 def _check_lo(name: str, value: object) -> str:
@@ -191,7 +242,7 @@ class SegmentSpec:
     region_code : int or None
         For ``REGION`` only: the design-doc code (1-6 WM, 11-16 GM).
     tracking_id : str or None
-        TrackingID (LO), e.g. ``"reader lesion 1"``; a TrackingUID is generated with it.
+        TrackingID (LO), e.g. ``"Lesion 1 (reader)"``; a TrackingUID is generated with it.
 
     Raises
     ------
@@ -269,6 +320,7 @@ def segment_specs(
     lesion_labels_candidate: NDArray[np.integer] | None,
     abnormal: NDArray[np.bool_] | None,
     z_threshold: float | None,
+    lesion_ids: Mapping[tuple[str, int], int] | None = None,
 ) -> list[SegmentSpec]:
     """The standard list of segments of one slab, without empty masks.
 
@@ -288,6 +340,11 @@ def segment_specs(
         Voxels with Z above ``z_threshold``.
     z_threshold : float or None
         Threshold used for ``abnormal`` (required with it), shown in its label.
+    lesion_ids : Mapping of (source, id in the label image) to int, optional
+        The exam-wide lesion id (``summary.json``'s ``lesions[].id``) of each lesion of this
+        slab, keyed by ``("reader" | "candidate", label value)``; it names the segment
+        (:func:`lesion_label`). A lesion missing from it is not a lesion of the report (e.g.
+        an outline wholly outside the cord) and gets no segment. Default: the label value.
 
     Returns
     -------
@@ -362,12 +419,13 @@ def segment_specs(
         ids = [int(i) for i in np.unique(lesions) if i != 0]
         if ids and ids[0] < 0:
             raise ValueError(f"{name} holds negative lesion ids")
+        source = "reader" if kind is SegmentKind.LESION_READER else "candidate"
         for lesion_id in ids:
-            if kind is SegmentKind.LESION_READER:
-                label, tracking = f"Lesion {lesion_id} (reader)", f"reader lesion {lesion_id}"
-            else:
-                label, tracking = f"Lesion candidate {lesion_id}", f"candidate {lesion_id}"
-            specs.append(SegmentSpec(label, lesions == lesion_id, kind, tracking_id=tracking))
+            number = lesion_id if lesion_ids is None else lesion_ids.get((source, lesion_id))
+            if number is None:
+                continue
+            label = lesion_label(number, source)
+            specs.append(SegmentSpec(label, lesions == lesion_id, kind, tracking_id=label))
     if abnormal is not None and abnormal.any():
         label = f"Abnormal voxels (Z > {float(z_threshold):g})"  # type: ignore[arg-type]
         specs.append(SegmentSpec(label, abnormal, SegmentKind.ABNORMAL))
@@ -502,6 +560,7 @@ def build_segmentation(
     sop_instance_uid: str | None = None,
     series_description: str = _SERIES_DESCRIPTION,
     content_label: str = _CONTENT_LABEL,
+    content_description: str = "Spinal cord segments",
 ) -> hd.seg.Segmentation:
     """Build a BINARY Segmentation of ``segments`` derived from one source series.
 
@@ -528,6 +587,8 @@ def build_segmentation(
         SeriesDescription stem; the software name goes in front, the research-use text after.
     content_label : str
         ContentLabel (CS, upper case, at most 16 characters).
+    content_description : str
+        ContentDescription (LO) before the research-use text.
 
     Returns
     -------
@@ -568,7 +629,7 @@ def build_segmentation(
         instance_number=1,
         **identity.device_arguments(),
         content_label=content_label,
-        content_description="Spinal cord segments",
+        content_description=_check_lo("content_description", content_description),
         omit_empty_frames=True,
     )
     seg.ContentQualification = identity.content_qualification

@@ -39,10 +39,16 @@ voxels, and no value is written twice:
 The lesion burden joins the whole-exam ``cord`` group (TID 1411 for one slab, TID 1501 for
 several); without one it becomes a text in the Qualitative Evaluations.
 
+Image anchors: with ``anchors`` every measurement group also carries a point on a source
+image inside its region or lesion (:mod:`reports.sr.anchors`), so that viewers such as OHIF
+draw the group as a labelled annotation; ``anchors(key, slab)`` gives it for a region key or
+``lesion_<id>`` on slab ``slab``, or (``slab`` None) for the whole exam (one-slab exams and
+the pooled groups of several slabs). A group without an anchor is then an error.
+
 Segment numbers: ``segment_numbers`` maps a region key (``cord``, ``wm``,
 ``gm_dorsal_horns_left``, ...) to its segment number in every SEG, or is a callable
-``(key, segmentation) -> int | None``. Lesions use their ``segment_number`` from the summary,
-else the key ``lesion_<id>``.
+``(key, segmentation) -> int | None``. Lesions use the key ``lesion_<id>`` first (exact when
+a slab has several SEGs), else their ``segment_number`` from the summary.
 """
 
 from __future__ import annotations
@@ -59,11 +65,18 @@ from pydicom.uid import generate_uid
 from reports.common import TYPE2_PATIENT_STUDY, header_copy
 from reports.identity import ResultIdentity, apply_identity
 from reports.sr import concepts as c
+from reports.sr.anchors import ImageAnchor, anchor_measurements
 from reports.sr.evaluations import evaluations_container
 from reports.sr.groups import lesion_burden, lesion_group, pooled_region_group, region_group
 from reports.sr.summary import ExamReport, LesionResult, read_summary
 
-__all__ = ["SEGMENTATION_SOP_CLASSES", "SegmentLookup", "build_measurement_report", "device_uid"]
+__all__ = [
+    "SEGMENTATION_SOP_CLASSES",
+    "AnchorLookup",
+    "SegmentLookup",
+    "build_measurement_report",
+    "device_uid",
+]
 
 SEGMENTATION_SOP_CLASSES = frozenset(
     {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
@@ -72,6 +85,8 @@ SERIES_DESCRIPTION = "T1 measurement report"
 
 #: ``(region key, segmentation) -> segment number or None``.
 SegmentLookup = Callable[[str, Dataset], "int | None"]
+#: ``(region key or "lesion_<id>", slab number or None for the whole exam) -> anchor or None``.
+AnchorLookup = Callable[[str, "int | None"], "ImageAnchor | None"]
 _Group = (
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
@@ -175,10 +190,13 @@ def _lesion_segment(
                 f"{name} is on slab {lesion.slab} (series {series_uid}) but no segmentation "
                 "was made from that series"
             )
+    key = f"lesion_{lesion.lesion_id}"
     for seg in candidates:
-        number = lesion.segment_number or _checked_number(
-            lookup(f"lesion_{lesion.lesion_id}", seg.dataset), f"lesion_{lesion.lesion_id}"
-        )
+        number = _checked_number(lookup(key, seg.dataset), key)
+        if number is not None and number in seg.segment_numbers:
+            return seg.reference(number)
+    for seg in candidates:
+        number = lesion.segment_number
         if number is not None and number in seg.segment_numbers:
             return seg.reference(number)
     raise ValueError(
@@ -187,12 +205,27 @@ def _lesion_segment(
     )
 
 
+def _anchored(group: _Group | None, anchors: AnchorLookup | None, key: str, slab: int | None):
+    """``group`` with its image anchor (see the module docstring); None stays None."""
+    if group is None or anchors is None:
+        return group
+    anchor = anchors(key, slab)
+    if anchor is None:
+        where = "the whole exam" if slab is None else f"slab {slab}"
+        raise ValueError(f"no image anchor for {key!r} on {where}: every group needs one")
+    if not isinstance(anchor, ImageAnchor):
+        raise TypeError(f"anchors must return an ImageAnchor, got {type(anchor).__name__}")
+    anchor_measurements(group, anchor)
+    return group
+
+
 def _region_groups(
     report: ExamReport,
     segs: list[_Seg],
     lookup: SegmentLookup,
     burden: list[hd.sr.Measurement],
     n_slabs: int,
+    anchors: AnchorLookup | None,
 ) -> tuple[list[_Group], bool]:
     """Region groups (see the module docstring) and whether the lesion burden is in one."""
     groups: list[_Group] = []
@@ -214,6 +247,7 @@ def _region_groups(
             exam_group = pooled_region_group(
                 region, tracking_text=f"Region {region.key}, all slabs", extra=extra
             )
+        exam_group = _anchored(exam_group, anchors, region.key, None)
         if exam_group is not None:
             groups.append(exam_group)
             burden_written = burden_written or bool(extra)
@@ -227,6 +261,7 @@ def _region_groups(
                 continue
             text = f"Region {region.key}, slab {slab} of {n_slabs}"
             group = region_group(own, at[0][0].reference(at[0][1]), tracking_text=text)
+            group = _anchored(group, anchors, region.key, slab)
             if group is not None:
                 groups.append(group)
     return groups, burden_written
@@ -267,6 +302,7 @@ def build_measurement_report(
     identity: ResultIdentity,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    anchors: AnchorLookup | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Measurement Report of one exam.
 
@@ -290,6 +326,9 @@ def build_measurement_report(
         Software name/version, manufacturer, research-use text.
     series_instance_uid, sop_instance_uid : str, optional
         New UIDs are generated when omitted.
+    anchors : callable, optional
+        ``(key, slab) -> ImageAnchor``: the point on a source image of every group (see the
+        module docstring); without it the groups carry no image coordinates.
 
     Returns
     -------
@@ -302,7 +341,8 @@ def build_measurement_report(
         For arguments of the wrong type.
     ValueError
         For an invalid summary value (the message names the key), objects from another
-        study, a SEG not made from the sources, or a lesion whose segment is missing.
+        study, a SEG not made from the sources, a lesion whose segment is missing, or (with
+        ``anchors``) a group without an anchor.
     """
     if not isinstance(identity, ResultIdentity):
         raise TypeError(f"identity must be a ResultIdentity, got {type(identity).__name__}")
@@ -330,11 +370,14 @@ def build_measurement_report(
     seg_infos = _segments(segs, {str(ds.SeriesInstanceUID) for ds in sources})
 
     burden = lesion_burden(report)
-    n_slabs = max(report.n_slabs, len(seg_infos))
-    groups, burden_written = _region_groups(report, seg_infos, lookup, burden, n_slabs)
+    n_slabs = max(report.n_slabs, len({seg.source_series_uid for seg in seg_infos}))
+    if anchors is not None and not callable(anchors):
+        raise TypeError("anchors must be a callable (key, slab) -> ImageAnchor")
+    groups, burden_written = _region_groups(report, seg_infos, lookup, burden, n_slabs, anchors)
     for lesion in report.lesions:
         segment = _lesion_segment(lesion, report, seg_infos, lookup)
-        groups.append(lesion_group(lesion, segment))
+        group = lesion_group(lesion, segment)
+        groups.append(_anchored(group, anchors, f"lesion_{lesion.lesion_id}", lesion.slab))
     if not groups:
         raise ValueError(
             "nothing to measure: no region of the summary has a segment in the segmentations "

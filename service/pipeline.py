@@ -25,7 +25,7 @@ from processing.stats import DEFAULT_Z_THRESHOLD
 from reports.figures import SlabImages
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind
-from reports.segmentation import segment_specs
+from reports.segmentation import lesion_label, segment_specs
 from service.atlas import pam50_gm_prior
 from service.exam import ExamError, ExamSeries, Slab, match_slabs, slab_foreground
 from service.history import follow_up_block
@@ -55,11 +55,11 @@ from service.reader_inputs import (
     reader_masks_from_files,
 )
 from service.result_writer import (
-    SEG_SERIES_NUMBER,
     T1_SERIES_NUMBER,
     Z_SERIES_NUMBER,
     ExamOutputs,
     ResultWriter,
+    exam_lesion_ids,
 )
 from service.t1_map import slab_t1
 
@@ -381,14 +381,18 @@ def process_exam(
         b1_corrected=all(info.get("b1_corrected", False) for info in infos),
     )
     scored = model is not None and qc.verdict != "fail"
+    lesion_ids = exam_lesion_ids([s.lesions for s in scores], scored=scored)
 
-    for slab, t1_ms, anatomy, slab_scores, slab_summary in zip(
-        slabs, t1_maps, anatomies, scores, slab_summaries, strict=True
+    for slab, t1_ms, anatomy, slab_scores, slab_summary, slab_lesion_ids in zip(
+        slabs, t1_maps, anatomies, scores, slab_summaries, lesion_ids, strict=True
     ):
         affine = slab.reference.affine_lps
         k = slab.index
         slab_summary["result_sop_instance_uid"] = writer.parametric_map(
             slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, f"t1map_slab{k}.dcm"
+        )
+        slab_summary["t1_image_series_instance_uid"] = writer.derived_images(
+            slab, t1_ms, MapKind.T1_MS
         )
         writer.nifti(f"slab{k}_t1_ms.nii.gz", t1_ms, affine, np.float32)
         for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
@@ -397,6 +401,9 @@ def process_exam(
         if scored and slab_scores.z is not None:
             slab_summary["z_sop_instance_uid"] = writer.parametric_map(
                 slab, slab_scores.z, MapKind.Z_SCORE, Z_SERIES_NUMBER + k, f"zmap_slab{k}.dcm"
+            )
+            slab_summary["z_image_series_instance_uid"] = writer.derived_images(
+                slab, slab_scores.z, MapKind.Z_SCORE
             )
             writer.nifti(f"slab{k}_z.nii.gz", slab_scores.z, affine, np.float32)
         specs = segment_specs(
@@ -410,13 +417,10 @@ def process_exam(
             if scored and slab_scores.z is not None
             else None,
             z_threshold=z_threshold if scored else None,
+            lesion_ids=slab_lesion_ids,
         )
         if specs:
-            seg_uid, numbers = writer.segmentation(
-                slab, specs, SEG_SERIES_NUMBER + k, f"seg_slab{k}.dcm"
-            )
-            slab_summary["seg_sop_instance_uid"] = seg_uid
-            slab_summary["segment_numbers"] = numbers
+            slab_summary.update(writer.segmentations(slab, specs))
         for name, labels in (
             ("lesions_reader", slab_scores.reader_lesions),
             ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
@@ -511,7 +515,10 @@ def _summary(
         entry["regions"] = stats_to_summary(own)
     lesions = []
     summaries_by_slab = {entry["slab"]: entry for entry in slab_summaries}
-    for slab, anatomy, slab_scores in zip(slabs, anatomies, scores, strict=True):
+    lesion_ids = exam_lesion_ids([s.lesions for s in scores], scored=scored)
+    for slab, anatomy, slab_scores, slab_lesion_ids in zip(
+        slabs, anatomies, scores, lesion_ids, strict=True
+    ):
         centres: dict[str, dict[int, list[float]]] = {}
         for source, labels in (
             ("reader", slab_scores.reader_lesions),
@@ -524,11 +531,10 @@ def _summary(
                 continue
             entry = lesion.to_dict()
             entry["label_in_slab"] = lesion.id
-            entry["id"] = len(lesions) + 1
+            entry["id"] = slab_lesion_ids[(lesion.source, lesion.id)]
             entry["slab"] = slab.index
-            tracking = "Lesion {} (reader)" if lesion.source == "reader" else "Lesion candidate {}"
             numbers = summaries_by_slab[slab.index].get("segment_numbers", {})
-            entry["segment_number"] = numbers.get(tracking.format(lesion.id))
+            entry["segment_number"] = numbers.get(lesion_label(entry["id"], lesion.source))
             entry["centre_template"] = centres.get(lesion.source, {}).get(lesion.id)
             lesions.append(entry)
     summary: dict[str, Any] = {

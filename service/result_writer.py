@@ -1,6 +1,13 @@
 """Write one exam's result files (DICOM objects, NIfTI, figures); a failing writer fails the
 whole exam with an error naming the object.
 
+Per slab: the T1 (and Z) map as a Parametric Map *and* as an ordinary derived MR image series
+(:meth:`ResultWriter.parametric_map`, :meth:`ResultWriter.derived_images`); two SEGs
+(:meth:`ResultWriter.segmentations`: the clinical layer - cord, lesions, abnormal voxels - and
+the anatomy layer - GM, WM, regions); the exam's SR anchors every measurement group on a UNI
+slice inside the segment it describes (:mod:`reports.sr.anchors`). Series numbers: see
+:data:`SERIES_NUMBERS` and the README table "Where results appear".
+
 The pipeline first *plans* every object (:class:`ResultWriter` methods return the UIDs the
 object will have, so the summary and the report can name it), then :meth:`ResultWriter.write`
 makes them all as independent tasks shared between the job's process and forked helpers
@@ -25,8 +32,10 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.uid import ParametricMapStorage
 
+from processing.lesions import LesionStats
 from reports.codes import REGION_CONCEPTS
 from reports.common import instance_header
+from reports.derived_image import build_derived_images
 from reports.encapsulated_pdf import build_encapsulated_pdf
 from reports.figures import SlabImages, render_exam_figures, render_pdf_report
 from reports.identity import ResultIdentity
@@ -35,25 +44,32 @@ from reports.secondary_capture import build_secondary_captures
 from reports.segmentation import (
     SegmentSpec,
     build_segmentation,
+    lesion_label,
     segment_numbers,
     segmentation_header,
+    split_layers,
 )
+from reports.sr.anchors import ImageAnchor, mask_anchor
 from reports.structured_report import build_measurement_report
 from service.exam import ExamError, Slab
 from service.nifti import to_nifti
 from service.task_lanes import LaneError, Task, TaskError, run_tasks
 
 __all__ = [
+    "ANATOMY_SEG_SERIES_NUMBER",
     "PDF_SERIES_NUMBER",
     "REGION_SEGMENT_LABELS",
     "SC_SERIES_NUMBER",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "T1_IMAGE_SERIES_NUMBER",
     "T1_SERIES_NUMBER",
+    "Z_IMAGE_SERIES_NUMBER",
     "Z_SERIES_NUMBER",
     "ExamOutputs",
     "ResultWriter",
     "Written",
+    "exam_lesion_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +77,11 @@ log = logging.getLogger(__name__)
 T1_SERIES_NUMBER = 9100
 Z_SERIES_NUMBER = 9200
 SEG_SERIES_NUMBER = 9300
+#: Derived MR image series of the T1 and Z maps (slab k: + k, e.g. 9111, 9112).
+T1_IMAGE_SERIES_NUMBER = 9110
+Z_IMAGE_SERIES_NUMBER = 9210
+#: The anatomy-layer SEG of slab k (GM, WM, regions): 9310 + k; the clinical SEG is 9300 + k.
+ANATOMY_SEG_SERIES_NUMBER = 9310
 SR_SERIES_NUMBER = 9400
 SC_SERIES_NUMBER = 9500
 PDF_SERIES_NUMBER = 9600
@@ -97,6 +118,7 @@ _COST_REPORT = 4.0
 _COST_RENDERED = 4.0
 _COST_SEGMENTATION = 1.2
 _COST_MAP = 0.25
+_COST_IMAGES = 0.3
 _COST_NIFTI = 0.1
 
 
@@ -117,6 +139,32 @@ def _planning(what: str) -> Iterator[None]:
 def _save(dataset: Dataset, path: Path) -> Path:
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def exam_lesion_ids(
+    slab_lesions: list[list[LesionStats]], *, scored: bool
+) -> list[dict[tuple[str, int], int]]:
+    """The exam-wide lesion id of every lesion: one numbering for SEG, SR, PDF and summary.
+
+    Lesions are numbered 1, 2, ... slab by slab in the order of each slab's list; automatic
+    candidates only when the exam was scored (otherwise they are reported nowhere).
+
+    Returns
+    -------
+    list of dict
+        Per slab: ``(source, id in the slab's label image) -> exam lesion id``.
+    """
+    numbering: list[dict[tuple[str, int], int]] = []
+    next_id = 1
+    for lesions in slab_lesions:
+        ids: dict[tuple[str, int], int] = {}
+        for lesion in lesions:
+            if lesion.source == "candidate" and not scored:
+                continue
+            ids[(lesion.source, int(lesion.id))] = next_id
+            next_id += 1
+        numbering.append(ids)
+    return numbering
 
 
 class ResultWriter:
@@ -140,6 +188,8 @@ class ResultWriter:
         self.write_nifti = write_nifti
         self.tasks: list[Task[Written]] = []
         self._segmentations: list[Dataset] = []
+        self._segment_numbers: dict[str, dict[str, int]] = {}
+        self._anchors: dict[int, dict[str, ImageAnchor]] = {}
         self._parametric_maps: list[Dataset] = []
         self._rendered: int | None = None
         (out.out_dir / "dicom").mkdir(parents=True, exist_ok=True)
@@ -209,10 +259,106 @@ class ResultWriter:
                 identity=self.identity,
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
+                slab=slab.index,
             )
 
         self._plan_object(f"{kind} parametric map of slab {slab.index}", _COST_MAP, name, build)
         return sop_uid
+
+    def derived_images(self, slab: Slab, values: NDArray[np.float64], kind: MapKind) -> str:
+        """Plan the T1 or Z map of ``slab`` as a derived MR image series (one image per UNI
+        plane, series 9110 + k / 9210 + k); returns its Series Instance UID."""
+        reference = slab.reference
+        series_uid = str(hd.UID())
+        number = (T1_IMAGE_SERIES_NUMBER if kind is MapKind.T1_MS else Z_IMAGE_SERIES_NUMBER) + (
+            slab.index
+        )
+        stem = "t1" if kind is MapKind.T1_MS else "z"
+        out_dir = self.out.out_dir / "dicom"
+
+        def run() -> Written:
+            images = build_derived_images(
+                reference.datasets,
+                reference.to_source_order(values),
+                kind,
+                series_number=number,
+                identity=self.identity,
+                series_instance_uid=series_uid,
+                slab=slab.index,
+            )
+            return Written(
+                dicom_files=[
+                    _save(image, out_dir / f"{stem}img_slab{slab.index}_{i:03d}.dcm")
+                    for i, image in enumerate(images, start=1)
+                ]
+            )
+
+        self._plan(f"{kind} images of slab {slab.index}", _COST_IMAGES, run)
+        return series_uid
+
+    def segmentations(self, slab: Slab, specs: list[SegmentSpec]) -> dict[str, Any]:
+        """Plan the SEGs of ``slab``: clinical layer (cord, lesions, abnormal voxels; series
+        9300 + k) and anatomy layer (GM, WM, regions; 9310 + k), each when it has a segment.
+
+        Also notes an image anchor (:func:`reports.sr.anchors.mask_anchor`) for every segment,
+        for the report. Returns the slab's summary entries: ``seg_sop_instance_uid`` /
+        ``segment_numbers`` (clinical) and ``anatomy_seg_sop_instance_uid`` /
+        ``anatomy_segment_numbers``.
+        """
+        clinical, anatomy = split_layers(specs)
+        entries: dict[str, Any] = {}
+        k = slab.index
+        for layer, prefix, number, name, description in (
+            (clinical, "", SEG_SERIES_NUMBER + k, f"seg_slab{k}.dcm", "Cord lesions seg"),
+            (
+                anatomy,
+                "anatomy_",
+                ANATOMY_SEG_SERIES_NUMBER + k,
+                f"seg_anatomy_slab{k}.dcm",
+                "GM WM regions seg",
+            ),
+        ):
+            if not layer:
+                continue
+            uid, numbers = self.segmentation(
+                slab, layer, number, name, series_description=f"{description} slab {k}"
+            )
+            entries[f"{prefix}seg_sop_instance_uid"] = uid
+            entries[f"{prefix}segment_numbers"] = numbers
+        anchors = self._anchors.setdefault(k, {})
+        reference = slab.reference
+        for spec in specs:
+            found = mask_anchor(spec.mask)
+            if found is None:
+                continue
+            plane, column, row, voxels = found
+            sop_uid, frame = reference.frame_sources[plane]
+            dataset = next(
+                (ds for ds in reference.datasets if str(ds.SOPInstanceUID) == sop_uid),
+                reference.datasets[0],
+            )
+            anchors[spec.label] = ImageAnchor(
+                sop_class_uid=str(dataset.SOPClassUID),
+                sop_instance_uid=str(sop_uid),
+                frame_number=frame,
+                column=column,
+                row=row,
+                voxels=voxels,
+            )
+        return entries
+
+    def _anchor(self, key: str, slab: int | None) -> ImageAnchor | None:
+        """The image anchor of a region key or ``lesion_<id>`` on ``slab`` (None: the slab
+        holding most of its voxels)."""
+        if key.startswith("lesion_"):
+            lesion_id = int(key.removeprefix("lesion_"))
+            labels = [lesion_label(lesion_id, source) for source in ("reader", "candidate")]
+        else:
+            labels = [REGION_SEGMENT_LABELS.get(key, key)]
+        slabs = [slab] if slab is not None else sorted(self._anchors)
+        found = [self._anchors.get(number, {}).get(label) for number in slabs for label in labels]
+        anchors = [anchor for anchor in found if anchor is not None]
+        return max(anchors, key=lambda a: a.voxels) if anchors else None
 
     def segmentation(
         self,
@@ -220,8 +366,10 @@ class ResultWriter:
         specs: list[SegmentSpec],
         series_number: int,
         name: str,
+        *,
+        series_description: str | None = None,
     ) -> tuple[str, dict[str, int]]:
-        """Plan the SEG of ``slab``; returns its SOP Instance UID and the segment numbers."""
+        """Plan one SEG of ``slab``; returns its SOP Instance UID and the segment numbers."""
         reference = slab.reference
         multiframe = len(reference.datasets) == 1 and reference.frame_sources[0][1] is not None
         order = [frame - 1 for _, frame in reference.frame_sources] if multiframe else None
@@ -236,6 +384,13 @@ class ResultWriter:
                 )
             )
 
+        numbers = segment_numbers(specs)
+        self._segment_numbers[sop_uid] = numbers
+        options: dict[str, Any] = {}
+        if series_description is not None:
+            options["series_description"] = series_description
+            options["content_description"] = series_description
+
         def build() -> Dataset:
             return build_segmentation(
                 reference.datasets,
@@ -245,10 +400,11 @@ class ResultWriter:
                 slice_order=order,  # type: ignore[arg-type]
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
+                **options,
             )
 
-        self._plan_object(f"segmentation of slab {slab.index}", _COST_SEGMENTATION, name, build)
-        return sop_uid, segment_numbers(specs)
+        self._plan_object(f"segmentation {name}", _COST_SEGMENTATION, name, build)
+        return sop_uid, numbers
 
     @property
     def has_segmentations(self) -> bool:
@@ -260,15 +416,19 @@ class ResultWriter:
 
         ``summary`` is read when the report is built, i.e. after every object is planned.
         """
-        numbers = {
-            str(entry["seg_sop_instance_uid"]): entry.get("segment_numbers", {})
-            for entry in summary["slabs"]
-            if entry.get("seg_sop_instance_uid")
-        }
+        numbers = dict(self._segment_numbers)
 
         def lookup(key: str, seg: Dataset) -> int | None:
+            own = numbers.get(str(seg.SOPInstanceUID), {})
+            if key.startswith("lesion_"):
+                lesion_id = int(key.removeprefix("lesion_"))
+                for source in ("reader", "candidate"):
+                    number = own.get(lesion_label(lesion_id, source))
+                    if number is not None:
+                        return number
+                return None
             label = REGION_SEGMENT_LABELS.get(key)
-            return numbers.get(str(seg.SOPInstanceUID), {}).get(label) if label else None
+            return own.get(label) if label else None
 
         series_uid, sop_uid = str(hd.UID()), str(hd.UID())
         sources = [ds for slab in slabs for ds in slab.reference.datasets]
@@ -285,6 +445,7 @@ class ResultWriter:
                 identity=self.identity,
                 series_instance_uid=series_uid,
                 sop_instance_uid=sop_uid,
+                anchors=self._anchor,
             )
 
         self._plan_object("structured report", _COST_REPORT, "report_sr.dcm", build)

@@ -135,7 +135,9 @@ def _check_report_regions(summary: dict, sr_path: Path) -> None:
         entry = summary["slabs"][int(slab_text.split(" of ")[0]) - 1]
         assert region_values(group) == expected_values(entry["regions"][key]), text
         segment = group.referenced_segment
-        assert segment.referenced_sop_instance_uid == entry["seg_sop_instance_uid"], text
+        # the cord is in the clinical SEG, the tissues and regions in the anatomy SEG
+        layer = "seg_sop_instance_uid" if key == "cord" else "anatomy_seg_sop_instance_uid"
+        assert segment.referenced_sop_instance_uid == entry[layer], text
         per_slab.add(key)
     pooled: set[str] = set()
     for group in report.get_image_measurement_groups():
@@ -332,6 +334,7 @@ def test_results_written_by_two_processes_reference_each_other(
             for item in written[f"seg_slab{k}.dcm"].SegmentSequence
         }
         assert labels == entry["segment_numbers"]
+        assert uids[f"seg_anatomy_slab{k}.dcm"] == entry["anatomy_seg_sop_instance_uid"]
     assert uids["report_sr.dcm"] == summary["sr_sop_instance_uid"]
     assert uids["report_pdf.dcm"] == summary["rendered"]["pdf_sop_instance_uid"]
     captures = [uids[name] for name in sorted(written) if name.endswith("_sc.dcm")]
@@ -343,7 +346,13 @@ def test_results_written_by_two_processes_reference_each_other(
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    for name in ("t1map_slab1.dcm", "zmap_slab2.dcm", "seg_slab1.dcm", "seg_slab2.dcm"):
+    for name in (
+        "t1map_slab1.dcm",
+        "zmap_slab2.dcm",
+        "seg_slab1.dcm",
+        "seg_slab2.dcm",
+        "seg_anatomy_slab2.dcm",
+    ):
         assert evidence[uids[name]] == str(written[name].SOPClassUID), name
     _check_report_regions(summary, tmp_path / "dicom" / "report_sr.dcm")
 
@@ -445,3 +454,99 @@ def test_model_build_leaves_out_controls_that_fail_qc_and_refuses_too_few(
             profiles=load_site_protocols(bad.site_protocols),
             created_at=datetime(2026, 1, 1, tzinfo=UTC),
         )
+
+
+def test_what_a_reader_sees_in_a_viewer(
+    cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
+) -> None:
+    """Descriptions, one lesion numbering, SR groups on UNI images, T1/Z as MR images."""
+    from reports.derived_image import decode_values
+    from reports.identity import DEFAULT_RESEARCH_USE_TEXT
+    from reports.segmentation import lesion_label
+
+    patient = cohort[1][-1]
+    summary = _score(patient, model_dir, tmp_path, write_nifti=False)
+    files = sorted((tmp_path / "dicom").glob("*.dcm"))
+    headers = {path.name: pydicom.dcmread(path, stop_before_pixels=True) for path in files}
+    # Every description fits, ends with the research text, names the slab where per-slab and
+    # is built of whole words of the planned text (never cut mid-word).
+    planned = {  # file name prefix -> description before the research text
+        "t1map": "T1 param map slab {k}",
+        "zmap": "Z param map slab {k}",
+        "t1img": "cordt1 T1 map ms slab {k}",
+        "zimg": "Z-score map slab {k}",
+        "seg_anatomy": "GM WM regions seg slab {k}",
+        "seg": "Cord lesions seg slab {k}",
+        "report_sr": "T1 measurement report",
+        "report_pdf": "cordt1 report (PDF)",
+        "figure": "cordt1 report figures",
+    }
+    for name, ds in headers.items():
+        description = str(ds.SeriesDescription)
+        assert len(description) <= 64, name
+        head = description.removesuffix(f" - {DEFAULT_RESEARCH_USE_TEXT}")
+        assert head != description, name
+        key = next(prefix for prefix in planned if name.startswith(prefix))
+        k = name.split("_slab")[1][0] if "_slab" in name else ""
+        expected = planned[key].format(k=k)
+        assert head == expected, name
+    # T1 and Z as derived MR images, one series per slab, same grid, values of the maps
+    for k, entry in enumerate(summary["slabs"], start=1):
+        pm = pydicom.dcmread(tmp_path / "dicom" / f"t1map_slab{k}.dcm")
+        images = [
+            pydicom.dcmread(p) for p in sorted((tmp_path / "dicom").glob(f"t1img_slab{k}_*"))
+        ]
+        assert {str(ds.SeriesInstanceUID) for ds in images} == {
+            entry["t1_image_series_instance_uid"]
+        }
+        assert {int(ds.SeriesNumber) for ds in images} == {9110 + k}
+        pm_planes = {
+            tuple(
+                round(float(v), 3) for v in frame.PlanePositionSequence[0].ImagePositionPatient
+            ): f
+            for f, frame in enumerate(pm.PerFrameFunctionalGroupsSequence)
+        }
+        pm_values = pm.pixel_array.reshape((-1, *pm.pixel_array.shape[-2:]))
+        for image in images:
+            position = tuple(round(float(v), 3) for v in image.ImagePositionPatient)
+            t1 = pm_values[pm_planes[position]]
+            shown = decode_values(image)
+            known = t1 > 0
+            assert np.max(np.abs(shown[known] - t1[known])) <= 0.5 + 1e-3
+        assert len(list((tmp_path / "dicom").glob(f"zimg_slab{k}_*"))) == len(images)
+    # One lesion numbering: summary ids = SEG labels = SR tracking identifiers
+    seg_labels = {
+        str(item.SegmentLabel)
+        for name, ds in headers.items()
+        if name.startswith("seg_slab")
+        for item in ds.SegmentSequence
+        if str(item.SegmentLabel).startswith("Lesion")
+    }
+    expected_labels = {lesion_label(les["id"], les["source"]) for les in summary["lesions"]}
+    assert summary["lesions"] and seg_labels == expected_labels
+    sr = pydicom.dcmread(tmp_path / "dicom" / "report_sr.dcm")
+    (measurements,) = [
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    uni = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in patient.dicom_dir.rglob("*UNI*/*.dcm")
+    }
+    texts = []
+    for group in measurements.ContentSequence:
+        text = next(i.TextValue for i in group.ContentSequence if i.ValueType == "TEXT")
+        texts.append(text)
+        nums = [i for i in group.ContentSequence if i.ValueType == "NUM"]
+        assert nums, text
+        for num in nums:
+            (point,) = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+            ref = point.ContentSequence[0].ReferencedSOPSequence[0]
+            assert str(ref.ReferencedSOPInstanceUID) in uni, text
+    assert {t for t in texts if t.startswith("Lesion")} == expected_labels
+    # two SEGs per slab: clinical (cord, lesions, abnormal) and anatomy (GM, WM, regions)
+    for entry in summary["slabs"]:
+        assert set(entry["segment_numbers"]) >= {"Spinal cord"}
+        assert "Grey matter" in entry["anatomy_segment_numbers"]
+        assert not set(entry["segment_numbers"]) & set(entry["anatomy_segment_numbers"])

@@ -351,3 +351,14 @@ def test_rendered_figure_validates() -> None:
         RenderedFigure("x", "X", np.zeros((4, 4, 3), dtype=np.float32))  # type: ignore[arg-type]
     figure = RenderedFigure("x", "X", np.zeros((4, 4, 3), dtype=np.uint8))
     assert copy.copy(figure).name == "x"
+
+
+@needs_pdftotext
+def test_pdf_numbers_lesions_with_the_summary_ids_and_marks_candidates(tmp_path: Path) -> None:
+    # the '#' column is summary.json's lesion id, the one the SEG labels and SR groups carry
+    summary = make_summary()
+    candidate = {**summary["lesions"][0], "id": 2, "source": "candidate", "level_name": "C5"}
+    summary["lesions"] = [summary["lesions"][0], candidate]
+    text = pdf_text(_pdf(summary), tmp_path)
+    assert "2 (auto)" in text
+    assert "1 (auto)" not in text

@@ -189,7 +189,7 @@ def test_identity_and_research_text_are_visible(stored: np.ndarray, t1_ms: np.nd
     assert back.SoftwareVersions == "2.0.1"
     assert back.InstitutionName == "Test Hospital"
     assert back.SeriesNumber == 7
-    assert back.SeriesDescription == f"cordt1 T1 map (ms) - {DEFAULT_RESEARCH_USE_TEXT}"
+    assert back.SeriesDescription == f"cordt1 T1 param map - {DEFAULT_RESEARCH_USE_TEXT}"
     assert back.ContentDescription.endswith(DEFAULT_RESEARCH_USE_TEXT)
     assert back.ContentQualification == "RESEARCH"
 
@@ -201,7 +201,7 @@ def test_cleared_site_gets_product_without_research_text(
     pm = build_parametric_map(
         make_legacy_series(stored, OBLIQUE), t1_ms, "T1_MS", series_number=7, identity=identity
     )
-    assert pm.SeriesDescription == "cordt1 T1 map (ms)"
+    assert pm.SeriesDescription == "cordt1 T1 param map"
     assert pm.ContentQualification == "PRODUCT"
 
 
@@ -282,13 +282,23 @@ def test_frames_of_different_orientation_are_refused(stored: np.ndarray) -> None
 
 
 def test_apply_identity_keeps_the_research_text_when_the_description_is_long() -> None:
+    # Shortened by whole words only (never "cordt1 T1 measurement re - ..."): first the
+    # software name in front, then words from the end.
     ds = Dataset()
-    ds.SeriesDescription = "x" * 64
+    ds.SeriesDescription = "cordt1 T1 measurement report cervical cord"
     apply_identity(ds, IDENTITY)
-    assert len(ds.SeriesDescription) == 64
-    assert ds.SeriesDescription.endswith(DEFAULT_RESEARCH_USE_TEXT)
+    assert ds.SeriesDescription == f"T1 measurement report - {DEFAULT_RESEARCH_USE_TEXT}"
     apply_identity(ds, IDENTITY)  # idempotent
     assert ds.SeriesDescription.count(DEFAULT_RESEARCH_USE_TEXT) == 1
+    short = Dataset()
+    short.SeriesDescription = "cordt1 T1 map ms slab 2"
+    apply_identity(short, IDENTITY)
+    assert short.SeriesDescription == f"cordt1 T1 map ms slab 2 - {DEFAULT_RESEARCH_USE_TEXT}"
+    # a single word longer than the room is left out rather than cut
+    long_word = Dataset()
+    long_word.SeriesDescription = "x" * 64
+    apply_identity(long_word, IDENTITY)
+    assert long_word.SeriesDescription == DEFAULT_RESEARCH_USE_TEXT
 
 
 def test_result_identity_validates() -> None:

@@ -143,15 +143,16 @@ def test_segment_specs_lists_every_kind_in_order(specs: list[SegmentSpec]) -> No
         "GM ventral horn right",
         "Lesion 1 (reader)",
         "Lesion 3 (reader)",
-        "Lesion candidate 2",
+        "Lesion 2 (automatic candidate)",
         "Abnormal voxels (Z > 1.96)",
     ]
     assert {s.kind for s in specs} == set(SegmentKind)
     assert [s.region_code for s in specs if s.kind is SegmentKind.REGION] == [1, 4, 11, 16]
+    # the TrackingID is the label: the same text as the SR's tracking identifier
     assert [s.tracking_id for s in specs if s.tracking_id] == [
-        "reader lesion 1",
-        "reader lesion 3",
-        "candidate 2",
+        "Lesion 1 (reader)",
+        "Lesion 3 (reader)",
+        "Lesion 2 (automatic candidate)",
     ]
     masks = _exam_masks()
     np.testing.assert_array_equal(specs[7].mask, masks["lesion_labels_reader"] == 1)  # type: ignore[operator]
@@ -206,7 +207,10 @@ def test_every_kind_round_trips_with_codes(stored: np.ndarray, specs: list[Segme
     assert category_and_type("WM lateral funiculus right") == (anatomy, ("14892003", "SCT"))
     assert category_and_type("GM ventral horn right") == (anatomy, ("12958003", "SCT"))
     assert category_and_type("Lesion 1 (reader)") == (abnormal_structure, ("52988006", "SCT"))
-    assert category_and_type("Lesion candidate 2") == (abnormal_structure, ("52988006", "SCT"))
+    assert category_and_type("Lesion 2 (automatic candidate)") == (
+        abnormal_structure,
+        ("52988006", "SCT"),
+    )
     assert category_and_type("Abnormal voxels (Z > 1.96)") == (
         abnormal_structure,
         ("263654008", "SCT"),
@@ -221,7 +225,7 @@ def test_every_kind_round_trips_with_codes(stored: np.ndarray, specs: list[Segme
     reader = items["Lesion 1 (reader)"]
     assert reader.SegmentAlgorithmType == "MANUAL"
     assert "SegmentationAlgorithmIdentificationSequence" not in reader
-    assert reader.TrackingID == "reader lesion 1" and reader.TrackingUID
+    assert reader.TrackingID == "Lesion 1 (reader)" and reader.TrackingUID
     assert _code(reader.AnatomicRegionSequence[0]) == ("2748008", "SCT")
     cord = items["Spinal cord"]
     assert cord.SegmentAlgorithmType == "AUTOMATIC"
@@ -507,3 +511,73 @@ def test_orthanc_accepts_the_segmentation(tmp_path: Path) -> None:
         ]
     finally:
         pacs.stop()
+
+
+# ---- what a reader sees: one lesion numbering, two layers, lesion-first colours ---------------
+
+
+def test_lesions_are_named_by_their_exam_wide_ids() -> None:
+    from reports.segmentation import lesion_label
+
+    # slab 2 of an exam whose slab 1 held lesions 1-3: this slab's reader lesions 1 and 3 and
+    # candidate 2 are the exam's lesions 4, 6 and 5
+    ids = {("reader", 1): 4, ("reader", 3): 6, ("candidate", 2): 5}
+    specs = segment_specs(**_exam_masks(), lesion_ids=ids)  # type: ignore[arg-type]
+    lesions = [
+        s for s in specs if s.kind in (SegmentKind.LESION_READER, SegmentKind.LESION_CANDIDATE)
+    ]
+    assert [s.label for s in lesions] == [
+        "Lesion 4 (reader)",
+        "Lesion 6 (reader)",
+        "Lesion 5 (automatic candidate)",
+    ]
+    assert [s.tracking_id for s in lesions] == [s.label for s in lesions]
+    assert lesion_label(5, "candidate") == "Lesion 5 (automatic candidate)"
+    # a lesion the report does not list (e.g. wholly outside the cord) gets no segment
+    partial = segment_specs(**_exam_masks(), lesion_ids={("reader", 1): 1})  # type: ignore[arg-type]
+    assert [s.label for s in partial if s.label.startswith("Lesion")] == ["Lesion 1 (reader)"]
+
+
+def test_layers_split_the_clinical_segments_from_the_anatomy(specs: list[SegmentSpec]) -> None:
+    from reports.segmentation import split_layers
+
+    clinical, anatomy = split_layers(specs)
+    assert [s.label for s in clinical] == [
+        "Spinal cord",
+        "Lesion 1 (reader)",
+        "Lesion 3 (reader)",
+        "Lesion 2 (automatic candidate)",
+        "Abnormal voxels (Z > 1.96)",
+    ]
+    assert [s.label for s in anatomy][:3] == [
+        "Grey matter",
+        "White matter",
+        "WM dorsal columns left",
+    ]
+    assert len(clinical) + len(anatomy) == len(specs)
+
+
+def _chroma(item: Dataset) -> float:
+    """CIELab chroma of a segment's display colour (DICOM scales a*, b* to 0..65535)."""
+    _, a, b = (int(v) for v in item.RecommendedDisplayCIELabValue)
+    return float(np.hypot(a * 255 / 65535 - 128, b * 255 / 65535 - 128))
+
+
+def test_lesion_colours_stand_out_against_muted_anatomy(
+    stored: np.ndarray, specs: list[SegmentSpec]
+) -> None:
+    back = _round_trip(_build(make_legacy_series(stored, OBLIQUE), specs))
+    chroma = {str(item.SegmentLabel): _chroma(item) for item in back.SegmentSequence}
+    lesions = [chroma[label] for label in chroma if label.startswith(("Lesion", "Abnormal"))]
+    anatomy = [
+        chroma[s.label]
+        for s in specs
+        if s.kind in (SegmentKind.GM, SegmentKind.WM, SegmentKind.REGION)
+    ]
+    assert min(lesions) > 2 * max(anatomy)
+    colours = {
+        tuple(item.RecommendedDisplayCIELabValue)
+        for item in back.SegmentSequence
+        if str(item.SegmentLabel).startswith(("Lesion 1", "Lesion 2", "Abnormal", "Spinal"))
+    }
+    assert len(colours) == 4  # reader lesions, candidates, abnormal voxels, cord: distinct

@@ -722,6 +722,22 @@ def _phantom_exam(tmp: Path, slabs: int, *, enhanced: bool = False) -> tuple[lis
     return volumes, segs, str(volumes[0].datasets[0].StudyInstanceUID)
 
 
+def _volume_anchors(volumes: list):
+    """Anchors (as the service makes them) in the test SEGs' squares, on each slab's UNI."""
+    from reports.sr.anchors import ImageAnchor, mask_anchor
+
+    def lookup(key: str, slab: int | None) -> ImageAnchor:
+        volume = volumes[(slab or 1) - 1]
+        mask = np.zeros(volume.array.shape, dtype=bool)
+        mask[:, 4:12, 4:12] = True
+        k, column, row, voxels = mask_anchor(mask)  # type: ignore[misc]
+        uid, frame = volume.frame_sources[k]
+        (source,) = [ds for ds in volume.datasets if str(ds.SOPInstanceUID) == uid]
+        return ImageAnchor(source.SOPClassUID, uid, frame, column, row, voxels)
+
+    return lookup
+
+
 def _phantom_reports(tmp: Path) -> list[Path]:
     """Full, failed-QC and minimal reports of 1- and 2-slab phantom exams (incl. Enhanced MR)."""
     paths = []
@@ -748,6 +764,7 @@ def _phantom_reports(tmp: Path) -> list[Path]:
                 segment_numbers=SEGMENT_NUMBERS,
                 series_number=950,
                 identity=IDENTITY,
+                anchors=_volume_anchors(volumes),
             )
             path = tmp / f"sr_{slabs}_{name}.dcm"
             sr.save_as(path, enforce_file_format=True)
@@ -877,3 +894,89 @@ def test_orthanc_accepts_and_finds_the_report(tmp_path: Path) -> None:
         assert number(cord, c.T1, c.DERIVATION_MEAN) == (1231.4, "ms")
     finally:
         pacs.stop()
+
+
+# ---- image anchors: what a viewer needs to draw a group ----------------------------------------
+
+
+def _anchors(exam: Exam, missing: str | None = None):
+    """Anchors in the test SEGs' squares: slab k's (or slab 1's) middle slice."""
+    from reports.sr.anchors import ImageAnchor, mask_anchor
+
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[:, 4:12, 4:12] = True
+    k, column, row, voxels = mask_anchor(mask)  # type: ignore[misc]
+
+    def lookup(key: str, slab: int | None) -> ImageAnchor | None:
+        if key == missing:
+            return None
+        source = exam.slabs[(slab or 1) - 1][k]
+        return ImageAnchor(source.SOPClassUID, source.SOPInstanceUID, None, column, row, voxels)
+
+    return lookup
+
+
+def _measurement_groups(back: Dataset) -> list[Dataset]:
+    (container,) = [
+        item
+        for item in back.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"  # Imaging Measurements
+    ]
+    return list(container.ContentSequence)
+
+
+def test_every_group_carries_a_point_on_an_existing_source_image(exam: Exam) -> None:
+    back = round_trip(exam.build(anchors=_anchors(exam)))
+    sources = {str(ds.SOPInstanceUID): ds for ds in exam.sources}
+    groups = _measurement_groups(back)
+    assert len(groups) >= 8  # 2 pooled + 4 per-slab region groups + 2 lesions
+    for group in groups:
+        text = next(i.TextValue for i in group.ContentSequence if i.ValueType == "TEXT")
+        nums = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+        assert nums, text
+        for num in nums:
+            # where OHIF and Cornerstone look: a SCOORD inside each NUM
+            points = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+            assert len(points) == 1, text
+            point = points[0]
+            assert point.RelationshipType == "INFERRED FROM"
+            assert point.GraphicType == "POINT"
+            image = point.ContentSequence[0]
+            assert image.RelationshipType == "SELECTED FROM"
+            uid = str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            assert uid in sources, text
+            column, row = (float(v) for v in point.GraphicData)
+            assert 4 <= column <= 12 and 4 <= row <= 12, text
+            if ", slab 2 of 2" in text or text.startswith("Lesion 2"):
+                assert sources[uid].SeriesInstanceUID == exam.slab_series[1], text
+    # the values are unchanged and still read by highdicom
+    cord = group_named(report_of(back), "Region cord, slab 1 of 2")
+    assert number(cord, c.T1, c.DERIVATION_MEAN) == (1220.0, "ms")
+
+
+def test_a_group_without_an_anchor_is_an_error(exam: Exam) -> None:
+    with pytest.raises(ValueError, match="no image anchor for 'lesion_2'"):
+        exam.build(anchors=_anchors(exam, missing="lesion_2"))
+
+
+def test_lesion_tracking_text_is_the_seg_label(exam: Exam) -> None:
+    from reports.segmentation import lesion_label
+
+    volumetric, _ = tracking_texts(report_of(round_trip(exam.build())))
+    assert [text for text in volumetric if text.startswith("Lesion")] == [
+        lesion_label(1, "reader"),
+        lesion_label(2, "candidate"),
+    ]
+
+
+def test_anchor_lies_inside_a_ring_shaped_mask() -> None:
+    from reports.sr.anchors import mask_anchor
+
+    mask = np.zeros((3, 21, 21), dtype=bool)
+    yy, xx = np.mgrid[:21, :21]
+    ring = (np.hypot(yy - 10, xx - 10) <= 8) & (np.hypot(yy - 10, xx - 10) >= 5)
+    mask[0:2] = ring
+    k, column, row, voxels = mask_anchor(mask)  # type: ignore[misc]
+    assert k in (0, 1) and voxels == 2 * int(ring.sum())
+    assert ring[int(row - 0.5), int(column - 0.5)]  # not the empty centre
+    assert mask_anchor(np.zeros((2, 3, 3), dtype=bool)) is None

@@ -284,7 +284,10 @@ def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path
             data = orthanc.instance_file(ds.SOPInstanceUID)
             assert _dciodvfy_errors(data, tmp_path) == [], ds.SOPClassUID.name
         assert classes["Parametric Map Storage"] == 4
-        assert classes["Segmentation Storage"] == 2
+        assert classes["Segmentation Storage"] == 4  # per slab: clinical and anatomy layer
+        # T1 and Z as derived MR images, one per UNI slice of each slab
+        slices = sum(int(entry["shape"][0]) for entry in summary["slabs"])
+        assert classes["MR Image Storage"] == 2 * slices
         assert classes["Comprehensive 3D SR Storage"] == 1
         assert classes["Encapsulated PDF Storage"] == 1
         assert classes["Secondary Capture Image Storage"] >= 2

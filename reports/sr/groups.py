@@ -10,7 +10,8 @@
 - Lesion (TID 1411): volume (mm3), cranio-caudal extent (mm), mean and max T1 (ms), GM share
   (%); coded evaluations: location (topographical modifier), side (laterality incl. midline),
   estimated vertebral level (C1..C7), composition (WM only / mixed GM+WM) and source (reader
-  outline / automatic candidate). The tracking identifier also says ``automatic candidate``.
+  outline / automatic candidate). The tracking identifier is the lesion's SEG label
+  (:func:`reports.segmentation.lesion_label`, e.g. ``Lesion 3 (automatic candidate)``).
 - The exam's lesion burden (count, load, GM share of lesion tissue) joins the whole-exam
   ``cord`` group (:func:`lesion_burden`): the whole cord is the region it describes.
 
@@ -27,6 +28,7 @@ import highdicom as hd
 from pydicom.sr.coding import Code
 
 from reports.codes import LESION, REGION_CONCEPTS, SPINAL_CORD, TISSUE_CONCEPTS
+from reports.segmentation import lesion_label
 from reports.sr import concepts as c
 from reports.sr.summary import ExamReport, LesionResult, RegionResult
 
@@ -166,9 +168,8 @@ def lesion_group(
     ]
     laterality = c.SIDES[lesion.side] if lesion.side in ("left", "right") else None
     modifier = c.LOCATIONS[lesion.location] if lesion.location else None
-    source = "automatic candidate" if lesion.source == "candidate" else "reader"
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(f"Lesion {lesion.lesion_id} ({source})"),
+        tracking_identifier=_tracking(lesion_label(lesion.lesion_id, lesion.source)),
         referenced_segment=segment,
         finding_type=LESION,
         finding_sites=[
