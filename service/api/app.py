@@ -1,0 +1,421 @@
+"""The FastAPI application: jobs, actions, exams, destinations, health, metrics and the page.
+
+Build it with :func:`create_api`; `cordt1 serve` runs it with :mod:`service.api.server`.
+The OpenAPI description is at ``/openapi.json``, browsable at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from celery import Celery
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_node.scu import Destination as DicomDestination
+from service import __version__
+from service.api.auth import SESSION_COOKIE, Sessions, User
+from service.api.controls import Controls
+from service.api.health import readiness
+from service.api.metrics import metrics_registry
+from service.api.models import (
+    AuditLine,
+    CheckResult,
+    Control,
+    Destination,
+    ExamReceived,
+    Exams,
+    Health,
+    JobDetail,
+    JobEvent,
+    JobFile,
+    JobList,
+    JobSummary,
+    Login,
+    Me,
+    PauseInfo,
+    Queue,
+    Readiness,
+)
+from service.celery_app import PROCESS_TASK
+from service.heartbeat import alive_workers
+from service.settings import Settings
+from service.store import (
+    Job,
+    JobState,
+    JobStore,
+    destination_events,
+    job_page,
+    received_exams,
+    recent_events,
+)
+
+__all__ = ["WEB_DIR", "create_api", "retry_job"]
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MEDIA_TYPES = {".png": "image/png", ".pdf": "application/pdf"}
+UNAUTHORIZED = {401: {"description": "Not logged in."}}
+FORBIDDEN = {403: {"description": "Logged in as a viewer: operators only."}}
+NOT_FOUND = {404: {"description": "No such job."}}
+
+
+class RetryRefusedError(Exception):
+    """The job cannot be retried in its state."""
+
+
+def retry_job(store: JobStore, celery: Celery, job_id: int, operator: str) -> Job:
+    """Queue a failed job again (as `cordt1 retry`) and audit who asked.
+
+    Raises
+    ------
+    KeyError
+        If there is no such job.
+    RetryRefusedError
+        If the job is not failed (only failed jobs retry).
+    """
+    job = store.get_job(job_id)
+    if job.state is not JobState.FAILED:
+        raise RetryRefusedError(f"job {job_id} is {job.state.value}, only failed jobs retry")
+    store.requeue(job_id)
+    celery.send_task(PROCESS_TASK, args=[job_id])
+    store.log_event("operator.retry", f"job {job_id} queued again by {operator}", job_id)
+    return store.get_job(job_id)
+
+
+def _user(request: Request) -> User:
+    sessions: Sessions = request.app.state.sessions
+    return sessions.from_request(request)
+
+
+def _operator(who: Annotated[User, Depends(_user)]) -> User:
+    if not who.may_act:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{who.name} is a viewer")
+    return who
+
+
+ViewerDep = Annotated[User, Depends(_user)]
+OperatorDep = Annotated[User, Depends(_operator)]
+
+
+def _summary(job: Job, now: float) -> JobSummary:
+    end = job.finished_at if job.finished_at is not None else now
+    return JobSummary(
+        id=job.id,
+        state=job.state.value,
+        study_uid=job.study_uid,
+        patient_key=job.patient_key,
+        complete=job.complete,
+        reason=job.reason,
+        attempts=job.attempts,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        duration_s=round(end - job.created_at, 3),
+    )
+
+
+def _report_files(job: Job) -> list[Path]:
+    out_dir = job.result.get("out_dir")
+    if not out_dir:
+        return []
+    figures = Path(out_dir) / "figures"
+    if not figures.is_dir():
+        return []
+    return sorted(p for p in figures.iterdir() if p.suffix in MEDIA_TYPES and p.is_file())
+
+
+def _detail(store: JobStore, job: Job, now: float) -> JobDetail:
+    summary = job.result.get("summary", {})
+    timings = summary.get("timings_s", {}) if isinstance(summary, dict) else {}
+    qc = summary.get("qc", {}) if isinstance(summary, dict) else {}
+    files = [
+        JobFile(
+            name=p.name,
+            media_type=MEDIA_TYPES[p.suffix],
+            url=f"/api/jobs/{job.id}/files/{p.name}",
+        )
+        for p in _report_files(job)
+    ]
+    return JobDetail(
+        **_summary(job, now).model_dump(),
+        series_uids=list(job.series_uids),
+        queue_wait_s=(
+            round(job.started_at - job.created_at, 3) if job.started_at is not None else None
+        ),
+        timings_s={k: float(v) for k, v in timings.items()},
+        qc_verdict=qc.get("verdict") if isinstance(qc, dict) else None,
+        dicom_outputs=[Path(p).name for p in job.result.get("dicom", [])],
+        files=files,
+        sent={str(k): bool(v) for k, v in job.result.get("sent", {}).items()},
+        send_attempts=int(job.result.get("send_attempts", 0)),
+        events=[
+            JobEvent(time=e["time"], kind=e["kind"], message=e["message"])
+            for e in store.events(job_id=job.id, limit=100)
+        ],
+    )
+
+
+def _control(controls: Controls) -> Control:
+    states = controls.state()
+    return Control(
+        intake=PauseInfo(**vars(states["intake"])),
+        processing=PauseInfo(**vars(states["processing"])),
+    )
+
+
+def _destination(store: JobStore, text: str) -> Destination:
+    try:
+        needle = str(DicomDestination.parse(text))
+    except ValueError:
+        needle = text
+    found = destination_events(store, needle)
+    sent, failed = found["sent"], found["failed"]
+    if failed is not None and (sent is None or failed["id"] > sent["id"]):
+        state: Literal["ok", "failing", "unknown"] = "failing"
+    elif sent is not None:
+        state = "ok"
+    else:
+        state = "unknown"
+    return Destination(
+        destination=text,
+        last_sent_at=sent["time"] if sent else None,
+        last_sent=sent["message"] if sent else None,
+        last_failure_at=failed["time"] if failed else None,
+        last_failure=failed["message"] if failed else None,
+        state=state,
+    )
+
+
+def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Controls) -> FastAPI:
+    """The HTTP API and web page on this job store, Celery app and pause switches.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``settings.api`` holds the users; the rest is read for the checks and destinations.
+    store : JobStore
+    celery : Celery
+        Used to queue retried jobs and to reach the broker in `/readyz`.
+    controls : Controls
+        The pause switches the receiver and the dispatcher obey.
+    """
+    app = FastAPI(
+        title="cordt1",
+        version=__version__,
+        description="Jobs, actions, health and metrics of a cordt1 service. Patients appear "
+        "only by their pseudonymous key.",
+    )
+    sessions = Sessions(settings.api)
+    registry = metrics_registry(settings, store, controls)
+
+    app.state.sessions = sessions
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store_down(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"job store unreachable: {type(exc).__name__}"},
+        )
+
+    # --- health and metrics (no login: no patient data) ----------------------------------
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> Health:
+        """The process is up and answering."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"model": Readiness, "description": "A check failed."}},
+    )
+    def readyz() -> JSONResponse:
+        """Job store, broker, spool disk and at least one live worker."""
+        checks = readiness(settings, store, celery)
+        body = Readiness(
+            ready=all(c.ok for c in checks.values()),
+            checks={k: CheckResult(ok=c.ok, detail=c.detail) for k, c in checks.items()},
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}},
+    )
+    def metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- login ---------------------------------------------------------------------------
+    @app.post("/api/login", tags=["login"], responses=UNAUTHORIZED)
+    def login(body: Login, response: Response) -> Me:
+        """Log in a configured user; sets an HttpOnly, SameSite=Strict session cookie."""
+        found = sessions.check_password(body.name, body.password)
+        if found is None:
+            store.log_event("api.login_failed", f"failed login as {body.name[:64]!r}")
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong name or password")
+        response.set_cookie(
+            SESSION_COOKIE,
+            sessions.open(found),
+            max_age=sessions.lifetime_s,
+            httponly=True,
+            samesite="strict",
+            path="/",
+        )
+        store.log_event("api.login", f"{found.name} ({found.role}) logged in")
+        return Me(name=found.name, role=found.role)  # type: ignore[arg-type]
+
+    @app.post("/api/logout", tags=["login"], status_code=204)
+    def logout(request: Request, response: Response) -> None:
+        """End the session."""
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            sessions.close(token)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+    @app.get("/api/me", tags=["login"], responses=UNAUTHORIZED)
+    def me(who: ViewerDep) -> Me:
+        """Who is logged in."""
+        return Me(name=who.name, role=who.role)  # type: ignore[arg-type]
+
+    # --- jobs ----------------------------------------------------------------------------
+    @app.get("/api/jobs", tags=["jobs"], responses=UNAUTHORIZED)
+    def list_jobs(
+        _who: ViewerDep,
+        state: Annotated[list[JobState] | None, Query()] = None,
+        study_uid: Annotated[str | None, Query(max_length=64)] = None,
+        patient_key: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobList:
+        """Jobs, newest first, filtered by state(s), study or patient key, one page at a time."""
+        jobs, total = job_page(
+            store,
+            states=state,
+            study_uid=study_uid,
+            patient_key=patient_key,
+            limit=limit,
+            offset=offset,
+        )
+        now = time.time()
+        return JobList(
+            total=total, offset=offset, limit=limit, jobs=[_summary(j, now) for j in jobs]
+        )
+
+    def _job(job_id: int) -> Job:
+        try:
+            return store.get_job(job_id)
+        except KeyError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"], responses={**UNAUTHORIZED, **NOT_FOUND})
+    def job_detail(job_id: int, _who: ViewerDep) -> JobDetail:
+        """A job with stage timings, error, outputs, deliveries and its audit trail."""
+        return _detail(store, _job(job_id), time.time())
+
+    @app.get(
+        "/api/jobs/{job_id}/files/{name}",
+        tags=["jobs"],
+        response_class=FileResponse,
+        responses={
+            **UNAUTHORIZED,
+            404: {"description": "No such job or file."},
+            200: {"content": {"image/png": {}, "application/pdf": {}}},
+        },
+    )
+    def job_file(job_id: int, name: str, _who: ViewerDep) -> FileResponse:
+        """A rendered report file (PNG figure or PDF page) of the job's results."""
+        for path in _report_files(_job(job_id)):
+            if path.name == name:
+                return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no file {name!r}")
+
+    @app.post(
+        "/api/jobs/{job_id}/retry",
+        tags=["actions"],
+        responses={
+            **UNAUTHORIZED,
+            **FORBIDDEN,
+            **NOT_FOUND,
+            409: {"description": "The job is not failed."},
+        },
+    )
+    def retry(job_id: int, who: OperatorDep) -> JobSummary:
+        """Queue a failed job again (operators; audited with the user)."""
+        try:
+            job = retry_job(store, celery, job_id, who.name)
+        except KeyError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
+        except RetryRefusedError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        return _summary(job, time.time())
+
+    # --- pause and resume ----------------------------------------------------------------
+    @app.get("/api/control", tags=["actions"], responses=UNAUTHORIZED)
+    def control(_who: ViewerDep) -> Control:
+        """Whether intake and processing are paused."""
+        return _control(controls)
+
+    @app.post(
+        "/api/control/{part}/{action}",
+        tags=["actions"],
+        responses={**UNAUTHORIZED, **FORBIDDEN},
+    )
+    def pause_or_resume(
+        part: Literal["intake", "processing"],
+        action: Literal["pause", "resume"],
+        who: OperatorDep,
+    ) -> Control:
+        """Pause or resume intake (associations rejected, transient) or processing (no new
+        jobs dispatched); operators; audited with the user."""
+        controls.set(part, action == "pause", who.name)
+        store.log_event(f"operator.{action}", f"{part} {action}d by {who.name}")
+        return _control(controls)
+
+    # --- queue, exams, destinations ------------------------------------------------------
+    @app.get("/api/queue", tags=["jobs"], responses=UNAUTHORIZED)
+    def queue(_who: ViewerDep) -> Queue:
+        """Jobs by state, queue depth, live workers, pause state and the unfinished jobs."""
+        counts = store.counts()
+        active, _ = job_page(
+            store, states=[JobState.QUEUED, JobState.RUNNING, JobState.SENDING], limit=100
+        )
+        now = time.time()
+        return Queue(
+            counts=counts,
+            queue_depth=counts[JobState.QUEUED.value],
+            workers_alive=alive_workers(settings.data_dir, settings.api.worker_heartbeat_s),
+            control=_control(controls),
+            active=[_summary(j, now) for j in active],
+        )
+
+    @app.get("/api/exams", tags=["exams"], responses=UNAUTHORIZED)
+    def exams(_who: ViewerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Exams:
+        """Studies recently received, and the latest associations and refused C-STOREs."""
+        return Exams(
+            exams=[ExamReceived(**row) for row in received_exams(store, limit=limit)],
+            associations=[
+                AuditLine(time=e["time"], kind=e["kind"], message=e["message"])
+                for e in recent_events(store, ["association", "store.refused"], limit=limit)
+            ],
+        )
+
+    @app.get("/api/destinations", tags=["exams"], responses=UNAUTHORIZED)
+    def destinations(_who: ViewerDep) -> list[Destination]:
+        """Configured result destinations and their last delivery or failure."""
+        return [_destination(store, text) for text in settings.send.destinations]
+
+    # --- the page ------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/web/index.html")
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    return app
