@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from celery import Celery
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
@@ -58,6 +58,8 @@ from service.store import (
 __all__ = ["WEB_DIR", "create_api", "retry_job"]
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+#: The page loads only its own files; nothing may frame it.
+CSP = "default-src 'self'; img-src 'self'; object-src 'none'; frame-ancestors 'none'"
 MEDIA_TYPES = {".png": "image/png", ".pdf": "application/pdf"}
 UNAUTHORIZED = {401: {"description": "Not logged in."}}
 FORBIDDEN = {403: {"description": "Logged in as a viewer: operators only."}}
@@ -210,11 +212,22 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
         version=__version__,
         description="Jobs, actions, health and metrics of a cordt1 service. Patients appear "
         "only by their pseudonymous key.",
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: the spec is at /openapi.json
+        redoc_url=None,
     )
     sessions = Sessions(settings.api)
     registry = metrics_registry(settings, store, controls)
 
     app.state.sessions = sessions
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
     @app.exception_handler(SQLAlchemyError)
     async def _store_down(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
