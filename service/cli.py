@@ -121,6 +121,8 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
 @click.pass_context
 def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
     """Run a Celery worker that processes jobs (on this or another host)."""
+    from celery.signals import worker_ready, worker_shutdown
+
     from service.celery_app import create_app
     from service.heartbeat import Heartbeat
     from service.warmup import warm_up
@@ -133,7 +135,9 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     warm_up()  # before the pool forks: every child starts warm
     name = f"cordt1-{settings.node.ae_title}@{socket.gethostname()}-{os.getpid()}"
     heartbeat = Heartbeat(settings.data_dir, name)
-    heartbeat.start()
+    # Alive = consuming jobs: beat from Celery's "ready" until its warm shutdown.
+    worker_ready.connect(lambda **_kwargs: heartbeat.start(), weak=False)
+    worker_shutdown.connect(lambda **_kwargs: heartbeat.stop(), weak=False)
     try:
         _run_worker(app, settings, concurrency)
     finally:

@@ -59,6 +59,8 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and remove the file (a cleanly stopped worker is not alive)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s)
         self.path.unlink(missing_ok=True)
 
     def _run(self) -> None:
