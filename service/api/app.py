@@ -267,7 +267,11 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- login ---------------------------------------------------------------------------
-    @app.post("/api/login", tags=["login"], responses=UNAUTHORIZED)
+    @app.post(
+        "/api/login",
+        tags=["login"],
+        responses={**UNAUTHORIZED, 400: {"description": "The body is not JSON."}},
+    )
     def login(body: Login, response: Response) -> Me:
         """Log in a configured user; sets an HttpOnly, SameSite=Strict session cookie."""
         found = sessions.check_password(body.name, body.password)
