@@ -20,6 +20,12 @@ from service.store import JobState
 from tests.api_fixtures import PASSWORDS, Seeded, broker_messages, login, seed
 
 
+@pytest.fixture(autouse=True)
+def _no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the arguments only: no $CORDT1_CONFIG left by another test's load."""
+    monkeypatch.delenv("CORDT1_CONFIG", raising=False)
+
+
 @pytest.fixture
 def seeded(tmp_path: Path) -> Iterator[Seeded]:
     s = seed(tmp_path / "data")

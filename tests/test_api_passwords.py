@@ -11,6 +11,12 @@ from service.cli import cli
 from service.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def _no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the arguments only: no $CORDT1_CONFIG left by another test's load."""
+    monkeypatch.delenv("CORDT1_CONFIG", raising=False)
+
+
 def test_a_hash_verifies_only_its_password_and_is_salted() -> None:
     first = hash_password("correct horse")
     assert first.startswith("scrypt$")

@@ -8,6 +8,7 @@ error, with a documented status code, content type and a body matching its schem
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.api_fixtures import seed
 
 pytestmark = pytest.mark.slow
 
+os.environ.pop("CORDT1_CONFIG", None)  # at collection: settings from the arguments only
 _FOLDER = Path(tempfile.mkdtemp(prefix="cordt1-schemathesis-"))
 atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
 _SEEDED = seed(_FOLDER / "data")

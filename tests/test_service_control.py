@@ -19,6 +19,12 @@ from tests.api_fixtures import broker_messages
 from tests.test_dicom_node_factories import make_mr
 
 
+@pytest.fixture(autouse=True)
+def _no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the arguments only: no $CORDT1_CONFIG left by another test's load."""
+    monkeypatch.delenv("CORDT1_CONFIG", raising=False)
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     settings = Settings(

@@ -25,6 +25,13 @@ from service.store import JobState
 from tests.api_fixtures import PASSWORDS, Seeded, seed
 from tests.service_harness import make_exams
 
+
+@pytest.fixture(autouse=True)
+def _no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the arguments only: no $CORDT1_CONFIG left by another test's load."""
+    monkeypatch.delenv("CORDT1_CONFIG", raising=False)
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: Set to a folder to keep the screenshots there (the README's come from this test).
 SCREENSHOT_ENV = "CORDT1_SCREENSHOTS"
@@ -35,9 +42,10 @@ def processed_exam(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     """A phantom exam processed offline: its results folder and summary."""
     root = tmp_path_factory.mktemp("exam")
     [exam] = make_exams(root / "phantom")
-    report = process_folder(
-        exam.dicom_dir, root / "out", Settings(data_dir=root, site_protocols=exam.site_protocols)
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CORDT1_CONFIG", raising=False)
+        settings = Settings(data_dir=root, site_protocols=exam.site_protocols)
+    report = process_folder(exam.dicom_dir, root / "out", settings)
     assert not report.failed, report.failed
     out_dir = root / "out" / exam.study_uid
     return out_dir, json.loads((out_dir / "summary.json").read_text())
