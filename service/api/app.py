@@ -1,7 +1,7 @@
 """The FastAPI application: jobs, actions, exams, destinations, health, metrics and the page.
 
 Build it with :func:`create_api`; `cordt1 serve` runs it with :mod:`service.api.server`.
-The OpenAPI description is at ``/openapi.json``, browsable at ``/docs``.
+The OpenAPI description is at ``/openapi.json`` (no Swagger UI: it loads from a CDN).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.scu import Destination as DicomDestination
 from service import __version__
+from service.api.actions import RetryRefusedError, retry_job
 from service.api.auth import SESSION_COOKIE, Sessions, User
 from service.api.controls import Controls
 from service.api.health import readiness
@@ -32,61 +32,33 @@ from service.api.models import (
     Exams,
     Health,
     JobDetail,
-    JobEvent,
-    JobFile,
     JobList,
     JobSummary,
     Login,
     Me,
-    PauseInfo,
     Queue,
     Readiness,
 )
-from service.celery_app import PROCESS_TASK
+from service.api.views import (
+    MEDIA_TYPES,
+    control_view,
+    destination_view,
+    job_detail,
+    job_summary,
+    report_files,
+)
 from service.heartbeat import alive_workers
 from service.settings import Settings
-from service.store import (
-    Job,
-    JobState,
-    JobStore,
-    destination_events,
-    job_page,
-    received_exams,
-    recent_events,
-)
+from service.store import Job, JobState, JobStore, job_page, received_exams, recent_events
 
-__all__ = ["WEB_DIR", "create_api", "retry_job"]
+__all__ = ["WEB_DIR", "create_api"]
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 #: The page loads only its own files; nothing may frame it.
 CSP = "default-src 'self'; img-src 'self'; object-src 'none'; frame-ancestors 'none'"
-MEDIA_TYPES = {".png": "image/png", ".pdf": "application/pdf"}
 UNAUTHORIZED = {401: {"description": "Not logged in."}}
 FORBIDDEN = {403: {"description": "Logged in as a viewer: operators only."}}
 NOT_FOUND = {404: {"description": "No such job."}}
-
-
-class RetryRefusedError(Exception):
-    """The job cannot be retried in its state."""
-
-
-def retry_job(store: JobStore, celery: Celery, job_id: int, operator: str) -> Job:
-    """Queue a failed job again (as `cordt1 retry`) and audit who asked.
-
-    Raises
-    ------
-    KeyError
-        If there is no such job.
-    RetryRefusedError
-        If the job is not failed (only failed jobs retry).
-    """
-    job = store.get_job(job_id)
-    if job.state is not JobState.FAILED:
-        raise RetryRefusedError(f"job {job_id} is {job.state.value}, only failed jobs retry")
-    store.requeue(job_id)
-    celery.send_task(PROCESS_TASK, args=[job_id])
-    store.log_event("operator.retry", f"job {job_id} queued again by {operator}", job_id)
-    return store.get_job(job_id)
 
 
 def _user(request: Request) -> User:
@@ -102,96 +74,6 @@ def _operator(who: Annotated[User, Depends(_user)]) -> User:
 
 ViewerDep = Annotated[User, Depends(_user)]
 OperatorDep = Annotated[User, Depends(_operator)]
-
-
-def _summary(job: Job, now: float) -> JobSummary:
-    end = job.finished_at if job.finished_at is not None else now
-    return JobSummary(
-        id=job.id,
-        state=job.state.value,
-        study_uid=job.study_uid,
-        patient_key=job.patient_key,
-        complete=job.complete,
-        reason=job.reason,
-        attempts=job.attempts,
-        error=job.error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        duration_s=round(end - job.created_at, 3),
-    )
-
-
-def _report_files(job: Job) -> list[Path]:
-    out_dir = job.result.get("out_dir")
-    if not out_dir:
-        return []
-    figures = Path(out_dir) / "figures"
-    if not figures.is_dir():
-        return []
-    return sorted(p for p in figures.iterdir() if p.suffix in MEDIA_TYPES and p.is_file())
-
-
-def _detail(store: JobStore, job: Job, now: float) -> JobDetail:
-    summary = job.result.get("summary", {})
-    timings = summary.get("timings_s", {}) if isinstance(summary, dict) else {}
-    qc = summary.get("qc", {}) if isinstance(summary, dict) else {}
-    files = [
-        JobFile(
-            name=p.name,
-            media_type=MEDIA_TYPES[p.suffix],
-            url=f"/api/jobs/{job.id}/files/{p.name}",
-        )
-        for p in _report_files(job)
-    ]
-    return JobDetail(
-        **_summary(job, now).model_dump(),
-        series_uids=list(job.series_uids),
-        queue_wait_s=(
-            round(job.started_at - job.created_at, 3) if job.started_at is not None else None
-        ),
-        timings_s={k: float(v) for k, v in timings.items()},
-        qc_verdict=qc.get("verdict") if isinstance(qc, dict) else None,
-        dicom_outputs=[Path(p).name for p in job.result.get("dicom", [])],
-        files=files,
-        sent={str(k): bool(v) for k, v in job.result.get("sent", {}).items()},
-        send_attempts=int(job.result.get("send_attempts", 0)),
-        events=[
-            JobEvent(time=e["time"], kind=e["kind"], message=e["message"])
-            for e in store.events(job_id=job.id, limit=100)
-        ],
-    )
-
-
-def _control(controls: Controls) -> Control:
-    states = controls.state()
-    return Control(
-        intake=PauseInfo(**vars(states["intake"])),
-        processing=PauseInfo(**vars(states["processing"])),
-    )
-
-
-def _destination(store: JobStore, text: str) -> Destination:
-    try:
-        needle = str(DicomDestination.parse(text))
-    except ValueError:
-        needle = text
-    found = destination_events(store, needle)
-    sent, failed = found["sent"], found["failed"]
-    if failed is not None and (sent is None or failed["id"] > sent["id"]):
-        state: Literal["ok", "failing", "unknown"] = "failing"
-    elif sent is not None:
-        state = "ok"
-    else:
-        state = "unknown"
-    return Destination(
-        destination=text,
-        last_sent_at=sent["time"] if sent else None,
-        last_sent=sent["message"] if sent else None,
-        last_failure_at=failed["time"] if failed else None,
-        last_failure=failed["message"] if failed else None,
-        state=state,
-    )
 
 
 def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Controls) -> FastAPI:
@@ -323,7 +205,7 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
         )
         now = time.time()
         return JobList(
-            total=total, offset=offset, limit=limit, jobs=[_summary(j, now) for j in jobs]
+            total=total, offset=offset, limit=limit, jobs=[job_summary(j, now) for j in jobs]
         )
 
     def _job(job_id: int) -> Job:
@@ -333,9 +215,9 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"], responses={**UNAUTHORIZED, **NOT_FOUND})
-    def job_detail(job_id: int, _who: ViewerDep) -> JobDetail:
+    def get_job(job_id: int, _who: ViewerDep) -> JobDetail:
         """A job with stage timings, error, outputs, deliveries and its audit trail."""
-        return _detail(store, _job(job_id), time.time())
+        return job_detail(store, _job(job_id), time.time())
 
     @app.get(
         "/api/jobs/{job_id}/files/{name}",
@@ -349,7 +231,7 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
     )
     def job_file(job_id: int, name: str, _who: ViewerDep) -> FileResponse:
         """A rendered report file (PNG figure or PDF page) of the job's results."""
-        for path in _report_files(_job(job_id)):
+        for path in report_files(_job(job_id)):
             if path.name == name:
                 return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no file {name!r}")
@@ -372,13 +254,13 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
         except RetryRefusedError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        return _summary(job, time.time())
+        return job_summary(job, time.time())
 
     # --- pause and resume ----------------------------------------------------------------
     @app.get("/api/control", tags=["actions"], responses=UNAUTHORIZED)
     def control(_who: ViewerDep) -> Control:
         """Whether intake and processing are paused."""
-        return _control(controls)
+        return control_view(controls)
 
     @app.post(
         "/api/control/{part}/{action}",
@@ -394,7 +276,7 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
         jobs dispatched); operators; audited with the user."""
         controls.set(part, action == "pause", who.name)
         store.log_event(f"operator.{action}", f"{part} {action}d by {who.name}")
-        return _control(controls)
+        return control_view(controls)
 
     # --- queue, exams, destinations ------------------------------------------------------
     @app.get("/api/queue", tags=["jobs"], responses=UNAUTHORIZED)
@@ -409,8 +291,8 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
             counts=counts,
             queue_depth=counts[JobState.QUEUED.value],
             workers_alive=alive_workers(settings.data_dir, settings.api.worker_heartbeat_s),
-            control=_control(controls),
-            active=[_summary(j, now) for j in active],
+            control=control_view(controls),
+            active=[job_summary(j, now) for j in active],
         )
 
     @app.get("/api/exams", tags=["exams"], responses=UNAUTHORIZED)
@@ -427,7 +309,7 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
     @app.get("/api/destinations", tags=["exams"], responses=UNAUTHORIZED)
     def destinations(_who: ViewerDep) -> list[Destination]:
         """Configured result destinations and their last delivery or failure."""
-        return [_destination(store, text) for text in settings.send.destinations]
+        return [destination_view(store, text) for text in settings.send.destinations]
 
     # --- the page ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
