@@ -95,6 +95,11 @@ def test_anonymous_callers_get_401_on_every_api_route_but_health_and_metrics(
     assert seeded.store.get_job(seeded.failed_id).state is JobState.FAILED
     assert not seeded.controls.is_paused("processing")
     assert client.get("/", follow_redirects=False).headers["location"] == "/web/index.html"
+    page = client.get("/web/index.html")
+    assert page.status_code == 200 and "app.js" in page.text  # the page itself is public
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
 
 
 def test_a_viewer_reads_but_cannot_act(client: TestClient, seeded: Seeded) -> None:
