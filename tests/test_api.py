@@ -324,3 +324,29 @@ def test_readyz_fails_when_the_broker_is_unreachable(tmp_path: Path) -> None:
     checks = response.json()["checks"]
     assert checks["broker"]["ok"] is False and "broker unreachable" in checks["broker"]["detail"]
     assert checks["job_store"]["ok"] is True
+
+
+def test_the_queries_behind_the_api_work_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    s = seed(tmp_path / "data", database_url=postgres_url)
+    try:
+        client = TestClient(create_api(s.settings, s.store, s.celery, s.controls))
+        login(client, "otto")
+        jobs = client.get("/api/jobs", params={"state": "failed", "limit": 1}).json()
+        assert jobs["total"] == 1 and jobs["jobs"][0]["id"] == s.failed_id
+        exams = client.get("/api/exams").json()["exams"]
+        assert [(e["study_uid"], e["n_series"]) for e in exams] == [
+            ("1.2.3.200", 1),
+            ("1.2.3.100", 1),
+        ]
+        assert client.get("/api/destinations").json()[0]["state"] == "ok"
+        assert client.post(f"/api/jobs/{s.failed_id}/retry").status_code == 200
+        text = client.get("/metrics").text
+        values = {
+            smp.name: smp.value for f in text_string_to_metric_families(text) for smp in f.samples
+        }
+        assert values["cordt1_instances_received_total"] == 6
+        assert values["cordt1_queue_depth"] == 2
+        checks = client.get("/readyz").json()["checks"]
+        assert checks["job_store"] == {"ok": True, "detail": "postgresql reachable"}
+    finally:
+        s.store.close()
