@@ -350,3 +350,17 @@ def test_the_queries_behind_the_api_work_on_postgresql(tmp_path: Path, postgres_
         assert checks["job_store"] == {"ok": True, "detail": "postgresql reachable"}
     finally:
         s.store.close()
+
+
+def test_five_wrong_passwords_make_the_name_wait(client: TestClient, seeded: Seeded) -> None:
+    for _ in range(5):
+        wrong = client.post("/api/login", json={"name": "otto", "password": "guess-guess"})
+        assert wrong.status_code == 401
+    right = client.post("/api/login", json={"name": "otto", "password": PASSWORDS["otto"]})
+    assert right.status_code == 429
+    assert 0 < int(right.headers["retry-after"]) <= 61
+    login(client, "vera")  # other names are not affected
+    client.cookies.clear()
+    token = base64.b64encode(f"otto:{PASSWORDS['otto']}".encode()).decode()
+    basic = client.get("/api/jobs", headers={"Authorization": f"Basic {token}"})
+    assert basic.status_code == 429  # the same lock for HTTP Basic

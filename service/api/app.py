@@ -152,11 +152,26 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
     @app.post(
         "/api/login",
         tags=["login"],
-        responses={**UNAUTHORIZED, 400: {"description": "The body is not JSON."}},
+        responses={
+            **UNAUTHORIZED,
+            400: {"description": "The body is not JSON."},
+            429: {"description": "Too many wrong passwords for this name: wait."},
+        },
     )
     def login(body: Login, response: Response) -> Me:
-        """Log in a configured user; sets an HttpOnly, SameSite=Strict session cookie."""
+        """Log in a configured user; sets an HttpOnly, SameSite=Strict session cookie.
+
+        After 5 wrong passwords in a row a name must wait 60 s (answer 429, Retry-After).
+        """
+        wait_s = sessions.locked_for_s(body.name)
+        if wait_s > 0:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                "too many wrong passwords: try again later",
+                headers={"Retry-After": str(int(wait_s) + 1)},
+            )
         found = sessions.check_password(body.name, body.password)
+        sessions.record_login(body.name, found is not None)
         if found is None:
             store.log_event("api.login_failed", f"failed login as {body.name[:64]!r}")
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong name or password")

@@ -17,6 +17,9 @@ from service.settings import ApiSettings
 __all__ = ["SESSION_COOKIE", "Sessions", "User"]
 
 SESSION_COOKIE = "cordt1_session"
+#: After this many wrong passwords in a row for one name, that name waits LOCKOUT_S.
+MAX_FAILURES = 5
+LOCKOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,25 @@ class Sessions:
         self._users = {user.name: user for user in settings.users}
         self._lifetime_s = settings.session_hours * 3600
         self._sessions: dict[str, tuple[User, float]] = {}
+        self._failures: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
+
+    def locked_for_s(self, name: str) -> float:
+        """Seconds ``name`` must still wait after too many wrong passwords (0: may try)."""
+        with self._lock:
+            count, last = self._failures.get(name, (0, 0.0))
+        if count < MAX_FAILURES:
+            return 0.0
+        return max(0.0, last + LOCKOUT_S - time.time())
+
+    def record_login(self, name: str, succeeded: bool) -> None:
+        """Count consecutive failed logins of ``name`` (a success resets the count)."""
+        with self._lock:
+            if succeeded:
+                self._failures.pop(name, None)
+            else:
+                count, _ = self._failures.get(name, (0, 0.0))
+                self._failures[name] = (count + 1, time.time())
 
     def check_password(self, name: str, password: str) -> User | None:
         """The user if ``name`` is configured and ``password`` matches, else None."""
@@ -91,7 +112,8 @@ class Sessions:
         Raises
         ------
         HTTPException
-            401 when neither is present and valid.
+            401 when neither is present and valid; 429 for a name locked after too many
+            wrong passwords.
         """
         token = request.cookies.get(SESSION_COOKIE)
         if token:
@@ -104,7 +126,13 @@ class Sessions:
                 name, _, password = base64.b64decode(header[6:]).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 name, password = "", ""
+            if name and self.locked_for_s(name) > 0:
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong passwords: try later"
+                )
             user = self.check_password(name, password) if name else None
+            if name:
+                self.record_login(name, user is not None)
             if user is not None:
                 return user
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "log in first")
