@@ -46,6 +46,7 @@ _SOURCE_PROVIDER_PRESENTATION = 0x03
 _DIAG_CALLING_AE_NOT_RECOGNISED = 0x03
 _DIAG_CALLED_AE_NOT_RECOGNISED = 0x07
 _DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
+_DIAG_NO_REASON = 0x01
 _STATUS_MISTYPED_ARGUMENT = 0x0212
 _ERROR_COMMENT_MAX = 64  # LO
 _DIMSE_RECV = evt.EVT_DIMSE_RECV
@@ -278,6 +279,9 @@ class StorageSCP:
         failure status, including malformed requests and A700.
     own_markers : OwnResultMarkers
         Recognises our own results (``InstanceInfo.is_own_result``).
+    paused : Callable[[], bool] or None
+        Asked for every association request; while it returns True, associations are
+        rejected as transient (the sender keeps its data and tries again later).
     """
 
     def __init__(
@@ -289,6 +293,7 @@ class StorageSCP:
         *,
         own_markers: OwnResultMarkers,
         on_refusal: Callable[[StoreRefusal], None] | None = None,
+        paused: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(config, ScpConfig):
             raise TypeError("config must be a ScpConfig")
@@ -302,7 +307,10 @@ class StorageSCP:
             raise TypeError("own_markers must be an OwnResultMarkers")
         if on_refusal is not None and not callable(on_refusal):
             raise TypeError("on_refusal must be callable or None")
+        if paused is not None and not callable(paused):
+            raise TypeError("paused must be callable or None")
         self._on_refusal = on_refusal
+        self._paused = paused
         self._config = config
         self._spool = spool
         self._on_instance = on_instance
@@ -474,7 +482,11 @@ class StorageSCP:
             self._states[assoc] = state
         reason = self._refusal_reason(state)
         result, source = _REJECT_PERMANENT, _SOURCE_SERVICE_USER
-        if reason is None:
+        if reason is None and self._paused is not None and self._paused():
+            # Transient: the sender keeps the exam and tries again later.
+            reason = "intake paused by an operator"
+            result, diagnostic = _REJECT_TRANSIENT, _DIAG_NO_REASON
+        elif reason is None:
             reason = self._over_ae_limit(assoc, state)
             if reason is None:
                 return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,7 +108,10 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
         service = Service(settings)
     except ValueError as exc:  # e.g. a TLS certificate file missing or unreadable
         raise click.ClickException(f"cannot start: {exc}") from exc
-    service.run_forever()
+    try:
+        service.run_forever()
+    except ValueError as exc:  # e.g. the API port is in use
+        raise click.ClickException(f"cannot start: {exc}") from exc
 
 
 @cli.command()
@@ -116,7 +121,10 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
 @click.pass_context
 def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
     """Run a Celery worker that processes jobs (on this or another host)."""
+    from celery.signals import worker_ready, worker_shutdown
+
     from service.celery_app import create_app
+    from service.heartbeat import Heartbeat
     from service.warmup import warm_up
 
     if settings_json is not None:
@@ -125,6 +133,18 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
         settings = _settings(ctx, **_overrides(**flags))
     app = create_app(settings)
     warm_up()  # before the pool forks: every child starts warm
+    name = f"cordt1-{settings.node.ae_title}@{socket.gethostname()}-{os.getpid()}"
+    heartbeat = Heartbeat(settings.data_dir, name)
+    # Alive = consuming jobs: beat from Celery's "ready" until its warm shutdown.
+    worker_ready.connect(lambda **_kwargs: heartbeat.start(), weak=False)
+    worker_shutdown.connect(lambda **_kwargs: heartbeat.stop(), weak=False)
+    try:
+        _run_worker(app, settings, concurrency)
+    finally:
+        heartbeat.stop()
+
+
+def _run_worker(app: Any, settings: Settings, concurrency: int) -> None:
     app.worker_main(
         [
             "worker",
@@ -498,6 +518,29 @@ def demo(
     )
     if code:
         raise click.exceptions.Exit(code)
+
+
+@cli.group()
+def user() -> None:
+    """Users of the web page and HTTP API (configured in [[api.users]])."""
+
+
+@user.command("hash-password")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (scripts)."
+)
+def user_hash_password(password_stdin: bool) -> None:
+    """Print a scrypt hash for an [[api.users]] entry's password_hash (asks for the password)."""
+    from service.api.passwords import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        click.echo(hash_password(password))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,8 +47,10 @@ def write_service_config(
     database_url: str | None = None,
     model_dir: Path | None = None,
     settle_s: float = 2.0,
+    api_port: int = 0,
 ) -> Path:
-    """Write a TOML configuration for a local `cordt1 serve`."""
+    """Write a TOML configuration for a local `cordt1 serve` (HTTP API on ``api_port``,
+    0: a free port, written to ``data_dir/run/ready.json``)."""
     lines = [
         f'data_dir = "{data_dir}"',
         f'site_protocols = "{site_protocols}"',
@@ -73,6 +75,10 @@ def write_service_config(
         f'destinations = ["{destination}"]',
         "attempts = 3",
         "retry_interval_s = 5",
+        "",
+        "[api]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
@@ -24,10 +24,14 @@ from dicom_node.instance import InstanceInfo
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
 from dicom_node.status import describe
+from service.api.controls import Controls
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
 from service.settings import Settings
 from service.store import JobState, JobStore
+
+if TYPE_CHECKING:
+    from service.api.server import ApiServer
 
 __all__ = [
     "Service",
@@ -125,6 +129,8 @@ class Service:
         self.spool = Spool(settings.spool_dir, settings.data_dir / "quarantine")
         self.tracker = ExamTracker(settle_s=settings.node.settle_s, stale_s=settings.node.stale_s)
         self.celery = create_app(settings)
+        self.controls = Controls(settings.data_dir / "run" / "pause.json")
+        self.api: ApiServer | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -150,6 +156,7 @@ class Service:
             on_association=self.on_association,
             own_markers=own_markers(),
             on_refusal=self.on_refusal,
+            paused=lambda: self.controls.is_paused("intake"),
         )
 
     # --- event handlers (called from the SCP's threads; keep them short) ---------------------
@@ -171,7 +178,12 @@ class Service:
 
     # --- the watcher -------------------------------------------------------------------------
     def dispatch_ready(self, now: float | None = None) -> list[int]:
-        """Record and enqueue a job for every exam the tracker declares ready."""
+        """Record and enqueue a job for every exam the tracker declares ready.
+
+        While processing is paused nothing is dispatched: ready exams wait in the tracker.
+        """
+        if self.controls.is_paused("processing"):
+            return []
         with self._lock:
             ready: list[ExamReady] = self.tracker.ready(time.time() if now is None else now)
         job_ids = []
@@ -226,6 +238,8 @@ class Service:
         removed = self.spool.remove_partial()
         if removed:
             log.warning("removed %d partial spool file(s) left by an earlier crash", removed)
+        if self.settings.api.enabled:
+            self._start_api()
         self._start_workers()
         self.recover()
         self.scp.start()
@@ -243,6 +257,8 @@ class Service:
         """Stop listening, stop local workers (warm shutdown: running jobs finish)."""
         self._stop.set()
         self.scp.stop()
+        if self.api is not None:
+            self.api.stop()
         if self._watcher:
             self._watcher.join(timeout=5)
         for proc in self._workers:
@@ -253,6 +269,16 @@ class Service:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.store.close()
+
+    def _start_api(self) -> None:
+        """Serve the HTTP API and web page (raises ValueError when the port is taken)."""
+        from service.api.app import create_api
+        from service.api.server import ApiServer
+
+        app = create_api(self.settings, self.store, self.celery, self.controls)
+        self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
+        self.api.start()
+        log.info("HTTP API and web page on http://%s:%d/", self.api.host, self.api.port)
 
     def _start_workers(self) -> None:
         if self.settings.workers <= 0:
@@ -294,6 +320,7 @@ class Service:
                     "pid": os.getpid(),
                     "dicom_port": self.scp.port,
                     "dicom_tls_port": self.scp.tls_port,
+                    "http_port": self.api.port if self.api is not None else None,
                 }
             )
         )

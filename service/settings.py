@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -22,6 +22,8 @@ from dicom_node.scu import TLS_PREFIX
 from dicom_node.tls import ClientTls, ServerTls
 
 __all__ = [
+    "ApiSettings",
+    "ApiUser",
     "NodeSettings",
     "NodeTlsSettings",
     "SendSettings",
@@ -188,6 +190,56 @@ class SendSettings(BaseModel):
         return self.tls.client_tls() if self.tls is not None else None
 
 
+class ApiUser(BaseModel):
+    """One login of the web page and API (``[[api.users]]``)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=64, description="Login name.")
+    password_hash: str = Field(
+        description="Hash from `cordt1 user hash-password` (scrypt; never the password)."
+    )
+    role: Literal["viewer", "operator"] = Field(
+        "viewer", description="viewer: read only; operator: also retry, pause and resume."
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_hash(cls, value: str) -> str:
+        if not value.startswith("scrypt$") or value.count("$") != 5:
+            raise ValueError(
+                "api.users password_hash must come from `cordt1 user hash-password` "
+                "(scrypt$n$r$p$salt$hash)"
+            )
+        return value
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API and web page that `cordt1 serve` serves (section ``[api]``)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(True, description="Serve the HTTP API, web page and metrics.")
+    host: str = Field("127.0.0.1", description="Address of the HTTP server.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server.")
+    session_hours: float = Field(8.0, gt=0, description="A login session ends after this long.")
+    worker_heartbeat_s: float = Field(
+        30.0, gt=0, description="/readyz counts a worker alive if it beat this recently."
+    )
+    users: list[ApiUser] = Field(
+        default_factory=list,
+        description="Who may log in; none: only /healthz, /readyz and /metrics answer.",
+    )
+
+    @model_validator(mode="after")
+    def _check_users(self) -> ApiSettings:
+        names = [user.name for user in self.users]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"api.users has duplicate names: {', '.join(duplicates)}")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the service needs to run."""
 
@@ -233,6 +285,7 @@ class Settings(BaseSettings):
     )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
     log_level: str = "INFO"
 

@@ -28,12 +28,25 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
 
-__all__ = ["Job", "JobState", "JobStore"]
+__all__ = [
+    "Job",
+    "JobState",
+    "JobStore",
+    "count_events",
+    "count_instances",
+    "destination_events",
+    "job_page",
+    "ping",
+    "received_exams",
+    "recent_events",
+    "stage_timings",
+]
 
 
 class JobState(StrEnum):
@@ -387,3 +400,119 @@ class JobStore:
         conn.execute(
             insert(events).values(time=time.time(), job_id=job_id, kind=kind, message=message)
         )
+
+
+# --- read-only queries for the HTTP API, the page and the metrics ----------------------------
+def ping(store: JobStore) -> None:
+    """Run ``SELECT 1``; raises SQLAlchemy's error when the job store cannot be reached."""
+    with store.engine.connect() as conn:
+        conn.execute(select(literal(1)))
+
+
+def job_page(
+    store: JobStore,
+    *,
+    states: Sequence[JobState] | None = None,
+    study_uid: str | None = None,
+    patient_key: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """One page of jobs, newest first, and how many jobs match in all."""
+    conditions = []
+    if states:
+        conditions.append(jobs.c.state.in_([s.value for s in states]))
+    if study_uid:
+        conditions.append(jobs.c.study_uid == study_uid)
+    if patient_key:
+        conditions.append(jobs.c.patient_key == patient_key)
+    query = select(jobs).where(*conditions).order_by(jobs.c.id.desc())
+    with store.engine.connect() as conn:
+        total = int(
+            conn.execute(select(func.count()).select_from(jobs).where(*conditions)).scalar_one()
+        )
+        rows = conn.execute(query.limit(limit).offset(offset))
+        return [Job._from_row(r) for r in rows], total
+
+
+def recent_events(
+    store: JobStore, kinds: Sequence[str], *, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest audit lines of these kinds, newest first."""
+    query = (
+        select(events).where(events.c.kind.in_(list(kinds))).order_by(events.c.id.desc())
+    ).limit(limit)
+    with store.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def count_events(store: JobStore, kind: str, message_like: str | None = None) -> int:
+    """How many audit lines of ``kind`` there are (whose message matches the SQL LIKE)."""
+    query = select(func.count()).select_from(events).where(events.c.kind == kind)
+    if message_like is not None:
+        query = query.where(events.c.message.like(message_like))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def destination_events(store: JobStore, needle: str, *, limit: int = 1) -> dict[str, Any]:
+    """The newest delivery and the newest delivery failure naming ``needle`` in the audit trail.
+
+    Returns ``{"sent": event or None, "failed": event or None}``.
+    """
+    found: dict[str, Any] = {}
+    pattern = f"%{needle}%"
+    with store.engine.connect() as conn:
+        for key, kinds in (("sent", ["results.sent"]), ("failed", ["job.sending", "job.failed"])):
+            query = (
+                select(events)
+                .where(events.c.kind.in_(kinds), events.c.message.like(pattern))
+                .order_by(events.c.id.desc())
+                .limit(limit)
+            )
+            if key == "failed":
+                query = query.where(events.c.message.like("%fail%"))
+            row = conn.execute(query).first()
+            found[key] = dict(row._mapping) if row is not None else None
+    return found
+
+
+def received_exams(store: JobStore, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The studies most recently received: instance and series counts, first and last arrival."""
+    query = (
+        select(
+            instances.c.study_uid,
+            func.count().label("n_instances"),
+            func.count(func.distinct(instances.c.series_uid)).label("n_series"),
+            func.min(instances.c.received_at).label("first_received_at"),
+            func.max(instances.c.received_at).label("last_received_at"),
+            func.max(instances.c.calling_ae).label("calling_ae"),
+        )
+        .where(instances.c.own_result.is_(False))
+        .group_by(instances.c.study_uid)
+        .order_by(func.max(instances.c.received_at).desc())
+        .limit(limit)
+    )
+    with store.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def count_instances(store: JobStore) -> int:
+    """Instances received from modalities (our own results sent back excluded)."""
+    query = select(func.count()).select_from(instances).where(instances.c.own_result.is_(False))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def stage_timings(store: JobStore) -> list[dict[str, float]]:
+    """``timings_s`` of every processed job's summary (load, compute, write_results, ...)."""
+    query = select(jobs.c.result).where(
+        jobs.c.state.in_([JobState.DONE.value, JobState.SENDING.value])
+    )
+    out = []
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            timings = json.loads(row.result).get("summary", {}).get("timings_s")
+            if isinstance(timings, dict):
+                out.append({k: float(v) for k, v in timings.items()})
+    return out

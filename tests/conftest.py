@@ -11,6 +11,10 @@ import pytest
 
 pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 
+# Many services run at once in the tests (and in other checkouts on this machine): unless a
+# test sets it, each `serve` takes a free HTTP port (api.port 0) instead of the default 8080.
+os.environ.setdefault("CORDT1_API__PORT", "0")
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "CORDT1_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
