@@ -1,7 +1,9 @@
 """Storage SCP: accept C-STORE, spool the bytes durably, announce header facts.
 
-The C-STORE handler does little: check free disk, read the header (never pixel data), write
-the received Part-10 bytes to the spool (fsync), call ``on_instance``, answer. Every status it
+The C-STORE handler does little: check free disk, read the header up to the pixel data (the
+pixel data element's length is checked from its element header, never decoded), write the
+received Part-10 bytes to the spool (fdatasync + atomic rename + folder fsync), call
+``on_instance`` (which should only queue work), answer. Every status it
 returns is listed in :mod:`dicom_node.status`.
 """
 
@@ -15,10 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom._handlers import standard_dimse_recv_handler
@@ -29,7 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_info
-from dicom_node.pixel_header import pixel_data_problem
+from dicom_node.pixel_header import read_received_header
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
 from dicom_node.tls import ServerTls, TlsHandshakeError, accept_tls, describe_peer
@@ -717,7 +717,11 @@ class StorageSCP:
                 )
             received_at = time.time()
             try:
-                ds = dcmread(BytesIO(encoded))  # pixel data read as bytes, never decoded
+                # stops at native pixel data: only its element header is looked at
+                header = read_received_header(
+                    encoded, max_pixel_bytes=self._config.max_pixel_bytes
+                )
+                ds = header.dataset
                 uids = _header_uids(ds)
             except Exception as exc:
                 return self._quarantine(
@@ -740,7 +744,7 @@ class StorageSCP:
                     StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                     "SOP Class/Instance UID of the data set differ from the request",
                 )
-            problem = pixel_data_problem(ds, max_pixel_bytes=self._config.max_pixel_bytes)
+            problem = header.pixel_problem
             if problem is not None:
                 return self._quarantine(
                     encoded, calling_ae, sop_uid, StoreStatus.PIXEL_DATA_MISMATCH, problem

@@ -18,25 +18,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
-from dicom_node.instance import InstanceInfo
+from dicom_node.instance import InstanceInfo, read_instance_info
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
 from service.settings import Settings
-from service.store import JobState, JobStore
+from service.store import InstanceBatcher, JobState, JobStore
 
 __all__ = [
     "Service",
     "info_from_dict",
     "info_to_dict",
+    "instance_row",
     "own_markers",
     "record_association",
     "record_instance",
     "record_refusal",
+    "record_unrecorded_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,19 +64,74 @@ def info_from_dict(data: dict[str, Any]) -> InstanceInfo:
     return InstanceInfo(**values)
 
 
+def instance_row(info: InstanceInfo) -> dict[str, Any]:
+    """The job-store row of one spooled instance (``info`` as a dict, not yet JSON)."""
+    return {
+        "sop_instance_uid": info.sop_instance_uid,
+        "study_uid": info.study_uid,
+        "series_uid": info.series_uid,
+        "component": str(info.component),
+        "path": str(info.path),
+        "calling_ae": info.calling_ae,
+        "received_at": info.received_at,
+        "own_result": info.is_own_result,
+        "info": info_to_dict(info),
+    }
+
+
 def record_instance(store: JobStore, info: InstanceInfo) -> None:
     """Keep one spooled instance in the job store (the tracker is rebuilt from these)."""
-    store.record_instance(
-        sop_instance_uid=info.sop_instance_uid,
-        study_uid=info.study_uid,
-        series_uid=info.series_uid,
-        component=str(info.component),
-        path=str(info.path),
-        calling_ae=info.calling_ae,
-        received_at=info.received_at,
-        own_result=info.is_own_result,
-        info=info_to_dict(info),
-    )
+    store.record_instance(**instance_row(info))
+
+
+def record_unrecorded_files(store: JobStore, spool: Spool) -> int:
+    """Record spooled files that have no job-store row (a crash before the batch commit).
+
+    Instances are acknowledged once their file is fsynced; their rows are committed in
+    batches a few milliseconds later (:class:`service.store.InstanceBatcher`). A crash in
+    between leaves files without rows: this reads their headers (never pixel data) and
+    records them. Files whose header cannot be read are left alone and counted as skipped
+    in the log.
+
+    Returns
+    -------
+    int
+        Number of instances recorded.
+    """
+    recorded = store.recorded_paths()
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for path in spool.iter_files():
+        if str(path) in recorded:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            stat = path.stat()
+            info = read_instance_info(
+                ds,
+                path=path,
+                calling_ae="",
+                received_at=stat.st_mtime,
+                own_markers=own_markers(),
+                size_bytes=stat.st_size,
+            )
+        except Exception as exc:
+            skipped += 1
+            log.warning("spooled file %s not recorded: %s", path.name, type(exc).__name__)
+            continue
+        if info.path != path:
+            skipped += 1
+            log.warning("spooled file %s is not where its UIDs put it", path.name)
+            continue
+        rows.append({**instance_row(info), "info": json.dumps(info_to_dict(info), sort_keys=True)})
+    store.record_instances(rows)
+    if rows or skipped:
+        log.warning(
+            "recorded %d spooled instance(s) that had no job-store row (%d skipped)",
+            len(rows),
+            skipped,
+        )
+    return len(rows)
 
 
 def record_association(store: JobStore, record: AssociationRecord) -> None:
@@ -122,6 +181,7 @@ class Service:
         settings.send.client_tls()  # the workers' sending TLS files: fail now, not per job
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.job_store_url)
+        self.batcher = InstanceBatcher(self.store, flush_ms=node.record_flush_ms)
         self.spool = Spool(settings.spool_dir, settings.data_dir / "quarantine")
         self.tracker = ExamTracker(settle_s=settings.node.settle_s, stale_s=settings.node.stale_s)
         self.celery = create_app(settings)
@@ -154,8 +214,8 @@ class Service:
 
     # --- event handlers (called from the SCP's threads; keep them short) ---------------------
     def on_instance(self, info: InstanceInfo) -> None:
-        """Record a spooled instance and feed the exam tracker."""
-        record_instance(self.store, info)
+        """Queue the job-store row of a spooled instance and feed the exam tracker."""
+        self.batcher.submit(instance_row(info))
         if info.is_own_result:
             return
         with self._lock:
@@ -174,7 +234,9 @@ class Service:
         """Record and enqueue a job for every exam the tracker declares ready."""
         with self._lock:
             ready: list[ExamReady] = self.tracker.ready(time.time() if now is None else now)
-        job_ids = []
+        job_ids: list[int] = []
+        if ready and not self.batcher.flush():
+            log.warning("job-store rows of received instances are late; dispatching anyway")
         for exam in ready:
             first = next(iter(exam.series.values()))[0]
             n_instances = sum(len(infos) for infos in exam.series.values())
@@ -198,6 +260,7 @@ class Service:
 
         Exams that already have a job are not dispatched again (see :meth:`dispatch_ready`).
         """
+        record_unrecorded_files(self.store, self.spool)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
         with self._lock:
             for info in replay:
@@ -228,6 +291,7 @@ class Service:
             log.warning("removed %d partial spool file(s) left by an earlier crash", removed)
         self._start_workers()
         self.recover()
+        self.batcher.start()
         self.scp.start()
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
@@ -243,6 +307,7 @@ class Service:
         """Stop listening, stop local workers (warm shutdown: running jobs finish)."""
         self._stop.set()
         self.scp.stop()
+        self.batcher.close()
         if self._watcher:
             self._watcher.join(timeout=5)
         for proc in self._workers:

@@ -93,6 +93,13 @@ class NodeSettings(BaseModel):
     min_free_mb: int = Field(1024, ge=0, description="Refuse C-STORE below this free space.")
     settle_s: float = Field(5.0, gt=0, description="Silence after a complete exam before a job.")
     stale_s: float = Field(120.0, gt=0, description="Silence after which an incomplete exam runs.")
+    record_flush_ms: float = Field(
+        50.0,
+        gt=0,
+        le=10000,
+        description="Job-store rows of received instances are committed in batches at most "
+        "this often (the files themselves are fsynced before the C-STORE answer).",
+    )
     tls: NodeTlsSettings | None = Field(
         None,
         description="A DICOM TLS port besides (or, with listen_plain false, instead of) "

@@ -8,8 +8,11 @@ start-up.
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,7 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-__all__ = ["Job", "JobState", "JobStore"]
+__all__ = ["InstanceBatcher", "Job", "JobState", "JobStore"]
+
+LOGGER = logging.getLogger(__name__)
 
 
 class JobState(StrEnum):
@@ -191,20 +196,49 @@ class JobStore:
             "own_result": own_result,
             "info": json.dumps(info, sort_keys=True),
         }
+        self.record_instances([row])
+
+    def record_instances(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace the rows of several received instances in one transaction.
+
+        Parameters
+        ----------
+        rows : sequence of mapping
+            Rows with the keys of :meth:`record_instance` (``info`` already JSON text);
+            a later row of the same SOP Instance UID replaces an earlier one.
+        """
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            latest[str(row["sop_instance_uid"])] = dict(row)
+        if not latest:
+            return
         with self.engine.begin() as conn:
-            existing = conn.execute(
-                select(instances.c.sop_instance_uid).where(
-                    instances.c.sop_instance_uid == sop_instance_uid
+            existing: set[str] = set()
+            uids = list(latest)
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                existing.update(
+                    r.sop_instance_uid
+                    for r in conn.execute(
+                        select(instances.c.sop_instance_uid).where(
+                            instances.c.sop_instance_uid.in_(chunk)
+                        )
+                    )
                 )
-            ).first()
-            if existing:
+            fresh = [row for uid, row in latest.items() if uid not in existing]
+            if fresh:
+                conn.execute(insert(instances), fresh)
+            for uid in existing:
                 conn.execute(
                     update(instances)
-                    .where(instances.c.sop_instance_uid == sop_instance_uid)
-                    .values(**row)
+                    .where(instances.c.sop_instance_uid == uid)
+                    .values(**latest[uid])
                 )
-            else:
-                conn.execute(insert(instances).values(**row))
+
+    def recorded_paths(self) -> set[str]:
+        """The spool path of every recorded instance (to find files a crash left unrecorded)."""
+        with self.engine.connect() as conn:
+            return {row.path for row in conn.execute(select(instances.c.path))}
 
     def instance_infos(self, *, include_own: bool = False) -> list[dict[str, Any]]:
         """Every recorded instance's header summary, oldest first."""
@@ -387,3 +421,142 @@ class JobStore:
         conn.execute(
             insert(events).values(time=time.time(), job_id=job_id, kind=kind, message=message)
         )
+
+
+class InstanceBatcher:
+    """Records received instances in the job store from one writer thread, in batches.
+
+    :meth:`submit` only queues the row (microseconds, called from the SCP's threads); the
+    writer commits everything queued at most every ``flush_ms`` milliseconds in one
+    transaction. The spooled file is already on disk (fsynced) when a row is submitted, so a
+    crash loses at most rows, never instances: :meth:`service.server.Service.recover`
+    records spooled files that have no row.
+
+    Parameters
+    ----------
+    store : JobStore
+        Where the rows go.
+    flush_ms : float
+        Longest wait before queued rows are committed (> 0).
+    max_batch : int
+        Rows per transaction at most (>= 1).
+
+    Raises
+    ------
+    ValueError
+        If ``flush_ms`` or ``max_batch`` is out of range.
+    """
+
+    def __init__(self, store: JobStore, *, flush_ms: float = 50.0, max_batch: int = 500) -> None:
+        if not flush_ms > 0:
+            raise ValueError(f"flush_ms must be > 0, got {flush_ms!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        self._store = store
+        self._flush_s = flush_ms / 1000.0
+        self._max_batch = max_batch
+        self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.failed_batches = 0
+        """Batches whose commit failed (logged; their files are recorded at the next start)."""
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="cordt1-instance-writer", daemon=True
+            )
+            self._thread.start()
+
+    def submit(self, row: Mapping[str, Any]) -> None:
+        """Queue one row (keys of :meth:`JobStore.record_instance`, ``info`` as a dict).
+
+        Starts the writer thread if :meth:`start` was not called yet.
+
+        Raises
+        ------
+        RuntimeError
+            If the batcher is closed.
+        """
+        if self._closed:
+            raise RuntimeError("InstanceBatcher is closed")
+        if self._thread is None:
+            self.start()
+        self._queue.put(dict(row))
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every row submitted before this call is committed (or failed).
+
+        Returns
+        -------
+        bool
+            ``False`` if the writer did not get there within ``timeout_s``.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is queued and stop the writer thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            rows: list[dict[str, Any]] = []
+            waiters: list[threading.Event] = []
+            deadline = time.monotonic() + self._flush_s
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    rows.append(item)
+                if stop or waiters or len(rows) >= self._max_batch:
+                    break
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else None
+                except queue.Empty:
+                    break
+                if item is None and remaining <= 0:
+                    break
+            # take whatever else is already waiting, without blocking
+            while not stop and len(rows) < self._max_batch:
+                try:
+                    extra = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if extra is None:
+                    stop = True
+                elif isinstance(extra, threading.Event):
+                    waiters.append(extra)
+                else:
+                    rows.append(extra)
+            self._commit(rows)
+            for waiter in waiters:
+                waiter.set()
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        encoded = [{**row, "info": json.dumps(row["info"], sort_keys=True)} for row in rows]
+        try:
+            self._store.record_instances(encoded)
+        except Exception:
+            self.failed_batches += 1
+            LOGGER.exception(
+                "recording %d instance(s) in the job store failed; their spooled files are "
+                "recorded at the next start",
+                len(rows),
+            )
