@@ -86,6 +86,11 @@ class ScpConfig:
         pynetdicom timeouts in seconds. ``network_timeout_s`` is the idle-association
         timeout: an association on which nothing arrives for that long is aborted.
         ``acse_timeout_s`` also bounds the TLS handshake.
+    transport_poll_s : float
+        How long an association's network thread sleeps when nothing is to do (pynetdicom
+        polls; its default is 1 ms). Every answer waits for the next poll, so shorter is
+        faster per instance (measured about 1-2 ms an image with 0.2 ms, see
+        benchmarks/README.md) at some CPU for idle open associations. 0 < value <= 0.01.
     tls : ServerTls or None
         Certificates of the TLS port; required with ``tls_port``.
     tls_port : int or None
@@ -112,6 +117,7 @@ class ScpConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    transport_poll_s: float = 0.0002
     tls: ServerTls | None = None
     tls_port: int | None = None
 
@@ -157,6 +163,9 @@ class ScpConfig:
             raise ValueError(
                 f"ScpConfig.maximum_pdu_size must be 0 or >= 4096, got {self.maximum_pdu_size}"
             )
+        poll = self.transport_poll_s
+        if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 0.01:
+            raise ValueError(f"ScpConfig.transport_poll_s must be in (0, 0.01], got {poll!r}")
         for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
@@ -455,6 +464,8 @@ class StorageSCP:
 
     def _handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
+        if hasattr(assoc.dul, "_run_loop_delay"):  # pynetdicom's idle poll, 1 ms by default
+            assoc.dul._run_loop_delay = self._config.transport_poll_s
         # pynetdicom's debug-log handler for received messages raises on the malformed
         # requests _handle_dimse_recv answers, which would skip ours: run it after ours.
         if any(h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(_DIMSE_RECV)):

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from dicom_node.pixel_header import pixel_data_problem, read_received_header
+from dicom_node.scp import ScpConfig
 from tests.hostile_factory import BROKEN, broken_mr
 from tests.test_dicom_node_factories import make_mr
 
@@ -82,3 +83,9 @@ def test_an_instance_without_pixel_data_keeps_its_whole_header() -> None:
     header = read_received_header(encoded, max_pixel_bytes=LIMIT)
     assert header.pixel_problem == "no PixelData in an image instance"
     assert header.dataset.PatientID == "PAT-0001"
+
+
+@pytest.mark.parametrize("poll_s", [0, -1.0, 0.5, True])
+def test_transport_poll_must_be_short_and_positive(poll_s: float) -> None:
+    with pytest.raises(ValueError, match="transport_poll_s"):
+        ScpConfig(ae_title="CORDT1", transport_poll_s=poll_s)
