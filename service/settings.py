@@ -18,12 +18,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_node.scu import TLS_PREFIX
+from dicom_node.scu import TLS_PREFIX, Destination
 from dicom_node.tls import ClientTls, ServerTls
 
 __all__ = [
     "NodeSettings",
     "NodeTlsSettings",
+    "PriorsSettings",
     "SendSettings",
     "SendTlsSettings",
     "Settings",
@@ -195,6 +196,36 @@ class SendSettings(BaseModel):
         return self.tls.client_tls() if self.tls is not None else None
 
 
+class PriorsSettings(BaseModel):
+    """Where a patient's earlier exam is fetched from when it is not in our store."""
+
+    source: str | None = Field(
+        None,
+        description='PACS to query (C-FIND) and retrieve from (C-MOVE), "AET@HOST:PORT" or '
+        '"tls://AET@HOST:PORT" (TLS settings of [send.tls]); none: no fetching. The PACS must '
+        "know our AE title (node.ae_title) as a move destination.",
+    )
+    max_age_days: int = Field(
+        3650, ge=1, description="Only exams at most this many days older than the current one."
+    )
+    modality: str = Field("MR", min_length=1, max_length=16)
+    timeout_s: float = Field(
+        600.0, gt=0, description="C-FIND / C-MOVE timeout (a move of a large exam takes time)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        Destination.parse(value.strip())  # raises ValueError naming what is wrong
+        return value.strip()
+
+    def destination(self) -> Destination | None:
+        """The parsed ``source``, or ``None`` when priors are not fetched."""
+        return Destination.parse(self.source) if self.source else None
+
+
 class Settings(BaseSettings):
     """Everything the service needs to run."""
 
@@ -240,6 +271,7 @@ class Settings(BaseSettings):
     )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    priors: PriorsSettings = Field(default_factory=PriorsSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
     log_level: str = "INFO"
 
