@@ -28,6 +28,7 @@ from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
+from service.priors import fetch_prior
 from service.settings import Settings
 from service.store import InstanceBatcher, JobState, JobStore
 
@@ -62,6 +63,16 @@ def info_from_dict(data: dict[str, Any]) -> InstanceInfo:
     values["path"] = Path(values["path"])
     values["component"] = Component(values["component"])
     return InstanceInfo(**values)
+
+
+@dataclasses.dataclass
+class _HeldExam:
+    """An exam waiting for its prior (see :meth:`Service.dispatch_ready`)."""
+
+    exam: ExamReady
+    since: float
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    prior_uid: str | None = None
 
 
 def instance_row(info: InstanceInfo) -> dict[str, Any]:
@@ -189,6 +200,8 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._held: dict[str, _HeldExam] = {}
+        self._fetched_priors: set[str] = set()
         self.scp = StorageSCP(
             ScpConfig(
                 ae_title=node.ae_title,
@@ -231,29 +244,126 @@ class Service:
 
     # --- the watcher -------------------------------------------------------------------------
     def dispatch_ready(self, now: float | None = None) -> list[int]:
-        """Record and enqueue a job for every exam the tracker declares ready."""
+        """Record and enqueue a job for every exam the tracker declares ready.
+
+        With ``priors.source`` set, a new exam of a patient who has no other exam in our
+        store is held while its prior is fetched from the PACS (see :mod:`service.priors`)
+        and until the prior's own job has finished (or ``priors.wait_s`` has passed), so
+        the follow-up comparison finds it.
+        """
+        now = time.time() if now is None else now
         with self._lock:
-            ready: list[ExamReady] = self.tracker.ready(time.time() if now is None else now)
+            ready: list[ExamReady] = self.tracker.ready(now)
         job_ids: list[int] = []
         if ready and not self.batcher.flush():
             log.warning("job-store rows of received instances are late; dispatching anyway")
         for exam in ready:
-            first = next(iter(exam.series.values()))[0]
-            n_instances = sum(len(infos) for infos in exam.series.values())
-            if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            if self._hold_for_prior(exam, now):
                 continue
-            job_id = self.store.create_job(
-                study_uid=exam.study_uid,
-                patient_key=first.patient_key,
-                series_uids=list(exam.series),
-                n_instances=n_instances,
-                complete=exam.complete,
-                reason=exam.reason,
-            )
-            self.celery.send_task(PROCESS_TASK, args=[job_id])
-            job_ids.append(job_id)
-            log.info("job %d queued for study %s", job_id, exam.study_uid)
+            job_id = self._dispatch(exam)
+            if job_id is not None:
+                job_ids.append(job_id)
+        for study_uid, held in list(self._held.items()):
+            if self._prior_settled(held, now):
+                del self._held[study_uid]
+                job_id = self._dispatch(held.exam)
+                if job_id is not None:
+                    job_ids.append(job_id)
         return job_ids
+
+    def _dispatch(self, exam: ExamReady) -> int | None:
+        first = next(iter(exam.series.values()))[0]
+        n_instances = sum(len(infos) for infos in exam.series.values())
+        if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            return None
+        job_id = self.store.create_job(
+            study_uid=exam.study_uid,
+            patient_key=first.patient_key,
+            series_uids=list(exam.series),
+            n_instances=n_instances,
+            complete=exam.complete,
+            reason=exam.reason,
+        )
+        self.celery.send_task(PROCESS_TASK, args=[job_id])
+        log.info("job %d queued for study %s", job_id, exam.study_uid)
+        return job_id
+
+    # --- priors from the PACS ----------------------------------------------------------------
+    def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
+        """Start fetching the exam's prior and hold the exam, when that is called for."""
+        if self.settings.priors.source is None or exam.update or exam.study_uid in self._held:
+            return False
+        with self._lock:
+            if exam.study_uid in self._fetched_priors:
+                return False  # a fetched prior: its own prior is not fetched
+        first = next(iter(exam.series.values()))[0]
+        have = {
+            str(info["study_uid"])
+            for info in self.store.instance_infos()
+            if info.get("patient_key") == first.patient_key
+        }
+        if have - {exam.study_uid}:
+            return False  # another exam of this patient is here: the comparison uses ours
+        held = _HeldExam(exam=exam, since=now)
+        self._held[exam.study_uid] = held
+        threading.Thread(
+            target=self._fetch_prior,
+            args=(held, first.path, have),
+            name="cordt1-prior-fetch",
+            daemon=True,
+        ).start()
+        return True
+
+    def _fetch_prior(self, held: _HeldExam, path: Path, have: set[str]) -> None:
+        study_uid = held.exam.study_uid
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+            fetched = fetch_prior(
+                self.settings,
+                patient_id=str(header.get("PatientID") or ""),
+                issuer_of_patient_id=str(header.get("IssuerOfPatientID") or ""),
+                current_study_uid=study_uid,
+                moment=(str(header.get("StudyDate") or ""), str(header.get("StudyTime") or "")),
+                have_study_uids=have,
+            )
+            if fetched is None:
+                self.store.log_event("prior.none", f"study {study_uid}: no prior on the PACS")
+            else:
+                with self._lock:
+                    self._fetched_priors.add(fetched.study_uid)
+                held.prior_uid = fetched.study_uid
+                self.store.log_event(
+                    "prior.fetched",
+                    f"study {study_uid}: prior {fetched.study_uid} of {fetched.study_date} "
+                    f"fetched from {self.settings.priors.source} "
+                    f"({fetched.instances} instance(s))",
+                )
+        except Exception as exc:
+            log.warning("fetching the prior of study %s failed: %s", study_uid, exc)
+            self.store.log_event(
+                "prior.failed", f"study {study_uid}: fetching its prior failed: {exc}"
+            )
+        finally:
+            held.done.set()
+
+    def _prior_settled(self, held: _HeldExam, now: float) -> bool:
+        """Whether a held exam may go: prior fetched and processed, none, failed, or too late."""
+        if now - held.since > self.settings.priors.wait_s:
+            self.store.log_event(
+                "prior.late",
+                f"study {held.exam.study_uid}: processed without its prior after "
+                f"{self.settings.priors.wait_s:g} s",
+            )
+            return True
+        if not held.done.is_set():
+            return False
+        if held.prior_uid is None:
+            return True
+        finished = (JobState.DONE, JobState.FAILED)
+        return any(
+            job.study_uid == held.prior_uid
+            for job in self.store.list_jobs(limit=100000, states=list(finished))
+        )
 
     def recover(self) -> None:
         """After a restart: rebuild the tracker from the store and re-queue unfinished jobs.

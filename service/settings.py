@@ -212,6 +212,12 @@ class PriorsSettings(BaseModel):
     timeout_s: float = Field(
         600.0, gt=0, description="C-FIND / C-MOVE timeout (a move of a large exam takes time)."
     )
+    wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest an exam waits for its prior to be fetched and processed; then it "
+        "is processed without it.",
+    )
 
     @field_validator("source")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,3 +201,76 @@ def test_a_move_to_an_unknown_destination_fails_with_a_reason(orthanc: OrthancPa
             study_uid=exam[0].StudyInstanceUID,
             timeout_s=30,
         )
+
+
+def _service_with_priors(tmp_path: Path, source: str) -> tuple[Service, list[int]]:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        node={
+            "host": "127.0.0.1",
+            "port": 0,
+            "min_free_mb": 0,
+            "record_flush_ms": 10,
+            "settle_s": 0.1,
+            "stale_s": 0.2,
+        },
+        priors={"source": source, "max_age_days": 400, "timeout_s": 30},
+    )
+    service = Service(settings)
+    queued: list[int] = []
+    service.celery.send_task = lambda _name, args: queued.append(args[0])  # type: ignore[method-assign]
+    service.scp.start()
+    return service, queued
+
+
+def _later() -> float:
+    return time.time() + 10
+
+
+def test_a_new_exam_waits_for_its_prior_to_be_fetched_and_processed(
+    orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    from service.store import JobState
+
+    patient = f"HOLD-{generate_uid()[-8:]}"
+    prior, current = _exam(patient, "20240101"), _exam(patient, "20240601")
+    assert send(prior, Destination.parse(orthanc.destination), calling_ae="X").n_stored == 3
+    service, queued = _service_with_priors(tmp_path, orthanc.destination)
+    try:
+        assert service.scp.port is not None
+        _put_modality(orthanc, service.settings.node.ae_title, service.scp.port)
+        ours = Destination(service.settings.node.ae_title, "127.0.0.1", service.scp.port)
+        send(current, ours, calling_ae="SCANNER")
+        assert service.dispatch_ready(_later()) == []  # held: its prior is being fetched
+        held = service._held[current[0].StudyInstanceUID]
+        assert held.done.wait(30) and held.prior_uid == prior[0].StudyInstanceUID
+        (prior_job,) = service.dispatch_ready(_later())  # the prior arrived: its job first
+        assert service.store.get_job(prior_job).study_uid == prior[0].StudyInstanceUID
+        assert service.dispatch_ready(_later()) == []  # still waiting for the prior's job
+        service.store.set_state(prior_job, JobState.DONE, result={})
+        (current_job,) = service.dispatch_ready(_later())
+        assert service.store.get_job(current_job).study_uid == current[0].StudyInstanceUID
+        assert queued == [prior_job, current_job]
+        (fetched,) = [e["message"] for e in service.store.iter_events("prior.fetched")]
+        assert prior[0].StudyInstanceUID in fetched and patient not in fetched
+    finally:
+        service.scp.stop()
+        service.batcher.close()
+
+
+def test_an_unreachable_pacs_delays_nothing_but_is_audited(tmp_path: Path) -> None:
+    service, queued = _service_with_priors(tmp_path, f"PACS@127.0.0.1:{free_port()}")
+    try:
+        assert service.scp.port is not None
+        ours = Destination(service.settings.node.ae_title, "127.0.0.1", service.scp.port)
+        exam = _exam("NOPACS", "20240601")
+        send(exam, ours, calling_ae="SCANNER")
+        assert service.dispatch_ready(_later()) == []
+        assert service._held[exam[0].StudyInstanceUID].done.wait(30)
+        (job,) = service.dispatch_ready(_later())
+        assert queued == [job]
+        (failed,) = [e["message"] for e in service.store.iter_events("prior.failed")]
+        assert "connection refused" in failed
+    finally:
+        service.scp.stop()
+        service.batcher.close()
