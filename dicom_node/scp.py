@@ -89,8 +89,7 @@ class ScpConfig:
     transport_poll_s : float
         How long an association's network thread sleeps when nothing is to do (pynetdicom
         polls; its default is 1 ms). Every answer waits for the next poll, so shorter is
-        faster per instance (measured about 1-2 ms an image with 0.2 ms, see
-        benchmarks/README.md) at some CPU for idle open associations. 0 < value <= 0.01.
+        faster per instance, at some CPU for idle open associations. 0 < value <= 0.01.
     tls : ServerTls or None
         Certificates of the TLS port; required with ``tls_port``.
     tls_port : int or None
