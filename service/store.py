@@ -432,6 +432,10 @@ class InstanceBatcher:
     crash loses at most rows, never instances: :meth:`service.server.Service.recover`
     records spooled files that have no row.
 
+    When a commit fails (database down, disk full) the rows are kept and retried every
+    ``flush_ms``; until a commit succeeds again :meth:`submit` still queues its row but
+    raises, so the storage SCP answers 0xC211 and the sender knows to try again.
+
     Parameters
     ----------
     store : JobStore
@@ -458,8 +462,15 @@ class InstanceBatcher:
         self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._unsaved: list[dict[str, Any]] = []  # rows of failed commits, retried first
+        self._error = ""  # why the last commit failed; "" when it succeeded
         self.failed_batches = 0
-        """Batches whose commit failed (logged; their files are recorded at the next start)."""
+        """Commits that failed (each is logged; their rows are retried)."""
+
+    @property
+    def healthy(self) -> bool:
+        """``False`` while rows wait for a failed commit to be retried."""
+        return not self._error
 
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
@@ -477,30 +488,35 @@ class InstanceBatcher:
         Raises
         ------
         RuntimeError
-            If the batcher is closed.
+            If the batcher is closed, or (after queuing the row) while the job store
+            refuses commits.
         """
         if self._closed:
             raise RuntimeError("InstanceBatcher is closed")
         if self._thread is None:
             self.start()
         self._queue.put(dict(row))
+        error = self._error
+        if error:
+            raise RuntimeError(f"job store not writable: {error}")
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every row submitted before this call is committed (or failed).
+        """Wait until every row submitted before this call is committed.
 
         Returns
         -------
         bool
-            ``False`` if the writer did not get there within ``timeout_s``.
+            ``False`` if the writer did not get there within ``timeout_s`` or the commit
+            failed (the rows are retried).
         """
         if self._thread is None or not self._thread.is_alive():
-            return True
+            return not self._unsaved
         done = threading.Event()
         self._queue.put(done)
-        return done.wait(timeout_s)
+        return done.wait(timeout_s) and self.healthy
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Commit what is queued and stop the writer thread (idempotent)."""
+        """Commit what is queued (one last try) and stop the writer thread (idempotent)."""
         if self._closed:
             return
         self._closed = True
@@ -511,52 +527,50 @@ class InstanceBatcher:
     def _run(self) -> None:
         stop = False
         while not stop:
-            item = self._queue.get()
             rows: list[dict[str, Any]] = []
             waiters: list[threading.Event] = []
-            deadline = time.monotonic() + self._flush_s
-            while True:
+            deadline: float | None = time.monotonic() + self._flush_s if self._unsaved else None
+            while not stop and not waiters and len(rows) < self._max_batch:
+                if deadline is None:
+                    item = self._queue.get()  # idle: wait for the first row
+                    deadline = time.monotonic() + self._flush_s
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if item is None:
                     stop = True
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
                     rows.append(item)
-                if stop or waiters or len(rows) >= self._max_batch:
-                    break
-                remaining = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else None
-                except queue.Empty:
-                    break
-                if item is None and remaining <= 0:
-                    break
-            # take whatever else is already waiting, without blocking
-            while not stop and len(rows) < self._max_batch:
-                try:
-                    extra = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if extra is None:
-                    stop = True
-                elif isinstance(extra, threading.Event):
-                    waiters.append(extra)
-                else:
-                    rows.append(extra)
             self._commit(rows)
             for waiter in waiters:
                 waiter.set()
 
     def _commit(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+        pending = self._unsaved + rows
+        if not pending:
             return
-        encoded = [{**row, "info": json.dumps(row["info"], sort_keys=True)} for row in rows]
+        encoded = [{**row, "info": json.dumps(row["info"], sort_keys=True)} for row in pending]
         try:
             self._store.record_instances(encoded)
-        except Exception:
+        except Exception as exc:
             self.failed_batches += 1
-            LOGGER.exception(
-                "recording %d instance(s) in the job store failed; their spooled files are "
-                "recorded at the next start",
-                len(rows),
-            )
+            self._unsaved = pending
+            if not self._error:  # log the first failure, not every retry
+                LOGGER.exception(
+                    "recording %d instance(s) in the job store failed; retrying every %g ms",
+                    len(pending),
+                    self._flush_s * 1000,
+                )
+            self._error = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        if self._error:
+            LOGGER.warning("job store writable again: %d row(s) recorded", len(pending))
+        self._unsaved = []
+        self._error = ""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_node.scu import Destination, send
+from dicom_node.scu import Destination, SendError, send
 from service.server import Service, record_unrecorded_files
 from service.settings import Settings, load_settings
 from service.store import InstanceBatcher, JobStore
@@ -68,16 +68,38 @@ def test_rows_from_many_threads_are_committed_in_few_transactions(tmp_path: Path
         batcher.submit(_row(999))
 
 
-def test_a_failed_commit_is_counted_and_later_rows_still_go_in(tmp_path: Path) -> None:
+def test_rows_of_a_failed_commit_are_retried_and_new_stores_refused_meanwhile(
+    tmp_path: Path,
+) -> None:
     store = _CountingStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}", fail=True)
     batcher = InstanceBatcher(store, flush_ms=10)
     batcher.submit(_row(1))
-    assert batcher.flush()
-    assert batcher.failed_batches == 1 and store.instance_infos() == []
+    assert not batcher.flush() and not batcher.healthy
+    with pytest.raises(RuntimeError, match="job store not writable: OSError: database is on fire"):
+        batcher.submit(_row(2))  # queued all the same
+    assert store.instance_infos() == []
     store.fail = False
-    batcher.submit(_row(2))
+    deadline = time.monotonic() + 10
+    while not batcher.healthy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.flush()
+    batcher.submit(_row(3))
     batcher.close()
-    assert [info["sop_instance_uid"] for info in store.instance_infos()] == ["1.2.3.2"]
+    recorded = sorted(info["sop_instance_uid"] for info in store.instance_infos())
+    assert recorded == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    assert batcher.failed_batches >= 1
+
+
+def test_the_scp_answers_c211_while_the_job_store_refuses_rows(tmp_path: Path) -> None:
+    service = Service(_settings(tmp_path, 10))
+    broken = _CountingStore(f"sqlite:///{tmp_path / 'other.sqlite'}", fail=True)
+    service.batcher = InstanceBatcher(broken, flush_ms=10)
+    service.batcher.submit(_row(1))
+    assert not service.batcher.flush()
+    with pytest.raises(SendError, match="0xC211"):
+        _send_exam(service, 1)
+    assert len(list(service.spool.iter_files())) == 1  # the file is kept all the same
+    service.batcher.close()
 
 
 def test_invalid_batcher_settings_are_refused(tmp_path: Path) -> None:
