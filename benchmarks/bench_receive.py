@@ -1,4 +1,4 @@
-"""Receiving speed of our storage SCP against DCMTK storescp, both fed by DCMTK storescu.
+"""Receiving speed of our storage SCP against DCMTK storescp and Orthanc, all fed by storescu.
 
 Run from the repository root::
 
@@ -9,10 +9,13 @@ a few series of one synthetic study) in a scratch folder, then, for every sender
 ``--senders`` and every round (rounds interleaved, receiver order alternating per round):
 
 - **ours**: :class:`dicom_node.scp.StorageSCP` in its own process, wired as ``cordt1 serve``
-  wires it (service defaults, fsynced spool, a SQLite job store row per instance through
-  :meth:`service.store.JobStore.record_instance`, the exam tracker, an audit row per
-  association); see :func:`serve_ours`;
-- **dcmtk**: ``TCP_NODELAY=1 /usr/bin/storescp --fork +xa -dhl -od DIR PORT``.
+  wires it (service defaults, fsynced spool, the job-store rows batched through
+  :class:`service.store.InstanceBatcher`, the exam tracker, an audit row per association);
+  see :func:`serve_ours`;
+- **dcmtk**: ``TCP_NODELAY=1 /usr/bin/storescp --fork +xa -dhl -od DIR PORT`` (writes
+  without fsync);
+- **orthanc**: ``/usr/sbin/Orthanc`` with its default storage settings (fsynced storage
+  area, SQLite index); see :func:`run_orthanc`.
 
 The same files are sent by N parallel ``TCP_NODELAY=1 /usr/bin/storescu`` processes, each with
 its own share. The clock runs from starting the senders until the last one exits. Afterwards
@@ -75,7 +78,8 @@ RECEIVER_AE = "CORDT1"
 _SENDER_ARGS = (STORESCU, "-aet", SENDER_AE, "-aec", RECEIVER_AE, "+sd", "+r", "+sp", "*.dcm")
 _RECEIVER_ARGS = (STORESCP, "--fork", "+xa", "-dhl", "-aet", RECEIVER_AE)
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-RECEIVERS = ("ours", "dcmtk")
+ORTHANC = "/usr/sbin/Orthanc"
+RECEIVERS = ("ours", "dcmtk", "orthanc")
 
 DEFAULT_INSTANCES = 1000
 DEFAULT_SERIES = 4
@@ -339,9 +343,9 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
     from dicom_node.spool import Spool
     from service.exam import own_markers
-    from service.server import record_association, record_instance
+    from service.server import instance_row, record_association
     from service.settings import NodeSettings
-    from service.store import JobStore
+    from service.store import InstanceBatcher, JobStore
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -349,11 +353,13 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     node = NodeSettings(ae_title=RECEIVER_AE, host="127.0.0.1", port=0)
     store = JobStore(db_url)
+    batcher = InstanceBatcher(store, flush_ms=node.record_flush_ms)
+    batcher.start()
     tracker = ExamTracker(settle_s=node.settle_s, stale_s=node.stale_s)
     lock = threading.Lock()
 
     def on_instance(info: InstanceInfo) -> None:
-        record_instance(store, info)
+        batcher.submit(instance_row(info))
         if info.is_own_result:
             return
         with lock:
@@ -387,6 +393,7 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         sys.stdin.read()  # returns at EOF: the benchmark closed our standard input
     finally:
         scp.stop()
+        batcher.close()
         store.close()
 
 
@@ -500,6 +507,72 @@ def run_dcmtk(workdir: Path) -> Iterator[ReceiverHandle]:
         )
     finally:
         _stop(proc, lambda: _signal_group(proc))
+
+
+@contextmanager
+def run_orthanc(workdir: Path) -> Iterator[ReceiverHandle]:
+    """Start Orthanc (``/usr/sbin/Orthanc``) with its default storage settings.
+
+    The configuration changes only what a throw-away instance needs: free ports, a storage
+    and index folder in ``workdir``, AE title ``CORDT1``, no plugins, no HTTP access from
+    other hosts. Orthanc's defaults stay, among them ``SyncStorageArea`` (received files
+    are fsynced, as ours are) and its SQLite index.
+
+    Parameters
+    ----------
+    workdir : pathlib.Path
+        Fresh folder for the storage, the index and the log.
+
+    Yields
+    ------
+    ReceiverHandle
+
+    Raises
+    ------
+    RuntimeError
+        If Orthanc does not accept DICOM connections within ``START_TIMEOUT_S``.
+    """
+    storage = workdir / "storage"
+    index = workdir / "index"
+    log_path = workdir / "orthanc.log"
+    for _attempt in range(3):  # a port found free can be taken before Orthanc binds it
+        port, http_port = _free_port(), _free_port()
+        config = {
+            "Name": "bench-receive",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(index),
+            "Plugins": [],
+            "HttpPort": http_port,
+            "DicomPort": port,
+            "DicomAet": RECEIVER_AE,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+        }
+        config_path = workdir / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [ORTHANC, str(config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if _wait_for_port(port, proc):
+            break
+        _stop(proc, proc.terminate)
+    else:
+        raise RuntimeError(f"Orthanc did not start; log tail: {_tail(log_path)}")
+    try:
+        yield ReceiverHandle(
+            name="orthanc",
+            port=port,
+            pid=proc.pid,
+            received_dir=storage,
+            list_files=lambda: sorted(p for p in storage.glob("*/*/*") if p.is_file()),
+        )
+    finally:
+        _stop(proc, proc.terminate)
 
 
 def _signal_group(proc: subprocess.Popen[bytes]) -> None:
@@ -689,15 +762,16 @@ def measure(
     starters: dict[str, Callable[[Path], AbstractContextManager[ReceiverHandle]]] = {
         "ours": run_ours,
         "dcmtk": run_dcmtk,
+        "orthanc": run_orthanc,
     }
     if receiver not in starters:
         raise ValueError(f"receiver must be one of {RECEIVERS}, got {receiver!r}")
     workdir.mkdir(parents=True)
     try:
         with starters[receiver](workdir) as handle:
-            cpu_before = _cpu_s(handle.pid) if receiver == "ours" else None
+            cpu_before = _cpu_s(handle.pid) if receiver != "dcmtk" else None
             seconds = send_all(handle.port, folders, workdir)
-            cpu_after = _cpu_s(handle.pid) if receiver == "ours" else None
+            cpu_after = _cpu_s(handle.pid) if receiver != "dcmtk" else None
             verify_received(handle.list_files, source)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -747,6 +821,26 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = [run["cpu_ms_per_image"] for run in runs if "cpu_ms_per_image" in run]
     if cpu:
         out["median_cpu_ms_per_image"] = statistics.median(cpu)
+    return out
+
+
+def _ratios(
+    ours: dict[int, list[dict[str, Any]]], other: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Ours / other images per second per sender count: per round, median, best vs best."""
+    out: dict[str, Any] = {}
+    for count, our_runs in ours.items():
+        their_runs = other[count]
+        paired = [
+            a["images_per_s"] / b["images_per_s"]
+            for a, b in zip(our_runs, their_runs, strict=True)
+        ]
+        out[str(count)] = {
+            "median_of_rounds": statistics.median(paired),
+            "best_vs_best": max(r["images_per_s"] for r in our_runs)
+            / max(r["images_per_s"] for r in their_runs),
+            "per_round": paired,
+        }
     return out
 
 
@@ -802,6 +896,8 @@ def run(
     for binary in (STORESCP, STORESCU):
         if not Path(binary).is_file():
             raise RuntimeError(f"DCMTK {binary} not found (apt-get install dcmtk)")
+    if not Path(ORTHANC).is_file():
+        raise RuntimeError(f"{ORTHANC} not found (apt-get install orthanc)")
     senders = list(dict.fromkeys(senders))
     say = progress or (lambda _line: None)
     with tempfile.TemporaryDirectory(prefix="bench_receive_", dir=scratch) as tmp:
@@ -823,16 +919,7 @@ def run(
                         f"{numbers['images_per_s']:7.1f} images/s "
                         f"{numbers['mb_per_s']:6.1f} MB/s"
                     )
-    ratios: dict[str, Any] = {}
-    for count in senders:
-        ours, dcmtk = results["ours"][count], results["dcmtk"][count]
-        paired = [a["images_per_s"] / b["images_per_s"] for a, b in zip(ours, dcmtk, strict=True)]
-        ratios[str(count)] = {
-            "median_of_rounds": statistics.median(paired),
-            "best_vs_best": max(r["images_per_s"] for r in ours)
-            / max(r["images_per_s"] for r in dcmtk),
-            "per_round": paired,
-        }
+    ratios = {other: _ratios(results["ours"], results[other]) for other in ("dcmtk", "orthanc")}
     return {
         "benchmark": "receive",
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -851,8 +938,11 @@ def run(
             "+sd +r +sp '*.dcm' 127.0.0.1 PORT DIR",
             "receivers": {
                 "ours": "dicom_node.scp.StorageSCP in a child process, service defaults, "
-                "fsynced spool, SQLite JobStore.record_instance + ExamTracker per instance",
-                "dcmtk": f"TCP_NODELAY=1 {STORESCP} --fork +xa -dhl -od DIR PORT",
+                "header read up to the pixel data, fdatasynced spool file + folder fsync "
+                "before the answer, job-store rows through service.store.InstanceBatcher "
+                "(one SQLite transaction per <= record_flush_ms), ExamTracker per instance",
+                "dcmtk": f"TCP_NODELAY=1 {STORESCP} --fork +xa -dhl -od DIR PORT (no fsync)",
+                "orthanc": f"{ORTHANC} (default storage settings: SyncStorageArea, SQLite index)",
             },
         },
         "verified": "every instance arrived once per run with a byte-identical dataset",
@@ -860,7 +950,8 @@ def run(
             name: {str(count): _summary(runs) for count, runs in per_count.items()}
             for name, per_count in results.items()
         },
-        "ratio_ours_to_dcmtk": ratios,
+        "ratio_ours_to_dcmtk": ratios["dcmtk"],
+        "ratio_ours_to_orthanc": ratios["orthanc"],
     }
 
 
@@ -903,11 +994,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for count, ratio in report["ratio_ours_to_dcmtk"].items():
-        ours = report["results"]["ours"][count]["median_images_per_s"]
-        dcmtk = report["results"]["dcmtk"][count]["median_images_per_s"]
+        rates = {name: report["results"][name][count]["median_images_per_s"] for name in RECEIVERS}
         print(
-            f"{count} sender(s): ours {ours:.0f} images/s, DCMTK {dcmtk:.0f} images/s, "
-            f"ratio {ratio['median_of_rounds']:.2f}",
+            f"{count} sender(s): ours {rates['ours']:.0f}, DCMTK {rates['dcmtk']:.0f}, "
+            f"Orthanc {rates['orthanc']:.0f} images/s; ours/DCMTK "
+            f"{ratio['median_of_rounds']:.2f}, ours/Orthanc "
+            f"{report['ratio_ours_to_orthanc'][count]['median_of_rounds']:.2f}",
             file=sys.stderr,
         )
     print(f"written to {args.out}", file=sys.stderr)

@@ -9,10 +9,22 @@ BitsAllocated / 8, or encapsulated pixel data with no (or too few, or cut) fragm
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from dataclasses import dataclass
+from io import BytesIO
 
-__all__ = ["expected_native_bytes", "needs_pixel_data", "pixel_data_problem"]
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+__all__ = [
+    "ReceivedHeader",
+    "expected_native_bytes",
+    "needs_pixel_data",
+    "pixel_data_problem",
+    "read_received_header",
+]
 
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _SEQ_DELIMITER_TAG = b"\xfe\xff\xdd\xe0"
@@ -26,6 +38,97 @@ _PIXEL_CLASSES_WITHOUT_IMAGE_IN_NAME = frozenset(
     }
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (12-byte element header).
+_LONG_HEADER_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UN", b"UT"})
+
+
+@dataclass(frozen=True)
+class ReceivedHeader:
+    """A received instance read up to (not into) its pixel data.
+
+    Attributes
+    ----------
+    dataset : pydicom.dataset.Dataset
+        File meta and every top-level element before the pixel data element.
+    pixel_problem : str or None
+        What :func:`pixel_data_problem` says about the pixel data (``None``: lengths agree).
+    read_whole : bool
+        ``True`` when the pixel data had to be read to check it (encapsulated or deflated
+        data); ``False`` when only the element header was looked at.
+    """
+
+    dataset: Dataset
+    pixel_problem: str | None
+    read_whole: bool
+
+
+def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHeader:
+    """Parse a received Part-10 instance without reading its native pixel data.
+
+    For native pixel data (the usual MR case) the parser stops at the pixel data element
+    and takes its length from the element header; the value is neither copied nor decoded.
+    The checks are those of :func:`pixel_data_problem`, plus: the declared value length
+    must be present in ``encoded`` (a cut-off stream is refused). Encapsulated pixel data
+    (fragments are walked) and deflated data sets are read whole.
+
+    Parameters
+    ----------
+    encoded : bytes
+        Preamble, file meta and data set as received.
+    max_pixel_bytes : int
+        Largest pixel data size (native, from the header) we accept.
+
+    Returns
+    -------
+    ReceivedHeader
+
+    Raises
+    ------
+    Exception
+        Whatever pydicom raises for a header it cannot parse (the caller refuses the
+        instance as not understood).
+    """
+    found: list[tuple[int, int]] = []
+
+    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
+        if int(tag) in _PIXEL_TAGS:
+            found.append((int(tag), int(length)))
+            return True
+        return False
+
+    stream = BytesIO(encoded)
+    header = read_partial(stream, stop_when=at_pixels)
+    syntax = header.file_meta.get("TransferSyntaxUID")
+    if (
+        syntax is None
+        or syntax == DeflatedExplicitVRLittleEndian
+        or UID(syntax).is_encapsulated
+        or (found and found[0][1] == _UNDEFINED_LENGTH)
+    ):
+        whole = dcmread(BytesIO(encoded))  # encapsulated or deflated: read the value
+        return ReceivedHeader(
+            whole, pixel_data_problem(whole, max_pixel_bytes=max_pixel_bytes), True
+        )
+    if not found:
+        problem = pixel_data_problem(header, max_pixel_bytes=max_pixel_bytes)
+        return ReceivedHeader(header, problem, False)
+    tag, length = found[0]
+    start = stream.tell()  # pydicom rewinds to the start of the element
+    implicit = UID(syntax).is_implicit_VR
+    vr = encoded[start + 4 : start + 6]
+    value_at = start + (8 if implicit or vr not in _LONG_HEADER_VRS else 12)
+    present = max(len(encoded) - value_at, 0)
+    keyword = _PIXEL_TAGS[tag]
+    if present < length:
+        return ReceivedHeader(header, f"{keyword} cut: {present} of {length} B received", False)
+    problem = _length_problem(header, keyword, length, max_pixel_bytes)
+    return ReceivedHeader(header, problem, False)
 
 
 def needs_pixel_data(sop_class_uid: str) -> bool:
@@ -104,7 +207,21 @@ def pixel_data_problem(ds: Dataset, *, max_pixel_bytes: int) -> str | None:
     if keyword is None:
         return "no PixelData in an image instance" if needs_pixel_data(sop_class) else None
     value = ds[keyword].value
-    if value is None or len(value) == 0:
+    length = 0 if value is None else len(value)
+    problem = _length_problem(ds, keyword, length, max_pixel_bytes)
+    if problem is not None or not (keyword == "PixelData" and _is_encapsulated(ds)):
+        return problem
+    return _fragment_problem(bytes(value), _int(ds, "NumberOfFrames", default=1) or 1)
+
+
+def _is_encapsulated(ds: Dataset) -> bool:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    return syntax is not None and UID(syntax).is_encapsulated
+
+
+def _length_problem(ds: Dataset, keyword: str, length: int, max_pixel_bytes: int) -> str | None:
+    """Header checks plus, for native data, the value length against the header."""
+    if length == 0:
         return f"{keyword} is empty"
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not columns or rows < 0 or columns < 0:
@@ -126,11 +243,10 @@ def pixel_data_problem(ds: Dataset, *, max_pixel_bytes: int) -> str | None:
     expected = expected_native_bytes(rows, columns, frames, samples, bits, photometric)
     if expected > max_pixel_bytes:
         return f"{rows} x {columns} x {frames} frame(s) = {expected} B, over limit"[:64]
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and UID(syntax).is_encapsulated and keyword == "PixelData":
-        return _fragment_problem(bytes(value), frames)
-    if len(value) < expected:
-        return f"{keyword} {len(value)} B, header needs {expected} B"
+    if keyword == "PixelData" and _is_encapsulated(ds):
+        return None  # the caller walks the fragments
+    if length < expected:
+        return f"{keyword} {length} B, header needs {expected} B"
     return None
 
 

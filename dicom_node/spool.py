@@ -1,6 +1,7 @@
 """Crash-safe files for received instances: ``root/<study>/<series>/<sop>.dcm``.
 
-Every write goes to a hidden temporary file in the target folder, is flushed and fsynced,
+Every write goes to a hidden temporary file in the target folder, is flushed and fdatasynced
+(data and the size needed to read it back; not the timestamps),
 renamed over the final name with :func:`os.replace` and the folder is fsynced, so a reader
 sees either nothing or the whole file, and a file that exists survives a power cut.
 """
@@ -180,7 +181,7 @@ def _atomic_write(target: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            os.fdatasync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -18,17 +18,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom import dcmread
+
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
-from dicom_node.instance import InstanceInfo
+from dicom_node.instance import InstanceInfo, read_instance_info
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.api.controls import Controls
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
+from service.priors import fetch_prior
 from service.settings import Settings
-from service.store import JobState, JobStore
+from service.store import InstanceBatcher, JobState, JobStore
 
 if TYPE_CHECKING:
     from service.api.server import ApiServer
@@ -37,10 +40,12 @@ __all__ = [
     "Service",
     "info_from_dict",
     "info_to_dict",
+    "instance_row",
     "own_markers",
     "record_association",
     "record_instance",
     "record_refusal",
+    "record_unrecorded_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,19 +69,84 @@ def info_from_dict(data: dict[str, Any]) -> InstanceInfo:
     return InstanceInfo(**values)
 
 
+@dataclasses.dataclass
+class _HeldExam:
+    """An exam waiting for its prior (see :meth:`Service.dispatch_ready`)."""
+
+    exam: ExamReady
+    since: float
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    prior_uid: str | None = None
+
+
+def instance_row(info: InstanceInfo) -> dict[str, Any]:
+    """The job-store row of one spooled instance (``info`` as a dict, not yet JSON)."""
+    return {
+        "sop_instance_uid": info.sop_instance_uid,
+        "study_uid": info.study_uid,
+        "series_uid": info.series_uid,
+        "component": str(info.component),
+        "path": str(info.path),
+        "calling_ae": info.calling_ae,
+        "received_at": info.received_at,
+        "own_result": info.is_own_result,
+        "info": info_to_dict(info),
+    }
+
+
 def record_instance(store: JobStore, info: InstanceInfo) -> None:
     """Keep one spooled instance in the job store (the tracker is rebuilt from these)."""
-    store.record_instance(
-        sop_instance_uid=info.sop_instance_uid,
-        study_uid=info.study_uid,
-        series_uid=info.series_uid,
-        component=str(info.component),
-        path=str(info.path),
-        calling_ae=info.calling_ae,
-        received_at=info.received_at,
-        own_result=info.is_own_result,
-        info=info_to_dict(info),
-    )
+    store.record_instance(**instance_row(info))
+
+
+def record_unrecorded_files(store: JobStore, spool: Spool) -> int:
+    """Record spooled files that have no job-store row (a crash before the batch commit).
+
+    Instances are acknowledged once their file is fsynced; their rows are committed in
+    batches a few milliseconds later (:class:`service.store.InstanceBatcher`). A crash in
+    between leaves files without rows: this reads their headers (never pixel data) and
+    records them. Files whose header cannot be read are left alone and counted as skipped
+    in the log.
+
+    Returns
+    -------
+    int
+        Number of instances recorded.
+    """
+    recorded = store.recorded_paths()
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for path in spool.iter_files():
+        if str(path) in recorded:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            stat = path.stat()
+            info = read_instance_info(
+                ds,
+                path=path,
+                calling_ae="",
+                received_at=stat.st_mtime,
+                own_markers=own_markers(),
+                size_bytes=stat.st_size,
+            )
+        except Exception as exc:
+            skipped += 1
+            log.warning("spooled file %s not recorded: %s", path.name, type(exc).__name__)
+            continue
+        if info.path != path:
+            skipped += 1
+            log.warning("spooled file %s is not where its UIDs put it", path.name)
+            continue
+        rows.append({**instance_row(info), "info": json.dumps(info_to_dict(info), sort_keys=True)})
+    store.record_instances(rows)
+    if rows or skipped:
+        log.warning(
+            "recorded %d spooled instance(s) that had no job-store row (%d skipped)",
+            len(rows),
+            skipped,
+        )
+    return len(rows)
 
 
 def record_association(store: JobStore, record: AssociationRecord) -> None:
@@ -126,6 +196,7 @@ class Service:
         settings.send.client_tls()  # the workers' sending TLS files: fail now, not per job
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.job_store_url)
+        self.batcher = InstanceBatcher(self.store, flush_ms=node.record_flush_ms)
         self.spool = Spool(settings.spool_dir, settings.data_dir / "quarantine")
         self.tracker = ExamTracker(settle_s=settings.node.settle_s, stale_s=settings.node.stale_s)
         self.celery = create_app(settings)
@@ -135,6 +206,8 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._held: dict[str, _HeldExam] = {}
+        self._fetched_priors: set[str] = set()
         self.scp = StorageSCP(
             ScpConfig(
                 ae_title=node.ae_title,
@@ -161,8 +234,8 @@ class Service:
 
     # --- event handlers (called from the SCP's threads; keep them short) ---------------------
     def on_instance(self, info: InstanceInfo) -> None:
-        """Record a spooled instance and feed the exam tracker."""
-        record_instance(self.store, info)
+        """Queue the job-store row of a spooled instance and feed the exam tracker."""
+        self.batcher.submit(instance_row(info))
         if info.is_own_result:
             return
         with self._lock:
@@ -181,35 +254,133 @@ class Service:
         """Record and enqueue a job for every exam the tracker declares ready.
 
         While processing is paused nothing is dispatched: ready exams wait in the tracker.
+        With ``priors.source`` set, a new exam of a patient who has no other exam in our
+        store is held while its prior is fetched from the PACS (see :mod:`service.priors`)
+        and until the prior's own job has finished (or ``priors.wait_s`` has passed), so
+        the follow-up comparison finds it.
         """
         if self.controls.is_paused("processing"):
             return []
+        now = time.time() if now is None else now
         with self._lock:
-            ready: list[ExamReady] = self.tracker.ready(time.time() if now is None else now)
-        job_ids = []
+            ready: list[ExamReady] = self.tracker.ready(now)
+        job_ids: list[int] = []
+        if ready and not self.batcher.flush():
+            log.warning("job-store rows of received instances are late; dispatching anyway")
         for exam in ready:
-            first = next(iter(exam.series.values()))[0]
-            n_instances = sum(len(infos) for infos in exam.series.values())
-            if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            if self._hold_for_prior(exam, now):
                 continue
-            job_id = self.store.create_job(
-                study_uid=exam.study_uid,
-                patient_key=first.patient_key,
-                series_uids=list(exam.series),
-                n_instances=n_instances,
-                complete=exam.complete,
-                reason=exam.reason,
-            )
-            self.celery.send_task(PROCESS_TASK, args=[job_id])
-            job_ids.append(job_id)
-            log.info("job %d queued for study %s", job_id, exam.study_uid)
+            job_id = self._dispatch(exam)
+            if job_id is not None:
+                job_ids.append(job_id)
+        for study_uid, held in list(self._held.items()):
+            if self._prior_settled(held, now):
+                del self._held[study_uid]
+                job_id = self._dispatch(held.exam)
+                if job_id is not None:
+                    job_ids.append(job_id)
         return job_ids
+
+    def _dispatch(self, exam: ExamReady) -> int | None:
+        first = next(iter(exam.series.values()))[0]
+        n_instances = sum(len(infos) for infos in exam.series.values())
+        if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            return None
+        job_id = self.store.create_job(
+            study_uid=exam.study_uid,
+            patient_key=first.patient_key,
+            series_uids=list(exam.series),
+            n_instances=n_instances,
+            complete=exam.complete,
+            reason=exam.reason,
+        )
+        self.celery.send_task(PROCESS_TASK, args=[job_id])
+        log.info("job %d queued for study %s", job_id, exam.study_uid)
+        return job_id
+
+    # --- priors from the PACS ----------------------------------------------------------------
+    def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
+        """Start fetching the exam's prior and hold the exam, when that is called for."""
+        if self.settings.priors.source is None or exam.update or exam.study_uid in self._held:
+            return False
+        with self._lock:
+            if exam.study_uid in self._fetched_priors:
+                return False  # a fetched prior: its own prior is not fetched
+        first = next(iter(exam.series.values()))[0]
+        have = {
+            str(info["study_uid"])
+            for info in self.store.instance_infos()
+            if info.get("patient_key") == first.patient_key
+        }
+        if have - {exam.study_uid}:
+            return False  # another exam of this patient is here: the comparison uses ours
+        held = _HeldExam(exam=exam, since=now)
+        self._held[exam.study_uid] = held
+        threading.Thread(
+            target=self._fetch_prior,
+            args=(held, first.path, have),
+            name="cordt1-prior-fetch",
+            daemon=True,
+        ).start()
+        return True
+
+    def _fetch_prior(self, held: _HeldExam, path: Path, have: set[str]) -> None:
+        study_uid = held.exam.study_uid
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+            fetched = fetch_prior(
+                self.settings,
+                patient_id=str(header.get("PatientID") or ""),
+                issuer_of_patient_id=str(header.get("IssuerOfPatientID") or ""),
+                current_study_uid=study_uid,
+                moment=(str(header.get("StudyDate") or ""), str(header.get("StudyTime") or "")),
+                have_study_uids=have,
+            )
+            if fetched is None:
+                self.store.log_event("prior.none", f"study {study_uid}: no prior on the PACS")
+            else:
+                with self._lock:
+                    self._fetched_priors.add(fetched.study_uid)
+                held.prior_uid = fetched.study_uid
+                self.store.log_event(
+                    "prior.fetched",
+                    f"study {study_uid}: prior {fetched.study_uid} of {fetched.study_date} "
+                    f"fetched from {self.settings.priors.source} "
+                    f"({fetched.instances} instance(s))",
+                )
+        except Exception as exc:
+            log.warning("fetching the prior of study %s failed: %s", study_uid, exc)
+            self.store.log_event(
+                "prior.failed", f"study {study_uid}: fetching its prior failed: {exc}"
+            )
+        finally:
+            held.done.set()
+
+    def _prior_settled(self, held: _HeldExam, now: float) -> bool:
+        """Whether a held exam may go: prior fetched and processed, none, failed, or too late."""
+        if now - held.since > self.settings.priors.wait_s:
+            self.store.log_event(
+                "prior.late",
+                f"study {held.exam.study_uid}: processed without its prior after "
+                f"{self.settings.priors.wait_s:g} s",
+            )
+            return True
+        if not held.done.is_set():
+            return False
+        if held.prior_uid is None:
+            return True
+        finished = (JobState.DONE, JobState.FAILED)
+        return any(
+            job.study_uid == held.prior_uid
+            for job in self.store.list_jobs(limit=100000, states=list(finished))
+        )
 
     def recover(self) -> None:
         """After a restart: rebuild the tracker from the store and re-queue unfinished jobs.
 
         Exams that already have a job are not dispatched again (see :meth:`dispatch_ready`).
         """
+        record_unrecorded_files(self.store, self.spool)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
         with self._lock:
             for info in replay:
@@ -242,6 +413,7 @@ class Service:
             self._start_api()
         self._start_workers()
         self.recover()
+        self.batcher.start()
         self.scp.start()
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
@@ -259,6 +431,7 @@ class Service:
         self.scp.stop()
         if self.api is not None:
             self.api.stop()
+        self.batcher.close()
         if self._watcher:
             self._watcher.join(timeout=5)
         for proc in self._workers:

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_node.scu import TLS_PREFIX
+from dicom_node.scu import TLS_PREFIX, Destination
 from dicom_node.tls import ClientTls, ServerTls
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ApiUser",
     "NodeSettings",
     "NodeTlsSettings",
+    "PriorsSettings",
     "SendSettings",
     "SendTlsSettings",
     "Settings",
@@ -95,6 +96,13 @@ class NodeSettings(BaseModel):
     min_free_mb: int = Field(1024, ge=0, description="Refuse C-STORE below this free space.")
     settle_s: float = Field(5.0, gt=0, description="Silence after a complete exam before a job.")
     stale_s: float = Field(120.0, gt=0, description="Silence after which an incomplete exam runs.")
+    record_flush_ms: float = Field(
+        50.0,
+        gt=0,
+        le=10000,
+        description="Job-store rows of received instances are committed in batches at most "
+        "this often (the files themselves are fsynced before the C-STORE answer).",
+    )
     tls: NodeTlsSettings | None = Field(
         None,
         description="A DICOM TLS port besides (or, with listen_plain false, instead of) "
@@ -240,6 +248,42 @@ class ApiSettings(BaseModel):
         return self
 
 
+class PriorsSettings(BaseModel):
+    """Where a patient's earlier exam is fetched from when it is not in our store."""
+
+    source: str | None = Field(
+        None,
+        description='PACS to query (C-FIND) and retrieve from (C-MOVE), "AET@HOST:PORT" or '
+        '"tls://AET@HOST:PORT" (TLS settings of [send.tls]); none: no fetching. The PACS must '
+        "know our AE title (node.ae_title) as a move destination.",
+    )
+    max_age_days: int = Field(
+        3650, ge=1, description="Only exams at most this many days older than the current one."
+    )
+    modality: str = Field("MR", min_length=1, max_length=16)
+    timeout_s: float = Field(
+        600.0, gt=0, description="C-FIND / C-MOVE timeout (a move of a large exam takes time)."
+    )
+    wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest an exam waits for its prior to be fetched and processed; then it "
+        "is processed without it.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        Destination.parse(value.strip())  # raises ValueError naming what is wrong
+        return value.strip()
+
+    def destination(self) -> Destination | None:
+        """The parsed ``source``, or ``None`` when priors are not fetched."""
+        return Destination.parse(self.source) if self.source else None
+
+
 class Settings(BaseSettings):
     """Everything the service needs to run."""
 
@@ -286,6 +330,7 @@ class Settings(BaseSettings):
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    priors: PriorsSettings = Field(default_factory=PriorsSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
     log_level: str = "INFO"
 

@@ -8,8 +8,11 @@ start-up.
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -35,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 __all__ = [
+    "InstanceBatcher",
     "Job",
     "JobState",
     "JobStore",
@@ -47,6 +51,8 @@ __all__ = [
     "recent_events",
     "stage_timings",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 
 class JobState(StrEnum):
@@ -204,20 +210,49 @@ class JobStore:
             "own_result": own_result,
             "info": json.dumps(info, sort_keys=True),
         }
+        self.record_instances([row])
+
+    def record_instances(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace the rows of several received instances in one transaction.
+
+        Parameters
+        ----------
+        rows : sequence of mapping
+            Rows with the keys of :meth:`record_instance` (``info`` already JSON text);
+            a later row of the same SOP Instance UID replaces an earlier one.
+        """
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            latest[str(row["sop_instance_uid"])] = dict(row)
+        if not latest:
+            return
         with self.engine.begin() as conn:
-            existing = conn.execute(
-                select(instances.c.sop_instance_uid).where(
-                    instances.c.sop_instance_uid == sop_instance_uid
+            existing: set[str] = set()
+            uids = list(latest)
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                existing.update(
+                    r.sop_instance_uid
+                    for r in conn.execute(
+                        select(instances.c.sop_instance_uid).where(
+                            instances.c.sop_instance_uid.in_(chunk)
+                        )
+                    )
                 )
-            ).first()
-            if existing:
+            fresh = [row for uid, row in latest.items() if uid not in existing]
+            if fresh:
+                conn.execute(insert(instances), fresh)
+            for uid in existing:
                 conn.execute(
                     update(instances)
-                    .where(instances.c.sop_instance_uid == sop_instance_uid)
-                    .values(**row)
+                    .where(instances.c.sop_instance_uid == uid)
+                    .values(**latest[uid])
                 )
-            else:
-                conn.execute(insert(instances).values(**row))
+
+    def recorded_paths(self) -> set[str]:
+        """The spool path of every recorded instance (to find files a crash left unrecorded)."""
+        with self.engine.connect() as conn:
+            return {row.path for row in conn.execute(select(instances.c.path))}
 
     def instance_infos(self, *, include_own: bool = False) -> list[dict[str, Any]]:
         """Every recorded instance's header summary, oldest first."""
@@ -516,3 +551,156 @@ def stage_timings(store: JobStore) -> list[dict[str, float]]:
             if isinstance(timings, dict):
                 out.append({k: float(v) for k, v in timings.items()})
     return out
+
+
+class InstanceBatcher:
+    """Records received instances in the job store from one writer thread, in batches.
+
+    :meth:`submit` only queues the row (microseconds, called from the SCP's threads); the
+    writer commits everything queued at most every ``flush_ms`` milliseconds in one
+    transaction. The spooled file is already on disk (fsynced) when a row is submitted, so a
+    crash loses at most rows, never instances: :meth:`service.server.Service.recover`
+    records spooled files that have no row.
+
+    When a commit fails (database down, disk full) the rows are kept and retried every
+    ``flush_ms``; until a commit succeeds again :meth:`submit` still queues its row but
+    raises, so the storage SCP answers 0xC211 and the sender knows to try again.
+
+    Parameters
+    ----------
+    store : JobStore
+        Where the rows go.
+    flush_ms : float
+        Longest wait before queued rows are committed (> 0).
+    max_batch : int
+        Rows per transaction at most (>= 1).
+
+    Raises
+    ------
+    ValueError
+        If ``flush_ms`` or ``max_batch`` is out of range.
+    """
+
+    def __init__(self, store: JobStore, *, flush_ms: float = 50.0, max_batch: int = 500) -> None:
+        if not flush_ms > 0:
+            raise ValueError(f"flush_ms must be > 0, got {flush_ms!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        self._store = store
+        self._flush_s = flush_ms / 1000.0
+        self._max_batch = max_batch
+        self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._unsaved: list[dict[str, Any]] = []  # rows of failed commits, retried first
+        self._error = ""  # why the last commit failed; "" when it succeeded
+        self.failed_batches = 0
+        """Commits that failed (each is logged; their rows are retried)."""
+
+    @property
+    def healthy(self) -> bool:
+        """``False`` while rows wait for a failed commit to be retried."""
+        return not self._error
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="cordt1-instance-writer", daemon=True
+            )
+            self._thread.start()
+
+    def submit(self, row: Mapping[str, Any]) -> None:
+        """Queue one row (keys of :meth:`JobStore.record_instance`, ``info`` as a dict).
+
+        Starts the writer thread if :meth:`start` was not called yet.
+
+        Raises
+        ------
+        RuntimeError
+            If the batcher is closed, or (after queuing the row) while the job store
+            refuses commits.
+        """
+        if self._closed:
+            raise RuntimeError("InstanceBatcher is closed")
+        if self._thread is None:
+            self.start()
+        self._queue.put(dict(row))
+        error = self._error
+        if error:
+            raise RuntimeError(f"job store not writable: {error}")
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every row submitted before this call is committed.
+
+        Returns
+        -------
+        bool
+            ``False`` if the writer did not get there within ``timeout_s`` or the commit
+            failed (the rows are retried).
+        """
+        if self._thread is None or not self._thread.is_alive():
+            return not self._unsaved
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s) and self.healthy
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is queued (one last try) and stop the writer thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            rows: list[dict[str, Any]] = []
+            waiters: list[threading.Event] = []
+            deadline: float | None = time.monotonic() + self._flush_s if self._unsaved else None
+            while not stop and not waiters and len(rows) < self._max_batch:
+                if deadline is None:
+                    item = self._queue.get()  # idle: wait for the first row
+                    deadline = time.monotonic() + self._flush_s
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    rows.append(item)
+            self._commit(rows)
+            for waiter in waiters:
+                waiter.set()
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        pending = self._unsaved + rows
+        if not pending:
+            return
+        encoded = [{**row, "info": json.dumps(row["info"], sort_keys=True)} for row in pending]
+        try:
+            self._store.record_instances(encoded)
+        except Exception as exc:
+            self.failed_batches += 1
+            self._unsaved = pending
+            if not self._error:  # log the first failure, not every retry
+                LOGGER.exception(
+                    "recording %d instance(s) in the job store failed; retrying every %g ms",
+                    len(pending),
+                    self._flush_s * 1000,
+                )
+            self._error = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        if self._error:
+            LOGGER.warning("job store writable again: %d row(s) recorded", len(pending))
+        self._unsaved = []
+        self._error = ""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_receive import (
+    ORTHANC,
     STORESCP,
     STORESCU,
     SourceSet,
@@ -53,8 +54,8 @@ def test_run_rejects_more_senders_than_instances(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (Path(STORESCU).is_file() and Path(STORESCP).is_file()),
-    reason="DCMTK storescu/storescp not installed in /usr/bin",
+    not (Path(STORESCU).is_file() and Path(STORESCP).is_file() and Path(ORTHANC).is_file()),
+    reason="DCMTK storescu/storescp or Orthanc not installed",
 )
 def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "receive.json"
@@ -64,13 +65,15 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert report["config"]["instances"] == 20
     assert report["config"]["senders"] == [1, 4]
     assert {"cpu_count", "pydicom", "pynetdicom", "dcmtk"} <= set(report["machine"])
-    for receiver in ("ours", "dcmtk"):
+    for receiver in ("ours", "dcmtk", "orthanc"):
         for senders in ("1", "4"):
             summary = report["results"][receiver][senders]
             assert len(summary["rounds"]) == 1
             assert summary["median_images_per_s"] > 0
             assert summary["median_mb_per_s"] > 0
     assert report["results"]["ours"]["1"]["median_cpu_ms_per_image"] > 0
-    assert set(report["ratio_ours_to_dcmtk"]) == {"1", "4"}
-    assert all(r["median_of_rounds"] > 0 for r in report["ratio_ours_to_dcmtk"].values())
+    for other in ("dcmtk", "orthanc"):
+        ratios = report[f"ratio_ours_to_{other}"]
+        assert set(ratios) == {"1", "4"}
+        assert all(r["median_of_rounds"] > 0 for r in ratios.values())
     assert not list(tmp_path.glob("bench_receive_*")), "scratch folder left behind"
