@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from processing.atlas import label_regions_atlas
 from processing.regions import REGIONS, estimate_levels, label_regions, region_masks
 from processing.segmentation import segment_cord, split_gm_wm
 from processing.template import cord_coordinates, geometric_gm_prior
+from service.atlas import load_pam50_priors, pam50_gm_prior, pam50_lps
+from service.reference_data import load_pam50
 from tests.test_segmentation import phantom_exams
 
 
@@ -92,18 +95,44 @@ def test_dorsal_columns_are_posterior_between_the_dorsal_horns(exams) -> None:
     assert y_dc > y_vf + 3.0
 
 
-def test_region_proportions_are_plausible(exams) -> None:
+def _pam50_shares(levels: np.ndarray) -> dict[str, float]:
+    """Share of the cord each region name has in PAM50 itself (voxels), averaged over slices."""
+    pam50 = load_pam50()
+    cord, _, regions, atlas_levels, _ = pam50_lps(pam50)
+    per_level = {}
+    for lv in np.unique(levels):
+        ks = np.nonzero((atlas_levels == lv).any(axis=(1, 2)))[0]
+        mass = regions[:, ks][:, cord[ks]].astype(np.float64).sum(axis=1)
+        per_level[lv] = mass / mass.sum()
+    mean = np.mean([per_level[lv] for lv in levels], axis=0)
+    by_key = {info.key: info.name for info in REGIONS.values()}
+    shares: dict[str, float] = {}
+    for key, value in zip(pam50.region_keys, mean, strict=True):
+        shares[by_key[key]] = shares.get(by_key[key], 0.0) + float(value)
+    return shares
+
+
+def test_region_proportions_match_pam50(exams) -> None:
+    """The pipeline's regions (PAM50 prior split, PAM50 atlas labels) on a real-shape cord
+    take the shares of the cord that PAM50 itself gives at the slab's levels (the old bounds
+    came from the geometric rules' butterfly, not from real cords)."""
     slab = exams[0][1]
-    _, coords, gm, wm, labels = _labelled(slab)
-    levels = estimate_levels(coords, slab.n_slabs)
+    seg = segment_cord(slab.t1_ms, slab.voxel_mm)
+    coords = cord_coordinates(seg.cord, seg.centre_ji, slab.affine_lps, slab=slab.index,
+                              n_slabs=slab.n_slabs)  # fmt: skip
+    prior = coords.sample(pam50_gm_prior(slab.n_slabs))
+    gm, wm = split_gm_wm(slab.t1_ms, seg.cord, prior, voxel_mm=slab.voxel_mm)
+    # these short slabs (4 x 4 mm) cover C1-C2 and C2-C3 (see the level test below)
+    levels = estimate_levels(coords, slab.n_slabs, coverage={1: (1, 2), 2: (2, 3)})
+    labels = label_regions_atlas(coords, gm, wm, levels, load_pam50_priors())
     masks = region_masks(labels, gm, wm, levels)
     cord = masks["cord"].sum()
     assert masks["cord_left"].sum() + masks["cord_right"].sum() == cord
     assert 0.4 < masks["cord_left"].sum() / cord < 0.6
     share = {name: masks[name].sum() / cord for name in {r.name for r in REGIONS.values()}}
-    assert 0.08 < share["wm_dorsal_columns"] < 0.3
-    assert 0.25 < share["wm_lateral_funiculi"] < 0.6
-    assert 0.03 < share["wm_ventral_funiculi"] < 0.2
+    expected = _pam50_shares(levels)
+    for name, value in share.items():
+        assert value == pytest.approx(expected[name], abs=0.05), (name, share, expected)
     assert sum(share.values()) == pytest.approx(1.0)
     assert sum(masks[f"C{lv}"].sum() for lv in range(1, 8) if f"C{lv}" in masks) == cord
     for code, info in REGIONS.items():

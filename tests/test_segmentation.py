@@ -15,7 +15,8 @@ from processing.segmentation import (
     segment_cord,
     split_gm_wm,
 )
-from processing.template import cord_coordinates, geometric_gm_prior, gm_prior_from_controls
+from processing.template import cord_coordinates, gm_prior_from_controls
+from service.atlas import pam50_gm_prior
 from service.phantom import PhantomOptions, write_cohort
 
 
@@ -57,7 +58,8 @@ def _segment_all(slab: PhantomSlab, prior_grid: np.ndarray | None = None):
     coords = cord_coordinates(
         seg.cord, seg.centre_ji, slab.affine_lps, slab=slab.index, n_slabs=slab.n_slabs
     )
-    grid = prior_grid if prior_grid is not None else geometric_gm_prior(slab.n_slabs)
+    # the product's prior: PAM50 GM probability by level (see service.quantify.split_tissues)
+    grid = prior_grid if prior_grid is not None else pam50_gm_prior(slab.n_slabs)
     gm, wm = split_gm_wm(slab.t1_ms, seg.cord, coords.sample(grid), voxel_mm=slab.voxel_mm)
     return seg, coords, gm, wm
 
@@ -183,21 +185,25 @@ def test_mixture_ignores_lesions() -> None:
     assert abs(mixture.gm_ms - 1310) < 35 and abs(mixture.wm_ms - 1190) < 25
 
 
-def test_gm_wm_split_with_the_geometric_prior(small_exams, oblique_exams) -> None:
+def test_gm_wm_split_with_the_pam50_prior(small_exams, oblique_exams) -> None:
+    """On real cord shapes the PAM50 prior split meets the issue's target (GM Dice >= 0.80)."""
+    scores = []
     for exam in small_exams + oblique_exams:
         for slab in exam:
             seg, _, gm, wm = _segment_all(slab)
             assert not (gm & wm).any() and np.array_equal(gm | wm, seg.cord)
             assert dice(wm, slab.truth["wm"]) >= 0.85
-            assert dice(gm, slab.truth["gm"]) >= 0.6
+            scores.append(dice(gm, slab.truth["gm"]))
             # GM is the butterfly: about 15-30 % of the cross-section
             assert 0.12 < gm.sum() / seg.cord.sum() < 0.32
+    assert min(scores) >= 0.7, scores
+    assert np.mean(scores) >= 0.80, scores
 
 
 def test_gm_split_with_a_prior_learned_from_other_controls(
     small_exams, oblique_exams, tmp_path_factory
 ) -> None:
-    """A prior built from the site's controls (other subjects) reaches GM Dice >= 0.75."""
+    """A prior learned from other subjects (shrunk towards PAM50, as ``model build`` does)."""
     training = phantom_exams(
         tmp_path_factory, "training", seed=21, matrix=160, slices_per_slab=4, slabs=2
     )
@@ -208,19 +214,19 @@ def test_gm_split_with_a_prior_learned_from_other_controls(
             coords = cord_coordinates(seg.cord, seg.centre_ji, slab.affine_lps, slab=slab.index,
                                       n_slabs=slab.n_slabs)  # fmt: skip
             controls.append((coords, slab.truth["gm"] & seg.cord))
-    learned = gm_prior_from_controls(controls)
+    learned = gm_prior_from_controls(controls, base_prior=pam50_gm_prior(2))
     scores = []
     for exam in small_exams:
         for slab in exam:
             _, _, gm, wm = _segment_all(slab, learned)
             scores.append(dice(gm, slab.truth["gm"]))
             assert dice(wm, slab.truth["wm"]) >= 0.85
-    assert np.mean(scores) >= 0.75, scores
-    # the learned prior also beats using the prior alone
-    slab = small_exams[0][0]
-    seg, coords, gm, _ = _segment_all(slab, learned)
-    prior_only = seg.cord & (coords.sample(learned) > 0.5)
-    assert dice(gm, slab.truth["gm"]) > dice(prior_only, slab.truth["gm"])
+    assert np.mean(scores) >= 0.80, scores
+    # the split beats using the learned prior alone
+    for slab in small_exams[0]:
+        seg, coords, gm, _ = _segment_all(slab, learned)
+        prior_only = seg.cord & (coords.sample(learned) > 0.5)
+        assert dice(gm, slab.truth["gm"]) > dice(prior_only, slab.truth["gm"]) + 0.03
 
 
 def test_split_validates_input() -> None:

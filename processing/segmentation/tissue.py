@@ -190,7 +190,7 @@ def split_gm_wm(
     voxel_mm: tuple[float, float, float],
     smoothness: float = 1.5,
     iterations: int = 8,
-    edge_mm: float = 0.35,
+    edge_mm: float = 0.6,
     denoise_mm: float = 0.25,
     t2star: FloatArray | None = None,
 ) -> tuple[BoolArray, BoolArray]:
@@ -212,8 +212,9 @@ def split_gm_wm(
     iterations : int
         Mean-field iterations.
     edge_mm : float
-        Voxels closer than this to the cord edge (partial volume with CSF) carry no
-        intensity evidence.
+        Voxels closer than this to the cord edge (partial volume with CSF, and the outline's
+        own uncertainty: two voxel rows at 0.3 mm) carry no intensity evidence; they follow
+        the prior and their neighbours.
     denoise_mm : float
         In-plane Gaussian smoothing (inside the cord interior) of the intensities.
     t2star : ndarray, same shape, optional
