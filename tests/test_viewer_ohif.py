@@ -1,0 +1,284 @@
+"""A processed exam in the OHIF web viewer, as a radiologist opens it (issue 11).
+
+Orthanc with DICOMweb holds the source exam and every result object of ``cordt1 process``; the
+OHIF viewer from npm is served in front of it by ``deploy/viewer/ohif_proxy.py`` and driven in the
+system Chromium. Screenshots are kept under the test's temporary folder and, with
+``CORDT1_VIEWER_ARTEFACTS=DIR`` (``scripts/viewer.sh``), copied to DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from service.model_build import build_model
+from service.protocol import load_site_protocols
+from tests.ohif_viewer import (
+    SR_WITHOUT_COORDINATES,
+    OhifPage,
+    ViewerStack,
+    chromium_page,
+    is_blank,
+    probe_value,
+    viewer_stack,
+)
+from tests.service_harness import PhantomExam, make_exams
+
+pytestmark = pytest.mark.slow
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG = "1.2.840.10008.5.1.4.1.1.66.7"
+SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33")
+PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+MR_CLASSES = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1")
+# segments of the anatomy layer (GM/WM regions) that must not bury the lesions
+REGION_WORDS = ("dorsal", "ventral", "lateral", "intermediate")
+
+
+@dataclass(frozen=True)
+class ProcessedExam:
+    """A phantom exam with its ``cordt1 process`` results (headers read once)."""
+
+    exam: PhantomExam
+    sources: list[Path]
+    results: dict[Path, pydicom.Dataset]
+
+    def of_class(self, *sop_classes: str) -> dict[Path, pydicom.Dataset]:
+        """Result files of the given SOP classes."""
+        return {p: ds for p, ds in self.results.items() if ds.SOPClassUID in sop_classes}
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> ProcessedExam:
+    root = tmp_path_factory.mktemp("viewer_exam")
+    controls = make_exams(root / "controls", controls=3, patients=0, seed=31)
+    build_model(
+        root / "controls",
+        root / "model",
+        profiles=load_site_protocols(controls[0].site_protocols),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    exam = make_exams(root / "patient", patients=1, seed=21)[0]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "process",
+            str(exam.dicom_dir),
+            "--out",
+            str(root / "out"),
+            "--site-protocols",
+            str(exam.site_protocols),
+            "--model",
+            str(root / "model"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = sorted((root / "out" / exam.study_uid / "dicom").glob("*.dcm"))
+    results = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in files}
+    return ProcessedExam(exam, sorted(exam.dicom_dir.rglob("*.dcm")), results)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    processed: ProcessedExam, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ViewerStack]:
+    folder = tmp_path_factory.mktemp("viewer_stack")
+    with viewer_stack(folder, processed.sources + list(processed.results)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ohif(stack: ViewerStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OhifPage]:
+    shots = tmp_path_factory.mktemp("viewer_shots")
+    with chromium_page(shots) as page:
+        yield page
+    (shots / "console.log").write_text("\n".join(page.console + page.page_errors))
+    keep = os.environ.get("CORDT1_VIEWER_ARTEFACTS")
+    if keep:
+        shutil.copytree(shots, keep, dirs_exist_ok=True)
+
+
+def _series(files: dict[Path, pydicom.Dataset]) -> dict[int, list[pydicom.Dataset]]:
+    out: dict[int, list[pydicom.Dataset]] = {}
+    for ds in files.values():
+        out.setdefault(int(ds.SeriesNumber), []).append(ds)
+    return dict(sorted(out.items()))
+
+
+def test_study_list_opens_the_study_with_every_result_series(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
+) -> None:
+    description = str(
+        pydicom.dcmread(processed.sources[0], stop_before_pixels=True).StudyDescription
+    )
+    ohif.page.goto(stack.url)
+    row = ohif.page.get_by_text(description, exact=True).first
+    row.wait_for(timeout=60_000)
+    ohif.dismiss_notices()
+    ohif.page.screenshot(path=ohif.shots / "01_study_list.png")
+    row.click()
+    ohif.page.get_by_role("button", name="Basic Viewer").click()
+    ohif.page.wait_for_url(re.compile("/viewer"))
+    ohif.page.locator('[data-cy="study-browser-thumbnail"]').first.wait_for(timeout=60_000)
+    ohif.page.wait_for_timeout(2000)
+    ohif.dismiss_notices()
+    shot, stats = ohif.viewport_shot("02_study")
+    assert processed.exam.study_uid in ohif.page.url
+    assert set(_series(processed.results)) <= ohif.thumbnail_series_numbers()
+    assert not is_blank(stats), f"blank first viewport, see {shot}"
+    assert ohif.viewer_errors() == []
+
+
+@pytest.fixture(scope="module")
+def opened_segmentations(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
+) -> list[dict[str, Any]]:
+    """Each SEG result opened on its own: the segments the panel lists, the shot, errors."""
+    opened = []
+    for number, datasets in _series(processed.of_class(SEG, LABELMAP_SEG)).items():
+        ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
+        mark = len(ohif.console)
+        ohif.open_series(number)
+        ohif.click_button("Yes")
+        shot, stats = ohif.viewport_shot(f"03_seg_{number}")
+        panel = ohif.open_segmentation_panel()
+        ohif.page.screenshot(path=ohif.shots / f"03_seg_{number}_panel.png")
+        labels = [str(s.SegmentLabel) for ds in datasets for s in ds.SegmentSequence]
+        opened.append(
+            {
+                "series": number,
+                "labels": labels,
+                "listed": [label for label in labels if label in panel],
+                "shot": shot,
+                "stats": stats,
+                "errors": ohif.viewer_errors(mark),
+            }
+        )
+    return opened
+
+
+def test_segmentations_list_their_segments_and_draw_an_overlay(
+    opened_segmentations: list[dict[str, Any]],
+) -> None:
+    assert opened_segmentations, "no SEG among the results"
+    for seg in opened_segmentations:
+        assert seg["errors"] == [], seg
+        assert seg["listed"] == seg["labels"], f"segments not listed in the panel: {seg}"
+        assert not is_blank(seg["stats"]), f"blank viewport: {seg}"
+        assert seg["stats"]["coloured"] > 0.002, f"no overlay drawn: {seg}"
+
+
+def test_lesions_and_cord_are_a_layer_apart_from_the_regions(
+    opened_segmentations: list[dict[str, Any]],
+) -> None:
+    """Issue 11 item 3: the reader can show cord and lesions without the 12 regions on top."""
+    clinical = [
+        seg
+        for seg in opened_segmentations
+        if any("cord" in label.lower() for label in seg["listed"])
+        and not any(w in label.lower() for label in seg["listed"] for w in REGION_WORDS)
+    ]
+    assert clinical, "every SEG with the cord also holds the regions: " + str(
+        [(seg["series"], seg["listed"]) for seg in opened_segmentations]
+    )
+
+
+def test_sr_measurements_show_as_annotations_on_the_images(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
+) -> None:
+    reports = _series(processed.of_class(*SR_CLASSES))
+    assert reports, "no SR among the results"
+    number = next(iter(reports))
+    ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
+    mark = len(ohif.console)
+    ohif.open_series(number, settle_ms=6000)
+    shot, stats = ohif.viewport_shot("04_sr")
+    without_coordinates = [
+        line for line in ohif.since(mark) if any(m in line for m in SR_WITHOUT_COORDINATES)
+    ]
+    texts = list(ohif.annotation_texts().values())
+    problems = [f"viewer error: {e}" for e in ohif.viewer_errors(mark)]
+    if without_coordinates:
+        problems.append(
+            f"{len(without_coordinates)} measurement groups without image coordinates "
+            f"({without_coordinates[0]})"
+        )
+    if is_blank(stats):
+        problems.append(f"blank SR viewport ({shot})")
+    if not texts:
+        problems.append("no rendered annotation")
+    elif not any(re.search(r"\d\s*ms\b", text) for text in texts):
+        problems.append(f"no annotation shows a value in ms: {texts}")
+    assert problems == []
+
+
+def test_t1_map_is_a_derived_mr_series_whose_probe_reads_ms(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
+) -> None:
+    """Issue 11 item 2: the T1 map as an ordinary MR series; the probe shows T1 in ms."""
+    t1_series = {
+        n: datasets
+        for n, datasets in _series(processed.of_class(*MR_CLASSES)).items()
+        if "T1" in str(datasets[0].SeriesDescription)
+    }
+    assert t1_series, "no derived MR series of the T1 map among the results " + str(
+        sorted({str(ds.SOPClassUID.name) for ds in processed.results.values()})
+    )
+    number, datasets = next(iter(t1_series.items()))
+    assert "DERIVED" in datasets[0].ImageType
+    assert "ms" in str(datasets[0].SeriesDescription)
+    ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
+    mark = len(ohif.console)
+    ohif.open_series(number)
+    shot, stats = ohif.viewport_shot("05_t1_map")
+    overlay = ohif.overlay_text()
+    paths = [p for p, ds in processed.results.items() if int(ds.SeriesNumber) == number]
+    centre_ms = []
+    shape = (0, 0)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns).astype(float)
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        shape = (int(ds.Rows), int(ds.Columns))
+        centre_ms += list(frames[:, shape[0] // 2, shape[1] // 2] * slope + intercept)
+    label = ohif.probe(shape[0] // 2, shape[1] // 2, shape)
+    ohif.viewport_shot("05_t1_map_probe")
+    value = probe_value(label)
+    assert ohif.viewer_errors(mark) == []
+    assert not is_blank(stats), f"blank T1 viewport, see {shot}"
+    assert "ms" in overlay, overlay
+    assert value is not None, f"no probe value in {label!r}"
+    assert 300 < value < 5000, f"probe shows {value}, not a T1 in ms"
+    assert np.min(np.abs(np.array(centre_ms) - value)) <= max(1.0, 0.005 * value), (
+        value,
+        centre_ms,
+    )
+
+
+def test_pdf_report_displays(processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage) -> None:
+    documents = _series(processed.of_class(PDF))
+    assert documents, "no encapsulated PDF among the results"
+    ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
+    mark = len(ohif.console)
+    ohif.open_series(next(iter(documents)), settle_ms=5000)
+    shot, stats = ohif.viewport_shot("06_pdf")
+    embedded = ohif.viewport().locator("iframe, object, embed").count()
+    assert ohif.viewer_errors(mark) == []
+    assert embedded >= 1, "no PDF frame in the viewport"
+    assert not is_blank(stats), f"blank PDF viewport, see {shot}"
