@@ -31,6 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 # what OHIF logs when an SR measurement group has no image coordinates, and when it crashes
 SR_WITHOUT_COORDINATES = ("No spatial coordinates group found", "contains no SCOORD or SCOORD3D")
 ERROR_BOUNDARY = ("Error Boundary", "Something went wrong")
+JPEG_QUALITY = 80
 THUMBNAILS = '[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]'
 
 
@@ -174,6 +175,13 @@ class OhifPage:
         numbers = self.page.eval_on_selector_all(THUMBNAILS, script)
         return {int(n) for n in numbers if n and n.isdigit()}
 
+    def thumbnail_descriptions(self) -> dict[int, str]:
+        """Series description shown on each thumbnail, by series number."""
+        script = """els => els.map(e => [e.getAttribute('data-series'),
+            (e.querySelector('[data-cy="series-description-label"]') || e).textContent])"""
+        pairs = self.page.eval_on_selector_all(THUMBNAILS, script)
+        return {int(n): str(text).strip() for n, text in pairs if n and n.isdigit()}
+
     def open_series(self, series_number: int, *, settle_ms: int = 4000) -> None:
         """Double-click the series' thumbnail to show it in the viewport."""
         selector = ", ".join(f'{t}[data-series="{series_number}"]' for t in THUMBNAILS.split(", "))
@@ -194,11 +202,17 @@ class OhifPage:
         return self.page.locator('[data-cy="viewport-pane"]').first
 
     def viewport_shot(self, name: str) -> tuple[Path, dict[str, float]]:
-        """Screenshot of the viewport pane with its pixel statistics; the page one too."""
-        self.page.screenshot(path=self.shots / f"{name}_page.png")
-        path = self.shots / f"{name}.png"
-        png = self.viewport().screenshot(path=path)
+        """Screenshot of the viewport pane (kept as JPEG) with its pixel statistics."""
+        png = self.viewport().screenshot()
+        path = self.shots / f"{name}.jpg"
+        Image.open(io.BytesIO(png)).convert("RGB").save(path, quality=JPEG_QUALITY)
         return path, pixel_stats(png)
+
+    def page_shot(self, name: str) -> Path:
+        """Screenshot of the whole page (JPEG)."""
+        path = self.shots / f"{name}.jpg"
+        self.page.screenshot(path=path, type="jpeg", quality=JPEG_QUALITY)
+        return path
 
     def overlay_text(self) -> str:
         """The viewport's corner overlays (series description, window, image number)."""
