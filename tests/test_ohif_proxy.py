@@ -126,3 +126,43 @@ def test_a_folder_without_the_viewer_is_refused(tmp_path: Path) -> None:
         ohif_proxy.serve(
             dist=tmp_path, app_config=tmp_path / "c.js", orthanc_url="http://x:1", port=0
         )
+
+
+@pytest.mark.slow
+def test_a_real_orthanc_answers_the_viewer_through_the_proxy(tmp_path: Path) -> None:
+    """QIDO and WADO-RS metadata from Orthanc's DICOMweb plugin, credentials added on the way."""
+    import numpy as np
+
+    from service.pacs import OrthancPacs
+    from tests.dicom_factory import make_legacy_series, write_datasets
+
+    pacs = OrthancPacs.start(tmp_path / "orthanc", dicomweb=True)
+    server = None
+    try:
+        series = make_legacy_series(
+            np.zeros((2, 8, 8), np.uint16), np.eye(4), series_description="viewer check"
+        )
+        pacs.upload(write_datasets(series, tmp_path / "mr"))
+        dist = tmp_path / "dist"
+        dist.mkdir()
+        (dist / "index.html").write_text("x")
+        server = ohif_proxy.serve(
+            dist=dist,
+            app_config=dist / "index.html",
+            orthanc_url=f"http://127.0.0.1:{pacs.http_port}",
+            port=0,
+            orthanc_user=pacs.user,
+            orthanc_password=pacs.password,
+        )
+        root = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        study_uid = str(series[0].StudyInstanceUID)
+        studies = json.loads(_get(f"{root}/studies?includefield=00081030,00080060")[1])
+        assert [s["0020000D"]["Value"][0] for s in studies] == [study_uid]
+        found = json.loads(_get(f"{root}/studies/{study_uid}/series")[1])
+        assert found[0]["0008103E"]["Value"] == ["viewer check"]
+        metadata = json.loads(_get(f"{root}/studies/{study_uid}/metadata")[1])
+        assert len(metadata) == 2
+    finally:
+        if server is not None:
+            server.shutdown()
+        pacs.stop()

@@ -5,8 +5,8 @@ The viewer's prebuilt ``dist/`` folder (npm package ``@ohif/app``) is served as 
 a fallback to ``index.html`` (the viewer routes in the browser); ``/app-config.js`` is answered
 from the given configuration file; ``/dicom-web/...`` and ``/wado...`` are forwarded to Orthanc
 with the browser's ``Host`` header kept, so the bulk-data addresses Orthanc writes into its
-metadata point back at this server. Orthanc's DICOMweb plugin ignores a comma-separated
-``includefield``, so it is split into repeated parameters on the way.
+metadata point back at this server. A comma-separated ``includefield`` is sent on as repeated
+parameters, the form every DICOMweb server understands (not all take the comma form).
 
 Run ``python3 ohif_proxy.py --help``; see README.md beside this file.
 """
