@@ -188,12 +188,16 @@ class OhifPage:
         self.page.locator(selector).first.dblclick()
         self.page.wait_for_timeout(settle_ms)
 
-    def click_button(self, name: str, *, settle_ms: int = 4000) -> bool:
-        """Click a button by its text when present; True when it was there."""
-        button = self.page.get_by_role("button", name=name, exact=True)
-        if not button.count():
+    def click_button(self, name: str, *, wait_ms: int = 15_000, settle_ms: int = 3000) -> bool:
+        """Click a button by its text once it shows (up to ``wait_ms``); False if it never did."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        button = self.page.get_by_role("button", name=name, exact=True).first
+        try:
+            button.wait_for(state="visible", timeout=wait_ms)
+        except PlaywrightTimeout:
             return False
-        button.first.click()
+        button.click()
         self.page.wait_for_timeout(settle_ms)
         return True
 
