@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,11 +206,37 @@ class OhifPage:
         return self.page.locator('[data-cy="viewport-pane"]').first
 
     def viewport_shot(self, name: str) -> tuple[Path, dict[str, float]]:
-        """Screenshot of the viewport pane (kept as JPEG) with its pixel statistics."""
-        png = self.viewport().screenshot()
+        """Screenshot of the viewport pane (kept as JPEG) with its pixel statistics.
+
+        The page is shot clipped to the pane's box: an element shot waits for the element to be
+        still, which a viewport re-rendering in software may not be for many seconds.
+        """
+        box = self.viewport().bounding_box()
+        assert box, "no viewport on the page"
+        png = self.page.screenshot(clip=box)
         path = self.shots / f"{name}.jpg"
         Image.open(io.BytesIO(png)).convert("RGB").save(path, quality=JPEG_QUALITY)
         return path, pixel_stats(png)
+
+    def viewport_shot_when(
+        self,
+        name: str,
+        ready: Callable[[dict[str, float]], bool],
+        *,
+        timeout_ms: int = 15_000,
+    ) -> tuple[Path, dict[str, float]]:
+        """Shoot the viewport until ``ready(stats)`` holds or ``timeout_ms`` passed; the last shot.
+
+        Rendering in software on a busy machine takes a while: waiting for what the test looks
+        for (an image, an overlay) instead of a fixed time keeps the test from flaking.
+        """
+        waited = 0
+        while True:
+            shot, stats = self.viewport_shot(name)
+            if ready(stats) or waited >= timeout_ms:
+                return shot, stats
+            self.page.wait_for_timeout(1000)
+            waited += 1000
 
     def page_shot(self, name: str) -> Path:
         """Screenshot of the whole page (JPEG)."""

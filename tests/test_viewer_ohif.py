@@ -42,7 +42,10 @@ SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEG = "1.2.840.10008.5.1.4.1.1.66.7"
 SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33")
 PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 MR_CLASSES = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1")
+# share of clearly coloured pixels in the viewport's centre that means "an overlay is drawn"
+OVERLAY_SHARE = 0.002
 # segments of the anatomy layer (GM/WM regions) that must not bury the lesions
 REGION_WORDS = ("dorsal", "ventral", "lateral", "intermediate")
 
@@ -141,7 +144,7 @@ def test_study_list_opens_the_study_with_every_result_series(
     ohif.page.wait_for_timeout(2000)
     ohif.dismiss_notices()
     ohif.page_shot("02_study")
-    shot, stats = ohif.viewport_shot("02_study_viewport")
+    shot, stats = ohif.viewport_shot_when("02_study_viewport", lambda st: not is_blank(st))
     assert processed.exam.study_uid in ohif.page.url
     assert set(_series(processed.results)) <= ohif.thumbnail_series_numbers()
     assert not is_blank(stats), f"blank first viewport, see {shot}"
@@ -172,7 +175,9 @@ def opened_segmentations(
         mark = len(ohif.console)
         ohif.open_series(number, settle_ms=500)
         assert ohif.click_button("Yes"), f"OHIF did not offer to open SEG series {number}"
-        shot, stats = ohif.viewport_shot(f"03_seg_{number}")
+        shot, stats = ohif.viewport_shot_when(
+            f"03_seg_{number}", lambda st: not is_blank(st) and st["coloured"] > OVERLAY_SHARE
+        )
         panel = ohif.open_segmentation_panel()
         ohif.page_shot(f"03_seg_{number}_panel")
         labels = [str(s.SegmentLabel) for ds in datasets for s in ds.SegmentSequence]
@@ -197,7 +202,7 @@ def test_segmentations_list_their_segments_and_draw_an_overlay(
         assert seg["errors"] == [], seg
         assert seg["listed"] == seg["labels"], f"segments not listed in the panel: {seg}"
         assert not is_blank(seg["stats"]), f"blank viewport: {seg}"
-        assert seg["stats"]["coloured"] > 0.002, f"no overlay drawn: {seg}"
+        assert seg["stats"]["coloured"] > OVERLAY_SHARE, f"no overlay drawn: {seg}"
 
 
 def test_lesions_and_cord_are_a_layer_apart_from_the_regions(
@@ -231,12 +236,17 @@ def test_sr_measurements_show_as_annotations_on_the_images(
     number = next(iter(reports))
     ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
     mark = len(ohif.console)
-    ohif.open_series(number, settle_ms=6000)
-    shot, stats = ohif.viewport_shot("04_sr")
+    ohif.open_series(number, settle_ms=3000)
+    shot, stats = ohif.viewport_shot_when("04_sr", lambda st: not is_blank(st))
     without_coordinates = [
         line for line in ohif.since(mark) if any(m in line for m in SR_WITHOUT_COORDINATES)
     ]
     texts = list(ohif.annotation_texts().values())
+    for _ in range(5):  # labels are drawn a moment after the image
+        if texts or is_blank(stats):
+            break
+        ohif.page.wait_for_timeout(1000)
+        texts = list(ohif.annotation_texts().values())
     problems = [f"viewer error: {e}" for e in ohif.viewer_errors(mark)]
     if without_coordinates:
         problems.append(
@@ -252,47 +262,102 @@ def test_sr_measurements_show_as_annotations_on_the_images(
     assert problems == [], "\n".join(problems)
 
 
+Z_WORDS = re.compile(r"z[- ]?score|\bZ\b", re.IGNORECASE)
+
+
+def _derived_mr(processed: ProcessedExam, *, z_map: bool) -> dict[int, list[pydicom.Dataset]]:
+    """Result MR series of the T1 map (``z_map=False``) or of the Z map, by series number."""
+    out = {}
+    for number, datasets in _series(processed.of_class(*MR_CLASSES)).items():
+        description = str(datasets[0].SeriesDescription)
+        is_z = bool(Z_WORDS.search(description))
+        is_t1 = not is_z and bool(re.search(r"\bT1\b", description))
+        if (z_map and is_z) or (not z_map and is_t1):
+            out[number] = datasets
+    return out
+
+
+def _centre_values(processed: ProcessedExam, number: int) -> tuple[list[float], tuple[int, int]]:
+    """Rescaled values of the centre pixel of every image of a series; the image shape."""
+    values: list[float] = []
+    shape = (0, 0)
+    for path, header in processed.results.items():
+        if int(header.SeriesNumber) != number:
+            continue
+        ds = pydicom.dcmread(path)
+        frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns).astype(float)
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        shape = (int(ds.Rows), int(ds.Columns))
+        values += list(frames[:, shape[0] // 2, shape[1] // 2] * slope + intercept)
+    return values, shape
+
+
+def _probe_series(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage, number: int, name: str
+) -> tuple[float, list[float], str, list[str]]:
+    """Open a series, probe its centre pixel: (probe value, stored centre values, overlay,
+    problems seen: viewer errors, blank viewport, no probe value)."""
+    ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
+    mark = len(ohif.console)
+    ohif.open_series(number, settle_ms=2000)
+    shot, stats = ohif.viewport_shot_when(name, lambda st: not is_blank(st))
+    overlay = ohif.overlay_text()
+    centre, shape = _centre_values(processed, number)
+    label = ohif.probe(shape[0] // 2, shape[1] // 2, shape)
+    ohif.viewport_shot(f"{name}_probe")
+    value = probe_value(label)
+    problems = [f"viewer error: {e}" for e in ohif.viewer_errors(mark)]
+    if is_blank(stats):
+        problems.append(f"blank viewport ({shot})")
+    if value is None:
+        problems.append(f"no probe value in {label!r}")
+    return (value if value is not None else float("nan")), centre, overlay, problems
+
+
 def test_t1_map_is_a_derived_mr_series_whose_probe_reads_ms(
     processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
 ) -> None:
     """Issue 11 item 2: the T1 map as an ordinary MR series; the probe shows T1 in ms."""
-    t1_series = {
-        n: datasets
-        for n, datasets in _series(processed.of_class(*MR_CLASSES)).items()
-        if re.search(r"\bT1\b", str(datasets[0].SeriesDescription))
-        and not re.search(r"z[- ]?score|\bZ\b", str(datasets[0].SeriesDescription), re.IGNORECASE)
-    }
+    t1_series = _derived_mr(processed, z_map=False)
     assert t1_series, "no derived MR series of the T1 map among the results " + str(
         sorted({str(ds.SOPClassUID.name) for ds in processed.results.values()})
     )
     number, datasets = next(iter(t1_series.items()))
     assert "DERIVED" in datasets[0].ImageType
     assert "ms" in str(datasets[0].SeriesDescription)
-    ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
-    mark = len(ohif.console)
-    ohif.open_series(number)
-    shot, stats = ohif.viewport_shot("05_t1_map")
-    overlay = ohif.overlay_text()
-    paths = [p for p, ds in processed.results.items() if int(ds.SeriesNumber) == number]
-    centre_ms = []
-    shape = (0, 0)
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns).astype(float)
-        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
-        shape = (int(ds.Rows), int(ds.Columns))
-        centre_ms += list(frames[:, shape[0] // 2, shape[1] // 2] * slope + intercept)
-    label = ohif.probe(shape[0] // 2, shape[1] // 2, shape)
-    ohif.viewport_shot("05_t1_map_probe")
-    value = probe_value(label)
-    assert ohif.viewer_errors(mark) == []
-    assert not is_blank(stats), f"blank T1 viewport, see {shot}"
+    value, centre_ms, overlay, problems = _probe_series(
+        processed, stack, ohif, number, "05_t1_map"
+    )
+    assert problems == [], "\n".join(problems)
     assert "ms" in overlay, overlay
-    assert value is not None, f"no probe value in {label!r}"
     assert 300 < value < 5000, f"probe shows {value}, not a T1 in ms"
     assert np.min(np.abs(np.array(centre_ms) - value)) <= max(1.0, 0.005 * value), (
         value,
         centre_ms,
+    )
+
+
+def test_z_map_is_a_derived_mr_series_whose_probe_reads_z(
+    processed: ProcessedExam, stack: ViewerStack, ohif: OhifPage
+) -> None:
+    """Issue 11 item 2: with Z results (QC not failed) the Z map is an MR series too."""
+    assert processed.of_class(PARAMETRIC_MAP), "no Parametric Map among the results"
+    z_maps = [
+        ds
+        for ds in processed.of_class(PARAMETRIC_MAP).values()
+        if Z_WORDS.search(str(ds.SeriesDescription))
+    ]
+    assert z_maps, "this exam has no Z results: the test needs a model and a QC that passes"
+    z_series = _derived_mr(processed, z_map=True)
+    assert z_series, "no derived MR series of the Z map among the results"
+    number, datasets = next(iter(z_series.items()))
+    assert "DERIVED" in datasets[0].ImageType
+    value, centre_z, _, problems = _probe_series(processed, stack, ohif, number, "05_z_map")
+    assert problems == [], "\n".join(problems)
+    assert -20 < value < 20, f"probe shows {value}, not a Z-score"
+    assert np.min(np.abs(np.array(centre_z) - value)) <= max(0.05, 0.02 * abs(value)), (
+        value,
+        centre_z,
     )
 
 
@@ -302,7 +367,7 @@ def test_pdf_report_displays(processed: ProcessedExam, stack: ViewerStack, ohif:
     ohif.open_viewer(stack.viewer_url(processed.exam.study_uid))
     mark = len(ohif.console)
     ohif.open_series(next(iter(documents)), settle_ms=5000)
-    shot, stats = ohif.viewport_shot("06_pdf")
+    shot, stats = ohif.viewport_shot_when("06_pdf", lambda st: not is_blank(st))
     embedded = ohif.viewport().locator("iframe, object, embed").count()
     assert ohif.viewer_errors(mark) == []
     assert embedded >= 1, "no PDF frame in the viewport"
