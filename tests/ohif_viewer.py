@@ -297,7 +297,7 @@ def probe_value(label: str) -> float | None:
 
 @contextmanager
 def chromium_page(shots: Path) -> Iterator[OhifPage]:
-    """The system Chromium, headless, one 1600x1000 page."""
+    """The system Chromium, headless, one 1280x800 page."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Chromium missing (Debian package 'chromium')"
@@ -307,7 +307,7 @@ def chromium_page(shots: Path) -> Iterator[OhifPage]:
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
         )
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.set_default_timeout(30_000)
             yield OhifPage(page=page, shots=shots).attach()
         finally:
