@@ -101,18 +101,18 @@ def viewer_stack(folder: Path, files: list[Path]) -> Iterator[ViewerStack]:
 
 
 def pixel_stats(png: bytes) -> dict[str, float]:
-    """Grey-level spread and coloured share of a screenshot.
+    """Grey-level spread and coloured share of the central 60 % of a screenshot.
 
-    ``std`` is the standard deviation of the grey levels (0 for a uniform, blank viewport),
-    ``busy`` the share of pixels differing from the most common grey level by more than 10,
-    ``coloured`` the share of clearly coloured pixels (max - min channel > 60) in the central
-    60 % of the shot (away from the blue frame and the corner texts), which a grey MR image does
-    not have and a segmentation overlay does.
+    The centre leaves out the blue frame of the active viewport and the corner texts, which a
+    viewport shows even when it draws nothing. ``std`` is the standard deviation of the grey
+    levels (0 when uniform), ``busy`` the share of pixels differing from the most common grey
+    level by more than 10, ``coloured`` the share of clearly coloured pixels (max - min channel
+    > 60), which a grey MR image does not have and a segmentation overlay does.
     """
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
-    grey = rgb.mean(axis=2)
-    rows, columns = grey.shape
+    rows, columns = rgb.shape[:2]
     centre = rgb[int(rows * 0.2) : int(rows * 0.8), int(columns * 0.2) : int(columns * 0.8)]
+    grey = centre.mean(axis=2)
     values, counts = np.unique(np.round(grey).astype(int), return_counts=True)
     mode = values[np.argmax(counts)]
     chroma = centre.max(axis=2) - centre.min(axis=2)
