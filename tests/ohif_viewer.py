@@ -30,8 +30,21 @@ VIEWER_DIR = ROOT / "deploy" / "viewer"
 CHROMIUM = "/usr/bin/chromium"
 # what OHIF logs when an SR measurement group has no image coordinates, and when it crashes
 SR_WITHOUT_COORDINATES = ("No spatial coordinates group found", "contains no SCOORD or SCOORD3D")
+PAGE_ERROR = "uncaught exception: "
 ERROR_BOUNDARY = ("Error Boundary", "Something went wrong")
 JPEG_QUALITY = 80
+# OHIF's first-visit tour and investigational-use banner, marked as seen (as after a reader's
+# first visit): the tour's overlay would otherwise catch clicks whenever it shows up late
+# (top frame only: the PDF's frame has no storage)
+SEEN_NOTICES = """
+try {
+  if (window.top === window && window.localStorage) {
+    localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));
+    localStorage.setItem('investigationalUseDialog',
+        JSON.stringify({expiryDate: new Date(Date.now() + 86400000)}));
+  }
+} catch (e) {}
+"""
 THUMBNAILS = '[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]'
 
 
@@ -140,8 +153,12 @@ class OhifPage:
     def attach(self) -> OhifPage:
         """Record console messages and uncaught page errors."""
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        self.page.on("pageerror", self._page_error)
         return self
+
+    def _page_error(self, error: object) -> None:
+        self.page_errors.append(str(error))
+        self.console.append(f"{PAGE_ERROR}{error}")
 
     def since(self, mark: int) -> list[str]:
         """Console lines logged after ``mark`` (a former ``len(console)``)."""
@@ -149,8 +166,11 @@ class OhifPage:
 
     def viewer_errors(self, mark: int = 0) -> list[str]:
         """Error boundaries, uncaught exceptions and error dialogs since ``mark``."""
-        found = [line for line in self.since(mark) if any(e in line for e in ERROR_BOUNDARY)]
-        found += [f"page error: {e}" for e in self.page_errors]
+        found = [
+            line
+            for line in self.since(mark)
+            if line.startswith(PAGE_ERROR) or any(e in line for e in ERROR_BOUNDARY)
+        ]
         body = self.page.inner_text("body")
         found += [f"on screen: {e}" for e in ERROR_BOUNDARY if e in body]
         return found
@@ -163,11 +183,22 @@ class OhifPage:
                 button.first.click()
 
     def open_viewer(self, url: str) -> None:
-        """Go to the viewer and wait until the study browser lists the series."""
+        """Go to the viewer; wait until the series are listed and the first one is drawn."""
         self.page.goto(url)
         self.page.locator(THUMBNAILS).first.wait_for(timeout=60_000)
-        self.page.wait_for_timeout(1500)
         self.dismiss_notices()
+        self.wait_for_image()
+
+    def wait_for_image(self, timeout_ms: int = 15_000) -> bool:
+        """Wait until the viewport shows something; False if it stayed blank."""
+        waited = 0
+        while waited < timeout_ms:
+            box = self.viewport().bounding_box()
+            if box and not is_blank(pixel_stats(self.page.screenshot(clip=box))):
+                return True
+            self.page.wait_for_timeout(500)
+            waited += 500
+        return False
 
     def thumbnail_series_numbers(self) -> set[int]:
         """Series numbers of the study browser's thumbnails."""
@@ -309,6 +340,7 @@ def chromium_page(shots: Path) -> Iterator[OhifPage]:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.set_default_timeout(30_000)
+            page.add_init_script(SEEN_NOTICES)
             yield OhifPage(page=page, shots=shots).attach()
         finally:
             browser.close()
