@@ -119,8 +119,9 @@ def pixel_stats(png: bytes) -> dict[str, float]:
     The centre leaves out the blue frame of the active viewport and the corner texts, which a
     viewport shows even when it draws nothing. ``std`` is the standard deviation of the grey
     levels (0 when uniform), ``busy`` the share of pixels differing from the most common grey
-    level by more than 10, ``coloured`` the share of clearly coloured pixels (max - min channel
-    > 60), which a grey MR image does not have and a segmentation overlay does.
+    level by more than 10, ``coloured`` the share of coloured pixels (max - min channel > 20,
+    so muted layer colours count too), which a grey MR image does not have and a segmentation
+    overlay does.
     """
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
     rows, columns = rgb.shape[:2]
@@ -132,7 +133,7 @@ def pixel_stats(png: bytes) -> dict[str, float]:
     return {
         "std": float(grey.std()),
         "busy": float(np.mean(np.abs(grey - mode) > 10)),
-        "coloured": float(np.mean(chroma > 60)),
+        "coloured": float(np.mean(chroma > 20)),
     }
 
 

@@ -36,11 +36,14 @@ def test_a_coloured_overlay_in_the_centre_counts_and_grey_does_not() -> None:
     grey = _mr_like()
     overlay = grey.copy()
     overlay[80:120, 120:180] = (120, 220, 120)  # a green segment
+    muted = grey.copy()
+    muted[80:120, 120:180] = (150, 160, 185)  # a muted blue-grey anatomy layer
     edge_only = grey.copy()
     edge_only[:, :10] = (60, 140, 230)  # colour at the border is not an overlay
     assert pixel_stats(_png(grey))["coloured"] == 0.0
     assert pixel_stats(_png(edge_only))["coloured"] == 0.0
     assert pixel_stats(_png(overlay))["coloured"] > 0.1
+    assert pixel_stats(_png(muted))["coloured"] > 0.1
 
 
 def test_probe_labels_give_their_value() -> None:
