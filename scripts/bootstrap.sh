@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what cordt1 needs on a fresh Debian 12 machine: the DICOM peers used by the demo and
-# the tests (DCMTK, dicom3tools, Orthanc, Redis, the PixelMed SR validator, pdftotext) and a Python venv with the project in it.
+# the tests (DCMTK, dicom3tools, Orthanc with its DICOMweb plugin, Redis, the PixelMed SR validator,
+# pdftotext, Chromium for the viewer test), a Python venv with the project in it, and the OHIF
+# web viewer (npm package @ohif/app, prebuilt dist/) in .cache/ohif/<version>/.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,9 @@ need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
@@ -37,4 +42,23 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   touch "$stamp"
+fi
+
+# The OHIF viewer for tests/test_viewer_ohif.py and deploy/viewer/: the prebuilt dist/ of a pinned
+# @ohif/app from the npm registry (no browser download: the tests use the system Chromium).
+OHIF_VERSION=${CORDT1_OHIF_VERSION:-3.13.2}
+OHIF_DIR=$ROOT/.cache/ohif/$OHIF_VERSION
+if [ ! -f "$OHIF_DIR/dist/index.html" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: fetching @ohif/app@$OHIF_VERSION into $OHIF_DIR"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null && tar xzf ohif-app-*.tgz)
+    mkdir -p "$OHIF_DIR"
+    rm -rf "$OHIF_DIR/dist"
+    mv "$tmp/package/dist" "$OHIF_DIR/dist"
+    cp "$tmp/package/package.json" "$OHIF_DIR/package.json"
+    rm -rf "$tmp"
+  else
+    echo "bootstrap: npm missing, cannot fetch the OHIF viewer; the viewer test will fail" >&2
+  fi
 fi

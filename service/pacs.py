@@ -28,6 +28,15 @@ __all__ = ["FolderPacs", "OrthancPacs", "Pacs", "free_port", "start_pacs", "wait
 
 ORTHANC_BINARY = "Orthanc"
 ORTHANC_SEARCH = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_CONFIG: dict[str, Any] = {
+    "Enable": True,
+    "Root": "/dicom-web/",
+    "EnableWado": True,
+    "WadoRoot": "/wado",
+    "StudiesMetadata": "Full",
+    "SeriesMetadata": "Full",
+}
 
 
 def free_port() -> int:
@@ -92,11 +101,21 @@ class OrthancPacs:
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, folder: Path, *, ae_title: str = "ORTHANC") -> OrthancPacs:
-        """Start Orthanc and wait until both its HTTP and DICOM ports answer."""
+    def start(
+        cls, folder: Path, *, ae_title: str = "ORTHANC", dicomweb: bool = False
+    ) -> OrthancPacs:
+        """Start Orthanc and wait until both its HTTP and DICOM ports answer.
+
+        ``dicomweb`` loads the DICOMweb plugin (Debian ``orthanc-dicomweb``) with its REST root
+        at ``/dicom-web/`` and WADO-URI at ``/wado``, as a web viewer needs them.
+        """
         binary = orthanc_binary()
         if binary is None:
             raise FileNotFoundError("Orthanc is not installed (Debian package 'orthanc')")
+        if dicomweb and not DICOMWEB_PLUGIN.is_file():
+            raise FileNotFoundError(
+                f"{DICOMWEB_PLUGIN} is missing (Debian package 'orthanc-dicomweb')"
+            )
         pacs = cls(folder=folder, ae_title=ae_title, port=free_port(), http_port=free_port())
         folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -115,6 +134,9 @@ class OrthancPacs:
             "SaveJobs": False,
             "StableAge": 2,
         }
+        if dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = DICOMWEB_CONFIG
         config_path = folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = (folder / "orthanc.log").open("ab")
@@ -166,6 +188,27 @@ class OrthancPacs:
         request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=10) as response:
             return bytes(response.read())
+
+    def upload(self, paths: list[Path]) -> list[str]:
+        """Store Part-10 files through the REST API; returns their Orthanc instance IDs.
+
+        Raises
+        ------
+        urllib.error.HTTPError
+            If Orthanc refuses a file.
+        """
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        ids = []
+        for path in paths:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.http_port}/instances",
+                data=path.read_bytes(),
+                method="POST",
+                headers={"Authorization": f"Basic {token}", "Content-Type": "application/dicom"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                ids.append(str(json.loads(response.read())["ID"]))
+        return ids
 
     def where(self, study_uid: str) -> str:
         """Where a person opens the study."""
