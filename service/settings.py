@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["NodeSettings", "SendSettings", "Settings", "load_settings"]
+__all__ = ["JobSettings", "NodeSettings", "SendSettings", "Settings", "load_settings"]
 
 CONFIG_ENV = "CORDT1_CONFIG"
 #: Result objects are written by this many processes at most unless configured: the report
@@ -69,6 +69,44 @@ class SendSettings(BaseModel):
     retry_interval_s: float = Field(60.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
 
+    @field_validator("destinations")
+    @classmethod
+    def _check_destinations(cls, value: list[str]) -> list[str]:
+        from dicom_node.scu import Destination
+
+        for text in value:
+            Destination.parse(text)  # ValueError names the destination and the expected form
+        return value
+
+
+class JobSettings(BaseModel):
+    """How workers hold jobs, and how the worker pool is kept small and stopped."""
+
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker holds a job for this long and renews it every third of it; a "
+        "job whose lease expired (worker killed or hung) is taken again.",
+    )
+    reconcile_interval_s: float = Field(
+        15.0, gt=0, description="How often `serve` looks for jobs whose lease expired."
+    )
+    worker_max_tasks_per_child: int | None = Field(
+        50, ge=1, description="A pool child is replaced after this many tasks (None: never)."
+    )
+    worker_max_memory_per_child_mb: int | None = Field(
+        1536,
+        ge=64,
+        description="A pool child is replaced after a task that left it above this resident "
+        "memory (None: never).",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM `serve` waits this long for its workers to finish their "
+        "tasks, then kills them (their jobs are taken again from the job store).",
+    )
+
 
 class Settings(BaseSettings):
     """Everything the service needs to run."""
@@ -115,6 +153,7 @@ class Settings(BaseSettings):
     )
     node: NodeSettings = Field(default_factory=NodeSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
     log_level: str = "INFO"
 

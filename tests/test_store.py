@@ -49,7 +49,7 @@ def test_a_job_is_claimed_by_exactly_one_of_many_workers(store: JobStore) -> Non
 
     def worker() -> None:
         barrier.wait()
-        wins.append(store.claim(job_id))
+        wins.append(store.claim(job_id) is not None)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
