@@ -23,9 +23,7 @@ from tests.service_harness import PhantomExam, ServiceProcess, finished, make_ex
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-JOBS_TOML = (
-    "\n[jobs]\nlease_s = {lease_s}\nreconcile_interval_s = 1.0\nshutdown_timeout_s = 10.0\n"
-)
+JOBS_TOML = "\n[jobs]\nlease_s = {lease_s}\nreconcile_interval_s = 1.0\nshutdown_timeout_s = 5.0\n"
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +218,19 @@ def test_sigterm_stops_serve_and_its_whole_worker_tree_within_30_s(
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in tree if _alive(p)], "worker processes left behind"
+
+
+def test_serve_killed_leaves_no_worker_behind(
+    exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    with _service(tmp_path, exam, pacs) as service:
+        assert service.process is not None
+        _pool_child(service)
+        workers = _children(service.process.pid)
+        tree = workers + [p for w in workers for p in _children(w)]
+        service.process.kill()  # no chance to stop its workers itself
+        service.process.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in tree if _alive(p)], "orphaned worker processes"
