@@ -227,12 +227,12 @@ class Service:
         moment = time.time() if now is None else now
         taken = []
         for job in self.store.stale_jobs(moment):
+            # The message first: if the broker is away nothing changes and the next round
+            # tries again. A message that finds the job renewed or taken meanwhile is dropped.
+            task = PROCESS_TASK if job.state is JobState.RUNNING else SEND_TASK
+            self.celery.send_task(task, args=[job.id])
             step = self.store.take_stale(job.id, wait_s=self.settings.jobs.lease_s, now=moment)
-            if step is JobState.QUEUED:
-                self.celery.send_task(PROCESS_TASK, args=[job.id])
-            elif step is JobState.SENDING:
-                self.celery.send_task(SEND_TASK, args=[job.id])
-            else:
+            if step is None:
                 continue
             log.warning("job %d: lease expired, %s again", job.id, step.value)
             taken.append(job.id)
