@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 PROCESS_TASK = "cordt1.process_job"
 SEND_TASK = "cordt1.send_results"
+#: kombu's filesystem transport with atomic message writes (see :mod:`service.fs_broker`).
+FILESYSTEM_TRANSPORT = "service.fs_broker:Transport"
 #: Redis gives an unacknowledged message to another worker after this long. A copy delivered
 #: while the job's lease is alive is dropped, so this only needs to be longer than a typical
 #: job to avoid needless messages.
@@ -59,6 +61,8 @@ def create_app(settings: Settings) -> Celery:
         transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     else:
         transport_options = {}
+    if url.startswith("filesystem://"):
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -85,7 +85,9 @@ class Heartbeat:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 if not self.store.renew(self.job_id, self.owner, self.lease_s):
-                    log.warning("job %d: lease lost (cancelled or taken over)", self.job_id)
+                    # also right after the step recorded its own outcome: whoever acts on
+                    # ``lost`` says so
+                    log.debug("job %d: lease no longer held by %s", self.job_id, self.owner)
                     self.lost.set()
                     return
             except Exception as exc:  # database away for a moment: try at the next beat

@@ -245,6 +245,10 @@ class Service:
                 self.dispatch_ready()
             except Exception:
                 log.exception("dispatching ready exams failed; will try again")
+            try:
+                self.supervise()
+            except Exception:
+                log.exception("restarting a local worker failed; will try again")
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
                 try:
@@ -303,6 +307,9 @@ class Service:
         run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = run_dir / "settings.json"
         settings_file.write_text(self.settings.model_dump_json(indent=2))
+        self._workers.append(self._spawn_worker(settings_file))
+
+    def _spawn_worker(self, settings_file: Path) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-m",
@@ -314,15 +321,44 @@ class Service:
             str(self.settings.workers),
         ]
         log_file = (self.settings.data_dir / "worker.log").open("ab")
-        proc = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=os.environ,
-            start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=_die_with_parent,
-        )
-        self._workers.append(proc)
+        try:
+            return subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=os.environ,
+                start_new_session=True,  # its own process group: stopped as a whole
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log_file.close()  # the child has its own copy
+
+    def supervise(self) -> list[int]:
+        """Start again every local worker that ended on its own; the new process ids.
+
+        A worker whose consumer crashed, or that was killed, takes the messages it had
+        reserved with it: queued jobs get a new message (a duplicate is dropped when the job
+        is taken), running and sending ones come back when their lease expires.
+        """
+        restarted = []
+        for index, proc in enumerate(self._workers):
+            code = proc.poll()
+            if code is None or self._stop.is_set():
+                continue
+            _signal_group(proc, signal.SIGKILL)  # pool children it may have left
+            replacement = self._spawn_worker(self.settings.data_dir / "run" / "settings.json")
+            self._workers[index] = replacement
+            message = (
+                f"local worker {proc.pid} ended (exit status {code}); "
+                f"started again as {replacement.pid}"
+            )
+            log.error("%s", message)
+            self.store.log_event("worker.restarted", message)
+            restarted.append(replacement.pid)
+        if restarted:
+            for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
+                self.celery.send_task(PROCESS_TASK, args=[job.id])
+        return restarted
 
     def run_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""

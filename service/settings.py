@@ -92,7 +92,11 @@ class JobSettings(BaseModel):
         15.0, gt=0, description="How often `serve` looks for jobs whose lease expired."
     )
     worker_max_tasks_per_child: int | None = Field(
-        50, ge=1, description="A pool child is replaced after this many tasks (None: never)."
+        20,
+        ge=1,
+        description="A pool child is replaced after this many tasks (None: never); an exam "
+        "takes two (processing, sending). A child grows by about 10 MB per exam "
+        "(benchmarks/bench_soak.py), so 20 bounds that to about 100 MB.",
     )
     worker_max_memory_per_child_mb: int | None = Field(
         1536,

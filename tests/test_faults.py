@@ -234,3 +234,23 @@ def test_serve_killed_leaves_no_worker_behind(
         while any(_alive(p) for p in tree) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [p for p in tree if _alive(p)], "orphaned worker processes"
+
+
+def test_a_worker_that_dies_is_started_again(
+    exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    with _service(tmp_path, exam, pacs) as service:
+        assert service.process is not None
+        _pool_child(service)
+        (worker,) = _children(service.process.pid)
+        os.killpg(worker, signal.SIGKILL)  # the worker and its pool, as a crash would
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = [p for p in _children(service.process.pid) if _alive(p)]
+            if alive and alive != [worker]:
+                break
+            time.sleep(0.2)
+        assert alive and worker not in alive, "no new worker"
+        assert _pool_child(service) not in (worker, 0)  # warmed up, with its pool
+        with closing(service.store()) as store:
+            assert any(e["kind"] == "worker.restarted" for e in store.events())
