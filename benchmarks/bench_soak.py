@@ -52,10 +52,27 @@ def _children(pid: int) -> list[int]:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident memory; 0 for a process that is exiting (a recycled pool child)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _pool(serve_pid: int, timeout_s: float = 10.0) -> dict[int, float]:
+    """Pool child id -> resident MB, once every pool child is a live one (after recycling)."""
+    deadline = time.monotonic() + timeout_s
+    sizes: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        sizes = {c: _rss_mb(c) for w in _children(serve_pid) for c in _children(w)}
+        if sizes and all(size > 0 for size in sizes.values()):
+            return sizes
+        time.sleep(0.2)
+    return sizes
 
 
 def _copy_with_new_uids(source: Path, target: Path) -> None:
@@ -133,14 +150,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sent = time.monotonic()
             state = _wait_done(store, index, timeout_s=300)
             latency = time.monotonic() - sent
-            pool = [c for w in _children(serve.pid) for c in _children(w)]
+            pool = _pool(serve.pid)
             rounds.append(
                 {
                     "exam": index,
                     "state": state.value,
                     "latency_s": round(latency, 2),
-                    "pool_pids": pool,
-                    "pool_rss_mb": round(sum(_rss_mb(p) for p in pool), 1),
+                    "pool_pids": sorted(pool),
+                    "pool_rss_mb": round(sum(pool.values()), 1),
                 }
             )
             print(json.dumps(rounds[-1]), flush=True)
