@@ -1,8 +1,10 @@
 """The Celery application: the broker carries job ids, the job store holds the truth.
 
-Embedded default: a filesystem queue in ``data_dir/broker`` (no server needed; see
-docs/operations.md for its crash behaviour). With ``redis://`` workers on other hosts take jobs
-and a killed worker's job is delivered again after the visibility timeout.
+Embedded default: a filesystem queue in ``data_dir/broker`` (no server needed). With
+``redis://`` workers on other hosts take jobs. Messages are acknowledged late and given back
+when a pool child dies, so a killed child's task comes back; whether it runs is decided by the
+job's lease in the job store (see :mod:`service.store`), and a job whose message is lost is
+queued again by the reconciler of `cordt1 serve` once its lease expired.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ log = logging.getLogger(__name__)
 
 PROCESS_TASK = "cordt1.process_job"
 SEND_TASK = "cordt1.send_results"
-#: Longer than any job may run, so Redis never re-delivers a job that is still running.
+#: kombu's filesystem transport with atomic message writes (see :mod:`service.fs_broker`).
+FILESYSTEM_TRANSPORT = "service.fs_broker:Transport"
+#: Redis gives an unacknowledged message to another worker after this long. A copy delivered
+#: while the job's lease is alive is dropped, so this only needs to be longer than a typical
+#: job to avoid needless messages.
 VISIBILITY_TIMEOUT_S = 6 * 3600
 
 
@@ -55,6 +61,8 @@ def create_app(settings: Settings) -> Celery:
         transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     else:
         transport_options = {}
+    if url.startswith("filesystem://"):
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -67,6 +75,12 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         broker_connection_timeout=5,
+        worker_max_tasks_per_child=settings.jobs.worker_max_tasks_per_child,
+        worker_max_memory_per_child=(
+            settings.jobs.worker_max_memory_per_child_mb * 1024
+            if settings.jobs.worker_max_memory_per_child_mb
+            else None
+        ),
     )
     runners: dict[str, JobRunner] = {}
 

@@ -160,35 +160,59 @@ def _run_worker(app: Any, settings: Settings, concurrency: int) -> None:
     )
 
 
+def _store_options(func: Any) -> Any:
+    options = [
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None),
+        click.option("--database-url", default=None, help="Job store SQLAlchemy URL."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--database-url", default=None)
+@_store_options
 @click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--stale", is_flag=True, help="Only running/sending jobs whose lease expired.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(
-    ctx: click.Context, data_dir: Path | None, database_url: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    data_dir: Path | None,
+    database_url: str | None,
+    limit: int,
+    stale: bool,
+    as_json: bool,
 ) -> None:
-    """List recent jobs and their states."""
+    """List recent jobs and their states; flags jobs whose lease is stale (nobody on them)."""
+    import time
+
+    from service.operator import lease_text
     from service.store import JobStore
 
     settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
     store = JobStore(settings.job_store_url)
-    jobs = store.list_jobs(limit=limit)
+    now = time.time()
+    jobs = store.stale_jobs(now)[:limit] if stale else store.list_jobs(limit=limit)
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "counts": store.counts(),
+                    "stale": [j.id for j in store.stale_jobs(now)],
                     "jobs": [
                         {
                             "id": j.id,
                             "state": j.state.value,
                             "study_uid": j.study_uid,
                             "error": j.error,
+                            "attempts": j.attempts,
                             "created_at": j.created_at,
                             "finished_at": j.finished_at,
                             "out_dir": j.result.get("out_dir"),
+                            "lease_owner": j.lease_owner,
+                            "lease_expires_at": j.lease_expires_at,
+                            "lease_stale": j.lease_stale(now),
                         }
                         for j in jobs
                     ],
@@ -198,19 +222,51 @@ def status(
         )
         return
     counts = store.counts()
-    click.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
+    n_stale = len(store.stale_jobs(now))
+    click.echo(
+        "  ".join(f"{state}: {n}" for state, n in counts.items()) + f"  stale leases: {n_stale}"
+    )
     for j in jobs:
-        line = f"#{j.id:<5} {j.state.value:<8} study {j.study_uid}"
+        line = f"#{j.id:<5} {j.state.value:<9} study {j.study_uid}"
+        lease = lease_text(j, now)
+        if lease:
+            line += f"  [{lease}]"
         if j.error:
             line += f"  error: {j.error}"
         click.echo(line)
 
 
+def _operator_action(
+    ctx: click.Context,
+    data_dir: Path | None,
+    database_url: str | None,
+    broker: str | None,
+    action: Any,
+) -> None:
+    """Run ``action(store, settings) -> (task, message)``, queue the task, print the message."""
+    from service.celery_app import create_app
+    from service.operator import OperatorError
+    from service.store import JobStore
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url, broker_url=broker)
+    store = JobStore(settings.job_store_url)
+    try:
+        task, job_id, message = action(store, settings)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    if task:
+        create_app(settings).send_task(task, args=[job_id])
+    click.echo(message)
+
+
 @cli.command()
 @click.argument("job_id", type=int)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--database-url", default=None)
-@click.option("--broker", default=None)
+@_store_options
+@click.option("--broker", default=None, help="Celery broker URL (as `serve` uses).")
+@click.option("--reason", default="no reason given", help="Recorded in the audit trail.")
+@click.option("--reprocess", is_flag=True, help="Process the exam again even if results exist.")
 @click.pass_context
 def retry(
     ctx: click.Context,
@@ -218,22 +274,86 @@ def retry(
     data_dir: Path | None,
     database_url: str | None,
     broker: str | None,
+    reason: str,
+    reprocess: bool,
 ) -> None:
-    """Queue a failed job again."""
-    from service.celery_app import PROCESS_TASK, create_app
-    from service.store import JobState, JobStore
+    """Queue a job again: queued, failed, cancelled, or running/sending with a stale lease.
 
-    settings = _settings(ctx, data_dir=data_dir, database_url=database_url, broker_url=broker)
-    store = JobStore(settings.job_store_url)
-    try:
-        job = store.get_job(job_id)
-    except KeyError as exc:
-        raise click.ClickException(f"no job {job_id}") from exc
-    if job.state is not JobState.FAILED:
-        raise click.ClickException(f"job {job_id} is {job.state.value}, only failed jobs retry")
-    store.requeue(job_id)
-    create_app(settings).send_task(PROCESS_TASK, args=[job_id])
-    click.echo(f"job {job_id} queued again")
+    A job with results resumes sending (only what a destination did not confirm goes out);
+    otherwise, or with --reprocess, its exam is processed again.
+    """
+    from service.operator import operator_name, retry_job
+
+    def action(store: Any, settings: Settings) -> tuple[str, int, str]:
+        task = retry_job(
+            store,
+            job_id,
+            operator=operator_name(),
+            reason=reason,
+            reprocess=reprocess,
+            destinations=list(settings.send.destinations) or None,
+        )
+        step = "sending resumed" if task.endswith("send_results") else "queued again"
+        return task, job_id, f"job {job_id} {step}"
+
+    _operator_action(ctx, data_dir, database_url, broker, action)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@_store_options
+@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
+@click.pass_context
+def cancel(
+    ctx: click.Context,
+    job_id: int,
+    data_dir: Path | None,
+    database_url: str | None,
+    reason: str,
+) -> None:
+    """End a job that is not finished (queued, running, sending) as cancelled."""
+    from service.operator import cancel_job, operator_name
+
+    def action(store: Any, settings: Settings) -> tuple[str, int, str]:
+        cancel_job(store, job_id, operator=operator_name(), reason=reason)
+        return "", job_id, f"job {job_id} cancelled"
+
+    _operator_action(ctx, data_dir, database_url, None, action)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@_store_options
+@click.option("--broker", default=None, help="Celery broker URL (as `serve` uses).")
+@click.option(
+    "--destination", default=None, help="Only to this AET@HOST:PORT (default: all of the job's)."
+)
+@click.option("--reason", default="no reason given", help="Recorded in the audit trail.")
+@click.pass_context
+def resend(
+    ctx: click.Context,
+    job_id: int,
+    data_dir: Path | None,
+    database_url: str | None,
+    broker: str | None,
+    destination: str | None,
+    reason: str,
+) -> None:
+    """Send every result object of a job again (explicitly; retries never duplicate)."""
+    from service.operator import operator_name, resend_job
+
+    def action(store: Any, settings: Settings) -> tuple[str, int, str]:
+        task = resend_job(
+            store,
+            job_id,
+            operator=operator_name(),
+            reason=reason,
+            destination=destination,
+            default_destinations=list(settings.send.destinations),
+        )
+        return task, job_id, f"job {job_id}: results queued to be sent again"
+
+    _operator_action(ctx, data_dir, database_url, broker, action)
 
 
 @cli.command()

@@ -1,13 +1,19 @@
 """What a worker does with a job: process the exam, then send the results, recording each step.
 
+Each step runs under a lease on the job (renewed by a :class:`Heartbeat`); a run writes into
+its own folder ``results/job-N/run-M`` and publishes it by switching ``results/job-N/current``.
+
 Independent of Celery so it can be tested and run inline; :mod:`service.celery_app` wraps it.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+import os
+import socket
+import threading
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -16,10 +22,11 @@ from typing import Any
 import pydicom
 
 from dicom_node.components import classify
-from dicom_node.scu import Destination, SendError, send
+from dicom_node.scu import Destination
 from reports.identity import ResultIdentity
 from service import __version__
 from service.bids import exam_labels, export_exam
+from service.delivery import deliver, result_objects
 from service.exam import ExamError, ExamSeries
 from service.history import choose_prior
 from service.model_build import ScoringModel, load_scoring_model
@@ -28,7 +35,7 @@ from service.protocol import load_site_protocols
 from service.settings import Settings
 from service.store import JobState, JobStore
 
-__all__ = ["JobRunner", "SendOutcome"]
+__all__ = ["Heartbeat", "JobRunner", "SendOutcome", "lease_owner", "publish_run"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ class SendOutcome(StrEnum):
     SENT = "sent"
     RETRY = "retry"
     FAILED = "failed"
+    #: Another worker holds the job, it is not waiting to be sent, or the lease was lost.
+    SKIPPED = "skipped"
 
 
 def result_identity(settings: Settings) -> ResultIdentity:
@@ -46,6 +55,60 @@ def result_identity(settings: Settings) -> ResultIdentity:
     return ResultIdentity(
         software_version=__version__, research_use_text=settings.research_use_text
     )
+
+
+def lease_owner() -> str:
+    """A name for one hold on a job: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Heartbeat:
+    """Renews a job's lease from a thread while the work goes on.
+
+    ``lost`` is set when the lease could not be renewed because somebody else has the job
+    (an operator cancelled it, or it expired and another worker took it): the work must not
+    publish anything then. A store that does not answer is tried again at the next beat.
+    """
+
+    def __init__(self, store: JobStore, job_id: int, owner: str, lease_s: float) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.owner = owner
+        self.lease_s = lease_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"cordt1-lease-{job_id}", daemon=True
+        )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.store.renew(self.job_id, self.owner, self.lease_s):
+                    # also right after the step recorded its own outcome: whoever acts on
+                    # ``lost`` says so
+                    log.debug("job %d: lease no longer held by %s", self.job_id, self.owner)
+                    self.lost.set()
+                    return
+            except Exception as exc:  # database away for a moment: try at the next beat
+                log.warning("job %d: lease not renewed: %s", self.job_id, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def publish_run(job_dir: Path, run_dir: Path) -> None:
+    """Point ``job_dir/current`` at ``run_dir`` (one atomic rename of a symlink)."""
+    link = job_dir / "current"
+    temporary = job_dir / f".current-{run_dir.name}-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(run_dir.name, temporary)
+    os.replace(temporary, link)
 
 
 @dataclass
@@ -63,24 +126,39 @@ class JobRunner:
     _scoring_model: ScoringModel | None = field(default=None, repr=False)
 
     def job_dir(self, job_id: int) -> Path:
-        """Where a job writes its outputs."""
+        """Where a job's runs write (``run-NNN``) and ``current`` points at the latest."""
         return self.settings.results_dir / f"job-{job_id:06d}"
 
-    def process(self, job_id: int) -> bool:
-        """Claim and process one job; True when results are ready to send.
+    def run_dir(self, job_id: int, run: int) -> Path:
+        """The folder of one run of a job; no other run writes or deletes there."""
+        return self.job_dir(job_id) / f"run-{run:03d}"
 
-        A job another worker holds or that is finished is left alone (duplicate delivery).
-        Any failure ends the job as failed with a clear error; nothing is raised.
+    def process(self, job_id: int) -> bool:
+        """Take and process one job; True when results are ready to send.
+
+        A job another worker holds under a live lease, or a finished one, is left alone (a
+        message delivered twice); a running job whose lease expired is taken over. The run
+        writes into its own folder and is published only if it still holds the lease. Any
+        failure ends the job as failed with a clear error; nothing is raised.
         """
-        if not self.store.claim(job_id):
-            log.info("job %d not claimed (already taken or finished)", job_id)
+        lease_s = self.settings.jobs.lease_s
+        owner = lease_owner()
+        run = self.store.claim(job_id, owner, lease_s)
+        if run is None:
+            log.info("job %d not taken (another worker holds it, or it is finished)", job_id)
             return False
+        with Heartbeat(self.store, job_id, owner, lease_s) as beat:
+            return self._process_run(job_id, run, owner, beat)
+
+    def _process_run(self, job_id: int, run: int, owner: str, beat: Heartbeat) -> bool:
         job = self.store.get_job(job_id)
-        out_dir = self.job_dir(job_id)
+        out_dir = self.run_dir(job_id, run)
+        lease_s = self.settings.jobs.lease_s
         try:
-            exam, moment = self._exam(job.study_uid, job.series_uids)
             if out_dir.exists():
-                shutil.rmtree(out_dir)
+                raise ExamError(f"run folder {out_dir} exists already; not overwritten")
+            out_dir.mkdir(parents=True)
+            exam, moment = self._exam(job.study_uid, job.series_uids)
             outputs = process_exam(
                 exam,
                 out_dir,
@@ -92,84 +170,131 @@ class JobRunner:
                 write_nifti=self.settings.nifti_results or self.settings.bids_dir is not None,
                 writer_processes=self.settings.result_writer_processes,
             )
+            if beat.lost.is_set():
+                log.warning("job %d run %d lost its lease; results not published", job_id, run)
+                return False
             if self.settings.bids_dir is not None:
                 self._export_bids(exam, out_dir, self.settings.bids_dir)
         except ExamError as exc:
             log.warning("job %d failed: %s", job_id, exc)
-            self.store.set_state(job_id, JobState.FAILED, error=str(exc))
+            self.store.finish(job_id, owner, JobState.FAILED, error=str(exc))
             return False
         except Exception as exc:  # an unexpected bug must still end the job visibly
             log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
-            self.store.set_state(
-                job_id, JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"
+            self.store.finish(
+                job_id,
+                owner,
+                JobState.FAILED,
+                error=f"internal error: {type(exc).__name__}: {exc}",
             )
             return False
+        destinations = list(self.settings.send.destinations)
         result = {
+            "run": run,
             "out_dir": str(out_dir),
             "dicom": [str(p) for p in outputs.dicom_files],
             "summary": outputs.summary,
-            "sent": {},
+            "destinations": destinations,
             "send_attempts": 0,
         }
-        if not self.settings.send.destinations:
-            self.store.set_state(job_id, JobState.DONE, result=result)
+        state = JobState.SENDING if destinations else JobState.DONE
+        if not self.store.finish(job_id, owner, state, result=result, wait_s=lease_s):
+            log.warning("job %d run %d lost its lease; results not published", job_id, run)
             return False
-        self.store.set_state(job_id, JobState.SENDING, result=result)
-        return True
+        publish_run(self.job_dir(job_id), out_dir)
+        return state is JobState.SENDING
 
     def send(self, job_id: int) -> SendOutcome:
-        """Send a job's results to every destination that has not had them yet."""
+        """Send a job's results to every destination, skipping what each one confirmed.
+
+        Each object's delivery is recorded per destination (see :mod:`service.delivery`); a
+        destination that cannot be parsed fails the job at once (no attempt can succeed).
+        """
+        lease_s = self.settings.jobs.lease_s
+        owner = lease_owner()
+        if not self.store.claim_send(job_id, owner, lease_s):
+            log.info("job %d: not sending (held by another worker, or not waiting)", job_id)
+            return SendOutcome.SKIPPED
+        with Heartbeat(self.store, job_id, owner, lease_s) as beat:
+            return self._send_run(job_id, owner, beat)
+
+    def _send_run(self, job_id: int, owner: str, beat: Heartbeat) -> SendOutcome:
         job = self.store.get_job(job_id)
-        if job.state is not JobState.SENDING:
-            return SendOutcome.FAILED
         result = dict(job.result)
-        sent: dict[str, bool] = dict(result.get("sent", {}))
+        run = int(result.get("run", job.attempts))
         attempts = int(result.get("send_attempts", 0)) + 1
         result["send_attempts"] = attempts
-        files = [Path(p) for p in result.get("dicom", [])]
+        destinations = list(result.get("destinations", self.settings.send.destinations))
+        invalid = []
+        for text in destinations:
+            try:
+                Destination.parse(text)
+            except ValueError as exc:
+                invalid.append(str(exc))
+        if invalid:
+            error = "results not sent, bad destination: " + "; ".join(invalid)
+            self.store.finish(job_id, owner, JobState.FAILED, error=error, result=result)
+            return SendOutcome.FAILED
+        try:
+            objects = result_objects(result.get("dicom", []))
+        except (OSError, ValueError) as exc:
+            error = f"result files of run {run} cannot be read: {exc}"
+            self.store.finish(job_id, owner, JobState.FAILED, error=error, result=result)
+            return SendOutcome.FAILED
         errors = []
-        for text in self.settings.send.destinations:
-            if sent.get(text):
-                continue
-            destination = Destination.parse(text)
+        for text in destinations:
             try:
-                tls = self.settings.send.client_tls() if destination.tls else None
+                tls = self.settings.send.client_tls() if Destination.parse(text).tls else None
             except ValueError as exc:  # a certificate file went missing: may be fixed
-                errors.append(f"sending to {destination} failed: {exc}")
+                errors.append(f"sending to {text} failed: {exc}")
                 continue
-            try:
-                send(
-                    files,
-                    destination,
-                    calling_ae=self.settings.send.calling_ae,
-                    timeout_s=self.settings.send.timeout_s,
-                    tls=tls,
-                )
-            except SendError as exc:
-                errors.append(str(exc))
-                continue
-            sent[text] = True
-            self.store.log_event(
-                "results.sent", f"job {job_id}: {len(files)} object(s) sent to {text}", job_id
-            )
-        result["sent"] = sent
-        if not errors:
-            self.store.set_state(job_id, JobState.DONE, error="", result=result)
-            return SendOutcome.SENT
-        error = "; ".join(errors)
-        if attempts >= self.settings.send.attempts:
-            self.store.set_state(
+            report = deliver(
+                self.store,
                 job_id,
+                run,
+                text,
+                objects,
+                calling_ae=self.settings.send.calling_ae,
+                timeout_s=self.settings.send.timeout_s,
+                keep_going=lambda: not beat.lost.is_set(),
+                tls=tls,
+            )
+            if report.interrupted:
+                log.warning("job %d: lease lost while sending; stopped", job_id)
+                return SendOutcome.SKIPPED
+            if report.sent or report.found_in_doubt:
+                self.store.log_event(
+                    "results.sent",
+                    f"job {job_id} run {run}: {report.sent} object(s) sent to {text}"
+                    + (f", {report.already} already there" if report.already else "")
+                    + (
+                        f", {report.found_in_doubt} found there after an interrupted send"
+                        if report.found_in_doubt
+                        else ""
+                    ),
+                    job_id,
+                )
+            errors.extend(report.errors)
+        if not errors:
+            self.store.finish(job_id, owner, JobState.DONE, error="", result=result)
+            return SendOutcome.SENT
+        error = "; ".join(dict.fromkeys(errors))
+        if attempts >= self.settings.send.attempts:
+            self.store.finish(
+                job_id,
+                owner,
                 JobState.FAILED,
                 error=f"results not delivered after {attempts} attempt(s): {error}",
                 result=result,
             )
             return SendOutcome.FAILED
-        self.store.set_state(
+        self.store.finish(
             job_id,
+            owner,
             JobState.SENDING,
             error=f"attempt {attempts} of {self.settings.send.attempts} failed: {error}",
             result=result,
+            wait_s=self.settings.send.retry_interval_s + self.settings.jobs.lease_s,
         )
         return SendOutcome.RETRY
 

@@ -6,6 +6,7 @@ The SCP's handler only spools and records; a watcher thread asks the exam tracke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -173,6 +174,23 @@ def record_refusal(store: JobStore, refusal: StoreRefusal) -> None:
         f"{refusal.sop_instance_uid or '(none)'}: {describe(refusal.status)}: "
         f"{refusal.reason}{kept}",
     )
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to a worker's whole process group (the worker and its pool)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the worker gets SIGTERM when `serve` dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class Service:
@@ -376,9 +394,12 @@ class Service:
         )
 
     def recover(self) -> None:
-        """After a restart: rebuild the tracker from the store and re-queue unfinished jobs.
+        """After a start: rebuild the tracker from the store and queue what nobody works on.
 
-        Exams that already have a job are not dispatched again (see :meth:`dispatch_ready`).
+        Queued jobs are queued again (a message may have been lost with the broker); running
+        or sending jobs whose lease expired are taken back (:meth:`reconcile`); jobs a live
+        worker holds are left alone. Exams that already have a job are not dispatched again
+        (see :meth:`dispatch_ready`).
         """
         record_unrecorded_files(self.store, self.spool)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
@@ -386,21 +407,48 @@ class Service:
             for info in replay:
                 if info.path.exists():
                     self.tracker.add(info, info.received_at)
-        for job in self.store.unfinished_jobs():
-            if job.state is JobState.SENDING:
-                self.celery.send_task(SEND_TASK, args=[job.id])
-            else:
-                if job.state is JobState.RUNNING:
-                    self.store.requeue(job.id)
-                self.celery.send_task(PROCESS_TASK, args=[job.id])
+        for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
+            self.celery.send_task(PROCESS_TASK, args=[job.id])
             self.store.log_event("job.recovered", f"job {job.id} re-queued at start-up", job.id)
+        self.reconcile()
+
+    def reconcile(self, now: float | None = None) -> list[int]:
+        """Queue again every running or sending job whose lease expired; their ids.
+
+        A job whose lease is alive (a worker renews it) is never touched, so a restarted
+        `serve` does not run a job twice.
+        """
+        moment = time.time() if now is None else now
+        taken = []
+        for job in self.store.stale_jobs(moment):
+            # The message first: if the broker is away nothing changes and the next round
+            # tries again. A message that finds the job renewed or taken meanwhile is dropped.
+            task = PROCESS_TASK if job.state is JobState.RUNNING else SEND_TASK
+            self.celery.send_task(task, args=[job.id])
+            step = self.store.take_stale(job.id, wait_s=self.settings.jobs.lease_s, now=moment)
+            if step is None:
+                continue
+            log.warning("job %d: lease expired, %s again", job.id, step.value)
+            taken.append(job.id)
+        return taken
 
     def _watch(self) -> None:
+        next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
         while not self._stop.wait(TICK_S):
             try:
                 self.dispatch_ready()
             except Exception:
                 log.exception("dispatching ready exams failed; will try again")
+            try:
+                self.supervise()
+            except Exception:
+                log.exception("restarting a local worker failed; will try again")
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
+                try:
+                    self.reconcile()
+                except Exception:
+                    log.exception("looking for expired leases failed; will try again")
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -426,7 +474,12 @@ class Service:
         )
 
     def stop(self) -> None:
-        """Stop listening, stop local workers (warm shutdown: running jobs finish)."""
+        """Stop listening, then the local workers and their pool children.
+
+        Workers get SIGTERM (warm shutdown: a running task may finish) and
+        ``jobs.shutdown_timeout_s``; whatever of their process group is left then is killed.
+        A job cut short keeps its lease until it expires and is then taken again.
+        """
         self._stop.set()
         self.scp.stop()
         if self.api is not None:
@@ -435,12 +488,17 @@ class Service:
         if self._watcher:
             self._watcher.join(timeout=5)
         for proc in self._workers:
-            proc.send_signal(signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.jobs.shutdown_timeout_s
         for proc in self._workers:
             try:
-                proc.wait(timeout=120)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                log.warning("worker %d still busy after SIGTERM; killing it", proc.pid)
+        for proc in self._workers:
+            _signal_group(proc, signal.SIGKILL)  # pool children left behind, if any
+            if proc.poll() is None:
+                proc.wait(timeout=10)
         self.store.close()
 
     def _start_api(self) -> None:
@@ -460,6 +518,9 @@ class Service:
         run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = run_dir / "settings.json"
         settings_file.write_text(self.settings.model_dump_json(indent=2))
+        self._workers.append(self._spawn_worker(settings_file))
+
+    def _spawn_worker(self, settings_file: Path) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-m",
@@ -471,8 +532,44 @@ class Service:
             str(self.settings.workers),
         ]
         log_file = (self.settings.data_dir / "worker.log").open("ab")
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ)
-        self._workers.append(proc)
+        try:
+            return subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=os.environ,
+                start_new_session=True,  # its own process group: stopped as a whole
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log_file.close()  # the child has its own copy
+
+    def supervise(self) -> list[int]:
+        """Start again every local worker that ended on its own; the new process ids.
+
+        A worker whose consumer crashed, or that was killed, takes the messages it had
+        reserved with it: queued jobs get a new message (a duplicate is dropped when the job
+        is taken), running and sending ones come back when their lease expires.
+        """
+        restarted = []
+        for index, proc in enumerate(self._workers):
+            code = proc.poll()
+            if code is None or self._stop.is_set():
+                continue
+            _signal_group(proc, signal.SIGKILL)  # pool children it may have left
+            replacement = self._spawn_worker(self.settings.data_dir / "run" / "settings.json")
+            self._workers[index] = replacement
+            message = (
+                f"local worker {proc.pid} ended (exit status {code}); "
+                f"started again as {replacement.pid}"
+            )
+            log.error("%s", message)
+            self.store.log_event("worker.restarted", message)
+            restarted.append(replacement.pid)
+        if restarted:
+            for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
+                self.celery.send_task(PROCESS_TASK, args=[job.id])
+        return restarted
 
     def run_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""

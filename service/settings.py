@@ -24,6 +24,7 @@ from dicom_node.tls import ClientTls, ServerTls
 __all__ = [
     "ApiSettings",
     "ApiUser",
+    "JobSettings",
     "NodeSettings",
     "NodeTlsSettings",
     "PriorsSettings",
@@ -176,6 +177,13 @@ class SendSettings(BaseModel):
     timeout_s: float = Field(60.0, gt=0)
     tls: SendTlsSettings | None = Field(None, description="TLS for tls:// destinations.")
 
+    @field_validator("destinations")
+    @classmethod
+    def _check_destinations(cls, value: list[str]) -> list[str]:
+        for text in value:
+            Destination.parse(text)  # ValueError names the destination and the expected form
+        return value
+
     @model_validator(mode="after")
     def _check_tls(self) -> SendSettings:
         if self.tls is None:
@@ -283,6 +291,38 @@ class PriorsSettings(BaseModel):
         """The parsed ``source``, or ``None`` when priors are not fetched."""
         return Destination.parse(self.source) if self.source else None
 
+class JobSettings(BaseModel):
+    """How workers hold jobs, and how the worker pool is kept small and stopped."""
+
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker holds a job for this long and renews it every third of it; a "
+        "job whose lease expired (worker killed or hung) is taken again.",
+    )
+    reconcile_interval_s: float = Field(
+        15.0, gt=0, description="How often `serve` looks for jobs whose lease expired."
+    )
+    worker_max_tasks_per_child: int | None = Field(
+        20,
+        ge=1,
+        description="A pool child is replaced after this many tasks (None: never); an exam "
+        "takes two (processing, sending). A child grows by about 10 MB per exam "
+        "(benchmarks/bench_soak.py), so 20 bounds that to about 100 MB.",
+    )
+    worker_max_memory_per_child_mb: int | None = Field(
+        1536,
+        ge=64,
+        description="A pool child is replaced after a task that left it above this resident "
+        "memory (None: never).",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM `serve` waits this long for its workers to finish their "
+        "tasks, then kills them (their jobs are taken again from the job store).",
+    )
+
 
 class Settings(BaseSettings):
     """Everything the service needs to run."""
@@ -331,6 +371,7 @@ class Settings(BaseSettings):
     send: SendSettings = Field(default_factory=SendSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     priors: PriorsSettings = Field(default_factory=PriorsSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
     log_level: str = "INFO"
 

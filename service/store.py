@@ -1,8 +1,10 @@
 """The job store: received instances, jobs and an audit trail of events.
 
 SQLite (embedded, default) or PostgreSQL (several hosts), through SQLAlchemy Core. The store is
-the source of truth: the broker only carries job ids, and unfinished jobs are re-queued at
-start-up.
+the source of truth: the broker only carries job ids. A worker holds a job through a *lease*
+(owner, expiry) that it renews while it works; a job whose lease expired is taken again (a
+redelivered message, or the reconciler in ``cordt1 serve``), one whose lease is alive never is.
+Every result object's delivery is recorded per destination (table ``deliveries``).
 """
 
 from __future__ import annotations
@@ -27,17 +29,24 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    inspect,
     literal,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
 
 __all__ = [
+    "Delivery",
+    "DeliveryStatus",
     "InstanceBatcher",
     "Job",
     "JobState",
@@ -63,9 +72,26 @@ class JobState(StrEnum):
     SENDING = "sending"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.SENDING)
+FINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+LEASED = (JobState.RUNNING, JobState.SENDING)
+
+
+class DeliveryStatus(StrEnum):
+    """What is known of one result object at one destination."""
+
+    #: A C-STORE was started and not confirmed (crash or timeout): in doubt.
+    SENDING = "sending"
+    #: The destination confirmed storage (success or warning status).
+    SENT = "sent"
+    #: The destination answered with a failure status, or the association failed.
+    FAILED = "failed"
+    #: An operator asked for it to be sent again (``cordt1 resend``).
+    RESEND = "resend"
+
 
 metadata = MetaData()
 
@@ -101,6 +127,28 @@ jobs = Table(
     Column("updated_at", Float, nullable=False),
     Column("started_at", Float),
     Column("finished_at", Float),
+    Column("lease_owner", String(128), nullable=False, default=""),
+    Column("lease_expires_at", Float),
+)
+
+#: Columns added after the first release, with their SQL default, added to older stores.
+_ADDED_JOB_COLUMNS = {
+    "lease_owner": ("VARCHAR(128)", "''"),
+    "lease_expires_at": ("FLOAT", None),
+}
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("run", Integer, nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("destination", String(300), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    UniqueConstraint("job_id", "run", "sop_instance_uid", "destination", name="uq_delivery"),
 )
 
 events = Table(
@@ -132,6 +180,15 @@ class Job:
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    lease_owner: str = ""
+    lease_expires_at: float | None = None
+
+    def lease_stale(self, now: float | None = None) -> bool:
+        """Whether the job is running or sending under a lease nobody renewed in time."""
+        if self.state not in LEASED:
+            return False
+        moment = time.time() if now is None else now
+        return self.lease_expires_at is None or self.lease_expires_at < moment
 
     @classmethod
     def _from_row(cls, row: Any) -> Job:
@@ -150,7 +207,27 @@ class Job:
             updated_at=row.updated_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            lease_owner=row.lease_owner or "",
+            lease_expires_at=row.lease_expires_at,
         )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row of the deliveries table."""
+
+    job_id: int
+    run: int
+    sop_instance_uid: str
+    destination: str
+    status: DeliveryStatus
+    time: float
+    detail: str
+
+
+def _lease_expired(now: float) -> Any:
+    """SQL condition: nobody holds the job's lease any more at ``now``."""
+    return or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -179,6 +256,16 @@ class JobStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an older release up to date (new nullable/defaulted columns)."""
+        present = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+        with self.engine.begin() as conn:
+            for name, (sql_type, default) in _ADDED_JOB_COLUMNS.items():
+                if name not in present:
+                    clause = f" NOT NULL DEFAULT {default}" if default is not None else ""
+                    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}{clause}"))
 
     def close(self) -> None:
         """Release every connection."""
@@ -347,24 +434,122 @@ class JobStore:
         with self.engine.connect() as conn:
             return [Job._from_row(r) for r in conn.execute(query)]
 
-    def claim(self, job_id: int) -> bool:
-        """Move a queued job to running; False if another worker has it or it is finished."""
+    def claim(self, job_id: int, owner: str = "", lease_s: float = 60.0) -> int | None:
+        """Take a job to process it, under a lease; the run number, or None if not taken.
+
+        A queued job is taken, and so is a running one whose lease expired (its worker died
+        or hangs); a job another worker holds under a live lease, or a finished one, is not.
+
+        Parameters
+        ----------
+        job_id : int
+        owner : str
+            Who holds the lease (host, process, run); renewals and the outcome must name it.
+        lease_s : float
+            The lease lasts this long unless renewed (:meth:`renew`).
+        """
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s}")
         now = time.time()
         with self.engine.begin() as conn:
+            before = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
+                .where(
+                    jobs.c.id == job_id,
+                    or_(
+                        jobs.c.state == JobState.QUEUED.value,
+                        and_(jobs.c.state == JobState.RUNNING.value, _lease_expired(now)),
+                    ),
+                )
                 .values(
                     state=JobState.RUNNING.value,
                     attempts=jobs.c.attempts + 1,
                     started_at=now,
                     updated_at=now,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_s,
                 )
             )
-            claimed = result.rowcount == 1
-            if claimed:
-                self._event(conn, "job.running", f"job {job_id} started", job_id)
-        return claimed
+            if result.rowcount != 1 or before is None:
+                return None
+            run = int(before.attempts) + 1
+            taken = ""
+            if before.state == JobState.RUNNING.value:
+                taken = f" (lease of {before.lease_owner or 'an earlier worker'} had expired)"
+            self._event(conn, "job.running", f"job {job_id} run {run} started{taken}", job_id)
+        return run
+
+    def claim_send(self, job_id: int, owner: str, lease_s: float = 60.0) -> bool:
+        """Take a job whose results wait to be sent, under a lease; False if not taken.
+
+        Taken when nobody holds it (waiting for its first or next attempt) or its sender's
+        lease expired.
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.state == JobState.SENDING.value,
+                    or_(jobs.c.lease_owner == "", _lease_expired(now)),
+                )
+                .values(lease_owner=owner, lease_expires_at=now + lease_s, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def renew(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease; False when it lost the job (cancelled, or taken over)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.lease_owner == owner,
+                    jobs.c.state.in_([s.value for s in LEASED]),
+                )
+                .values(lease_expires_at=now + lease_s)
+            )
+        return result.rowcount == 1
+
+    def finish(
+        self,
+        job_id: int,
+        owner: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+        wait_s: float = 60.0,
+    ) -> bool:
+        """Record the outcome of ``owner``'s step and give up its lease; False if it lost it.
+
+        A worker that lost its lease (an operator cancelled the job, or its lease expired and
+        another worker took the job) changes nothing. Moving to ``running`` or ``sending``
+        leaves the job unheld for ``wait_s`` (the next step's message or a retry's delay); if
+        nobody takes it by then, the reconciler queues that step again.
+        """
+        now = time.time()
+        values = self._state_values(state, now, error=error, result=result)
+        values["lease_owner"] = ""
+        values["lease_expires_at"] = now + wait_s if state in LEASED else None
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.lease_owner == owner,
+                    jobs.c.state.in_([s.value for s in LEASED]),
+                )
+                .values(**values)
+            )
+            if updated.rowcount != 1:
+                return False
+            message = f"job {job_id} {state.value}" + (f": {error}" if error else "")
+            self._event(conn, f"job.{state.value}", message, job_id)
+        return True
 
     def set_state(
         self,
@@ -374,33 +559,215 @@ class JobStore:
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Change a job's state, with its error text or result summary."""
+        """Change a job's state unconditionally, with its error text or result summary.
+
+        Workers use :meth:`finish` (which checks their lease); this is for single-process use
+        and tests.
+        """
         now = time.time()
-        values: dict[str, Any] = {"state": state.value, "updated_at": now}
-        if error is not None:
-            values["error"] = error
-        if result is not None:
-            values["result"] = json.dumps(result, sort_keys=True, default=str)
-        if state in (JobState.DONE, JobState.FAILED):
-            values["finished_at"] = now
+        values = self._state_values(state, now, error=error, result=result)
+        if state not in LEASED:
+            values["lease_owner"] = ""
+            values["lease_expires_at"] = None
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
             message = f"job {job_id} {state.value}" + (f": {error}" if error else "")
             self._event(conn, f"job.{state.value}", message, job_id)
 
-    def requeue(self, job_id: int) -> None:
-        """Put a failed or interrupted job back in the queue (retry)."""
+    @staticmethod
+    def _state_values(
+        state: JobState, now: float, *, error: str | None, result: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {"state": state.value, "updated_at": now}
+        if error is not None:
+            values["error"] = error
+        if result is not None:
+            values["result"] = json.dumps(result, sort_keys=True, default=str)
+        if state in FINAL:
+            values["finished_at"] = now
+        return values
+
+    def requeue(self, job_id: int, *, note: str = "queued again") -> None:
+        """Put a job back in the queue to be processed again (retry), dropping any lease."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(state=JobState.QUEUED.value, error="", updated_at=time.time())
+                .values(
+                    state=JobState.QUEUED.value,
+                    error="",
+                    updated_at=time.time(),
+                    lease_owner="",
+                    lease_expires_at=None,
+                    finished_at=None,
+                )
             )
-            self._event(conn, "job.requeued", f"job {job_id} queued again", job_id)
+            self._event(conn, "job.requeued", f"job {job_id} {note}", job_id)
+
+    def resume_sending(self, job_id: int, result: dict[str, Any], *, note: str) -> None:
+        """Put a job with results back to ``sending`` (retry or re-send), nobody holding it."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=JobState.SENDING.value,
+                    error="",
+                    result=json.dumps(result, sort_keys=True, default=str),
+                    updated_at=now,
+                    lease_owner="",
+                    lease_expires_at=now,
+                    finished_at=None,
+                )
+            )
+            self._event(conn, "job.sending", f"job {job_id} {note}", job_id)
+
+    def cancel(self, job_id: int, *, operator: str, reason: str) -> bool:
+        """End a job that is not finished as cancelled; False if it already was finished."""
+        now = time.time()
+        error = f"cancelled by {operator}: {reason}"
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in UNFINISHED]))
+                .values(
+                    state=JobState.CANCELLED.value,
+                    error=error,
+                    updated_at=now,
+                    finished_at=now,
+                    lease_owner="",
+                    lease_expires_at=None,
+                )
+            )
+            if updated.rowcount != 1:
+                return False
+            self._event(conn, "job.cancelled", f"job {job_id} {error}", job_id)
+        return True
 
     def unfinished_jobs(self) -> list[Job]:
-        """Jobs that were queued or interrupted (for re-queueing after a restart)."""
+        """Jobs that are queued, running or sending."""
         return self.list_jobs(limit=100000, states=UNFINISHED)
+
+    def stale_jobs(self, now: float | None = None) -> list[Job]:
+        """Running or sending jobs whose lease expired (nobody works on them)."""
+        moment = time.time() if now is None else now
+        query = select(jobs).where(
+            jobs.c.state.in_([s.value for s in LEASED]), _lease_expired(moment)
+        )
+        with self.engine.connect() as conn:
+            return [Job._from_row(r) for r in conn.execute(query.order_by(jobs.c.id))]
+
+    def take_stale(
+        self, job_id: int, *, wait_s: float, now: float | None = None
+    ) -> JobState | None:
+        """Reclaim a job whose lease expired; the step to queue again, None if not stale.
+
+        A running job goes back to ``queued`` (to be processed again); a sending job stays
+        ``sending``, unheld, with ``wait_s`` for the re-queued send to take it. A job whose
+        lease was renewed meanwhile is left alone (the check and the change are one update).
+        """
+        moment = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                return None
+            stale = and_(jobs.c.id == job_id, _lease_expired(moment))
+            holder = row.lease_owner or "nobody"
+            if row.state == JobState.RUNNING.value:
+                values: dict[str, Any] = {
+                    "state": JobState.QUEUED.value,
+                    "lease_owner": "",
+                    "lease_expires_at": None,
+                    "updated_at": moment,
+                }
+                outcome = JobState.QUEUED
+                message = f"job {job_id}: lease of {holder} expired while running; queued again"
+            elif row.state == JobState.SENDING.value:
+                values = {"lease_owner": "", "lease_expires_at": moment + wait_s}
+                outcome = JobState.SENDING
+                message = f"job {job_id}: lease of {holder} expired while sending; send queued"
+            else:
+                return None
+            stale = and_(stale, jobs.c.state == row.state)
+            if conn.execute(update(jobs).where(stale).values(**values)).rowcount != 1:
+                return None
+            self._event(conn, "job.lease_expired", message, job_id)
+        return outcome
+
+    # --- deliveries ------------------------------------------------------------------------
+    def record_delivery(
+        self,
+        job_id: int,
+        run: int,
+        sop_instance_uid: str,
+        destination: str,
+        status: DeliveryStatus,
+        detail: str = "",
+    ) -> None:
+        """Record what is known of one result object at one destination (replaces)."""
+        key = and_(
+            deliveries.c.job_id == job_id,
+            deliveries.c.run == run,
+            deliveries.c.sop_instance_uid == sop_instance_uid,
+            deliveries.c.destination == destination,
+        )
+        values = {"status": status.value, "time": time.time(), "detail": detail}
+        with self.engine.begin() as conn:
+            if conn.execute(update(deliveries).where(key).values(**values)).rowcount == 0:
+                conn.execute(
+                    insert(deliveries).values(
+                        job_id=job_id,
+                        run=run,
+                        sop_instance_uid=sop_instance_uid,
+                        destination=destination,
+                        **values,
+                    )
+                )
+
+    def delivery_status(
+        self, job_id: int, run: int, destination: str
+    ) -> dict[str, DeliveryStatus]:
+        """SOP Instance UID -> what is known of it at ``destination``, for one run."""
+        query = select(deliveries.c.sop_instance_uid, deliveries.c.status).where(
+            deliveries.c.job_id == job_id,
+            deliveries.c.run == run,
+            deliveries.c.destination == destination,
+        )
+        with self.engine.connect() as conn:
+            return {r.sop_instance_uid: DeliveryStatus(r.status) for r in conn.execute(query)}
+
+    def delivery_records(self, job_id: int) -> list[Delivery]:
+        """Every delivery record of a job, oldest first."""
+        query = select(deliveries).where(deliveries.c.job_id == job_id).order_by(deliveries.c.id)
+        with self.engine.connect() as conn:
+            return [
+                Delivery(
+                    job_id=r.job_id,
+                    run=r.run,
+                    sop_instance_uid=r.sop_instance_uid,
+                    destination=r.destination,
+                    status=DeliveryStatus(r.status),
+                    time=r.time,
+                    detail=r.detail,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def mark_for_resend(self, job_id: int, run: int, destination: str | None) -> int:
+        """Mark a run's delivered objects to be sent again (to one or every destination)."""
+        query = update(deliveries).where(
+            deliveries.c.job_id == job_id,
+            deliveries.c.run == run,
+            deliveries.c.status == DeliveryStatus.SENT.value,
+        )
+        if destination is not None:
+            query = query.where(deliveries.c.destination == destination)
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                query.values(status=DeliveryStatus.RESEND.value, time=time.time())
+            )
+        return int(updated.rowcount)
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state."""

@@ -21,6 +21,18 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("CORDT1_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(autouse=True)
+def _restore_cordt1_config() -> Iterator[None]:
+    """``load_settings(config)`` exports ``$CORDT1_CONFIG`` for the worker processes it starts;
+    in the test process that must not leak one test's configuration into the next."""
+    before = os.environ.get("CORDT1_CONFIG")
+    yield
+    if before is None:
+        os.environ.pop("CORDT1_CONFIG", None)
+    else:
+        os.environ["CORDT1_CONFIG"] = before
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""

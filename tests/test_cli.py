@@ -99,3 +99,32 @@ def test_phantom_writes_t2star_series_and_a_coarse_b1_map(tmp_path: Path) -> Non
     assert record["subject_shift_mm"] == [0.2, -0.1, 0.0]
     assert truth["b1_map"]["grid"] == "coarse"
     assert main(["phantom", "--out", str(tmp_path / "x"), "--b1-grid", "coarse"]) == 1
+
+
+def test_status_cancel_and_retry_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from service.store import JobState, JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    job_id = store.create_job(
+        study_uid="1.2.3", patient_key="k", series_uids=["1"], n_instances=1, complete=True
+    )
+    store.claim(job_id, "host:42:abc", lease_s=0.01)
+    time.sleep(0.05)
+    data = ["--data-dir", str(tmp_path)]
+    assert main(["status", *data]) == 0
+    out = capsys.readouterr().out
+    assert "stale leases: 1" in out and "STALE lease" in out and "host:42:abc" in out
+    assert main(["status", *data, "--stale", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stale"] == [job_id]
+    assert main(["cancel", str(job_id), *data]) != 0  # a reason is required
+    capsys.readouterr()
+    assert main(["cancel", str(job_id), *data, "--reason", "test exam"]) == 0
+    job = store.get_job(job_id)
+    assert job.state is JobState.CANCELLED and job.error.endswith(": test exam")
+    assert main(["resend", str(job_id), *data]) == 1
+    assert "no results to send" in capsys.readouterr().err
+    store.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import CONFIG_ENV, load_settings
+from service.settings import CONFIG_ENV, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +74,22 @@ def test_result_writing_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CORDT1_WRITER_PROCESSES", "0")
     with pytest.raises(ValidationError, match="writer_processes"):
         load_settings(None)
+
+
+def test_pool_children_are_recycled_by_count_and_memory_as_configured() -> None:
+    from service.celery_app import create_app
+
+    settings = Settings(
+        broker_url="memory://",
+        jobs={"worker_max_tasks_per_child": 7, "worker_max_memory_per_child_mb": 900},
+    )
+    conf = create_app(settings).conf
+    assert conf.worker_max_tasks_per_child == 7
+    assert conf.worker_max_memory_per_child == 900 * 1024  # Celery counts KiB
+    never = create_app(
+        Settings(
+            broker_url="memory://",
+            jobs={"worker_max_tasks_per_child": None, "worker_max_memory_per_child_mb": None},
+        )
+    ).conf
+    assert never.worker_max_tasks_per_child is None and never.worker_max_memory_per_child is None

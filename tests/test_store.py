@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from service.store import JobState, JobStore
+from service.store import DeliveryStatus, JobState, JobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -49,7 +50,7 @@ def test_a_job_is_claimed_by_exactly_one_of_many_workers(store: JobStore) -> Non
 
     def worker() -> None:
         barrier.wait()
-        wins.append(store.claim(job_id))
+        wins.append(store.claim(job_id) is not None)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -110,3 +111,99 @@ def test_missing_job_raises_key_error(store: JobStore) -> None:
 def test_bad_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="SQLAlchemy URL"):
         JobStore("jobs.sqlite")
+
+
+# --- leases ------------------------------------------------------------------------------
+def test_a_live_lease_keeps_the_job_and_an_expired_one_gives_it_up(store: JobStore) -> None:
+    job_id = _job(store)
+    assert store.claim(job_id, "worker-a", lease_s=60) == 1
+    # a redelivered message or a restarted reconciler must leave a live lease alone
+    assert store.claim(job_id, "worker-b", lease_s=60) is None
+    assert store.stale_jobs() == []
+    assert store.take_stale(job_id, wait_s=5) is None
+    assert store.renew(job_id, "worker-a", lease_s=0.05)
+    time.sleep(0.1)
+    assert [j.id for j in store.stale_jobs()] == [job_id]
+    assert store.get_job(job_id).lease_stale()
+    # the redelivered message now runs it: run 2, and worker-a can no longer publish
+    assert store.claim(job_id, "worker-b", lease_s=60) == 2
+    assert not store.renew(job_id, "worker-a", lease_s=60)
+    assert not store.finish(job_id, "worker-a", JobState.DONE, result={"run": 1})
+    assert store.finish(job_id, "worker-b", JobState.DONE, result={"run": 2})
+    job = store.get_job(job_id)
+    assert (job.state, job.result, job.lease_owner) == (JobState.DONE, {"run": 2}, "")
+    assert any("lease of worker-a had expired" in e["message"] for e in store.events())
+
+
+def test_reconciler_requeues_an_expired_running_job_and_resends_an_expired_send(
+    store: JobStore,
+) -> None:
+    running, sending = _job(store, "1.1"), _job(store, "1.2")
+    store.claim(running, "a", lease_s=0.05)
+    store.claim(sending, "b", lease_s=60)
+    assert store.finish(sending, "b", JobState.SENDING, result={"run": 1}, wait_s=60)
+    assert store.claim_send(sending, "c", lease_s=0.05)
+    assert not store.claim_send(sending, "d", lease_s=60)  # c holds it
+    time.sleep(0.1)
+    assert store.take_stale(running, wait_s=30) is JobState.QUEUED
+    assert store.take_stale(sending, wait_s=30) is JobState.SENDING
+    assert store.get_job(running).state is JobState.QUEUED
+    job = store.get_job(sending)
+    assert job.state is JobState.SENDING and not job.lease_stale()  # given wait_s to start
+    assert store.stale_jobs() == []
+    assert store.claim_send(sending, "d", lease_s=60)  # the re-queued send takes it
+
+
+def test_cancel_ends_any_unfinished_job_and_the_worker_loses_it(store: JobStore) -> None:
+    queued, running = _job(store, "1.1"), _job(store, "1.2")
+    store.claim(running, "w", lease_s=60)
+    assert store.cancel(queued, operator="alice", reason="wrong patient")
+    assert store.cancel(running, operator="alice", reason="scanner test")
+    assert not store.cancel(running, operator="alice", reason="again")
+    job = store.get_job(running)
+    assert job.state is JobState.CANCELLED and job.error == "cancelled by alice: scanner test"
+    assert not store.renew(running, "w", lease_s=60)
+    assert not store.finish(running, "w", JobState.DONE)
+    assert store.get_job(running).state is JobState.CANCELLED
+
+
+def test_deliveries_are_recorded_per_object_and_destination(store: JobStore) -> None:
+    job_id = _job(store)
+    store.record_delivery(job_id, 1, "1.9.1", "A@h:1", DeliveryStatus.SENDING)
+    store.record_delivery(job_id, 1, "1.9.1", "A@h:1", DeliveryStatus.SENT)
+    store.record_delivery(job_id, 1, "1.9.2", "A@h:1", DeliveryStatus.SENDING)
+    store.record_delivery(job_id, 1, "1.9.1", "B@h:2", DeliveryStatus.FAILED, "refused")
+    assert store.delivery_status(job_id, 1, "A@h:1") == {
+        "1.9.1": DeliveryStatus.SENT,
+        "1.9.2": DeliveryStatus.SENDING,
+    }
+    assert store.delivery_status(job_id, 2, "A@h:1") == {}
+    assert len(store.delivery_records(job_id)) == 3
+    assert store.mark_for_resend(job_id, 1, "A@h:1") == 1
+    assert store.delivery_status(job_id, 1, "A@h:1")["1.9.1"] is DeliveryStatus.RESEND
+
+
+def test_a_store_from_before_leases_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, study_uid VARCHAR(64) NOT NULL, "
+            "patient_key VARCHAR(64) NOT NULL, state VARCHAR(16) NOT NULL, complete BOOLEAN "
+            "NOT NULL, reason TEXT NOT NULL, series TEXT NOT NULL, n_instances INTEGER NOT "
+            "NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL, result TEXT NOT NULL, "
+            "created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL, started_at FLOAT, "
+            "finished_at FLOAT)"
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES (1, '1.2', '', 'running', 1, '', '[]', 1, 1, '', '{}', "
+            "0, 0, 0, NULL)"
+        )
+    store = JobStore(f"sqlite:///{path}")
+    try:
+        job = store.get_job(1)
+        assert job.lease_owner == "" and job.lease_stale()  # an old running job: nobody on it
+        assert store.claim(1, "w", lease_s=60) == 2
+    finally:
+        store.close()
