@@ -291,6 +291,7 @@ class PriorsSettings(BaseModel):
         """The parsed ``source``, or ``None`` when priors are not fetched."""
         return Destination.parse(self.source) if self.source else None
 
+
 class JobSettings(BaseModel):
     """How workers hold jobs, and how the worker pool is kept small and stopped."""
 

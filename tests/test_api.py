@@ -127,11 +127,31 @@ def test_an_operator_retries_a_failed_job_queued_in_the_broker_and_audited(
     ]
     audit = seeded.store.events(job_id=seeded.failed_id, limit=5)
     assert any(e["kind"] == "operator.retry" and "by otto" in e["message"] for e in audit), audit
-    # Only failed jobs retry (as `cordt1 retry`): done and queued jobs are refused.
+    # As `cordt1 retry`: a done job is refused (re-send is its own action), unknown is 404.
     assert client.post(f"/api/jobs/{seeded.done_id}/retry").status_code == 409
-    assert client.post(f"/api/jobs/{seeded.failed_id}/retry").status_code == 409
     assert client.post("/api/jobs/424242/retry").status_code == 404
     assert len(broker_messages(seeded.settings.data_dir)) == 1
+
+
+def test_an_operator_cancels_with_a_reason_and_resend_needs_results(
+    client: TestClient, seeded: Seeded
+) -> None:
+    login(client, "vera")
+    assert client.post(f"/api/jobs/{seeded.queued_id}/cancel").status_code == 403
+    login(client, "otto")
+    response = client.post(
+        f"/api/jobs/{seeded.queued_id}/cancel", json={"reason": "wrong patient sent"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    audit = seeded.store.events(job_id=seeded.queued_id, limit=10)
+    assert any("otto" in e["message"] and "wrong patient sent" in e["message"] for e in audit)
+    # a finished job cannot be cancelled; a job without results has nothing to re-send
+    assert client.post(f"/api/jobs/{seeded.queued_id}/cancel").status_code == 409
+    assert client.post(f"/api/jobs/{seeded.queued_id}/resend").status_code == 409
+    assert client.post(f"/api/jobs/{seeded.failed_id}/cancel").status_code == 409
+    assert client.post("/api/jobs/424242/cancel").status_code == 404
+    assert broker_messages(seeded.settings.data_dir) == []
 
 
 def test_pause_and_resume_are_kept_and_audited_with_the_user(

@@ -122,6 +122,9 @@ def test_operator_logs_in_sees_the_report_and_retries_a_failed_job(
         expect(page.locator("#message")).to_have_text(f"Job #{s.failed_id} queued again.")
         expect(failed_row).to_contain_text("queued")
         expect(failed_row.locator("button.retry")).to_have_count(0)
+        expect(failed_row.locator("button.cancel")).to_have_count(1)  # queued: may be cancelled
+        done_row = page.locator(f"tr[data-job-id='{s.done_id}']")
+        expect(done_row.locator("button.resend")).to_have_count(1)
         assert s.store.get_job(s.failed_id).state is JobState.QUEUED
         page.click("#processing-toggle")
         expect(page.locator("#processing-state")).to_contain_text("paused by otto")
@@ -136,10 +139,11 @@ def test_operator_logs_in_sees_the_report_and_retries_a_failed_job(
         expect(page.locator(f"tr[data-job-id='{s.done_id}']")).to_be_visible()
         expect(page.locator("#processing-toggle")).to_be_hidden()
         expect(page.locator("button.retry")).to_have_count(0)
+        expect(page.locator("button.cancel, button.resend")).to_have_count(0)
         browser.close()
     assert errors == []
     audit = [e["message"] for e in s.store.events(limit=20)]
-    assert f"job {s.failed_id} queued again by otto" in audit
+    assert f"job {s.failed_id} (failed) retry by otto: from the web page" in audit
     assert "processing paused by otto" in audit
 
 

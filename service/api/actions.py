@@ -1,33 +1,62 @@
-"""Operator actions on jobs, shared by the API (and usable by the command line)."""
+"""Operator actions of the API: the same rules as the command line (:mod:`service.operator`),
+with the task each one needs handed to Celery and the web user recorded as the operator."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from service.celery_app import PROCESS_TASK
-from service.store import Job, JobState, JobStore
+from service.operator import OperatorError, cancel_job, resend_job, retry_job
+from service.store import Job, JobStore
 
-__all__ = ["RetryRefusedError", "retry_job"]
-
-
-class RetryRefusedError(Exception):
-    """The job cannot be retried in its state."""
+__all__ = ["OperatorError", "cancel", "resend", "retry"]
 
 
-def retry_job(store: JobStore, celery: Celery, job_id: int, operator: str) -> Job:
-    """Queue a failed job again (as `cordt1 retry`) and audit who asked.
+def retry(
+    store: JobStore,
+    celery: Celery,
+    job_id: int,
+    operator: str,
+    reason: str,
+    destinations: list[str],
+) -> Job:
+    """Queue a job again (any unfinished or failed state, see :func:`retry_job`).
 
     Raises
     ------
-    KeyError
-        If there is no such job.
-    RetryRefusedError
-        If the job is not failed (only failed jobs retry).
+    OperatorError
+        For an unknown job (message starts with ``no job``), a done job, or one a worker
+        holds under a live lease.
     """
-    job = store.get_job(job_id)
-    if job.state is not JobState.FAILED:
-        raise RetryRefusedError(f"job {job_id} is {job.state.value}, only failed jobs retry")
-    store.requeue(job_id)
-    celery.send_task(PROCESS_TASK, args=[job_id])
-    store.log_event("operator.retry", f"job {job_id} queued again by {operator}", job_id)
+    task = retry_job(
+        store, job_id, operator=operator, reason=reason, destinations=destinations or None
+    )
+    celery.send_task(task, args=[job_id])
+    return store.get_job(job_id)
+
+
+def cancel(store: JobStore, job_id: int, operator: str, reason: str) -> Job:
+    """End an unfinished job as cancelled (see :func:`cancel_job`)."""
+    cancel_job(store, job_id, operator=operator, reason=reason)
+    return store.get_job(job_id)
+
+
+def resend(
+    store: JobStore,
+    celery: Celery,
+    job_id: int,
+    operator: str,
+    reason: str,
+    destination: str | None,
+    default_destinations: list[str],
+) -> Job:
+    """Send every result object of a job again (see :func:`resend_job`)."""
+    task = resend_job(
+        store,
+        job_id,
+        operator=operator,
+        reason=reason,
+        destination=destination,
+        default_destinations=default_destinations,
+    )
+    celery.send_task(task, args=[job_id])
     return store.get_job(job_id)

@@ -7,6 +7,7 @@ The OpenAPI description is at ``/openapi.json`` (no Swagger UI: it loads from a 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,12 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import __version__
-from service.api.actions import RetryRefusedError, retry_job
+from service.api import actions
 from service.api.auth import SESSION_COOKIE, Sessions, User
 from service.api.controls import Controls
 from service.api.health import readiness
 from service.api.metrics import metrics_registry
 from service.api.models import (
+    Action,
     AuditLine,
     CheckResult,
     Control,
@@ -251,25 +253,56 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
                 return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no file {name!r}")
 
+    def _act(job_id: int, run: Callable[[], Job]) -> JobSummary:
+        try:
+            job = run()
+        except actions.OperatorError as exc:
+            code = 404 if str(exc).startswith("no job") else status.HTTP_409_CONFLICT
+            raise HTTPException(code, str(exc)) from exc
+        return job_summary(job, time.time())
+
+    conflict = {409: {"description": "Not possible in the job's state (the reason says why)."}}
+
     @app.post(
         "/api/jobs/{job_id}/retry",
         tags=["actions"],
-        responses={
-            **UNAUTHORIZED,
-            **FORBIDDEN,
-            **NOT_FOUND,
-            409: {"description": "The job is not failed."},
-        },
+        responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND, **conflict},
     )
-    def retry(job_id: int, who: OperatorDep) -> JobSummary:
-        """Queue a failed job again (operators; audited with the user)."""
-        try:
-            job = retry_job(store, celery, job_id, who.name)
-        except KeyError as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
-        except RetryRefusedError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        return job_summary(job, time.time())
+    def retry(job_id: int, who: OperatorDep, body: Action | None = None) -> JobSummary:
+        """Queue a job again: a failed, cancelled, queued one or one whose lease is stale
+        (results not yet confirmed are sent, otherwise the exam is processed again)."""
+        reason = (body or Action()).reason
+        destinations = list(settings.send.destinations)
+        return _act(
+            job_id,
+            lambda: actions.retry(store, celery, job_id, who.name, reason, destinations),
+        )
+
+    @app.post(
+        "/api/jobs/{job_id}/cancel",
+        tags=["actions"],
+        responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND, **conflict},
+    )
+    def cancel(job_id: int, who: OperatorDep, body: Action | None = None) -> JobSummary:
+        """End an unfinished job as cancelled (a worker on it stops publishing and sending)."""
+        reason = (body or Action()).reason
+        return _act(job_id, lambda: actions.cancel(store, job_id, who.name, reason))
+
+    @app.post(
+        "/api/jobs/{job_id}/resend",
+        tags=["actions"],
+        responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND, **conflict},
+    )
+    def resend(job_id: int, who: OperatorDep, body: Action | None = None) -> JobSummary:
+        """Send every result object of a job again, to one destination or all of them."""
+        action = body or Action()
+        defaults = list(settings.send.destinations)
+        return _act(
+            job_id,
+            lambda: actions.resend(
+                store, celery, job_id, who.name, action.reason, action.destination, defaults
+            ),
+        )
 
     # --- pause and resume ----------------------------------------------------------------
     @app.get("/api/control", tags=["actions"], responses=UNAUTHORIZED)

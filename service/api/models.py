@@ -29,6 +29,15 @@ class Login(BaseModel):
     password: str = Field(max_length=1024)
 
 
+class Action(BaseModel):
+    """Why an operator acts on a job (kept in the audit trail), and for a re-send where to."""
+
+    reason: str = Field("from the web page", min_length=1, max_length=500)
+    destination: str | None = Field(
+        None, description="Re-send only: one AET@HOST:PORT instead of all of the job's."
+    )
+
+
 class Me(BaseModel):
     """The logged-in user."""
 

@@ -107,13 +107,19 @@ function renderJobs(list) {
     row.append(el("td", duration(job.duration_s)));
     row.append(el("td", job.error, job.state === "failed" ? "error" : ""));
     const actions = el("td");
-    if (job.state === "failed" && me && me.role === "operator") {
-      const retry = el("button", "Retry", "operator retry");
-      retry.addEventListener("click", (event) => {
-        event.stopPropagation();
-        retryJob(job.id);
-      });
-      actions.append(retry);
+    if (me && me.role === "operator") {
+      const offered = [];
+      if (["failed", "cancelled"].includes(job.state)) offered.push(["Retry", "retry"]);
+      if (["queued", "running", "sending"].includes(job.state)) offered.push(["Cancel", "cancel"]);
+      if (job.state === "done") offered.push(["Re-send", "resend"]);
+      for (const [label, action] of offered) {
+        const button = el("button", label, `operator ${action}`);
+        button.addEventListener("click", (event) => {
+          event.stopPropagation();
+          actOnJob(job.id, action);
+        });
+        actions.append(button);
+      }
     }
     row.append(actions);
     row.addEventListener("click", () => showJob(job.id));
@@ -193,12 +199,23 @@ async function showJob(jobId) {
   for (const line of job.events) events.append(el("li", `${when(line.time)} ${line.kind}: ${line.message}`));
 }
 
-async function retryJob(jobId) {
+const ACTION_WORDS = { retry: "queued again", cancel: "cancelled", resend: "results queued to be sent again" };
+
+async function actOnJob(jobId, action) {
+  let reason = "from the web page";
+  if (action !== "retry") {
+    reason = window.prompt(`Why ${action} job #${jobId}? (kept in the audit trail)`, "");
+    if (!reason) return;
+  }
   try {
-    await api(`/api/jobs/${jobId}/retry`, { method: "POST" });
-    say(`Job #${jobId} queued again.`);
+    await api(`/api/jobs/${jobId}/${action}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ reason }),
+    });
+    say(`Job #${jobId} ${ACTION_WORDS[action]}.`);
   } catch (error) {
-    say(`Retry of job #${jobId} refused: ${error.message}`, true);
+    say(`${action} of job #${jobId} refused: ${error.message}`, true);
   }
   refresh();
 }
