@@ -321,9 +321,9 @@ def test_contrast_rule_spares_healthy_cords_and_the_csf_edge() -> None:
         t1 = np.where(outer, 2500.0, np.where(second, 1500.0, cord["t1"]))
         noisy, z = wide_sd_z(cord, t1, 400 + seed)
         assert candidates(z, noisy, c, voxel_mm=VOXEL_MM, wm=cord["wm"]).max() == 0
-        no_margins = {"csf_margin_mm": 0.0, "contrast_rim_mm": 0.0}
+        no_margins = {"csf_margin_mm": 0.0, "contrast_rim_mm": 0.0, "contrast_max_volume_mm3": 1e9}
         unguarded += candidates(z, noisy, c, voxel_mm=VOXEL_MM, wm=cord["wm"], **no_margins).max()
-    assert unguarded >= 5  # without the rim and CSF margins the edge would be a candidate
+    assert unguarded >= 5  # without the margins (and size cap) the edge would be a candidate
     with pytest.raises(ValueError, match="csf_t1_ms"):
         candidates(z, noisy, cord["cord"], voxel_mm=VOXEL_MM, wm=cord["wm"], csf_t1_ms=0.0)
 
