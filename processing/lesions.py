@@ -651,6 +651,107 @@ def _smooth_in_plane(
         return np.where(weight & (den > 1e-6), num / den, np.nan)
 
 
+@dataclass(frozen=True)
+class _ContrastRule:
+    """Settings of the WM T1 contrast rule of :func:`candidates` (see there)."""
+
+    contrast_min: float
+    z_min: float
+    cluster_z_min: float
+    rim_mm: float
+    csf_t1_ms: float
+    csf_margin_mm: float
+    min_volume_mm3: float
+    smoothing_mm: float
+    max_volume_mm3: float
+
+    def __post_init__(self) -> None:
+        for name in ("contrast_min", "rim_mm", "csf_margin_mm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("z_min", "cluster_z_min"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"contrast {name} must be finite")
+        if not self.max_volume_mm3 > 0:
+            raise ValueError(
+                f"contrast_max_volume_mm3 must be positive, got {self.max_volume_mm3!r}"
+            )
+        if not self.csf_t1_ms > 0:
+            raise ValueError(f"csf_t1_ms must be positive, got {self.csf_t1_ms!r}")
+
+
+#: Fewest deep-WM voxels in a slice for its median WM T1 to serve as reference.
+_MIN_REFERENCE_VOXELS = 20
+
+
+def _contrast_voxels(
+    rule: _ContrastRule,
+    z_map: NDArray[np.float64],
+    t1: NDArray[np.float64],
+    cord: NDArray[np.bool_],
+    wm: NDArray[np.bool_],
+    smoothed_z: NDArray[np.float64],
+    box: tuple[slice, slice, slice],
+    voxel_mm: tuple[float, float, float],
+    structure: NDArray[np.bool_],
+    max_t1_ms: float,
+) -> NDArray[np.bool_]:
+    """Voxels (in ``box``) of WM clusters with high T1 against the slice's deep WM."""
+    _check_shapes(z_map, wm=wm)
+    slice_mm, row_mm, col_mm = voxel_mm
+    in_plane_mm = min(row_mm, col_mm)
+    z_box, t1_box = z_map[box], t1[box]
+    deep = _erode_in_plane(cord[box], round(rule.rim_mm / in_plane_mm))
+    deep &= wm[box] & np.isfinite(z_box) & np.isfinite(t1_box)
+    margin = round(rule.csf_margin_mm / in_plane_mm)
+    if margin > 0:
+        # CSF may lie just outside the cord's box: look at a box grown by the margin.
+        grown = (
+            box[0],
+            slice(max(box[1].start - margin, 0), box[1].stop + margin),
+            slice(max(box[2].start - margin, 0), box[2].stop + margin),
+        )
+        with np.errstate(invalid="ignore"):
+            csf = t1[grown] > rule.csf_t1_ms
+        in_plane = np.zeros((3, 3, 3), dtype=bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        near = ndimage.binary_dilation(csf, in_plane, iterations=margin)
+        deep &= ~near[
+            :,
+            box[1].start - grown[1].start : box[1].stop - grown[1].start,
+            box[2].start - grown[2].start : box[2].stop - grown[2].start,
+        ]
+    reference = np.full(deep.shape[0], np.nan)
+    for k in range(deep.shape[0]):
+        if np.count_nonzero(deep[k]) >= _MIN_REFERENCE_VOXELS:
+            reference[k] = float(np.median(t1_box[k][deep[k]]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        contrast = t1_box / reference[:, None, None] - 1.0
+    deep &= np.isfinite(contrast)
+    sigma_vox = (rule.smoothing_mm / row_mm, rule.smoothing_mm / col_mm)
+    smoothed = _smooth_in_plane(np.where(deep, contrast, 0.0), deep, sigma_vox)
+    with np.errstate(invalid="ignore"):
+        hot = (
+            deep
+            & (smoothed > rule.contrast_min)
+            & (smoothed_z > rule.z_min)
+            & (t1_box <= max_t1_ms)
+        )
+    labels, count = ndimage.label(hot, structure=structure)
+    if count == 0:
+        return hot
+    ids = np.arange(1, count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    mean_z = np.asarray(ndimage.mean(z_box, labels, ids))
+    keep = ids[
+        (sizes * slice_mm * row_mm * col_mm >= rule.min_volume_mm3)
+        & (sizes * slice_mm * row_mm * col_mm <= rule.max_volume_mm3)
+        & (mean_z >= rule.cluster_z_min)
+    ]
+    return np.isin(labels, keep)
+
+
 def candidates(
     z: ArrayLike,
     t1_ms: ArrayLike,
@@ -663,6 +764,14 @@ def candidates(
     rim_mm: float = 0.3,
     max_t1_ms: float = 3000.0,
     connectivity: int = 26,
+    wm: ArrayLike | None = None,
+    contrast_min: float = 0.2,
+    contrast_z_min: float = 0.5,
+    contrast_cluster_z_min: float = 1.0,
+    contrast_rim_mm: float = 0.6,
+    csf_t1_ms: float = 2200.0,
+    csf_margin_mm: float = 0.9,
+    contrast_max_volume_mm3: float = 25.0,
 ) -> NDArray[np.int32]:
     """Automatic lesion candidates: clusters of high Z inside the cord.
 
@@ -675,6 +784,22 @@ def candidates(
        T1 is not lesion tissue).
     4. Connected clusters (``connectivity`` 26 by default: a lesion whose outline shifts
        in-plane between 4 mm slices stays one cluster) of at least ``min_volume_mm3``.
+    5. With ``wm`` given, a second rule for small WM lesions whose Z stays low (the model's SD
+       is large where GM and WM mix across subjects): in deep WM (``contrast_rim_mm`` from the
+       cord outline and ``csf_margin_mm`` from any CSF-like voxel, T1 > ``csf_t1_ms``, seen in
+       the image itself), the T1 contrast against the slice's median WM T1, smoothed like Z,
+       above ``contrast_min`` with smoothed Z above ``contrast_z_min``; its clusters are kept
+       from ``min_volume_mm3`` up to ``contrast_max_volume_mm3`` when their mean raw Z
+       reaches ``contrast_cluster_z_min``. They are merged with the clusters of step 4.
+
+    Real-anatomy phantom (/tmp/val1 cohort, 17 exams at 0.3 x 0.3 x 4 mm, 27 lesions of
+    12-170 mm^3): Z rule alone 18/27 lesions touched, 1.18 false candidates per patient exam
+    and 1.33 per control; with the WM contrast rule 27/27, 1.91 and 1.50 (2.73 and 1.67
+    without the 25 mm^3 cap; 26/27 with a 15 mm^3 cap). Every missed lesion was WM-only,
+    12-31 mm^3, +26-44 % T1 and inside the cord, with a mean Z of only 0.9-1.9. Each added
+    false candidate lies outside the true cord, in the four exams whose cord outline leaks
+    into neighbouring tissue (cord Dice <= 0.93); the other 13 exams gain none. The settings
+    were chosen on these same exams: confirm on a fresh cohort.
 
     Defaults, from phantom-like synthetic data (0.3 x 0.3 x 4 mm voxels, T1 noise 70 ms,
     Z against tissue means with SD 80 ms; 26-connectivity, 0.3 mm smoothing and rim):
@@ -718,6 +843,22 @@ def candidates(
         Voxels with higher T1 are never candidates.
     connectivity : {6, 26}
         Neighbourhood of a cluster.
+    wm : array_like of bool, optional
+        White matter mask, same grid; enables the contrast rule (step 5).
+    contrast_min : float
+        Smoothed relative T1 contrast against the slice's median WM T1 (0.2 = +20 %).
+    contrast_z_min : float
+        Smoothed Z a contrast voxel must also exceed.
+    contrast_cluster_z_min : float
+        Mean raw Z a contrast cluster must reach.
+    contrast_rim_mm : float
+        In-plane cord rim left out of the contrast rule.
+    contrast_max_volume_mm3 : float
+        Largest contrast cluster kept: the rule is for small lesions (larger ones raise the
+        smoothed Z); large moderate-contrast regions were leaks of the outline into muscle.
+    csf_t1_ms, csf_margin_mm : float
+        Voxels within ``csf_margin_mm`` in-plane of a voxel with T1 above ``csf_t1_ms`` are
+        left out of the contrast rule (CSF partial volume raises T1).
 
     Returns
     -------
@@ -758,10 +899,34 @@ def candidates(
     smoothed = _smooth_in_plane(z_box, core, (smoothing_mm / row_mm, smoothing_mm / col_mm))
     with np.errstate(invalid="ignore"):
         hot = core & (smoothed > z_threshold) & (t1[box] <= max_t1_ms)
+    voxel_mm3 = slice_mm * row_mm * col_mm
+    if wm is not None:
+        rule = _ContrastRule(
+            contrast_min,
+            contrast_z_min,
+            contrast_cluster_z_min,
+            contrast_rim_mm,
+            csf_t1_ms,
+            csf_margin_mm,
+            min_volume_mm3,
+            smoothing_mm,
+            contrast_max_volume_mm3,
+        )
+        hot |= _contrast_voxels(
+            rule,
+            z_map,
+            t1,
+            cord_mask,
+            np.asarray(wm, dtype=bool),
+            smoothed,
+            box,
+            (slice_mm, row_mm, col_mm),
+            structure,
+            max_t1_ms,
+        )
     labels, count = ndimage.label(hot, structure=structure)
     if count == 0:
         return out
-    voxel_mm3 = slice_mm * row_mm * col_mm
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.nonzero(sizes * voxel_mm3 >= min_volume_mm3)[0]
     order = keep[np.argsort(-sizes[keep], kind="stable")]

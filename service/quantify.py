@@ -310,7 +310,12 @@ def score_slab(
         z = np.where(anatomy.cord, z_scores(t1_ms, mean_ms, sd_ms), np.nan)
         valid = anatomy.cord & np.isfinite(z)
         candidate_labels = candidates(
-            z, t1_ms, anatomy.cord, voxel_mm=voxel_mm, z_threshold=candidate_z_threshold
+            z,
+            t1_ms,
+            anatomy.cord,
+            voxel_mm=voxel_mm,
+            z_threshold=candidate_z_threshold,
+            wm=anatomy.wm,
         )
     lesions: list[LesionStats] = []
     for labels, source in ((reader_lesions, "reader"), (candidate_labels, "candidate")):

@@ -277,6 +277,57 @@ def test_10_mm3_lesions_are_found_at_low_and_high_contrast(
     assert found == 5
 
 
+#: Normative SD where GM and WM mix across subjects (real anatomy): a +30 % WM lesion of
+#: 10 mm^3 has a mean Z near 1.4 there, as the Z rule's misses on the real-anatomy phantom.
+WIDE_SD_MS = 250.0
+
+
+def wide_sd_z(cord: dict[str, NDArray], t1: NDArray, seed: int) -> tuple[NDArray, NDArray]:
+    rng = np.random.default_rng(seed)
+    noisy = t1 + rng.normal(0.0, NOISE_MS, t1.shape)
+    mean = np.where(cord["gm"], GM_T1_MS, WM_T1_MS)
+    return noisy, np.where(cord["cord"], (noisy - mean) / WIDE_SD_MS, np.nan)
+
+
+@pytest.mark.parametrize(("radius_mm", "slices"), [(0.9, range(2, 3)), (0.65, range(1, 3))])
+def test_small_wm_lesion_with_low_z_is_found_by_its_t1_contrast(
+    radius_mm: float, slices: range
+) -> None:
+    affine = axial_affine()
+    cord = synthetic_cord(affine)
+    z_only, with_contrast = 0, 0
+    for seed in range(5):
+        lesion = blob(cord["x"], cord["y"], -1.0, 2.5, radius_mm, slices)
+        t1 = np.where(lesion, cord["t1"] * 1.3, cord["t1"])
+        noisy, z = wide_sd_z(cord, t1, 300 + seed)
+        z_only += bool(np.any(candidates(z, noisy, cord["cord"], voxel_mm=VOXEL_MM)[lesion]))
+        labels = candidates(z, noisy, cord["cord"], voxel_mm=VOXEL_MM, wm=cord["wm"])
+        assert labels.max() <= 1  # no extra candidate
+        with_contrast += bool(np.any(labels[lesion] > 0))
+    assert z_only <= 1  # the Z rule alone misses them
+    assert with_contrast == 5
+
+
+def test_contrast_rule_spares_healthy_cords_and_the_csf_edge() -> None:
+    affine = axial_affine()
+    cord = synthetic_cord(affine)
+    # CSF partial volume on one side: outer row of the outline at 2500 ms, the next at 1500 ms
+    # (+26 % over WM, as a small lesion, but Z only 1.2 with the wide SD)
+    c = cord["cord"]
+    outer = c & ~np.roll(c, 1, axis=2)
+    second = c & ~np.roll(c, 2, axis=2) & ~outer
+    unguarded = 0
+    for seed in range(10):
+        t1 = np.where(outer, 2500.0, np.where(second, 1500.0, cord["t1"]))
+        noisy, z = wide_sd_z(cord, t1, 400 + seed)
+        assert candidates(z, noisy, c, voxel_mm=VOXEL_MM, wm=cord["wm"]).max() == 0
+        no_margins = {"csf_margin_mm": 0.0, "contrast_rim_mm": 0.0, "contrast_max_volume_mm3": 1e9}
+        unguarded += candidates(z, noisy, c, voxel_mm=VOXEL_MM, wm=cord["wm"], **no_margins).max()
+    assert unguarded >= 5  # without the margins (and size cap) the edge would be a candidate
+    with pytest.raises(ValueError, match="csf_t1_ms"):
+        candidates(z, noisy, cord["cord"], voxel_mm=VOXEL_MM, wm=cord["wm"], csf_t1_ms=0.0)
+
+
 def test_candidates_do_not_depend_on_the_field_of_view_around_the_cord() -> None:
     """The cord's surroundings never matter: a cord touching the volume edge and the same
     cord inside a larger volume give the same candidates."""
