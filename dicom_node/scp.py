@@ -28,7 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
-from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_info
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
 from dicom_node.pixel_header import pixel_data_problem
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
@@ -278,6 +278,8 @@ class StorageSCP:
         failure status, including malformed requests and A700.
     own_markers : OwnResultMarkers
         Recognises our own results (``InstanceInfo.is_own_result``).
+    pseudonyms : PseudonymKey
+        Site secret keying ``InstanceInfo.patient_key``.
     """
 
     def __init__(
@@ -288,6 +290,7 @@ class StorageSCP:
         on_association: Callable[[AssociationRecord], None] | None = None,
         *,
         own_markers: OwnResultMarkers,
+        pseudonyms: PseudonymKey,
         on_refusal: Callable[[StoreRefusal], None] | None = None,
     ) -> None:
         if not isinstance(config, ScpConfig):
@@ -300,6 +303,8 @@ class StorageSCP:
             raise TypeError("on_association must be callable or None")
         if not isinstance(own_markers, OwnResultMarkers):
             raise TypeError("own_markers must be an OwnResultMarkers")
+        if not isinstance(pseudonyms, PseudonymKey):
+            raise TypeError("pseudonyms must be a PseudonymKey")
         if on_refusal is not None and not callable(on_refusal):
             raise TypeError("on_refusal must be callable or None")
         self._on_refusal = on_refusal
@@ -308,6 +313,7 @@ class StorageSCP:
         self._on_instance = on_instance
         self._on_association = on_association
         self._own_markers = own_markers
+        self._pseudonyms = pseudonyms
         self._servers: list[ThreadedAssociationServer] = []
         self._ae: AE | None = None
         self._allowed_ips: dict[str, frozenset[str] | None] = {}
@@ -753,6 +759,7 @@ class StorageSCP:
                     calling_ae=calling_ae,
                     received_at=received_at,
                     own_markers=self._own_markers,
+                    pseudonyms=self._pseudonyms,
                     size_bytes=len(encoded),
                 )
             except ValueError as exc:

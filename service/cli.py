@@ -117,12 +117,17 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
 def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
     """Run a Celery worker that processes jobs (on this or another host)."""
     from service.celery_app import create_app
+    from service.pseudonym import use_pseudonym_key
     from service.warmup import warm_up
 
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json.read_text())
     else:
         settings = _settings(ctx, **_overrides(**flags))
+    try:
+        use_pseudonym_key(settings)  # before the pool forks: every child has the site key
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     app = create_app(settings)
     warm_up()  # before the pool forks: every child starts warm
     app.worker_main(

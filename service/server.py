@@ -26,6 +26,7 @@ from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
+from service.pseudonym import pseudonym_key
 from service.settings import Settings
 from service.store import JobState, JobStore
 
@@ -149,6 +150,7 @@ class Service:
             on_instance=self.on_instance,
             on_association=self.on_association,
             own_markers=own_markers(),
+            pseudonyms=pseudonym_key(settings),
             on_refusal=self.on_refusal,
         )
 
@@ -260,7 +262,13 @@ class Service:
         run_dir = self.settings.data_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = run_dir / "settings.json"
-        settings_file.write_text(self.settings.model_dump_json(indent=2))
+        content = self.settings.model_dump(mode="json")
+        if self.settings.pseudonym_secret is not None:  # dumped masked; the workers need it
+            content["pseudonym_secret"] = self.settings.pseudonym_secret.get_secret_value()
+        settings_file.unlink(missing_ok=True)
+        fd = os.open(settings_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
         command = [
             sys.executable,
             "-m",
