@@ -279,8 +279,9 @@ class Service:
             "--concurrency",
             str(self.settings.workers),
         ]
-        log_file = (self.settings.data_dir / "worker.log").open("ab")
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ)
+        # The worker logs to our stderr (the journal under systemd) and, with log_file set, to
+        # its own rotated file beside ours (service.logs).
+        proc = subprocess.Popen(command, env=os.environ)
         self._workers.append(proc)
 
     def run_forever(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -247,6 +247,16 @@ class Settings(BaseSettings):
         "readable by the service only).",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description='Log lines as plain text or as JSON objects ("json").'
+    )
+    log_file: Path | None = Field(
+        None,
+        description="Also log to this file, rotated by size (a worker started by serve writes "
+        "NAME-worker.log beside it). None: stderr only, which systemd sends to the journal.",
+    )
+    log_max_mb: float = Field(50.0, gt=0, description="Rotate log_file at this size.")
+    log_backups: int = Field(5, ge=1, description="Rotated log files kept.")
 
     @property
     def spool_dir(self) -> Path:
