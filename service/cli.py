@@ -161,6 +161,44 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     )
 
 
+@cli.group()
+def config() -> None:
+    """The configuration: its generated reference."""
+
+
+@config.command("reference")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the reference here (default: print it).",
+)
+@click.option(
+    "--check",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Exit 1 unless this file is the current reference (docs/configuration.md).",
+)
+def config_reference(out: Path | None, check: Path | None) -> None:
+    """Markdown reference of every setting, generated from the settings object."""
+    from service.config_reference import render_reference
+
+    text = render_reference()
+    if check is not None:
+        current = check.read_text() if check.is_file() else ""
+        if current != text:
+            raise click.ClickException(
+                f"{check} is out of date: regenerate it with "
+                f"`cordt1 config reference --out {check}`"
+            )
+        click.echo(f"{check} is current")
+    elif out is not None:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
 @cli.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--database-url", default=None)
