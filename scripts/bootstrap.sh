@@ -14,6 +14,7 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the install test
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
