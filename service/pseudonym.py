@@ -39,13 +39,21 @@ def _read_secret_file(path: Path) -> bytes:
 
 
 def _generate_secret_file(path: Path) -> None:
+    """Write a new secret, complete before its name appears (hard link: never overwrites)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # another process generated it first: read theirs
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return  # another process (a worker on shared storage) was first: use theirs
+    finally:
+        partial.unlink(missing_ok=True)
     log.warning(
         "generated a new pseudonym secret in %s (mode 0600): back it up with the job store; "
         "losing or changing it changes every patient key and BIDS sub- label",

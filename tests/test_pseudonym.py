@@ -33,6 +33,7 @@ def test_generated_once_into_data_dir_with_mode_0600_and_logged(
     with caplog.at_level(logging.WARNING, logger="service.pseudonym"):
         again = pseudonym_key(Settings(data_dir=tmp_path))
     assert again == first and caplog.text == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["pseudonym.key"]  # no partial files left
     other_site = pseudonym_key(Settings(data_dir=tmp_path / "other"))
     assert other_site.patient_key("H", "PAT-1") != first.patient_key("H", "PAT-1")
 
