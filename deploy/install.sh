@@ -77,14 +77,20 @@ if [ ! -x "$OPT/.venv/bin/python" ]; then
   "$PYTHON" -m venv "$OPT/.venv"
 fi
 say "installing cordt1 into $OPT/.venv"
+# Built from a clean copy: an in-tree build would leave build/ in the source, and a stale
+# build/lib could carry removed modules into the next install.
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+cp -r "$SOURCE/pyproject.toml" "$SOURCE/README.md" "$SOURCE/service" "$SOURCE/dicom_node" \
+  "$SOURCE/processing" "$SOURCE/reports" "$BUILD/"
 # shellcheck disable=SC2086
-"$OPT/.venv/bin/python" -m pip install -q $PIP_ARGS "$SOURCE"
+"$OPT/.venv/bin/python" -m pip install -q $PIP_ARGS "$BUILD"
 install -d -m 0755 "$OPT/share/doc"
 install -m 0644 "$SOURCE/docs/operations.md" "$SOURCE/docs/configuration.md" "$OPT/share/doc/"
 
 # 5. systemd units and drop-ins
-install -m 0644 "$SOURCE/deploy/systemd/cordt1.service" "$SOURCE/deploy/systemd/cordt1-worker@.service" \
-  "$UNITS/"
+install -m 0644 "$SOURCE/deploy/systemd/cordt1.service" \
+  "$SOURCE/deploy/systemd/cordt1-worker@.service" "$UNITS/"
 dropin() {  # dropin UNIT NAME TEXT: a drop-in beside UNIT
   install -d -m 0755 "$UNITS/$1.d"
   printf '%s\n' "$3" >"$UNITS/$1.d/$2.conf"

@@ -26,9 +26,11 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("install") / "root"
     command = [str(ROOT / "deploy" / "install.sh"), "--prefix", str(root), "--bids-dir", BIDS]
     command += ["--with-redis", "--with-postgresql", "--python", sys.executable]
+    build_dirs = {p for p in ROOT.glob("build") if p.is_dir()}
     run = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no user, no chown, no systemctl" in run.stdout
+    assert {p for p in ROOT.glob("build") if p.is_dir()} == build_dirs  # source left clean
     return root
 
 
