@@ -217,10 +217,11 @@ def patient_key(issuer_of_patient_id: str, patient_id: str, key: PseudonymKey) -
     Examples
     --------
     >>> site = PseudonymKey(b"0123456789abcdef")
-    >>> len(patient_key("HOSP", "123", site)), site.patient_key("HOSP", "123") == site.patient_key(
-    ...     "HOSP", "12"
-    ... )
+    >>> key = patient_key("HOSP", "123", site)
+    >>> len(key), key == patient_key("HOSP", "12", site)
     (16, False)
+    >>> key == patient_key("HOSP", "123", PseudonymKey(b"another-site-secret"))
+    False
     """
     if not isinstance(key, PseudonymKey):
         raise TypeError(f"key must be a PseudonymKey, got {type(key).__name__}")

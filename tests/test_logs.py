@@ -65,7 +65,10 @@ def test_worker_writes_its_own_file_beside_the_service_log() -> None:
     assert role_log_file(Path("/x/cordt1.log"), "serve") == Path("/x/cordt1.log")
 
 
-def test_unknown_levels_and_formats_are_refused(tmp_path: Path) -> None:
+def test_unknown_levels_and_formats_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORDT1_CONFIG", "")  # `--config` sets it; undone after the test
     with pytest.raises(ValueError, match="LOUD"):
         configure_logging("LOUD")
     runner = CliRunner()
