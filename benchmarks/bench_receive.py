@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import selectors
 import shutil
 import signal
@@ -339,7 +340,7 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         SQLAlchemy URL of the job store (``sqlite:////abs/path.sqlite``).
     """
     from dicom_node.completion import ExamTracker
-    from dicom_node.instance import InstanceInfo
+    from dicom_node.instance import InstanceInfo, PseudonymKey
     from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
     from dicom_node.spool import Spool
     from service.exam import own_markers
@@ -386,6 +387,7 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         on_instance=on_instance,
         on_association=on_association,
         own_markers=own_markers(),
+        pseudonyms=PseudonymKey(secrets.token_bytes(32)),
     )
     scp.start()
     try:

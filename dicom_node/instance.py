@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import hmac
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -12,7 +13,17 @@ from pydicom.multival import MultiValue
 from dicom_node.components import Component, classify
 from dicom_node.validation import check_uid
 
-__all__ = ["InstanceInfo", "OwnResultMarkers", "patient_key", "read_instance_info"]
+__all__ = [
+    "MIN_SECRET_BYTES",
+    "InstanceInfo",
+    "OwnResultMarkers",
+    "PseudonymKey",
+    "patient_key",
+    "read_instance_info",
+]
+
+#: Shortest site secret accepted for keyed pseudonyms (128 bits).
+MIN_SECRET_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class InstanceInfo:
     series_description, protocol_name : str
         ``""`` when absent.
     patient_key : str
-        First 16 hex characters of a SHA-256 of issuer and patient ID (see
-        :func:`patient_key`); never the raw ID.
+        First 16 hex characters of an HMAC-SHA256 (site secret) of issuer and patient ID
+        (see :func:`patient_key`); never the raw ID.
     images_in_acquisition : int or None
         ImagesInAcquisition (0020,1002), the expected count for single-frame series.
     number_of_frames : int or None
@@ -149,10 +160,43 @@ class InstanceInfo:
     is_own_result: bool
 
 
-def patient_key(issuer_of_patient_id: str, patient_id: str) -> str:
+@dataclass(frozen=True)
+class PseudonymKey:
+    """The site secret that keys every pseudonymous patient key (HMAC-SHA256).
+
+    Without the secret a key cannot be recomputed from a PatientID, so a research label
+    (BIDS ``sub-``) or a job-store key does not reveal whom it belongs to by trying IDs.
+    The same secret must be used by the receiver, the workers and the exports of one site.
+
+    Parameters
+    ----------
+    secret : bytes
+        At least :data:`MIN_SECRET_BYTES` bytes; never shown in ``repr``.
+
+    Raises
+    ------
+    ValueError
+        If the secret is shorter than :data:`MIN_SECRET_BYTES` bytes.
+    """
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"the pseudonym secret must be at least {MIN_SECRET_BYTES} bytes "
+                f"(got {len(self.secret) if isinstance(self.secret, bytes) else 'no bytes'})"
+            )
+
+    def patient_key(self, issuer_of_patient_id: str, patient_id: str) -> str:
+        """Return the keyed pseudonym of one patient (see :func:`patient_key`)."""
+        return patient_key(issuer_of_patient_id, patient_id, self)
+
+
+def patient_key(issuer_of_patient_id: str, patient_id: str, key: PseudonymKey) -> str:
     """Return a pseudonymous key for a patient: safe to log and to compare.
 
-    The key is the first 16 hex characters of SHA-256 over
+    The key is the first 16 hex characters of HMAC-SHA256, keyed with the site secret, over
     ``IssuerOfPatientID + "\\" + PatientID`` (UTF-8). The backslash cannot occur in either
     value (LO), so different (issuer, ID) pairs never collide by concatenation.
 
@@ -162,6 +206,8 @@ def patient_key(issuer_of_patient_id: str, patient_id: str) -> str:
         IssuerOfPatientID (0010,0021), ``""`` when absent.
     patient_id : str
         PatientID (0010,0020), ``""`` when absent.
+    key : PseudonymKey
+        The site secret.
 
     Returns
     -------
@@ -170,11 +216,17 @@ def patient_key(issuer_of_patient_id: str, patient_id: str) -> str:
 
     Examples
     --------
-    >>> len(patient_key("HOSP", "123")), patient_key("HOSP", "123") == patient_key("HOSP", "12")
+    >>> site = PseudonymKey(b"0123456789abcdef")
+    >>> key = patient_key("HOSP", "123", site)
+    >>> len(key), key == patient_key("HOSP", "12", site)
     (16, False)
+    >>> key == patient_key("HOSP", "123", PseudonymKey(b"another-site-secret"))
+    False
     """
+    if not isinstance(key, PseudonymKey):
+        raise TypeError(f"key must be a PseudonymKey, got {type(key).__name__}")
     raw = f"{issuer_of_patient_id.strip()}\\{patient_id.strip()}".encode()
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hmac.new(key.secret, raw, hashlib.sha256).hexdigest()[:16]
 
 
 def read_instance_info(
@@ -184,6 +236,7 @@ def read_instance_info(
     calling_ae: str,
     received_at: float,
     own_markers: OwnResultMarkers,
+    pseudonyms: PseudonymKey,
     size_bytes: int | None = None,
 ) -> InstanceInfo:
     """Read the header facts of a (header-only) dataset.
@@ -202,6 +255,8 @@ def read_instance_info(
         Epoch seconds of reception.
     own_markers : OwnResultMarkers
         Rule that recognises our own results.
+    pseudonyms : PseudonymKey
+        Site secret for :attr:`InstanceInfo.patient_key`.
     size_bytes : int, optional
         File size; read from ``path`` when not given.
 
@@ -238,7 +293,7 @@ def read_instance_info(
         series_number=_optional_int(ds, "SeriesNumber"),
         series_description=str(ds.get("SeriesDescription", "") or ""),
         protocol_name=str(ds.get("ProtocolName", "") or ""),
-        patient_key=patient_key(
+        patient_key=pseudonyms.patient_key(
             str(ds.get("IssuerOfPatientID", "") or ""), str(ds.get("PatientID", "") or "")
         ),
         images_in_acquisition=_optional_int(ds, "ImagesInAcquisition"),

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
-from dicom_node.instance import InstanceInfo, OwnResultMarkers, read_instance_info
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
 from dicom_node.pixel_header import read_received_header
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
@@ -290,6 +290,8 @@ class StorageSCP:
     paused : Callable[[], bool] or None
         Asked for every association request; while it returns True, associations are
         rejected as transient (the sender keeps its data and tries again later).
+    pseudonyms : PseudonymKey
+        Site secret keying ``InstanceInfo.patient_key``.
     """
 
     def __init__(
@@ -300,6 +302,7 @@ class StorageSCP:
         on_association: Callable[[AssociationRecord], None] | None = None,
         *,
         own_markers: OwnResultMarkers,
+        pseudonyms: PseudonymKey,
         on_refusal: Callable[[StoreRefusal], None] | None = None,
         paused: Callable[[], bool] | None = None,
     ) -> None:
@@ -313,6 +316,8 @@ class StorageSCP:
             raise TypeError("on_association must be callable or None")
         if not isinstance(own_markers, OwnResultMarkers):
             raise TypeError("own_markers must be an OwnResultMarkers")
+        if not isinstance(pseudonyms, PseudonymKey):
+            raise TypeError("pseudonyms must be a PseudonymKey")
         if on_refusal is not None and not callable(on_refusal):
             raise TypeError("on_refusal must be callable or None")
         if paused is not None and not callable(paused):
@@ -324,6 +329,7 @@ class StorageSCP:
         self._on_instance = on_instance
         self._on_association = on_association
         self._own_markers = own_markers
+        self._pseudonyms = pseudonyms
         self._servers: list[ThreadedAssociationServer] = []
         self._ae: AE | None = None
         self._allowed_ips: dict[str, frozenset[str] | None] = {}
@@ -779,6 +785,7 @@ class StorageSCP:
                     calling_ae=calling_ae,
                     received_at=received_at,
                     own_markers=self._own_markers,
+                    pseudonyms=self._pseudonyms,
                     size_bytes=len(encoded),
                 )
             except ValueError as exc:

@@ -19,18 +19,34 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the install test
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # The orthanc package starts a system instance on 4242/8042; our demo and tests run their own.
-    (service orthanc stop >/dev/null 2>&1 || true)
   else
     echo "bootstrap: missing ${need_apt[*]} (install them as root with apt-get); continuing" >&2
   fi
 fi
+
+# The orthanc package enables and starts a system instance (4242/8042); the demo and the tests
+# run their own peers, so the system one is disabled and stopped, on every run. Only that
+# instance is stopped (systemd's unit, or the init script's pid file and user), never a peer.
+quiet_system_orthanc() {
+  [ "$(id -u)" = 0 ] || return 0
+  [ -e /etc/init.d/orthanc ] || [ -e /lib/systemd/system/orthanc.service ] || return 0
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now orthanc.service >/dev/null 2>&1 || true
+  else
+    systemctl disable orthanc.service >/dev/null 2>&1 || true  # no systemd running: the links
+    update-rc.d orthanc disable >/dev/null 2>&1 || true
+    start-stop-daemon --stop --quiet --oknodo --pidfile /run/orthanc.pid --user orthanc \
+      >/dev/null 2>&1 || true
+  fi
+}
+quiet_system_orthanc
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"

@@ -47,7 +47,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
-from dicom_node.instance import patient_key
+from dicom_node.instance import PseudonymKey
 from processing.regions import REGIONS
 from service import __version__
 from service.exam import ExamSeries
@@ -244,15 +244,25 @@ def choose_session(
     )
 
 
-def exam_labels(exam: ExamSeries) -> ExamLabels:
-    """Subject (pseudonymous patient key), study UID, date and time from an exam's headers."""
+def exam_labels(exam: ExamSeries, pseudonyms: PseudonymKey | None = None) -> ExamLabels:
+    """Subject (pseudonymous patient key), study UID, date and time from an exam's headers.
+
+    ``pseudonyms`` is the site key; ``None`` takes this process's key
+    (:func:`service.pseudonym.active_pseudonym_key`, a ValueError when none is loaded).
+    """
     first = next(
         (files[0] for series in exam.by_component.values() for files in series.values()), None
     )
     if first is None:
         raise ValueError(f"exam {exam.study_uid} has no files")
     header = pydicom.dcmread(first, stop_before_pixels=True)
-    key = patient_key(str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", "")))
+    if pseudonyms is None:
+        from service.pseudonym import active_pseudonym_key
+
+        pseudonyms = active_pseudonym_key()
+    key = pseudonyms.patient_key(
+        str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", ""))
+    )
     return ExamLabels(
         subject=key,
         study_uid=exam.study_uid,

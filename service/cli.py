@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from service import __version__
+from service.logs import LOG_LEVELS, configure_logging
 from service.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -20,21 +21,29 @@ __all__ = ["main"]
 log = logging.getLogger("cordt1")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pynetdicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+def _use_logging_settings(settings: Settings, role: str | None = None) -> None:
+    """Configure logging from the settings; ``role`` ("serve", "worker") adds the log file."""
+    try:
+        configure_logging(
+            settings.log_level,
+            log_format=settings.log_format,
+            log_file=settings.log_file if role is not None else None,
+            max_mb=settings.log_max_mb,
+            backups=settings.log_backups,
+            role=role or "serve",
+        )
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+def _settings(ctx: click.Context, *, role: str | None = None, **overrides: Any) -> Settings:
     config: Path | None = ctx.obj.get("config")
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, log_level=ctx.obj.get("log_level"), **overrides)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _use_logging_settings(settings, role)
+    return settings
 
 
 @click.group()
@@ -45,13 +54,19 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     default=None,
     help="TOML configuration file (also $CORDT1_CONFIG).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Overrides the log_level setting (default INFO).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, log_level: str) -> None:
+def cli(ctx: click.Context, config: Path | None, log_level: str | None) -> None:
     """cordt1: 7 T MP2RAGE cervical cord T1 maps and Z-score reports from DICOM."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
-    _configure_logging(log_level)
+    ctx.obj["log_level"] = log_level.upper() if log_level else None
+    configure_logging(ctx.obj["log_level"] or "INFO")  # until the settings are known
 
 
 def _service_options(func: Any) -> Any:
@@ -103,7 +118,7 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
     """Receive exams by DICOM, process them and send the results."""
     from service.server import Service
 
-    settings = _settings(ctx, workers=workers, **_overrides(**flags))
+    settings = _settings(ctx, role="serve", workers=workers, **_overrides(**flags))
     try:
         service = Service(settings)
     except ValueError as exc:  # e.g. a TLS certificate file missing or unreadable
@@ -125,12 +140,18 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
 
     from service.celery_app import create_app
     from service.heartbeat import Heartbeat
+    from service.pseudonym import use_pseudonym_key
     from service.warmup import warm_up
 
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json.read_text())
+        _use_logging_settings(settings, "worker")
     else:
-        settings = _settings(ctx, **_overrides(**flags))
+        settings = _settings(ctx, role="worker", **_overrides(**flags))
+    try:
+        use_pseudonym_key(settings)  # before the pool forks: every child has the site key
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     app = create_app(settings)
     warm_up()  # before the pool forks: every child starts warm
     name = f"cordt1-{settings.node.ae_title}@{socket.gethostname()}-{os.getpid()}"
@@ -168,6 +189,44 @@ def _store_options(func: Any) -> Any:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+@cli.group()
+def config() -> None:
+    """The configuration: its generated reference."""
+
+
+@config.command("reference")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the reference here (default: print it).",
+)
+@click.option(
+    "--check",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Exit 1 unless this file is the current reference (docs/configuration.md).",
+)
+def config_reference(out: Path | None, check: Path | None) -> None:
+    """Markdown reference of every setting, generated from the settings object."""
+    from service.config_reference import render_reference
+
+    text = render_reference()
+    if check is not None:
+        current = check.read_text() if check.is_file() else ""
+        if current != text:
+            raise click.ClickException(
+                f"{check} is out of date: regenerate it with "
+                f"`cordt1 config reference --out {check}`"
+            )
+        click.echo(f"{check} is current")
+    elif out is not None:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
 
 
 @cli.command()

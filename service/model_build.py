@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from dicom_node.instance import patient_key
+from dicom_node.instance import PseudonymKey
 from processing.mp2rage import MP2RAGEProtocol
 from processing.normative import NormativeModel, build_normative_model, with_voxel_noise
 from processing.template import (
@@ -176,7 +177,7 @@ def _merge_slabs(templates: list[NDArray[np.float64]]) -> NDArray[np.float64]:
 
 
 def _load_control(
-    exam: ExamSeries, profiles: list[SiteProtocol]
+    exam: ExamSeries, profiles: list[SiteProtocol], pseudonyms: PseudonymKey
 ) -> tuple[_Control, MP2RAGEProtocol, str]:
     slabs = match_slabs(exam)
     t1_maps = []
@@ -189,7 +190,9 @@ def _load_control(
         t1_maps.append(t1_ms)
     assert protocol is not None
     header = slabs[0].reference.datasets[0]
-    key = patient_key(str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", "")))
+    key = pseudonyms.patient_key(
+        str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", ""))
+    )
     protocol_name = str(header.get("ProtocolName", "") or "")
     return _Control(key, exam.study_uid, slabs, t1_maps, []), protocol, protocol_name
 
@@ -202,8 +205,13 @@ def build_model(
     created_at: datetime,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    pseudonyms: PseudonymKey | None = None,
 ) -> ModelMetadata:
     """Build and save a normative model from every exam under ``controls_dir``.
+
+    The metadata lists each control by its keyed pseudonym (``pseudonyms``, the site key);
+    without one a random key is drawn for this build, so the listed keys only tell the
+    controls apart and cannot be traced back to a PatientID by anyone.
 
     A control whose QC fails (cord missing on most slices, SNR or lookup-table coverage too
     low) is left out; the model's metadata lists it with the reasons (``extra
@@ -217,6 +225,8 @@ def build_model(
         (the message names its study UID).
     """
     say = progress or (lambda _msg: None)
+    if pseudonyms is None:
+        pseudonyms = PseudonymKey(secrets.token_bytes(32))
     exams = find_exam_series(dicom_files(controls_dir))
     if len(exams) < MIN_CONTROLS:
         raise ExamError(
@@ -227,7 +237,7 @@ def build_model(
     reference: tuple[MP2RAGEProtocol, str, int] | None = None
     for study_uid, exam in sorted(exams.items()):
         try:
-            control, protocol, protocol_name = _load_control(exam, profiles)
+            control, protocol, protocol_name = _load_control(exam, profiles, pseudonyms)
         except (ExamError, ValueError) as exc:
             raise ExamError(f"control {study_uid}: {exc}") from exc
         n_slabs = len(control.slabs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 
 import pydicom
 
-from dicom_node.instance import patient_key
+from dicom_node.instance import PseudonymKey
 from service.bids import exam_labels, export_exam, session_label
 from service.exam import ExamError, ExamSeries, dicom_files, find_exam_series
 from service.group_table import TABLE_NAME, exam_rows, update_table
@@ -19,6 +20,7 @@ from service.jobs import result_identity
 from service.model_build import load_scoring_model
 from service.pipeline import process_exam
 from service.protocol import load_site_protocols
+from service.pseudonym import pseudonym_key
 from service.settings import Settings
 
 __all__ = ["FolderReport", "lesion_files", "nifti_files", "process_folder"]
@@ -55,11 +57,13 @@ class FolderReport:
         return out
 
 
-def _patient_and_date(exam: ExamSeries) -> tuple[str, str]:
+def _patient_and_date(exam: ExamSeries, pseudonyms: PseudonymKey) -> tuple[str, str]:
     """Pseudonymous patient key and study date of an exam (for follow-up ordering)."""
     first = next(files[0] for series in exam.by_component.values() for files in series.values())
     header = pydicom.dcmread(first, stop_before_pixels=True)
-    key = patient_key(str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", "")))
+    key = pseudonyms.patient_key(
+        str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", ""))
+    )
     return key, f"{header.get('StudyDate', '') or ''}{header.get('StudyTime', '') or ''}"
 
 
@@ -92,18 +96,36 @@ def lesion_files(paths: list[Path]) -> list[Path]:
     return nifti_files(paths, "lesion")
 
 
-def _sessions_with_time(exams: dict[str, ExamSeries]) -> set[str]:
+def _sessions_with_time(exams: dict[str, ExamSeries], pseudonyms: PseudonymKey) -> set[str]:
     """Study UIDs whose BIDS session needs the time: another study of the patient that day."""
-    labels = [exam_labels(exam) for exam in exams.values()]
+    labels = [exam_labels(exam, pseudonyms) for exam in exams.values()]
     days = Counter((label.subject, label.study_date) for label in labels)
     return {label.study_uid for label in labels if days[label.subject, label.study_date] > 1}
 
 
-def _export(exam: ExamSeries, exam_out_dir: Path, bids_dir: Path, with_time: bool) -> None:
+def _export(
+    exam: ExamSeries,
+    exam_out_dir: Path,
+    bids_dir: Path,
+    with_time: bool,
+    pseudonyms: PseudonymKey,
+) -> None:
     try:
-        export_exam(exam_out_dir, bids_dir, exam_labels(exam), with_time=with_time)
+        export_exam(exam_out_dir, bids_dir, exam_labels(exam, pseudonyms), with_time=with_time)
     except (OSError, ValueError) as exc:
         raise ExamError(f"BIDS export to {bids_dir} failed: {exc}") from exc
+
+
+def _run_key(settings: Settings) -> PseudonymKey:
+    """The site key when labels leave this run (BIDS export, a configured secret).
+
+    Otherwise the keys only pair exams within this run, so a random key for the run avoids
+    creating a secret file in a data folder a one-off ``process`` never uses.
+    """
+    configured = settings.pseudonym_secret or settings.pseudonym_secret_file
+    if configured is not None or settings.bids_dir is not None:
+        return pseudonym_key(settings)
+    return PseudonymKey(secrets.token_bytes(32))
 
 
 def _none_found(input_dir: Path, n_files: int) -> str:
@@ -118,10 +140,10 @@ def _none_found(input_dir: Path, n_files: int) -> str:
 
 
 def _table_rows(
-    exam: ExamSeries, summary: dict[str, Any], with_time: bool
+    exam: ExamSeries, summary: dict[str, Any], with_time: bool, pseudonyms: PseudonymKey
 ) -> list[dict[str, str]]:
     """Group-table rows of an exam, labelled as its BIDS session would be."""
-    labels = exam_labels(exam)
+    labels = exam_labels(exam, pseudonyms)
     try:
         session = session_label(labels.study_date, labels.study_time, with_time=with_time)
     except ValueError:
@@ -186,14 +208,15 @@ def process_folder(
                 f"reader {what} masks need INPUT_DIR to hold exactly one exam; it holds "
                 f"{len(exams)}"
             )
-    with_time = _sessions_with_time(exams) if settings.bids_dir is not None else set()
+    pseudonyms = _run_key(settings)
+    with_time = _sessions_with_time(exams, pseudonyms) if settings.bids_dir is not None else set()
     previous: dict[str, dict[str, Any]] = {}
     say = progress or (lambda _msg: None)
-    order = sorted(exams, key=lambda uid: _patient_and_date(exams[uid]))
+    order = sorted(exams, key=lambda uid: _patient_and_date(exams[uid], pseudonyms))
     for number, study_uid in enumerate(order, start=1):
         say(f"exam {number} of {len(order)}: {study_uid}")
         exam = exams[study_uid]
-        patient, _date = _patient_and_date(exam)
+        patient, _date = _patient_and_date(exam, pseudonyms)
         target = out_dir / study_uid
         try:
             outputs = process_exam(
@@ -209,14 +232,14 @@ def process_folder(
                 writer_processes=settings.result_writer_processes,
             )
             if settings.bids_dir is not None:
-                _export(exam, target, settings.bids_dir, study_uid in with_time)
+                _export(exam, target, settings.bids_dir, study_uid in with_time, pseudonyms)
         except ExamError as exc:
             log.warning("exam %s failed: %s", study_uid, exc)
             report.failed[study_uid] = str(exc)
             continue
         try:
             table = update_table(
-                out_dir, _table_rows(exam, outputs.summary, study_uid in with_time)
+                out_dir, _table_rows(exam, outputs.summary, study_uid in with_time, pseudonyms)
             )
         except (OSError, ValueError) as exc:
             log.warning("exam %s: group table not written: %s", study_uid, exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 import pydicom
 
-from dicom_node.instance import InstanceInfo
+from dicom_node.instance import InstanceInfo, PseudonymKey
 from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.spool import Spool
 
@@ -256,6 +257,7 @@ class FolderPacs:
             on_instance=on_instance,
             on_association=None,
             own_markers=own_markers(),
+            pseudonyms=PseudonymKey(secrets.token_bytes(32)),  # a test peer keeps no keys
         )
         pacs._scp.start()
         pacs.port = pacs._scp.port

@@ -31,6 +31,7 @@ from service.api.controls import Controls
 from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.exam import own_markers
 from service.priors import fetch_prior
+from service.pseudonym import pseudonym_key
 from service.settings import Settings
 from service.store import InstanceBatcher, JobState, JobStore
 
@@ -246,6 +247,7 @@ class Service:
             on_instance=self.on_instance,
             on_association=self.on_association,
             own_markers=own_markers(),
+            pseudonyms=pseudonym_key(settings),
             on_refusal=self.on_refusal,
             paused=lambda: self.controls.is_paused("intake"),
         )
@@ -517,7 +519,13 @@ class Service:
         run_dir = self.settings.data_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = run_dir / "settings.json"
-        settings_file.write_text(self.settings.model_dump_json(indent=2))
+        content = self.settings.model_dump(mode="json")
+        if self.settings.pseudonym_secret is not None:  # dumped masked; the workers need it
+            content["pseudonym_secret"] = self.settings.pseudonym_secret.get_secret_value()
+        settings_file.unlink(missing_ok=True)
+        fd = os.open(settings_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
         self._workers.append(self._spawn_worker(settings_file))
 
     def _spawn_worker(self, settings_file: Path) -> subprocess.Popen[bytes]:
@@ -531,18 +539,14 @@ class Service:
             "--concurrency",
             str(self.settings.workers),
         ]
-        log_file = (self.settings.data_dir / "worker.log").open("ab")
-        try:
-            return subprocess.Popen(
-                command,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=os.environ,
-                start_new_session=True,  # its own process group: stopped as a whole
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log_file.close()  # the child has its own copy
+        # The worker logs to our stderr (the journal under systemd) and, with log_file set, to
+        # its own rotated file beside ours (service.logs).
+        return subprocess.Popen(
+            command,
+            env=os.environ,
+            start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=_die_with_parent,
+        )
 
     def supervise(self) -> list[int]:
         """Start again every local worker that ended on its own; the new process ids.

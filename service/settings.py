@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -374,7 +374,29 @@ class Settings(BaseSettings):
     priors: PriorsSettings = Field(default_factory=PriorsSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+    pseudonym_secret: SecretStr | None = Field(
+        None,
+        description="Site secret (at least 16 characters) keying every pseudonymous patient "
+        "key and BIDS sub- label (HMAC-SHA256). Prefer pseudonym_secret_file; neither set: "
+        "a random secret is generated once into data_dir/pseudonym.key (mode 0600). "
+        "Changing it changes every label: back it up with the job store.",
+    )
+    pseudonym_secret_file: Path | None = Field(
+        None,
+        description="File holding the site secret (first line; at least 16 characters, "
+        "readable by the service only).",
+    )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description='Log lines as plain text or as JSON objects ("json").'
+    )
+    log_file: Path | None = Field(
+        None,
+        description="Also log to this file, rotated by size (a worker started by serve writes "
+        "NAME-worker.log beside it). None: stderr only, which systemd sends to the journal.",
+    )
+    log_max_mb: float = Field(50.0, gt=0, description="Rotate log_file at this size.")
+    log_backups: int = Field(5, ge=1, description="Rotated log files kept.")
 
     @property
     def spool_dir(self) -> Path:
@@ -392,6 +414,17 @@ class Settings(BaseSettings):
         if self.writer_processes is not None:
             return self.writer_processes
         return max(1, min(MAX_AUTO_WRITER_PROCESSES, len(os.sched_getaffinity(0))))
+
+    @property
+    def default_pseudonym_secret_file(self) -> Path:
+        """Where a generated pseudonym secret is kept when none is configured."""
+        return self.data_dir / "pseudonym.key"
+
+    @model_validator(mode="after")
+    def _check_pseudonym_source(self) -> Settings:
+        if self.pseudonym_secret is not None and self.pseudonym_secret_file is not None:
+            raise ValueError("set pseudonym_secret or pseudonym_secret_file, not both")
+        return self
 
     @property
     def job_store_url(self) -> str:

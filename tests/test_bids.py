@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -16,12 +17,13 @@ import pydicom
 import pytest
 
 from dicom_node.components import classify
-from dicom_node.instance import patient_key
+from dicom_node.instance import PseudonymKey
 from processing.regions import REGIONS
 from service.bids import choose_session, export_bids, session_label
 from service.cli import main
 from service.jobs import JobRunner
 from service.nifti import from_nifti, to_nifti
+from service.pseudonym import use_pseudonym_key
 from service.settings import Settings
 from service.store import JobState, JobStore
 from tests.service_harness import PhantomExam, make_exams
@@ -332,10 +334,14 @@ def exam(tmp_path_factory: pytest.TempPathFactory) -> PhantomExam:
     return make_exams(tmp_path_factory.mktemp("cohort"), patients=1, controls=0, seed=5)[0]
 
 
+SITE_SECRET = "test-site-secret-0123456789"
+SITE_KEY = PseudonymKey(SITE_SECRET.encode())
+
+
 def _subject(exam: PhantomExam) -> tuple[str, str]:
     """Expected subject label and the exam's PatientID."""
     header = pydicom.dcmread(next(exam.dicom_dir.rglob("*.dcm")), stop_before_pixels=True)
-    key = patient_key(str(header.get("IssuerOfPatientID", "")), str(header.PatientID))
+    key = SITE_KEY.patient_key(str(header.get("IssuerOfPatientID", "")), str(header.PatientID))
     return key, str(header.PatientID)
 
 
@@ -352,7 +358,10 @@ def processed(
     argv = ["process", str(exam.dicom_dir), "--out", str(work / "out")]
     argv += ["--site-protocols", str(exam.site_protocols)]
     argv += ["--bids-out", str(work / "bids"), "--lesions", str(lesions)]
-    assert main(argv) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORDT1_PSEUDONYM_SECRET", SITE_SECRET)
+        patch.chdir(work)  # the default data_dir, should anything land there
+        assert main(argv) == 0
     return work / "out" / exam.study_uid, work / "bids", lesions
 
 
@@ -365,6 +374,9 @@ def test_process_bids_out_exports_the_exam(
     subjects = [p.name for p in bids.iterdir() if p.is_dir()]
     assert subjects == [f"sub-{key}"]
     assert patient_id not in "".join(str(p) for p in bids.rglob("*"))
+    # keyed with the site secret: not a bare SHA-256 anyone could recompute from the ID
+    for raw in (patient_id, f"\\{patient_id}"):
+        assert hashlib.sha256(raw.encode()).hexdigest()[:16] != key
     session = bids / f"sub-{key}" / f"ses-{summary['exam']['study_date']}"
     prefix = f"sub-{key}_ses-{summary['exam']['study_date']}"
     for k in (1, 2):
@@ -563,8 +575,12 @@ def _run_job(exam: PhantomExam, tmp_path: Path, bids_dir: Path) -> tuple[JobStat
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     try:
         settings = Settings(
-            data_dir=tmp_path / "data", site_protocols=exam.site_protocols, bids_dir=bids_dir
+            data_dir=tmp_path / "data",
+            site_protocols=exam.site_protocols,
+            bids_dir=bids_dir,
+            pseudonym_secret=SITE_SECRET,
         )
+        use_pseudonym_key(settings)  # as `cordt1 worker` does at start
         job_id = _queued_job(exam, store)
         JobRunner(settings, store).process(job_id)
         job = store.get_job(job_id)

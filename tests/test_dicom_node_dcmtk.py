@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.scu import Destination, echo, send
 from dicom_node.spool import Spool
@@ -96,7 +96,11 @@ def test_dcmtk_storescu_directory_arrives_byte_correct(tmp_path: Path) -> None:
         "CORDT1", host="127.0.0.1", port=0, allowed_calling_aes={"SCANNER": "127.0.0.1"}
     )
     with StorageSCP(
-        config, spool, received.put, own_markers=OwnResultMarkers(manufacturer="cordt1")
+        config,
+        spool,
+        received.put,
+        own_markers=OwnResultMarkers(manufacturer="cordt1"),
+        pseudonyms=PseudonymKey(b"test-site-secret-0123"),
     ) as scp:
         result = subprocess.run(
             [

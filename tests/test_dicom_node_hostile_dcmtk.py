@@ -15,7 +15,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
 from tests.hostile_factory import BROKEN, broken_mr, send_raw_c_store
@@ -49,6 +49,7 @@ class _Node:
             self.instances.put,
             self.records.put,
             own_markers=OwnResultMarkers(manufacturer="cordt1"),
+            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
             on_refusal=self.refusals.append,
         )
 

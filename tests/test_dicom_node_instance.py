@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.components import Component, classify, classify_series, is_multi_echo_gre
-from dicom_node.instance import OwnResultMarkers, patient_key, read_instance_info
+from dicom_node.instance import OwnResultMarkers, PseudonymKey, patient_key, read_instance_info
 from dicom_node.status import StoreStatus, describe, is_failure, is_warning
 from dicom_node.validation import check_ae_title
 from tests.test_dicom_node_factories import make_mr
 
 MARKERS = OwnResultMarkers(manufacturer="cordt1", software_name="cordt1", private_creator="CORDT1")
+SITE = PseudonymKey(b"site-secret-0123456789")
 
 
 def _info(ds: Dataset, tmp_path: Path, markers: OwnResultMarkers = MARKERS):
     path = tmp_path / "x.dcm"
     path.write_bytes(b"12345")
     return read_instance_info(
-        ds, path=path, calling_ae=" SCANNER ", received_at=10.0, own_markers=markers
+        ds,
+        path=path,
+        calling_ae=" SCANNER ",
+        received_at=10.0,
+        own_markers=markers,
+        pseudonyms=SITE,
     )
 
 
@@ -41,13 +48,31 @@ def test_read_instance_info_takes_header_fields(tmp_path: Path) -> None:
     assert info.is_own_result is False
 
 
-def test_patient_key_is_a_hash_never_the_raw_id(tmp_path: Path) -> None:
+def test_patient_key_is_keyed_never_the_raw_id_nor_a_bare_hash(tmp_path: Path) -> None:
     info = _info(make_mr(patient_id="PAT-0001"), tmp_path)
-    assert info.patient_key == patient_key("HOSP", "PAT-0001")
+    assert info.patient_key == patient_key("HOSP", "PAT-0001", SITE)
     assert len(info.patient_key) == 16
     assert "PAT" not in repr(info) and "Doe" not in repr(info)
-    assert patient_key("HOSP", "1") != patient_key("HOSP1", "")
-    assert patient_key("A", "1") != patient_key("B", "1")
+    assert SITE.patient_key("HOSP", "1") != SITE.patient_key("HOSP1", "")
+    assert SITE.patient_key("A", "1") != SITE.patient_key("B", "1")
+    # Someone without the secret cannot recompute the key by hashing candidate IDs.
+    for raw in ("HOSP\\PAT-0001", "PAT-0001", "HOSPPAT-0001"):
+        assert hashlib.sha256(raw.encode()).hexdigest()[:16] != info.patient_key
+
+
+def test_patient_key_same_secret_same_key_other_secret_other_key() -> None:
+    again = PseudonymKey(b"site-secret-0123456789")
+    other = PseudonymKey(b"another-site-secret-987")
+    assert again.patient_key("HOSP", "PAT-0001") == SITE.patient_key("HOSP", "PAT-0001")
+    assert other.patient_key("HOSP", "PAT-0001") != SITE.patient_key("HOSP", "PAT-0001")
+
+
+def test_pseudonym_key_refuses_a_short_secret_and_hides_it() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        PseudonymKey(b"short")
+    assert "site-secret" not in repr(SITE)
+    with pytest.raises(TypeError, match="PseudonymKey"):
+        patient_key("HOSP", "1", b"site-secret-0123456789")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

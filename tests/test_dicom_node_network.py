@@ -15,7 +15,7 @@ from pydicom.uid import RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.spool import Spool
@@ -62,6 +62,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             on_instance or instances.put,
             records.put,
             own_markers=MARKERS,
+            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
             on_refusal=on_refusal,
         )
         scp.start()

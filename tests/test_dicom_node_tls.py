@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
 from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.spool import Spool
@@ -92,6 +92,7 @@ def start_tls_node(tmp_path: Path, pki: Pki) -> Iterator[Callable[..., TlsNode]]
             instances.put,
             _record,
             own_markers=OwnResultMarkers(manufacturer="cordt1"),
+            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
         )
         scp.start()
         started.append(scp)

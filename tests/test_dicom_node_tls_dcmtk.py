@@ -14,7 +14,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
 from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.spool import Spool
@@ -62,6 +62,7 @@ class _Node:
             self.instances.put,
             self.records.put,
             own_markers=OwnResultMarkers(manufacturer="cordt1"),
+            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
         )
 
     def dcmtk(

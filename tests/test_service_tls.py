@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from dicom_node.instance import InstanceInfo, OwnResultMarkers
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.scu import Destination, echo
 from dicom_node.spool import Spool
@@ -140,6 +140,7 @@ def tls_pacs(tmp_path: Path, pki: Pki) -> Iterator[tuple[StorageSCP, queue.Queue
         Spool(tmp_path / "pacs"),
         received.put,
         own_markers=OwnResultMarkers(manufacturer="nobody"),
+        pseudonyms=PseudonymKey(b"test-site-secret-0123"),
     )
     scp.start()
     yield scp, received
