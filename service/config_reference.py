@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from service.settings import CONFIG_ENV, Settings
 
-__all__ = ["UNDESCRIBED", "iter_settings", "meaning", "render_reference"]
+__all__ = ["iter_settings", "meaning", "render_reference"]
 
 HEADER = f"""# Configuration reference
 
@@ -35,28 +35,11 @@ by a double underscore (`[node] port` is `CORDT1_NODE__PORT`). Unknown keys are 
 #: Meanings of the settings declared without a ``description`` (the settings module is shared
 #: by several pieces of work; these move into ``Field(description=...)`` when it is next
 #: edited). A setting with neither fails the reference test.
-UNDESCRIBED: dict[str, str] = {
-    "data_dir": "Where the spool, quarantine, results, job store (SQLite), embedded queue, "
-    "run files and a generated pseudonym secret live.",
-    "research_use_text": "Burned into every rendered result and written into its DICOM "
-    "descriptions.",
-    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level` overrides it).",
-    "node.ae_title": "Our AE title (1-16 characters).",
-    "node.host": "Address to listen on.",
-    "node.port": "TCP port of plain DICOM.",
-    "node.max_associations": "Concurrent associations; more are rejected.",
-    "send.calling_ae": "Our AE title when sending results.",
-    "send.attempts": "Tries per destination before the job fails.",
-    "send.retry_interval_s": "Wait between two tries.",
-    "send.timeout_s": "Network timeout of one send.",
-    "node": "The DICOM receiver: see [node].",
-    "send": "Where results go and how hard we try: see [send].",
-}
 
 
 def meaning(key: str, field: FieldInfo) -> str:
     """The description of a setting (``key`` dotted, e.g. ``node.port``), ``""`` if none."""
-    return field.description or UNDESCRIBED.get(key, "")
+    return field.description or ""
 
 
 def _type_name(annotation: Any) -> str:

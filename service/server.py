@@ -23,7 +23,7 @@ from pydicom import dcmread
 
 from dicom_node.completion import ExamReady, ExamTracker
 from dicom_node.components import Component
-from dicom_node.instance import InstanceInfo, read_instance_info
+from dicom_node.instance import InstanceInfo, PseudonymKey, read_instance_info
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.spool import Spool
 from dicom_node.status import describe
@@ -101,7 +101,7 @@ def record_instance(store: JobStore, info: InstanceInfo) -> None:
     store.record_instance(**instance_row(info))
 
 
-def record_unrecorded_files(store: JobStore, spool: Spool) -> int:
+def record_unrecorded_files(store: JobStore, spool: Spool, pseudonyms: PseudonymKey) -> int:
     """Record spooled files that have no job-store row (a crash before the batch commit).
 
     Instances are acknowledged once their file is fsynced; their rows are committed in
@@ -130,6 +130,7 @@ def record_unrecorded_files(store: JobStore, spool: Spool) -> int:
                 calling_ae="",
                 received_at=stat.st_mtime,
                 own_markers=own_markers(),
+                pseudonyms=pseudonyms,
                 size_bytes=stat.st_size,
             )
         except Exception as exc:
@@ -217,6 +218,7 @@ class Service:
         self.store = JobStore(settings.job_store_url)
         self.batcher = InstanceBatcher(self.store, flush_ms=node.record_flush_ms)
         self.spool = Spool(settings.spool_dir, settings.data_dir / "quarantine")
+        self.pseudonyms = pseudonym_key(settings)
         self.tracker = ExamTracker(settle_s=settings.node.settle_s, stale_s=settings.node.stale_s)
         self.celery = create_app(settings)
         self.controls = Controls(settings.data_dir / "run" / "pause.json")
@@ -247,7 +249,7 @@ class Service:
             on_instance=self.on_instance,
             on_association=self.on_association,
             own_markers=own_markers(),
-            pseudonyms=pseudonym_key(settings),
+            pseudonyms=self.pseudonyms,
             on_refusal=self.on_refusal,
             paused=lambda: self.controls.is_paused("intake"),
         )
@@ -403,7 +405,7 @@ class Service:
         worker holds are left alone. Exams that already have a job are not dispatched again
         (see :meth:`dispatch_ready`).
         """
-        record_unrecorded_files(self.store, self.spool)
+        record_unrecorded_files(self.store, self.spool, self.pseudonyms)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
         with self._lock:
             for info in replay:

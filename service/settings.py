@@ -77,14 +77,16 @@ class NodeTlsSettings(BaseModel):
 class NodeSettings(BaseModel):
     """The DICOM receiver (SCP)."""
 
-    ae_title: str = "CORDT1"
-    host: str = "0.0.0.0"
-    port: int = Field(11112, ge=0, le=65535)
+    ae_title: str = Field("CORDT1", description="Our AE title (1-16 characters).")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(11112, ge=0, le=65535, description="TCP port of plain DICOM.")
     allowed_calling_aes: dict[str, str | None] = Field(
         default_factory=dict,
         description="AE title -> allowed IP address (None: any address). Empty: accept any AE.",
     )
-    max_associations: int = Field(10, ge=1)
+    max_associations: int = Field(
+        10, ge=1, description="Concurrent associations; more are rejected."
+    )
     max_associations_per_ae: int = Field(
         4, ge=1, description="Concurrent associations of one calling AE; more are rejected."
     )
@@ -171,10 +173,10 @@ class SendSettings(BaseModel):
         default_factory=list,
         description='Result destinations, each "AET@HOST:PORT" or "tls://AET@HOST:PORT".',
     )
-    calling_ae: str = "CORDT1"
-    attempts: int = Field(5, ge=1)
-    retry_interval_s: float = Field(60.0, ge=0)
-    timeout_s: float = Field(60.0, gt=0)
+    calling_ae: str = Field("CORDT1", description="Our AE title when sending results.")
+    attempts: int = Field(5, ge=1, description="Tries per destination before the job fails.")
+    retry_interval_s: float = Field(60.0, ge=0, description="Wait between two tries.")
+    timeout_s: float = Field(60.0, gt=0, description="Network timeout of one send.")
     tls: SendTlsSettings | None = Field(None, description="TLS for tls:// destinations.")
 
     @field_validator("destinations")
@@ -268,7 +270,9 @@ class PriorsSettings(BaseModel):
     max_age_days: int = Field(
         3650, ge=1, description="Only exams at most this many days older than the current one."
     )
-    modality: str = Field("MR", min_length=1, max_length=16)
+    modality: str = Field(
+        "MR", min_length=1, max_length=16, description="ModalitiesInStudy a prior must have."
+    )
     timeout_s: float = Field(
         600.0, gt=0, description="C-FIND / C-MOVE timeout (a move of a large exam takes time)."
     )
@@ -332,7 +336,11 @@ class Settings(BaseSettings):
         env_prefix="CORDT1_", env_nested_delimiter="__", extra="forbid"
     )
 
-    data_dir: Path = Path("cordt1-data")
+    data_dir: Path = Field(
+        Path("cordt1-data"),
+        description="Where the spool, quarantine, results, job store (SQLite), embedded queue, "
+        "run files and a generated pseudonym secret live.",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the job store; default SQLite in data_dir."
     )
@@ -368,12 +376,29 @@ class Settings(BaseSettings):
         "(helpers are forked for the writing only); 1: the job's process alone; default: "
         "the CPUs this process may use, at most 3 (more gains nothing: 2 big objects).",
     )
-    node: NodeSettings = Field(default_factory=NodeSettings)
-    send: SendSettings = Field(default_factory=SendSettings)
-    api: ApiSettings = Field(default_factory=ApiSettings)
-    priors: PriorsSettings = Field(default_factory=PriorsSettings)
-    jobs: JobSettings = Field(default_factory=JobSettings)
-    research_use_text: str = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+    node: NodeSettings = Field(
+        default_factory=NodeSettings, description="The DICOM receiver: see [node]."
+    )
+    send: SendSettings = Field(
+        default_factory=SendSettings,
+        description="Where results go and how hard we try: see [send].",
+    )
+    api: ApiSettings = Field(
+        default_factory=ApiSettings,
+        description="The HTTP API, web page, health and metrics: see [api].",
+    )
+    priors: PriorsSettings = Field(
+        default_factory=PriorsSettings,
+        description="Fetching a patient's earlier exam from a PACS: see [priors].",
+    )
+    jobs: JobSettings = Field(
+        default_factory=JobSettings,
+        description="Leases, reconciliation and the worker pool: see [jobs].",
+    )
+    research_use_text: str = Field(
+        "RESEARCH USE ONLY - NOT FOR DIAGNOSIS",
+        description="Burned into every rendered result and written into its DICOM descriptions.",
+    )
     pseudonym_secret: SecretStr | None = Field(
         None,
         description="Site secret (at least 16 characters) keying every pseudonymous patient "
@@ -386,7 +411,10 @@ class Settings(BaseSettings):
         description="File holding the site secret (first line; at least 16 characters, "
         "readable by the service only).",
     )
-    log_level: str = "INFO"
+    log_level: str = Field(
+        "INFO",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level` overrides it).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description='Log lines as plain text or as JSON objects ("json").'
     )

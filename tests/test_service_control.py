@@ -81,6 +81,7 @@ def test_paused_intake_rejects_associations_as_transient_and_resumes(
     rejected = [x for x in lines if "rejected (intake paused by an operator)" in x]
     assert len(rejected) == 2
     assert sum("accepted" in x for x in lines) == 2
+    assert service.batcher.flush()  # rows of received instances are committed in batches
     assert [i["study_uid"] for i in service.store.instance_infos()] == [study]
 
 

@@ -157,7 +157,8 @@ def test_serve_stops_with_one_line_when_the_api_port_is_taken(
         port = taken.getsockname()[1]
         config = tmp_path / "cordt1.toml"
         config.write_text(
-            f'data_dir = "{tmp_path / "data"}"\nworkers = 0\n[node]\nport = 0\n'
+            f'data_dir = "{tmp_path / "data"}"\nworkers = 0\n'
+            'pseudonym_secret = "a-test-site-secret-of-32-chars!!"\n[node]\nport = 0\n'
             f'host = "127.0.0.1"\n[api]\nport = {port}\n'
         )
         result = CliRunner().invoke(cli, ["--config", str(config), "serve"])
