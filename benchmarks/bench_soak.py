@@ -41,7 +41,8 @@ from service.phantom import PhantomOptions, write_cohort
 from service.store import JobState, JobStore
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """Process ids of the direct children of ``pid`` (Linux /proc), [] when it is gone."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -68,7 +69,7 @@ def _pool(serve_pid: int, timeout_s: float = 10.0) -> dict[int, float]:
     deadline = time.monotonic() + timeout_s
     sizes: dict[int, float] = {}
     while time.monotonic() < deadline:
-        sizes = {c: _rss_mb(c) for w in _children(serve_pid) for c in _children(w)}
+        sizes = {c: _rss_mb(c) for w in child_pids(serve_pid) for c in child_pids(w)}
         if sizes and all(size > 0 for size in sizes.values()):
             return sizes
         time.sleep(0.2)

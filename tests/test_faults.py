@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_soak import child_pids
 from service.store import Job, JobState
 from tests.counting_pacs import CountingPacs
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
@@ -37,16 +38,6 @@ def pacs(tmp_path: Path) -> Iterator[CountingPacs]:
         yield running
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -60,8 +51,8 @@ def _pool_child(service: ServiceProcess, timeout_s: float = 60.0) -> int:
     assert service.process is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for worker in _children(service.process.pid):
-            pool = _children(worker)
+        for worker in child_pids(service.process.pid):
+            pool = child_pids(worker)
             if pool:
                 return pool[0]
         time.sleep(0.1)
@@ -205,10 +196,10 @@ def test_sigterm_stops_serve_and_its_whole_worker_tree_within_30_s(
     with _service(tmp_path, exam, pacs) as service:
         assert service.process is not None
         child = _pool_child(service)
-        workers = _children(service.process.pid)
+        workers = child_pids(service.process.pid)
         os.kill(child, signal.SIGKILL)  # an idle pool child dies (OOM killer)
         time.sleep(1.0)
-        tree = workers + [p for w in workers for p in _children(w)]
+        tree = workers + [p for w in workers for p in child_pids(w)]
         started = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
         service.process.wait(timeout=30)
@@ -226,8 +217,8 @@ def test_serve_killed_leaves_no_worker_behind(
     with _service(tmp_path, exam, pacs) as service:
         assert service.process is not None
         _pool_child(service)
-        workers = _children(service.process.pid)
-        tree = workers + [p for w in workers for p in _children(w)]
+        workers = child_pids(service.process.pid)
+        tree = workers + [p for w in workers for p in child_pids(w)]
         service.process.kill()  # no chance to stop its workers itself
         service.process.wait()
         deadline = time.monotonic() + 30
@@ -242,11 +233,11 @@ def test_a_worker_that_dies_is_started_again(
     with _service(tmp_path, exam, pacs) as service:
         assert service.process is not None
         _pool_child(service)
-        (worker,) = _children(service.process.pid)
+        (worker,) = child_pids(service.process.pid)
         os.killpg(worker, signal.SIGKILL)  # the worker and its pool, as a crash would
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = [p for p in _children(service.process.pid) if _alive(p)]
+            alive = [p for p in child_pids(service.process.pid) if _alive(p)]
             if alive and alive != [worker]:
                 break
             time.sleep(0.2)
