@@ -181,7 +181,13 @@ def test_results_sent_back_by_the_pacs_start_no_job(
         result_files = [Path(p) for p in jobs[0].result["dicom"]]
         echoed = storescu(service.port, result_files, calling_ae="ORTHANC", extra=("-R",))
         assert echoed.returncode == 0, echoed.stderr
-        own = [i for i in store.instance_infos(include_own=True) if i["is_own_result"]]
+        # Received rows are committed in batches (record_flush_ms): wait for the last batch.
+        deadline = time.monotonic() + 10.0
+        while True:
+            own = [i for i in store.instance_infos(include_own=True) if i["is_own_result"]]
+            if len(own) >= len(result_files) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(own) == len(result_files)
         # Absence of a job can only be shown by waiting: three times the settle time.
         time.sleep(3.0)
