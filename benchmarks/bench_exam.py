@@ -11,7 +11,7 @@ second job on, imports done and highdicom's tables loaded). Every run uses the s
 default settings (``writer_processes``: the results are written by the job's process and a
 forked helper; no NIfTI); the warm variants also time one writing process and the NIfTI
 export (``write_results_s_by_variant``). Each run is repeated in a second child that first
-calls ``service.warmup.warm_up``, as ``cordt1 worker`` does before its pool forks
+calls ``service.pipeline.warmup.warm_up``, as ``cordt1 worker`` does before its pool forks
 (``worker_first_job``: the first job of a worker child). ``write_results`` is the writing of
 the files only: statistics, segment lists and the summary belong to ``compute``. The peer in
 the same run: pydicom reading and writing the exam's source images (plain I/O of the same
@@ -48,11 +48,11 @@ import pydicom
 RUNNER = """
 import json, os, sys, resource, threading, time
 from pathlib import Path
-from service.exam import find_exam_series
-from service.jobs import result_identity
-from service.model_build import load_scoring_model
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.inputs.exam import find_exam_series
+from service.pipeline.identity import result_identity
+from service.pipeline.model_build import load_scoring_model
+from service.pipeline.run import process_exam
+from service.inputs.protocol import load_site_protocols
 from service.settings import Settings
 
 def status_kib(key):
@@ -91,7 +91,7 @@ def sample():
 dicom_dir, out, model, profile = map(Path, sys.argv[1:5])
 warm_up_s = None
 if sys.argv[5:] == ["warm-up"]:  # as `cordt1 worker` does before its pool forks
-    from service.warmup import warm_up
+    from service.pipeline.warmup import warm_up
     warm_up_s = round(warm_up(), 3)
 exams = find_exam_series(sorted(dicom_dir.rglob("*.dcm")))
 (series,) = exams.values()
@@ -154,9 +154,9 @@ def _copy_sources(dicom_dir: Path, target: Path) -> float:
 
 def run(matrix: int, controls: int, repeat: int, workdir: Path) -> dict[str, Any]:
     """Build the cohort and model, then time the patient's exam."""
-    from service.model_build import build_model
+    from service.inputs.protocol import load_site_protocols
     from service.phantom import PhantomOptions, write_cohort
-    from service.protocol import load_site_protocols
+    from service.pipeline.model_build import build_model
 
     options = PhantomOptions(matrix=matrix)
     profile = workdir / "controls" / "site-protocols.toml"

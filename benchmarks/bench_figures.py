@@ -6,7 +6,7 @@ Run from the repository root::
 
 Writes one phantom patient exam (matrix 448, 2 slabs of 12 x 4 mm, legacy MR; ``--work DIR``
 keeps and reuses it), loads each slab's scanner T1 map series with
-``service.volumes.load_series`` (T1 in ms and header-only source datasets), takes the cord
+``service.inputs.volumes.load_series`` (T1 in ms and header-only source datasets), takes the cord
 and lesion masks from the phantom truth and simulates Z = (T1 - 1200 ms) / 100 ms in the
 cord. The summary is a complete contract dict with a prior exam (so the trend chart is
 drawn). One run = ``render_exam_figures`` (bar chart, 2 overlays, trend) +
@@ -38,9 +38,9 @@ from reports.encapsulated_pdf import build_encapsulated_pdf
 from reports.figures import SlabImages, render_exam_figures, render_pdf_report
 from reports.identity import ResultIdentity
 from reports.secondary_capture import build_secondary_captures
-from service.nifti import from_nifti
+from service.inputs.nifti import from_nifti
+from service.inputs.volumes import group_by_series, load_series
 from service.phantom import PhantomOptions, write_cohort
-from service.volumes import group_by_series, load_series
 
 __all__ = ["exam_summary", "load_exam", "main", "run_once"]
 

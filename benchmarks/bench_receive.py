@@ -10,7 +10,7 @@ a few series of one synthetic study) in a scratch folder, then, for every sender
 
 - **ours**: :class:`dicom_node.scp.StorageSCP` in its own process, wired as ``cordt1 serve``
   wires it (service defaults, fsynced spool, the job-store rows batched through
-  :class:`service.store.InstanceBatcher`, the exam tracker, an audit row per association);
+  :class:`service.jobs.store.InstanceBatcher`, the exam tracker, an audit row per association);
   see :func:`serve_ours`;
 - **dcmtk**: ``TCP_NODELAY=1 /usr/bin/storescp --fork +xa -dhl -od DIR PORT`` (writes
   without fsync);
@@ -343,10 +343,10 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     from dicom_node.instance import InstanceInfo, PseudonymKey
     from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
     from dicom_node.spool import Spool
-    from service.exam import own_markers
+    from service.inputs.exam import own_markers
+    from service.jobs.store import InstanceBatcher, JobStore
     from service.server import instance_row, record_association
     from service.settings import NodeSettings
-    from service.store import InstanceBatcher, JobStore
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -941,7 +941,7 @@ def run(
             "receivers": {
                 "ours": "dicom_node.scp.StorageSCP in a child process, service defaults, "
                 "header read up to the pixel data, fdatasynced spool file + folder fsync "
-                "before the answer, job-store rows through service.store.InstanceBatcher "
+                "before the answer, job-store rows through service.jobs.store.InstanceBatcher "
                 "(one SQLite transaction per <= record_flush_ms), ExamTracker per instance",
                 "dcmtk": f"TCP_NODELAY=1 {STORESCP} --fork +xa -dhl -od DIR PORT (no fsync)",
                 "orthanc": f"{ORTHANC} (default storage settings: SyncStorageArea, SQLite index)",

@@ -39,11 +39,11 @@ from processing.mp2rage import T1LookupTable, stored_to_uni, t1_from_uni
 from processing.regions import estimate_levels
 from processing.segmentation import fit_tissue_mixture, segment_cord, split_gm_wm
 from processing.template import cord_coordinates, geometric_gm_prior
-from service.atlas import load_pam50_priors, pam50_gm_prior
-from service.exam import find_exam_series, match_slabs
-from service.nifti import from_nifti
+from service.inputs.exam import find_exam_series, match_slabs
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols, protocol_from_headers
 from service.phantom import PhantomOptions, write_cohort
-from service.protocol import load_site_protocols, protocol_from_headers
+from service.pipeline.atlas import load_pam50_priors, pam50_gm_prior
 
 __all__ = ["PhantomSlab", "dice", "load_phantom_exam", "main"]
 

@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.bench_segmentation_writer --out benchmarks/results/seg_writer.json
 
 Writes one phantom patient exam (default matrix 448, 2 slabs of 12 slices, legacy MR), loads
-each slab's UNI series header-only with ``service.volumes.load_series`` and builds the
+each slab's UNI series header-only with ``service.inputs.volumes.load_series`` and builds the
 standard segment list per slab with :func:`reports.segmentation.segment_specs` from the
 phantom truth: cord, GM, WM, the twelve regions (split of the truth GM/WM around the cord
 centre per slice, the same sizes as the real labels), the truth lesions as reader lesions and
@@ -36,9 +36,9 @@ from numpy.typing import NDArray
 
 from reports.identity import ResultIdentity
 from reports.segmentation import SegmentSpec, build_segmentation, segment_specs
-from service.nifti import from_nifti
+from service.inputs.nifti import from_nifti
+from service.inputs.volumes import SeriesVolume, load_series
 from service.phantom import PhantomOptions, write_cohort
-from service.volumes import SeriesVolume, load_series
 
 __all__ = ["geometric_regions", "main"]
 

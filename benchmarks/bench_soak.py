@@ -35,10 +35,10 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from service.demo import send_folder, write_service_config
-from service.pacs import FolderPacs, free_port, wait_for_port
+from service.jobs.store import JobState, JobStore
 from service.phantom import PhantomOptions, write_cohort
-from service.store import JobState, JobStore
+from service.phantom.demo import send_folder, write_service_config
+from service.phantom.pacs import FolderPacs, free_port, wait_for_port
 
 
 def child_pids(pid: int) -> list[int]:

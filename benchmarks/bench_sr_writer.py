@@ -36,8 +36,8 @@ from reports.common import prepare_sources
 from reports.identity import ResultIdentity
 from reports.sr.anchors import ImageAnchor
 from reports.structured_report import build_measurement_report
+from service.inputs.volumes import SeriesVolume, load_series
 from service.phantom import PhantomOptions, write_cohort
-from service.volumes import SeriesVolume, load_series
 
 __all__ = ["build_inputs", "main", "run"]
 

@@ -5,7 +5,7 @@
 
 Writes phantom patients whose exams carry a multi-echo GRE on its own grid (0.22 mm pixels,
 3 mm slices, a subject shift between the MP2RAGE and the GRE) and processes each exam twice
-with the pipeline (``service.pipeline.process_exam``, no model): with the GRE and with the GRE
+with the pipeline (``service.pipeline.run.process_exam``, no model): with the GRE and with the GRE
 series removed. Reports GM and WM Dice against the phantom's truth for both, the alignment
 shift found against the simulated one, and the extra run time. The peer in the same run is the
 same pipeline without the GRE (T1-only split), so the ratio says what the GRE buys.
@@ -28,12 +28,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from service.exam import find_exam_series
-from service.jobs import result_identity
-from service.nifti import from_nifti
+from service.inputs.exam import find_exam_series
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols
 from service.phantom import PhantomOptions, write_cohort
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.pipeline.identity import result_identity
+from service.pipeline.run import process_exam
 from service.settings import Settings
 
 

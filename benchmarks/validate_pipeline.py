@@ -10,10 +10,10 @@ Steps:
    ``simple``): controls; patients with a
    follow-up exam; patients without; patients with oblique slices (each group its own
    cohort folder and seed, so subjects never repeat);
-2. build normative models with ``service.model_build.build_model`` (what
+2. build normative models with ``service.pipeline.model_build.build_model`` (what
    ``cordt1 model build`` runs): one per leave-one-out fold (the first ``--loo-folds``
    controls are each left out of a model of the other controls) and one of all controls;
-3. score every exam with ``service.pipeline.process_exam`` (what ``cordt1 process`` runs),
+3. score every exam with ``service.pipeline.run.process_exam`` (what ``cordt1 process`` runs),
    each in a fresh process so its wall time, CPU time and peak RSS are its own: left-out
    controls against their fold's model, patients against the all-controls model (follow-ups
    with their baseline's summary as prior); patients once more with the truth lesion masks
@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from processing.regions import REGIONS
-from service.nifti import from_nifti
+from service.inputs.nifti import from_nifti
 
 __all__ = [
     "CohortPlan",
@@ -190,8 +190,8 @@ def write_cohorts(root: Path, plan: CohortPlan, *, jobs: int = 2) -> list[ExamRe
 
 
 def _build_one(controls_dir: str, model_dir: str, site_protocols: str) -> dict[str, Any]:
-    from service.model_build import build_model
-    from service.protocol import load_site_protocols
+    from service.inputs.protocol import load_site_protocols
+    from service.pipeline.model_build import build_model
 
     start = time.perf_counter()
     metadata = build_model(
@@ -265,11 +265,11 @@ def score_exam(task: dict[str, Any]) -> dict[str, Any]:
     Wall and CPU time cover reading the DICOM files through writing every output; the
     peak RSS is the process's (imports included), ``import_rss_mib`` the part before work.
     """
-    from service.exam import ExamError, dicom_files, find_exam_series
-    from service.jobs import result_identity
-    from service.model_build import load_scoring_model
-    from service.pipeline import process_exam
-    from service.protocol import load_site_protocols
+    from service.inputs.exam import ExamError, dicom_files, find_exam_series
+    from service.inputs.protocol import load_site_protocols
+    from service.pipeline.identity import result_identity
+    from service.pipeline.model_build import load_scoring_model
+    from service.pipeline.run import process_exam
     from service.settings import Settings
 
     import_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,7 +1,7 @@
 """Query/retrieve SCU: find a patient's studies on a PACS (C-FIND) and have one sent (C-MOVE).
 
 Study Root, STUDY level. The node only talks DICOM: which study to fetch is decided in
-:mod:`service.history`. Nothing here logs patient identifiers.
+:mod:`service.pipeline.history`. Nothing here logs patient identifiers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One map per source series: ``values[f]`` is the plane of source frame ``f`` (the f-th
 single-frame source image, or frame ``f + 1`` of the one multi-frame source). Volumes loaded by
-``service.volumes`` are in slice order; use ``SeriesVolume.to_source_order`` first when the
+``service.inputs.volumes`` are in slice order; use ``SeriesVolume.to_source_order`` first when the
 source is a multi-frame instance whose frames are not sorted by position.
 
 Choices (all visible in the written object):

@@ -26,8 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from service.atlas import build_pam50_priors, save_pam50_priors
-from service.reference_data import read_pam50
+from service.pipeline.atlas import build_pam50_priors, save_pam50_priors
+from service.pipeline.reference_data import read_pam50
 
 #: Reporting region -> PAM50 atlas tract IDs (info_label.txt), left then right.
 REGION_TRACTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {

@@ -138,10 +138,10 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     """Run a Celery worker that processes jobs (on this or another host)."""
     from celery.signals import worker_ready, worker_shutdown
 
-    from service.celery_app import create_app
-    from service.heartbeat import Heartbeat
+    from service.jobs.celery_app import create_app
+    from service.jobs.heartbeat import Heartbeat
+    from service.pipeline.warmup import warm_up
     from service.pseudonym import use_pseudonym_key
-    from service.warmup import warm_up
 
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json.read_text())
@@ -246,8 +246,8 @@ def status(
     """List recent jobs and their states; flags jobs whose lease is stale (nobody on them)."""
     import time
 
-    from service.operator import lease_text
-    from service.store import JobStore
+    from service.jobs.operator import lease_text
+    from service.jobs.store import JobStore
 
     settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
     store = JobStore(settings.job_store_url)
@@ -303,9 +303,9 @@ def _operator_action(
     action: Any,
 ) -> None:
     """Run ``action(store, settings) -> (task, message)``, queue the task, print the message."""
-    from service.celery_app import create_app
-    from service.operator import OperatorError
-    from service.store import JobStore
+    from service.jobs.celery_app import create_app
+    from service.jobs.operator import OperatorError
+    from service.jobs.store import JobStore
 
     settings = _settings(ctx, data_dir=data_dir, database_url=database_url, broker_url=broker)
     store = JobStore(settings.job_store_url)
@@ -341,7 +341,7 @@ def retry(
     A job with results resumes sending (only what a destination did not confirm goes out);
     otherwise, or with --reprocess, its exam is processed again.
     """
-    from service.operator import operator_name, retry_job
+    from service.jobs.operator import operator_name, retry_job
 
     def action(store: Any, settings: Settings) -> tuple[str, int, str]:
         task = retry_job(
@@ -371,7 +371,7 @@ def cancel(
     reason: str,
 ) -> None:
     """End a job that is not finished (queued, running, sending) as cancelled."""
-    from service.operator import cancel_job, operator_name
+    from service.jobs.operator import cancel_job, operator_name
 
     def action(store: Any, settings: Settings) -> tuple[str, int, str]:
         cancel_job(store, job_id, operator=operator_name(), reason=reason)
@@ -399,7 +399,7 @@ def resend(
     reason: str,
 ) -> None:
     """Send every result object of a job again (explicitly; retries never duplicate)."""
-    from service.operator import operator_name, resend_job
+    from service.jobs.operator import operator_name, resend_job
 
     def action(store: Any, settings: Settings) -> tuple[str, int, str]:
         task = resend_job(
@@ -470,7 +470,7 @@ def process(
     gets one row per exam, slab and region or level. Progress ("exam k of N: <study UID>")
     goes to stderr. Exits 1 when no exam is found or any exam failed.
     """
-    from service.offline import process_folder
+    from service.exports.offline import process_folder
 
     settings = _settings(
         ctx,
@@ -600,9 +600,9 @@ def model_build(
     """Build a normative T1 model from the DICOM exams of healthy controls in CONTROLS_DIR."""
     from datetime import UTC, datetime
 
-    from service.exam import ExamError
-    from service.model_build import build_model
-    from service.protocol import load_site_protocols
+    from service.inputs.exam import ExamError
+    from service.inputs.protocol import load_site_protocols
+    from service.pipeline.model_build import build_model
 
     settings = _settings(ctx, site_protocols=site_protocols)
     try:
@@ -686,7 +686,7 @@ def demo(
     workdir: Path | None, broker: str | None, matrix: int, controls: int, keep_running: bool
 ) -> None:
     """Start everything, send a synthetic exam from a simulated scanner, show the results."""
-    from service.demo import run_demo
+    from service.phantom.demo import run_demo
 
     code = run_demo(
         workdir=workdir,

@@ -28,12 +28,12 @@ from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusa
 from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.api.controls import Controls
-from service.celery_app import PROCESS_TASK, SEND_TASK, create_app
-from service.exam import own_markers
-from service.priors import fetch_prior
+from service.inputs.exam import own_markers
+from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
+from service.jobs.priors import fetch_prior
+from service.jobs.store import InstanceBatcher, JobState, JobStore
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
-from service.store import InstanceBatcher, JobState, JobStore
 
 if TYPE_CHECKING:
     from service.api.server import ApiServer
@@ -105,7 +105,7 @@ def record_unrecorded_files(store: JobStore, spool: Spool, pseudonyms: Pseudonym
     """Record spooled files that have no job-store row (a crash before the batch commit).
 
     Instances are acknowledged once their file is fsynced; their rows are committed in
-    batches a few milliseconds later (:class:`service.store.InstanceBatcher`). A crash in
+    batches a few milliseconds later (:class:`service.jobs.store.InstanceBatcher`). A crash in
     between leaves files without rows: this reads their headers (never pixel data) and
     records them. Files whose header cannot be read are left alone and counted as skipped
     in the log.
@@ -277,7 +277,7 @@ class Service:
 
         While processing is paused nothing is dispatched: ready exams wait in the tracker.
         With ``priors.source`` set, a new exam of a patient who has no other exam in our
-        store is held while its prior is fetched from the PACS (see :mod:`service.priors`)
+        store is held while its prior is fetched from the PACS (see :mod:`service.jobs.priors`)
         and until the prior's own job has finished (or ``priors.wait_s`` has passed), so
         the follow-up comparison finds it.
         """

@@ -12,9 +12,9 @@ from celery import Celery
 
 from service.api.controls import Controls
 from service.api.passwords import hash_password
-from service.celery_app import create_app
+from service.jobs.celery_app import create_app
+from service.jobs.store import JobState, JobStore
 from service.settings import Settings
-from service.store import JobState, JobStore
 
 PASSWORDS = {"vera": "viewer-pass-1", "otto": "operator-pass-1"}
 _HASHES: dict[str, str] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.pacs import OrthancPacs, free_port, wait_for_port
+from service.phantom.pacs import OrthancPacs, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OHIF_VERSION = "3.13.2"

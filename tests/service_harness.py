@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.demo import write_service_config
-from service.pacs import free_port, wait_for_port
+from service.jobs.store import Job, JobState, JobStore
 from service.phantom import PhantomOptions, write_cohort
-from service.store import Job, JobState, JobStore
+from service.phantom.demo import write_service_config
+from service.phantom.pacs import free_port, wait_for_port
 
 SMALL_EXAM = PhantomOptions(matrix=160, slices_per_slab=6, slabs=2)
 
@@ -170,7 +170,7 @@ def storescu(
     extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu as a scanner (Nagle off, as a fair sender)."""
-    from service.demo import dcmtk_tool
+    from service.phantom.demo import dcmtk_tool
 
     binary = dcmtk_tool("storescu")
     assert binary, "DCMTK storescu is not installed (scripts/bootstrap.sh installs it)"

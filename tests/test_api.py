@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.app import create_api
-from service.heartbeat import Heartbeat
-from service.pacs import free_port
-from service.store import JobState
+from service.jobs.heartbeat import Heartbeat
+from service.jobs.store import JobState
+from service.phantom.pacs import free_port
 from tests.api_fixtures import PASSWORDS, Seeded, broker_messages, login, seed
 
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from service.api.app import create_api
 from service.api.auth import SESSION_COOKIE, User
-from service.heartbeat import Heartbeat
+from service.jobs.heartbeat import Heartbeat
 from tests.api_fixtures import seed
 
 pytestmark = pytest.mark.slow

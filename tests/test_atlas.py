@@ -19,8 +19,8 @@ from processing.template import (
     gm_prior_from_controls,
     template_shape,
 )
-from service.atlas import build_pam50_priors, load_pam50_priors, pam50_gm_prior, pam50_lps
-from service.reference_data import load_pam50
+from service.pipeline.atlas import build_pam50_priors, load_pam50_priors, pam50_gm_prior, pam50_lps
+from service.pipeline.reference_data import load_pam50
 from tests.test_segmentation import phantom_exams
 
 SHARED_T2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "sct-testing" / "t2s"

@@ -19,13 +19,13 @@ import pytest
 from dicom_node.components import classify
 from dicom_node.instance import PseudonymKey
 from processing.regions import REGIONS
-from service.bids import choose_session, export_bids, session_label
 from service.cli import main
-from service.jobs import JobRunner
-from service.nifti import from_nifti, to_nifti
+from service.exports.bids import choose_session, export_bids, session_label
+from service.inputs.nifti import from_nifti, to_nifti
+from service.jobs.store import JobState, JobStore
+from service.jobs.tasks import JobRunner
 from service.pseudonym import use_pseudonym_key
 from service.settings import Settings
-from service.store import JobState, JobStore
 from tests.service_harness import PhantomExam, make_exams
 
 #: Keys a BIDS 1.9 T1map sidecar of this derivative may carry (all defined by BIDS).
@@ -46,7 +46,7 @@ SESSION = "20240102"
 PREFIX = f"sub-{SUBJECT}_ses-{SESSION}"
 
 # ---------------------------------------------------------------------------------------------
-# A processed exam folder written like service.pipeline does (small arrays, realistic summary)
+# A processed exam folder written like service.pipeline.run does (small arrays, realistic summary)
 # ---------------------------------------------------------------------------------------------
 
 

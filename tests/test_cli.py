@@ -106,7 +106,7 @@ def test_status_cancel_and_retry_from_the_command_line(
 ) -> None:
     import time
 
-    from service.store import JobState, JobStore
+    from service.jobs.store import JobState, JobStore
 
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     job_id = store.create_job(

@@ -11,12 +11,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_node.scu import Destination, send
-from service.delivery import deliver, result_objects
-from service.jobs import JobRunner, SendOutcome
-from service.operator import OperatorError, cancel_job, lease_text, resend_job, retry_job
-from service.pacs import free_port
+from service.jobs.delivery import deliver, result_objects
+from service.jobs.operator import OperatorError, cancel_job, lease_text, resend_job, retry_job
+from service.jobs.store import DeliveryStatus, JobState, JobStore
+from service.jobs.tasks import JobRunner, SendOutcome
+from service.phantom.pacs import free_port
 from service.settings import Settings
-from service.store import DeliveryStatus, JobState, JobStore
 from tests.counting_pacs import CountingPacs
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"

@@ -9,7 +9,7 @@ import pytest
 
 from dicom_node.scu import Destination, send
 from service.cli import main
-from service.pacs import FolderPacs
+from service.phantom.pacs import FolderPacs
 from tests.service_harness import make_exams
 
 

@@ -19,9 +19,9 @@ from dicom_node.pixel_header import expected_native_bytes, needs_pixel_data, pix
 from dicom_node.scp import ScpConfig, StoreRefusal
 from dicom_node.scu import Destination, SendError, send
 from dicom_node.status import StoreStatus
+from service.jobs.store import JobStore
 from service.server import Service, record_association, record_refusal
 from service.settings import load_settings
-from service.store import JobStore
 from tests.hostile_factory import BROKEN, broken_mr, send_raw_c_store
 from tests.test_dicom_node_factories import make_mr
 from tests.test_dicom_node_network import OUR_AE, Node, start_node  # noqa: F401  (fixture)

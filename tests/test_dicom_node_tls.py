@@ -24,8 +24,8 @@ from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
 from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.spool import Spool
 from dicom_node.tls import ClientTls, ServerTls
+from service.jobs.store import JobStore
 from service.server import record_association
-from service.store import JobStore
 from tests.test_dicom_node_factories import make_mr
 from tests.tls_factory import OPENSSL, Pki, make_pki
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_soak import child_pids
-from service.store import Job, JobState
+from service.jobs.store import Job, JobState
 from tests.counting_pacs import CountingPacs
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
 
@@ -65,7 +65,7 @@ def _wait_state(service: ServiceProcess, state: JobState, timeout_s: float = 90.
 
 
 def _delivered_once(job: Job, pacs: CountingPacs) -> None:
-    from service.delivery import result_objects
+    from service.jobs.delivery import result_objects
 
     expected = {o.sop_instance_uid for o in result_objects(job.result["dicom"])}
     counts = pacs.counts()

@@ -187,7 +187,7 @@ def test_compare_finds_the_phantom_new_and_enlarged_lesions(cohort: Path) -> Non
     assert changed >= 2
 
 
-# ---- which earlier exam a new one is compared with (service.history.choose_prior) ------------
+# ---- which earlier exam a new one is compared with (service.pipeline.history.choose_prior) ------
 
 
 def _exam_summary(date: str, time: str = "", tag: str = "") -> dict:
@@ -195,7 +195,7 @@ def _exam_summary(date: str, time: str = "", tag: str = "") -> dict:
 
 
 def test_the_prior_is_the_latest_exam_taken_before_this_one() -> None:
-    from service.history import choose_prior
+    from service.pipeline.history import choose_prior
 
     jan, mar, may = (_exam_summary(d, tag=d) for d in ("20260105", "20260310", "20260512"))
     # processed in any order: the prior of an April exam is March, never May
@@ -208,7 +208,7 @@ def test_the_prior_is_the_latest_exam_taken_before_this_one() -> None:
 
 
 def test_without_dates_the_last_processed_exam_is_the_prior() -> None:
-    from service.history import choose_prior
+    from service.pipeline.history import choose_prior
 
     first, second = _exam_summary("", tag="a"), _exam_summary("", tag="b")
     assert choose_prior([first, second], ("20260415", "")) is second

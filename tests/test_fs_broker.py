@@ -8,7 +8,7 @@ from queue import Empty
 import pytest
 from kombu import Connection
 
-from service.celery_app import FILESYSTEM_TRANSPORT
+from service.jobs.celery_app import FILESYSTEM_TRANSPORT
 
 
 def test_a_message_being_written_is_not_taken_and_a_written_one_is(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.group_table import COLUMNS, TABLE_NAME, exam_rows, read_table, update_table
+from service.exports.group_table import COLUMNS, TABLE_NAME, exam_rows, read_table, update_table
 
 
 def _summary(study_uid: str, *, scored: bool = True, t1_ms: float = 1300.0) -> dict[str, Any]:

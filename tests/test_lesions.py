@@ -410,7 +410,7 @@ def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def load_exam(exam_dir: Path) -> tuple[dict, list[dict[str, NDArray]]]:
     """truth.json and every slab's truth volumes (``[k, j, i]``) plus ``affine``."""
-    from service.nifti import from_nifti
+    from service.inputs.nifti import from_nifti
 
     truth = json.loads((exam_dir / "truth" / "truth.json").read_text())
     slabs = []

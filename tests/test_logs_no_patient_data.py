@@ -10,8 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from service.pacs import OrthancPacs, orthanc_binary
-from service.store import JobState
+from service.jobs.store import JobState
+from service.phantom.pacs import OrthancPacs, orthanc_binary
 from tests.service_harness import ServiceProcess, finished, make_exams, storescu
 
 pytestmark = pytest.mark.slow

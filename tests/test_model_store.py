@@ -12,7 +12,7 @@ import pytest
 
 from processing.mp2rage import MP2RAGEProtocol
 from processing.normative import NormativeModel, build_normative_model
-from service.model_store import (
+from service.pipeline.model_store import (
     ARRAYS_FILE,
     METADATA_FILE,
     ModelMetadata,

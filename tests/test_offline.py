@@ -15,7 +15,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from service.cli import main
-from service.nifti import from_nifti
+from service.inputs.nifti import from_nifti
 from tests.service_harness import PhantomExam, make_exams
 
 

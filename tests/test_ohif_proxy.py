@@ -133,7 +133,7 @@ def test_a_real_orthanc_answers_the_viewer_through_the_proxy(tmp_path: Path) -> 
     """QIDO and WADO-RS metadata from Orthanc's DICOMweb plugin, credentials added on the way."""
     import numpy as np
 
-    from service.pacs import OrthancPacs
+    from service.phantom.pacs import OrthancPacs
     from tests.dicom_factory import make_legacy_series, write_datasets
 
     pacs = OrthancPacs.start(tmp_path / "orthanc", dicomweb=True)

@@ -17,14 +17,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import binary_erosion
 
 from processing.phantom.fields import FieldParameters
-from service.exam import ExamError, find_exam_series
-from service.jobs import result_identity
-from service.model_build import build_model, load_scoring_model
-from service.nifti import from_nifti
+from service.inputs.exam import ExamError, find_exam_series
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols
 from service.phantom import PRESETS
 from service.phantom.cohort import _subject_plans
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.pipeline.identity import result_identity
+from service.pipeline.model_build import build_model, load_scoring_model
+from service.pipeline.run import process_exam
 from service.settings import Settings
 from tests.dicom_factory import affine_from_geometry
 from tests.service_harness import SMALL_EXAM, PhantomExam, make_exams

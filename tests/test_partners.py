@@ -1,5 +1,6 @@
 """B1 maps and T2* series on their own grids: which slab they serve, and how they are read
-on the slab's grid (service.partners, service.exam.match_slabs, service.t1_map.slab_t1)."""
+on the slab's grid (service.inputs.partners, service.inputs.exam.match_slabs,
+service.inputs.t1_map.slab_t1)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ from pydicom.uid import generate_uid
 
 from dicom_node.components import Component
 from processing.mp2rage import MP2RAGEProtocol, uni_from_t1, uni_to_stored
-from service.exam import Slab, find_exam_series, match_slabs
-from service.partners import (
+from service.inputs.exam import Slab, find_exam_series, match_slabs
+from service.inputs.partners import (
     assign_partners,
     combine_echo_series,
     describe_grid,
     partner_fit,
     partner_on_grid,
 )
-from service.protocol import SiteProtocol
-from service.t1_map import slab_t1
-from service.volumes import SeriesVolume
+from service.inputs.protocol import SiteProtocol
+from service.inputs.t1_map import slab_t1
+from service.inputs.volumes import SeriesVolume
 from tests.dicom_factory import make_legacy_series, write_datasets
 from tests.grids import tilted_affine, world_mm
 

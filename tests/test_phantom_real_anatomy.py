@@ -26,7 +26,7 @@ from processing.phantom.real_reference import RealReference
 from service.cli import cli
 from service.phantom import PhantomOptions, write_cohort
 from service.phantom.anatomy import real_reference
-from service.reference_data import load_neck, load_pam50
+from service.pipeline.reference_data import load_neck, load_pam50
 
 STEP_MM = 0.2
 SEEDS = (0, 1, 2, 3)

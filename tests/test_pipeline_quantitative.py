@@ -14,12 +14,12 @@ import pydicom
 import pytest
 
 from service.cli import main
-from service.exam import ExamError, find_exam_series
-from service.jobs import result_identity
-from service.model_build import build_model, load_scoring_model
-from service.nifti import from_nifti
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.inputs.exam import ExamError, find_exam_series
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols
+from service.pipeline.identity import result_identity
+from service.pipeline.model_build import build_model, load_scoring_model
+from service.pipeline.run import process_exam
 from service.settings import Settings
 from tests.service_harness import PhantomExam, make_exams
 
@@ -251,7 +251,7 @@ def test_model_build_needs_three_controls_of_one_protocol(
 def test_reader_lesions_sent_as_seg_are_characterised(
     cohort: tuple[Path, list[PhantomExam]], model_dir: Path, tmp_path: Path
 ) -> None:
-    from service.exam import match_slabs
+    from service.inputs.exam import match_slabs
     from tests.test_reader_lesions import _one_hot, _seg
 
     patient = cohort[1][-1]
@@ -290,12 +290,12 @@ def test_a_failing_writer_fails_the_exam_with_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
     processes: int,
 ) -> None:
-    import service.result_writer
+    import service.pipeline.result_writer
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk quota exceeded")
 
-    monkeypatch.setattr(service.result_writer, "build_measurement_report", broken)
+    monkeypatch.setattr(service.pipeline.result_writer, "build_measurement_report", broken)
     with pytest.raises(ExamError, match=r"writing the structured report failed.*disk quota"):
         _score(cohort[1][-1], model_dir, tmp_path / "out", writer_processes=processes)
 
@@ -309,7 +309,7 @@ def test_a_writing_helper_that_dies_fails_the_exam(
     import os
     import signal
 
-    import service.result_writer
+    import service.pipeline.result_writer
 
     parent = os.getpid()
     for name in (
@@ -318,14 +318,14 @@ def test_a_writing_helper_that_dies_fails_the_exam(
         "build_measurement_report",
         "render_exam_figures",
     ):
-        real = getattr(service.result_writer, name)
+        real = getattr(service.pipeline.result_writer, name)
 
         def killed_in_helper(*args: object, _real: object = real, **kwargs: object) -> object:
             if os.getpid() != parent:  # out of memory, say
                 os.kill(os.getpid(), signal.SIGKILL)
             return _real(*args, **kwargs)  # type: ignore[operator]
 
-        monkeypatch.setattr(service.result_writer, name, killed_in_helper)
+        monkeypatch.setattr(service.pipeline.result_writer, name, killed_in_helper)
     with pytest.raises(ExamError, match=r"helper process died \(killed by signal 9"):
         _score(cohort[1][-1], model_dir, tmp_path / "out", writer_processes=2)
 

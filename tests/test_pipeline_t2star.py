@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from service.exam import find_exam_series
-from service.jobs import result_identity
-from service.nifti import from_nifti
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.inputs.exam import find_exam_series
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols
+from service.pipeline.identity import result_identity
+from service.pipeline.run import process_exam
 from service.settings import Settings
 from tests.service_harness import PhantomExam, make_exams
 

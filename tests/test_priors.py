@@ -1,4 +1,5 @@
-"""Priors from the PACS: which study (service.history) and C-FIND + C-MOVE against Orthanc."""
+"""Priors from the PACS: which study (service.pipeline.history) and C-FIND + C-MOVE against
+Orthanc."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pydicom.uid import generate_uid
 
 from dicom_node.query import QueryError, find_studies, move_study
 from dicom_node.scu import Destination, send
-from service.history import choose_prior_study, prior_search_dates
-from service.pacs import OrthancPacs, free_port, orthanc_binary
-from service.priors import fetch_prior
+from service.jobs.priors import fetch_prior
+from service.phantom.pacs import OrthancPacs, free_port, orthanc_binary
+from service.pipeline.history import choose_prior_study, prior_search_dates
 from service.server import Service
 from service.settings import load_settings
 from tests.test_dicom_node_factories import make_mr
@@ -230,7 +231,7 @@ def _later() -> float:
 def test_a_new_exam_waits_for_its_prior_to_be_fetched_and_processed(
     orthanc: OrthancPacs, tmp_path: Path
 ) -> None:
-    from service.store import JobState
+    from service.jobs.store import JobState
 
     patient = f"HOLD-{generate_uid()[-8:]}"
     prior, current = _exam(patient, "20240101"), _exam(patient, "20240601")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from service.protocol import (
+from service.inputs.protocol import (
     ProtocolError,
     SiteProtocol,
     load_site_protocols,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from processing.segmentation import CordSegmentation
-from service.quantify import MIN_T2STAR_CORRELATION, GreyWhiteEvidence
-from service.quantify import t2star_evidence as _t2star_evidence
+from service.pipeline.quantify import MIN_T2STAR_CORRELATION, GreyWhiteEvidence
+from service.pipeline.quantify import t2star_evidence as _t2star_evidence
 
 VOXEL_MM = (4.0, 0.3, 0.3)
 

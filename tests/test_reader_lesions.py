@@ -17,11 +17,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from service.exam import Slab, find_exam_series, match_slabs
-from service.nifti import from_nifti, to_nifti
+from service.inputs.exam import Slab, find_exam_series, match_slabs
+from service.inputs.nifti import from_nifti, to_nifti
+from service.inputs.reader_lesions import ReaderLesionError, lesions_from_nifti, lesions_from_seg
+from service.inputs.volumes import SeriesVolume
 from service.phantom import PhantomOptions, write_cohort
-from service.reader_lesions import ReaderLesionError, lesions_from_nifti, lesions_from_seg
-from service.volumes import SeriesVolume
 
 SEED = 9  # two lesions in each slab, ids interleaved between the slabs (1, 4 | 2, 3)
 

@@ -18,12 +18,10 @@ from pydicom.dataset import Dataset
 
 from processing.segmentation import CordSegmentation, segmentation_with_given_cord
 from service.cli import main
-from service.exam import find_exam_series, match_slabs
-from service.jobs import result_identity
-from service.nifti import from_nifti
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
-from service.reader_lesions import (
+from service.inputs.exam import find_exam_series, match_slabs
+from service.inputs.nifti import from_nifti
+from service.inputs.protocol import load_site_protocols
+from service.inputs.reader_lesions import (
     ReaderLesionError,
     SegmentKind,
     kind_from_text,
@@ -31,14 +29,16 @@ from service.reader_lesions import (
     read_seg,
     segment_kind,
 )
-from service.reader_masks import (
+from service.inputs.reader_masks import (
     GivenMasks,
     mask_from_nifti,
     mask_kind_of_file,
     masks_from_seg,
 )
+from service.inputs.volumes import SeriesVolume
+from service.pipeline.identity import result_identity
+from service.pipeline.run import process_exam
 from service.settings import Settings
-from service.volumes import SeriesVolume
 from tests.service_harness import PhantomExam, make_exams
 from tests.test_reader_lesions import Exam, _source_order, _write_exam
 

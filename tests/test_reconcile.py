@@ -7,9 +7,9 @@ import time
 from base64 import b64decode
 from pathlib import Path
 
+from service.jobs.store import JobState, JobStore
 from service.server import Service
 from service.settings import Settings
-from service.store import JobState, JobStore
 
 
 def _job(store: JobStore, study: str) -> int:

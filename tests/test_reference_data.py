@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.reference_data import load_neck, load_pam50
+from service.pipeline.reference_data import load_neck, load_pam50
 
 
 def test_pam50_regions_cover_the_cord_and_levels_run_c1_to_t1() -> None:

@@ -9,8 +9,8 @@ from processing.atlas import label_regions_atlas
 from processing.regions import REGIONS, estimate_levels, label_regions, region_masks
 from processing.segmentation import segment_cord, split_gm_wm
 from processing.template import cord_coordinates, geometric_gm_prior
-from service.atlas import load_pam50_priors, pam50_gm_prior, pam50_lps
-from service.reference_data import load_pam50
+from service.pipeline.atlas import load_pam50_priors, pam50_gm_prior, pam50_lps
+from service.pipeline.reference_data import load_pam50
 from tests.test_segmentation import phantom_exams
 
 

@@ -156,7 +156,7 @@ def test_dciodvfy_finds_no_errors(stored: np.ndarray, tmp_path: Path) -> None:
 def test_a_pacs_sending_the_images_back_does_not_start_a_new_exam(stored: np.ndarray) -> None:
     # MR images with a T1 MAP image type could look like a scanner's T1 map: they carry the
     # software's manufacturer, which the DICOM node and the folder reader skip.
-    from service.exam import own_markers
+    from service.inputs.exam import own_markers
 
     (image,) = build_derived_images(
         make_legacy_series(stored[:1], OBLIQUE),

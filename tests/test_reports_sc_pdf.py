@@ -248,9 +248,9 @@ def test_dciodvfy_finds_no_errors(
 @pytest.fixture(scope="module")
 def orthanc_exam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, list]]:
     """A running Orthanc and the header-only source datasets of a phantom UNI series."""
-    from service.pacs import OrthancPacs, orthanc_binary
+    from service.inputs.volumes import group_by_series, load_series
     from service.phantom import PhantomOptions, write_cohort
-    from service.volumes import group_by_series, load_series
+    from service.phantom.pacs import OrthancPacs, orthanc_binary
 
     if orthanc_binary() is None:
         pytest.skip("Orthanc is not installed")

@@ -407,8 +407,8 @@ def test_region_code_table_covers_the_design_doc() -> None:
 
 
 def _phantom_series(tmp_path: Path, enhanced: bool, slabs: int = 1) -> list[object]:
+    from service.inputs.volumes import load_series
     from service.phantom import PhantomOptions, write_cohort
-    from service.volumes import load_series
 
     options = PhantomOptions(matrix=128, slices_per_slab=4, slabs=slabs, enhanced=enhanced)
     write_cohort(tmp_path, controls=0, patients=1, follow_up=False, seed=5, options=options)
@@ -491,7 +491,7 @@ def test_dciodvfy_finds_no_errors(stored: np.ndarray, tmp_path: Path, source_kin
 @pytest.mark.slow
 def test_orthanc_accepts_the_segmentation(tmp_path: Path) -> None:
     from dicom_node.scu import Destination, send
-    from service.pacs import OrthancPacs, orthanc_binary
+    from service.phantom.pacs import OrthancPacs, orthanc_binary
 
     if orthanc_binary() is None:
         pytest.skip("Orthanc not installed")

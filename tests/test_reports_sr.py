@@ -711,8 +711,8 @@ def test_wrong_argument_types_are_refused(exam: Exam) -> None:
 
 
 def _phantom_exam(tmp: Path, slabs: int, *, enhanced: bool = False) -> tuple[list, list, str]:
+    from service.inputs.volumes import load_series
     from service.phantom import PhantomOptions, write_cohort
-    from service.volumes import load_series
 
     options = PhantomOptions(matrix=128, slices_per_slab=4, slabs=slabs, enhanced=enhanced)
     write_cohort(tmp, controls=0, patients=1, follow_up=False, seed=7, options=options)
@@ -865,7 +865,7 @@ def test_pixelmed_sr_validator_finds_no_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_orthanc_accepts_and_finds_the_report(tmp_path: Path) -> None:
     from dicom_node.scu import Destination, send
-    from service.pacs import OrthancPacs, orthanc_binary
+    from service.phantom.pacs import OrthancPacs, orthanc_binary
 
     if orthanc_binary() is None:
         pytest.skip("Orthanc not installed")

@@ -16,8 +16,8 @@ from processing.segmentation import (
     split_gm_wm,
 )
 from processing.template import cord_coordinates, gm_prior_from_controls
-from service.atlas import pam50_gm_prior
 from service.phantom import PhantomOptions, write_cohort
+from service.pipeline.atlas import pam50_gm_prior
 
 
 def phantom_exams(
@@ -58,7 +58,8 @@ def _segment_all(slab: PhantomSlab, prior_grid: np.ndarray | None = None):
     coords = cord_coordinates(
         seg.cord, seg.centre_ji, slab.affine_lps, slab=slab.index, n_slabs=slab.n_slabs
     )
-    # the product's prior: PAM50 GM probability by level (see service.quantify.split_tissues)
+    # the product's prior: PAM50 GM probability by level (see
+    # service.pipeline.quantify.split_tissues)
     grid = prior_grid if prior_grid is not None else pam50_gm_prior(slab.n_slabs)
     gm, wm = split_gm_wm(slab.t1_ms, seg.cord, coords.sample(grid), voxel_mm=slab.voxel_mm)
     return seg, coords, gm, wm
@@ -265,7 +266,7 @@ def test_lesions_stay_inside_the_cord(small_exams, tmp_path_factory) -> None:
     """T1 rises in a lesion but stays well below CSF: the outline keeps the lesion inside."""
     import nibabel as nib
 
-    from service.nifti import from_nifti
+    from service.inputs.nifti import from_nifti
 
     patient = tmp_path_factory.getbasetemp() / "seg-cohort-small" / "patient-001" / "exam-1"
     lesion_voxels = inside = 0

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from benchmarks.bench_segmentation import dice
 from processing.segmentation.detect import CordDetection, detect_cord, normalise_bright_csf
-from service.reference_data import load_neck
+from service.pipeline.reference_data import load_neck
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from service.pacs import OrthancPacs, free_port, orthanc_binary
-from service.store import JobState
+from service.jobs.store import JobState
+from service.phantom.pacs import OrthancPacs, free_port, orthanc_binary
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
 
 pytestmark = pytest.mark.slow
@@ -215,8 +215,8 @@ def test_jobs_queued_while_no_worker_runs_finish_after_a_restart(
 
 
 def test_serve_flags_override_the_configuration(tmp_path: Path) -> None:
-    from service.demo import dcmtk_tool
-    from service.pacs import wait_for_port
+    from service.phantom.demo import dcmtk_tool
+    from service.phantom.pacs import wait_for_port
 
     port = free_port()
     command = [
@@ -254,8 +254,8 @@ def test_serve_flags_override_the_configuration(tmp_path: Path) -> None:
 def test_service_scores_against_a_normative_model(orthanc: OrthancPacs, tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from service.model_build import build_model
-    from service.protocol import load_site_protocols
+    from service.inputs.protocol import load_site_protocols
+    from service.pipeline.model_build import build_model
 
     controls = make_exams(tmp_path / "controls", controls=5, patients=0, seed=41)
     patient = make_exams(tmp_path / "patients", seed=42)[0]

@@ -19,11 +19,11 @@ from dicom_node.scu import Destination, echo
 from dicom_node.spool import Spool
 from dicom_node.tls import ClientTls, ServerTls
 from service.cli import cli
-from service.jobs import JobRunner, SendOutcome
-from service.pacs import free_port, wait_for_port
+from service.jobs.store import JobState, JobStore
+from service.jobs.tasks import JobRunner, SendOutcome
+from service.phantom.pacs import free_port, wait_for_port
 from service.server import Service
 from service.settings import CONFIG_ENV, Settings, load_settings
-from service.store import JobState, JobStore
 from tests.service_harness import ServiceProcess, finished, make_exams, storescu
 from tests.test_dicom_node_factories import make_mr
 from tests.tls_factory import OPENSSL, Pki, make_pki

@@ -77,7 +77,7 @@ def test_result_writing_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_pool_children_are_recycled_by_count_and_memory_as_configured() -> None:
-    from service.celery_app import create_app
+    from service.jobs.celery_app import create_app
 
     settings = Settings(
         broker_url="memory://",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import DeliveryStatus, JobState, JobStore
+from service.jobs.store import DeliveryStatus, JobState, JobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

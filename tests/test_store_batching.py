@@ -11,9 +11,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.scu import Destination, SendError, send
+from service.jobs.store import InstanceBatcher, JobStore
 from service.server import Service, record_unrecorded_files
 from service.settings import Settings, load_settings
-from service.store import InstanceBatcher, JobStore
 from tests.test_dicom_node_factories import make_mr
 
 

@@ -1,4 +1,5 @@
-"""Independent tasks shared between this process and forked helpers (service.task_lanes)."""
+"""Independent tasks shared between this process and forked helpers
+(service.pipeline.task_lanes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.task_lanes import LaneError, Task, TaskError, run_tasks
+from service.pipeline.task_lanes import LaneError, Task, TaskError, run_tasks
 
 
 def _meet(marker_dir: Path, me: str, other: str, timeout_s: float = 20.0) -> None:

@@ -16,7 +16,7 @@ from processing.template import (
     gm_prior_from_controls,
     template_shape,
 )
-from service.atlas import pam50_gm_prior
+from service.pipeline.atlas import pam50_gm_prior
 from tests.test_segmentation import phantom_exams
 
 AXIAL = np.array([[0, 0, 0.3, -20], [0, 0.3, 0, -10], [4, 0, 0, 0], [0, 0, 0, 1.0]])

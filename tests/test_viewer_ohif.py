@@ -23,8 +23,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.model_build import build_model
-from service.protocol import load_site_protocols
+from service.inputs.protocol import load_site_protocols
+from service.pipeline.model_build import build_model
 from tests.ohif_viewer import (
     SR_WITHOUT_COORDINATES,
     OhifPage,

@@ -1,4 +1,5 @@
-"""DICOM series -> volume loading (service.volumes) and NIfTI conversion (service.nifti)."""
+"""DICOM series -> volume loading (service.inputs.volumes) and NIfTI conversion
+(service.inputs.nifti)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from dicom_node.components import Component
-from service.nifti import from_nifti, to_nifti
-from service.volumes import (
+from service.inputs.nifti import from_nifti, to_nifti
+from service.inputs.volumes import (
     SeriesVolume,
     combine_echoes,
     group_by_series,

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from service.api.app import create_api
 from service.api.server import ApiServer
 from service.cli import cli
-from service.offline import process_folder
+from service.exports.offline import process_folder
+from service.jobs.store import JobState
 from service.settings import Settings
-from service.store import JobState
 from tests.api_fixtures import PASSWORDS, Seeded, seed
 from tests.service_harness import make_exams
 

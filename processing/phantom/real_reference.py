@@ -1,7 +1,7 @@
 """Reference shapes of the real-anatomy phantom, prepared once from the shipped arrays.
 
 Two sources (arrays in NIfTI order ``(i, j, k)`` with a RAS affine, as
-``service.reference_data`` loads them):
+``service.pipeline.reference_data`` loads them):
 
 - the PAM50 cervical template: cord, grey matter and CSF on 0.5 mm axial slices from C1 to T1,
   which give the cord outline, the GM butterfly and the canal along the whole cervical cord;

@@ -1,12 +1,12 @@
-"""Operator actions of the API: the same rules as the command line (:mod:`service.operator`),
+"""Operator actions of the API: the same rules as the command line (:mod:`service.jobs.operator`),
 with the task each one needs handed to Celery and the web user recorded as the operator."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from service.operator import OperatorError, cancel_job, resend_job, retry_job
-from service.store import Job, JobStore
+from service.jobs.operator import OperatorError, cancel_job, resend_job, retry_job
+from service.jobs.store import Job, JobStore
 
 __all__ = ["OperatorError", "cancel", "resend", "retry"]
 

@@ -49,9 +49,9 @@ from service.api.views import (
     job_summary,
     report_files,
 )
-from service.heartbeat import alive_workers
+from service.jobs.heartbeat import alive_workers
+from service.jobs.store import Job, JobState, JobStore, job_page, received_exams, recent_events
 from service.settings import Settings
-from service.store import Job, JobState, JobStore, job_page, received_exams, recent_events
 
 __all__ = ["WEB_DIR", "create_api"]
 

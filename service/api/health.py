@@ -9,9 +9,9 @@ from pathlib import Path
 
 from celery import Celery
 
-from service.heartbeat import alive_workers
+from service.jobs.heartbeat import alive_workers
+from service.jobs.store import JobStore, ping
 from service.settings import Settings
-from service.store import JobStore, ping
 
 __all__ = ["Check", "readiness"]
 

@@ -19,15 +19,15 @@ from prometheus_client.registry import Collector
 
 from service.api.controls import Controls
 from service.api.health import disk_free_bytes
-from service.heartbeat import alive_workers
-from service.settings import Settings
-from service.store import (
+from service.jobs.heartbeat import alive_workers
+from service.jobs.store import (
     JobState,
     JobStore,
     count_events,
     count_instances,
     stage_timings,
 )
+from service.settings import Settings
 
 __all__ = ["STAGE_BUCKETS_S", "metrics_registry"]
 

@@ -16,7 +16,7 @@ from service.api.models import (
     JobSummary,
     PauseInfo,
 )
-from service.store import Job, JobStore, destination_events
+from service.jobs.store import Job, JobStore, destination_events
 
 __all__ = [
     "MEDIA_TYPES",

@@ -1,6 +1,10 @@
 """Synthetic 7 T MP2RAGE cervical-cord cohorts: DICOM series plus NIfTI/JSON ground truth.
 
-Entry point: :func:`write_cohort` with :class:`PhantomOptions`.
+Entry point: :func:`write_cohort` with :class:`PhantomOptions`. Also here: `cordt1 demo`
+(:mod:`service.phantom.demo`) and the PACS it sends to (:mod:`service.phantom.pacs`).
+
+Import rules: the generator uses :mod:`processing`, :mod:`dicom_node` (tags) and the shipped
+reference data (:mod:`service.pipeline.reference_data`); only the demo may use the job store.
 """
 
 from __future__ import annotations

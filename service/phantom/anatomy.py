@@ -11,7 +11,7 @@ from processing.phantom.protocol import Anatomy
 from processing.phantom.real_anatomy import draw_real_anatomy
 from processing.phantom.real_reference import RealReference, prepare_real_reference
 from service.phantom.options import ANATOMY_KINDS
-from service.reference_data import load_neck, load_pam50
+from service.pipeline.reference_data import load_neck, load_pam50
 
 __all__ = ["draw_subject_anatomy", "real_reference"]
 

@@ -15,16 +15,21 @@ import pydicom
 from numpy.typing import NDArray
 
 from dicom_node.components import Component
-from service.exam import ExamError, ExamSeries, Slab
-from service.reader_lesions import (
+from service.inputs.exam import ExamError, ExamSeries, Slab
+from service.inputs.reader_lesions import (
     ReaderLesionError,
     SegmentKind,
     lesion_labels,
     lesions_from_nifti,
     read_seg,
 )
-from service.reader_masks import GivenMasks, mask_from_nifti, mask_kind_of_file, masks_from_seg
-from service.volumes import SeriesVolume
+from service.inputs.reader_masks import (
+    GivenMasks,
+    mask_from_nifti,
+    mask_kind_of_file,
+    masks_from_seg,
+)
+from service.inputs.volumes import SeriesVolume
 
 __all__ = [
     "ReaderInput",

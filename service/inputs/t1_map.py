@@ -10,15 +10,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
-from service.exam import ExamError, Slab
-from service.partners import describe_grid, partner_on_grid
-from service.protocol import (
+from service.inputs.exam import ExamError, Slab
+from service.inputs.partners import describe_grid, partner_on_grid
+from service.inputs.protocol import (
     ProtocolError,
     SiteProtocol,
     match_profile,
     protocol_from_headers,
 )
-from service.volumes import same_grid
+from service.inputs.volumes import same_grid
 
 __all__ = ["B1_TABLE_VALUES", "slab_t1"]
 

@@ -3,7 +3,7 @@
 Each step runs under a lease on the job (renewed by a :class:`Heartbeat`); a run writes into
 its own folder ``results/job-N/run-M`` and publishes it by switching ``results/job-N/current``.
 
-Independent of Celery so it can be tested and run inline; :mod:`service.celery_app` wraps it.
+Independent of Celery so it can be tested and run inline; :mod:`service.jobs.celery_app` wraps it.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ import pydicom
 
 from dicom_node.components import classify
 from dicom_node.scu import Destination
-from reports.identity import ResultIdentity
-from service import __version__
-from service.bids import exam_labels, export_exam
-from service.delivery import deliver, result_objects
-from service.exam import ExamError, ExamSeries
-from service.history import choose_prior
-from service.model_build import ScoringModel, load_scoring_model
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.exports.bids import exam_labels, export_exam
+from service.inputs.exam import ExamError, ExamSeries
+from service.inputs.protocol import load_site_protocols
+from service.jobs.delivery import deliver, result_objects
+from service.jobs.store import JobState, JobStore
+from service.pipeline.history import choose_prior
+from service.pipeline.identity import result_identity
+from service.pipeline.model_build import ScoringModel, load_scoring_model
+from service.pipeline.run import process_exam
 from service.settings import Settings
-from service.store import JobState, JobStore
 
 __all__ = ["Heartbeat", "JobRunner", "SendOutcome", "lease_owner", "publish_run"]
 
@@ -48,13 +47,6 @@ class SendOutcome(StrEnum):
     FAILED = "failed"
     #: Another worker holds the job, it is not waiting to be sent, or the lease was lost.
     SKIPPED = "skipped"
-
-
-def result_identity(settings: Settings) -> ResultIdentity:
-    """The identity every result object carries, from the settings."""
-    return ResultIdentity(
-        software_version=__version__, research_use_text=settings.research_use_text
-    )
 
 
 def lease_owner() -> str:
@@ -207,7 +199,7 @@ class JobRunner:
     def send(self, job_id: int) -> SendOutcome:
         """Send a job's results to every destination, skipping what each one confirmed.
 
-        Each object's delivery is recorded per destination (see :mod:`service.delivery`); a
+        Each object's delivery is recorded per destination (see :mod:`service.jobs.delivery`); a
         destination that cannot be parsed fails the job at once (no attempt can succeed).
         """
         lease_s = self.settings.jobs.lease_s

@@ -13,13 +13,13 @@ from typing import Any
 import pydicom
 
 from dicom_node.instance import PseudonymKey
-from service.bids import exam_labels, export_exam, session_label
-from service.exam import ExamError, ExamSeries, dicom_files, find_exam_series
-from service.group_table import TABLE_NAME, exam_rows, update_table
-from service.jobs import result_identity
-from service.model_build import load_scoring_model
-from service.pipeline import process_exam
-from service.protocol import load_site_protocols
+from service.exports.bids import exam_labels, export_exam, session_label
+from service.exports.group_table import TABLE_NAME, exam_rows, update_table
+from service.inputs.exam import ExamError, ExamSeries, dicom_files, find_exam_series
+from service.inputs.protocol import load_site_protocols
+from service.pipeline.identity import result_identity
+from service.pipeline.model_build import load_scoring_model
+from service.pipeline.run import process_exam
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
 
@@ -39,7 +39,7 @@ class FolderReport:
     none_found : str
         When no exam was found: what was searched and what was there (else empty).
     tables : list of Path
-        Group tables written (:mod:`service.group_table`).
+        Group tables written (:mod:`service.exports.group_table`).
     """
 
     done: dict[str, Path] = field(default_factory=dict)
@@ -165,9 +165,9 @@ def process_folder(
     One exam failing does not stop the others; its error is in the report. Exams of one
     patient run in date order, each compared with the one before (follow-up). With
     ``settings.bids_dir`` every processed exam is also exported as BIDS derivatives
-    (:mod:`service.bids`, which also updates the group table at the BIDS root); a failing
+    (:mod:`service.exports.bids`, which also updates the group table at the BIDS root); a failing
     export fails that exam. The group table ``out_dir/cordt1_regions.tsv``
-    (:mod:`service.group_table`) gets the rows of every processed exam (an exam processed
+    (:mod:`service.exports.group_table`) gets the rows of every processed exam (an exam processed
     again replaces its rows).
 
     Parameters
@@ -182,7 +182,7 @@ def process_folder(
     masks : list of Path or None
         Cord, GM and WM masks as NIfTI files or folders of them (names containing ``cord``,
         ``gm``, ``wm``; one set per slab, matched by grid), used instead of our segmentation
-        (:mod:`service.reader_masks`); only for an ``input_dir`` holding a single exam.
+        (:mod:`service.inputs.reader_masks`); only for an ``input_dir`` holding a single exam.
     progress : callable or None
         Called with ``"exam k of N: <study UID>"`` before each exam.
 

@@ -1,7 +1,7 @@
 """Series that help a slab from their own grid: a B1 map and a T2*-weighted series.
 
 INV1, INV2 and the scanner T1 map are read voxel by voxel with the UNI and must share its grid
-(:func:`service.volumes.same_grid`). A B1 map or a multi-echo GRE is usually acquired on
+(:func:`service.inputs.volumes.same_grid`). A B1 map or a multi-echo GRE is usually acquired on
 another grid (coarser, thicker, tilted). It still helps a slab when it lies in the same patient
 frame (FrameOfReferenceUID) and covers at least :data:`MIN_COVERAGE` of the slab's reference
 grid: it is then resampled in world coordinates (:mod:`processing.resample`), with no
@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.resample import coverage_fraction, resample_to_grid
-from service.volumes import SeriesVolume, combine_echoes, same_grid
+from service.inputs.volumes import SeriesVolume, combine_echoes, same_grid
 
 __all__ = [
     "MIN_COVERAGE",
@@ -194,7 +194,7 @@ def combine_echo_series(volumes: Sequence[SeriesVolume]) -> list[SeriesVolume]:
     """Merge one-series-per-echo acquisitions into one volume per grid.
 
     Volumes on the same grid that each hold one echo, at different echo times, become one
-    root-sum-of-squares volume (:func:`service.volumes.combine_echoes`). Volumes already
+    root-sum-of-squares volume (:func:`service.inputs.volumes.combine_echoes`). Volumes already
     combined (several echoes, or a scanner-combined image without a distinct echo time) are
     kept as they are.
 

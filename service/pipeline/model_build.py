@@ -30,8 +30,7 @@ from processing.template import (
     gm_prior_from_controls,
 )
 from service import __version__
-from service.atlas import pam50_gm_prior
-from service.exam import (
+from service.inputs.exam import (
     ExamError,
     ExamSeries,
     Slab,
@@ -40,16 +39,17 @@ from service.exam import (
     match_slabs,
     slab_foreground,
 )
-from service.model_store import (
+from service.inputs.protocol import SiteProtocol
+from service.inputs.t1_map import slab_t1
+from service.pipeline.atlas import pam50_gm_prior
+from service.pipeline.model_store import (
     ModelMetadata,
     ProtocolMismatch,
     check_protocol,
     load_model,
     save_model,
 )
-from service.protocol import SiteProtocol
-from service.quantify import SlabAnatomy, assess_exam, segment_slab
-from service.t1_map import slab_t1
+from service.pipeline.quantify import SlabAnatomy, assess_exam, segment_slab
 
 __all__ = ["ScoringModel", "build_model", "load_scoring_model"]
 

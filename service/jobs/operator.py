@@ -12,8 +12,8 @@ import getpass
 import time
 
 from dicom_node.scu import Destination
-from service.celery_app import PROCESS_TASK, SEND_TASK
-from service.store import FINAL, Job, JobState, JobStore
+from service.jobs.celery_app import PROCESS_TASK, SEND_TASK
+from service.jobs.store import FINAL, Job, JobState, JobStore
 
 __all__ = ["OperatorError", "cancel_job", "lease_text", "operator_name", "resend_job", "retry_job"]
 

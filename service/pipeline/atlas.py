@@ -1,6 +1,7 @@
 """The PAM50 priors the pipeline uses: GM probability and reporting regions per level.
 
-Built from the shipped PAM50 template and atlas (:func:`service.reference_data.load_pam50`) by
+Built from the shipped PAM50 template and atlas
+(:func:`service.pipeline.reference_data.load_pam50`) by
 :func:`processing.atlas.pam50_priors_from_atlas`. Building takes about a second, so the result
 ships precomputed (``service/data/pam50_priors.npz``, made by
 ``scripts/make_reference_data.py``) and is loaded once per process.
@@ -15,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.atlas import Pam50Priors, pam50_priors_from_atlas
-from service.reference_data import DATA_DIR, Pam50Reference, load_pam50
+from service.pipeline.reference_data import DATA_DIR, Pam50Reference, load_pam50
 
 __all__ = [
     "PRIORS_FILE",

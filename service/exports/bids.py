@@ -7,7 +7,7 @@ Layout written under ``bids_root`` (BIDS 1.9.0, derivative dataset):
   ``README`` and ``.bidsignore`` (the summary, the Z-score map and the group table use names
   BIDS does not define);
 - ``cordt1_regions.tsv`` + ``.json``: the group table, one row per exam, slab and region or
-  level (:mod:`service.group_table`), updated by every export;
+  level (:mod:`service.exports.group_table`), updated by every export;
 - ``sub-<s>/ses-<e>/sub-<s>_ses-<e>_desc-cordt1_summary.json``: ``summary.json`` without the
   accession number;
 - ``sub-<s>/ses-<e>/anat/sub-<s>_ses-<e>_acq-slab<k>_<name>`` per slab ``k``:
@@ -26,7 +26,7 @@ Every image has its units in the NIfTI header (``xyzt_units``: mm, s) and a side
 keys only; facts BIDS has no key for (both inversion times, B1 correction, normative model
 version, Z threshold, software version) are in the session's ``desc-cordt1_summary.json``
 (``.bidsignore``d) and the group table. Writes of the shared root files (description, group
-table) hold the folder's lock (:func:`service.group_table.locked`).
+table) hold the folder's lock (:func:`service.exports.group_table.locked`).
 
 The subject label is the pseudonymous patient key (:func:`dicom_node.instance.patient_key`),
 never the PatientID; the session label is the study date, with the study time appended when
@@ -50,8 +50,8 @@ import pydicom
 from dicom_node.instance import PseudonymKey
 from processing.regions import REGIONS
 from service import __version__
-from service.exam import ExamSeries
-from service.group_table import TABLE_NAME, exam_rows, locked, update_table
+from service.exports.group_table import TABLE_NAME, exam_rows, locked, update_table
+from service.inputs.exam import ExamSeries
 
 __all__ = [
     "BIDS_VERSION",
@@ -428,7 +428,7 @@ def export_bids(exam_out_dir: Path, bids_root: Path, *, subject: str, session: s
     Parameters
     ----------
     exam_out_dir : Path
-        Output folder of :func:`service.pipeline.process_exam` (``summary.json``, ``nifti/``).
+        Output folder of :func:`service.pipeline.run.process_exam` (``summary.json``, ``nifti/``).
     bids_root : Path
         Root of the derivative dataset; created if needed.
     subject : str

@@ -243,7 +243,7 @@ class FolderPacs:
     @classmethod
     def start(cls, folder: Path, *, ae_title: str = "FOLDERPACS") -> FolderPacs:
         """Listen on a free port and store everything into ``folder``."""
-        from service.exam import own_markers
+        from service.inputs.exam import own_markers
 
         pacs = cls(folder=folder, ae_title=ae_title)
         folder.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,11 @@ import click
 import pydicom
 
 from dicom_node.scu import Destination, send
-from service.model_build import build_model
-from service.pacs import free_port, start_pacs, wait_for_port
+from service.inputs.protocol import load_site_protocols
+from service.jobs.store import JobState, JobStore
 from service.phantom import PhantomOptions, write_cohort
-from service.protocol import load_site_protocols
-from service.store import JobState, JobStore
+from service.phantom.pacs import free_port, start_pacs, wait_for_port
+from service.pipeline.model_build import build_model
 
 __all__ = ["run_demo", "send_folder", "write_service_config"]
 

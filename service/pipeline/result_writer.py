@@ -11,7 +11,7 @@ slice inside the segment it describes (:mod:`reports.sr.anchors`). Series number
 The pipeline first *plans* every object (:class:`ResultWriter` methods return the UIDs the
 object will have, so the summary and the report can name it), then :meth:`ResultWriter.write`
 makes them all as independent tasks shared between the job's process and forked helpers
-(:mod:`service.task_lanes`): the report lists the SEGs and maps as evidence from their
+(:mod:`service.pipeline.task_lanes`): the report lists the SEGs and maps as evidence from their
 planned headers (:func:`reports.segmentation.segmentation_header`), not from the objects.
 Files appear only in ``out_dir``; nothing is sent before every task has succeeded.
 """
@@ -51,9 +51,9 @@ from reports.segmentation import (
 )
 from reports.sr.anchors import ImageAnchor, mask_anchor
 from reports.structured_report import build_measurement_report
-from service.exam import ExamError, Slab
-from service.nifti import to_nifti
-from service.task_lanes import LaneError, Task, TaskError, run_tasks
+from service.inputs.exam import ExamError, Slab
+from service.inputs.nifti import to_nifti
+from service.pipeline.task_lanes import LaneError, Task, TaskError, run_tasks
 
 __all__ = [
     "ANATOMY_SEG_SERIES_NUMBER",

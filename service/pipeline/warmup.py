@@ -5,7 +5,7 @@ builds an object, and matplotlib loads its fonts the first time it draws text an
 PDF writer (about 0.3 s) the first time it writes a PDF; the PAM50 priors are read from
 ``service/data`` the first time an exam is segmented. A Celery worker
 calls :func:`warm_up` in its main process before it forks its pool, so every child starts its
-first job with all of them loaded (``worker_init`` in :mod:`service.celery_app`).
+first job with all of them loaded (``worker_init`` in :mod:`service.jobs.celery_app`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydicom.uid import MRImageStorage, generate_uid
 from reports.figures import RenderedFigure
 from reports.identity import ResultIdentity
 from reports.secondary_capture import build_secondary_captures
-from service.atlas import load_pam50_priors, pam50_gm_prior
+from service.pipeline.atlas import load_pam50_priors, pam50_gm_prior
 
 __all__ = ["warm_up"]
 

@@ -1,10 +1,11 @@
 """Reader (radiologist) segmentations: a SEG's frames placed on the slabs, and its lesions as
 integer label images on each slab's grid.
 
-Readers outline MS lesions (and possibly the cord, GM or WM: :mod:`service.reader_masks`) and
+Readers outline MS lesions (and possibly the cord, GM or WM:
+:mod:`service.inputs.reader_masks`) and
 send them as a DICOM Segmentation (SEG) that references the exam's images, or offline as
 NIfTI. Lesions become ``int32`` label images indexed ``[k, j, i]`` on the grid of a
-:class:`~service.volumes.SeriesVolume` (docs/CONVENTIONS.md), with 0 = background and lesion
+:class:`~service.inputs.volumes.SeriesVolume` (docs/CONVENTIONS.md), with 0 = background and lesion
 ids 1..N.
 
 What a segment is (:func:`segment_kind`): spinal cord, grey matter, white matter or lesion,
@@ -45,8 +46,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from scipy import ndimage
 
-from service.nifti import from_nifti
-from service.volumes import SeriesVolume
+from service.inputs.nifti import from_nifti
+from service.inputs.volumes import SeriesVolume
 
 __all__ = [
     "FRACTIONAL_THRESHOLD",
@@ -687,7 +688,7 @@ def integer_nifti_on_grid(
     ----------
     image : nibabel.Nifti1Image
         Mask on the grid of ``volume`` (RAS affine, ``(i, j, k)`` data, as written by
-        :func:`service.nifti.to_nifti`).
+        :func:`service.inputs.nifti.to_nifti`).
     volume : SeriesVolume
         The slab's reference volume.
     tol_mm : float
@@ -748,7 +749,8 @@ def lesions_from_nifti(
     ----------
     image : nibabel.Nifti1Image
         Binary mask (values 0/1) or integer label mask (0 = background) on the grid of
-        ``volume`` (RAS affine, ``(i, j, k)`` data, as written by :func:`service.nifti.to_nifti`).
+        ``volume`` (RAS affine, ``(i, j, k)`` data, as written by
+        :func:`service.inputs.nifti.to_nifti`).
     volume : SeriesVolume
         The slab's reference volume.
     tol_mm : float

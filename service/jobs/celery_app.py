@@ -3,7 +3,7 @@
 Embedded default: a filesystem queue in ``data_dir/broker`` (no server needed). With
 ``redis://`` workers on other hosts take jobs. Messages are acknowledged late and given back
 when a pool child dies, so a killed child's task comes back; whether it runs is decided by the
-job's lease in the job store (see :mod:`service.store`), and a job whose message is lost is
+job's lease in the job store (see :mod:`service.jobs.store`), and a job whose message is lost is
 queued again by the reconciler of `cordt1 serve` once its lease expired.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 from celery import Celery
 
-from service.jobs import JobRunner, SendOutcome
+from service.jobs.store import JobStore
+from service.jobs.tasks import JobRunner, SendOutcome
 from service.settings import Settings
-from service.store import JobStore
 
 __all__ = ["PROCESS_TASK", "SEND_TASK", "create_app"]
 
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 PROCESS_TASK = "cordt1.process_job"
 SEND_TASK = "cordt1.send_results"
-#: kombu's filesystem transport with atomic message writes (see :mod:`service.fs_broker`).
-FILESYSTEM_TRANSPORT = "service.fs_broker:Transport"
+#: kombu's filesystem transport with atomic message writes (see :mod:`service.jobs.fs_broker`).
+FILESYSTEM_TRANSPORT = "service.jobs.fs_broker:Transport"
 #: Redis gives an unacknowledged message to another worker after this long. A copy delivered
 #: while the job's lease is alive is dropped, so this only needs to be longer than a typical
 #: job to avoid needless messages.

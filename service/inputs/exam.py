@@ -2,7 +2,7 @@
 
 INV1, INV2 and the scanner T1 map belong to a slab when they sample its grid. A B1 map and a
 T2*-weighted series may lie on any grid of the same frame of reference; they go to every slab
-they cover enough of (:mod:`service.partners`).
+they cover enough of (:mod:`service.inputs.partners`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.components import Component, classify, classify_series, is_gradient_echo
 from dicom_node.instance import OwnResultMarkers
-from service.partners import assign_partners, combine_echo_series
-from service.volumes import SeriesVolume, group_by_series, load_series, same_grid
+from service.inputs.partners import assign_partners, combine_echo_series
+from service.inputs.volumes import SeriesVolume, group_by_series, load_series, same_grid
 
 __all__ = [
     "ExamError",
@@ -56,7 +56,7 @@ class Slab:
 
     ``inv1``, ``inv2`` and ``t1map`` sample the reference grid. ``b1map`` and ``t2star`` may
     lie on their own grid of the same frame of reference (read them on the slab's grid with
-    :func:`service.partners.partner_on_grid`). ``notes`` says why a B1 map or T2* series of
+    :func:`service.inputs.partners.partner_on_grid`). ``notes`` says why a B1 map or T2* series of
     the exam was not used for this slab.
     """
 
@@ -180,7 +180,7 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
 
     INV1/INV2/T1 map: the series on the UNI's grid. B1 map and T2*-weighted series: on any
     grid of the same frame of reference, the one covering most of the slab (at least
-    :data:`service.partners.MIN_COVERAGE`); one series may serve several slabs. T2* echoes
+    :data:`service.inputs.partners.MIN_COVERAGE`); one series may serve several slabs. T2* echoes
     sent as one series per echo are combined first. Why a B1 map or T2* series was not used
     goes to ``Slab.notes``.
 

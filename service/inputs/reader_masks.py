@@ -2,7 +2,7 @@
 segmentation (issue 4: "accept masks given with the exam instead when present").
 
 They come as segments of a reader SEG (:func:`masks_from_seg`; which segment is what is
-decided by :func:`service.reader_lesions.segment_kind`) or offline as NIfTI files named
+decided by :func:`service.inputs.reader_lesions.segment_kind`) or offline as NIfTI files named
 ``*cord*``, ``*gm*``, ``*wm*`` or as the Spinal Cord Toolbox names them (``*_seg``,
 ``*_gmseg``, ``*_wmseg``, ``*label-SC_seg``, ...; :func:`mask_kind_of_file`,
 :func:`mask_from_nifti`).
@@ -31,14 +31,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.segmentation import CordSegmentation, segmentation_with_given_cord
-from service.reader_lesions import (
+from service.inputs.reader_lesions import (
     ReaderLesionError,
     ReaderSeg,
     SegmentKind,
     integer_nifti_on_grid,
     kind_from_text,
 )
-from service.volumes import SeriesVolume
+from service.inputs.volumes import SeriesVolume
 
 __all__ = [
     "TISSUE_KINDS",
@@ -261,7 +261,7 @@ def mask_from_nifti(
     ReaderLesionError
         If the image is on another grid or holds values other than 0 and 1.
     TypeError, ValueError
-        As :func:`service.reader_lesions.integer_nifti_on_grid`.
+        As :func:`service.inputs.reader_lesions.integer_nifti_on_grid`.
     """
     values = integer_nifti_on_grid(image, volume, tol_mm=tol_mm, what=str(kind))
     if values.max(initial=0) > 1:

@@ -1,7 +1,7 @@
 """Fetch a patient's earlier exam from the configured PACS when it is not in our store.
 
 C-FIND (study level: PatientID + issuer, modality, dates before the current exam within
-``priors.max_age_days``) on ``priors.source``; :func:`service.history.choose_prior_study`
+``priors.max_age_days``) on ``priors.source``; :func:`service.pipeline.history.choose_prior_study`
 decides which study; C-MOVE sends it to our own AE, where it arrives like any exam (spooled,
 recorded, tracked, processed) and so becomes the prior of the follow-up comparison.
 """
@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from dicom_node.query import find_studies, move_study
-from service.history import choose_prior_study, prior_search_dates
+from service.pipeline.history import choose_prior_study, prior_search_dates
 from service.settings import Settings
 
 __all__ = ["PriorFetch", "fetch_prior"]

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicom_node.scu import Destination, SendError, send
 from dicom_node.tls import ClientTls
-from service.store import DeliveryStatus, JobStore
+from service.jobs.store import DeliveryStatus, JobStore
 
 __all__ = ["DeliveryReport", "ResultObject", "deliver", "find_stored", "result_objects"]
 

@@ -2,9 +2,9 @@
 every output (result DICOM objects, NIfTI maps and masks, summary.json).
 
 The same function serves the offline CLI (`cordt1 process`) and the Celery worker, so both
-produce identical outputs. Its parts live beside it: T1 of a slab in :mod:`service.t1_map`,
-reader outlines and masks in :mod:`service.reader_inputs`, the quantitative stages in
-:mod:`service.quantify`, writing the results in :mod:`service.result_writer`.
+produce identical outputs. Its parts live beside it: T1 of a slab in :mod:`service.inputs.t1_map`,
+reader outlines and masks in :mod:`service.inputs.reader_inputs`, the quantitative stages in
+:mod:`service.pipeline.quantify`, writing the results in :mod:`service.pipeline.result_writer`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,23 @@ from reports.figures import SlabImages
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind
 from reports.segmentation import lesion_label, segment_specs
-from service.atlas import pam50_gm_prior
-from service.exam import ExamError, ExamSeries, Slab, match_slabs, slab_foreground
-from service.history import follow_up_block
-from service.partners import describe_grid, partner_on_grid
-from service.protocol import (
+from service.inputs.exam import ExamError, ExamSeries, Slab, match_slabs, slab_foreground
+from service.inputs.partners import describe_grid, partner_on_grid
+from service.inputs.protocol import (
     ProtocolError,
     SiteProtocol,
     protocol_from_profile,
 )
-from service.quantify import (
+from service.inputs.reader_inputs import (
+    ReaderInput,
+    reader_input_from_exam,
+    reader_lesions_from_files,
+    reader_masks_from_files,
+)
+from service.inputs.t1_map import slab_t1
+from service.pipeline.atlas import pam50_gm_prior
+from service.pipeline.history import follow_up_block
+from service.pipeline.quantify import (
     SlabAnatomy,
     SlabScores,
     T2StarSampler,
@@ -48,23 +55,16 @@ from service.quantify import (
     split_tissues,
     stats_to_summary,
 )
-from service.reader_inputs import (
-    ReaderInput,
-    reader_input_from_exam,
-    reader_lesions_from_files,
-    reader_masks_from_files,
-)
-from service.result_writer import (
+from service.pipeline.result_writer import (
     T1_SERIES_NUMBER,
     Z_SERIES_NUMBER,
     ExamOutputs,
     ResultWriter,
     exam_lesion_ids,
 )
-from service.t1_map import slab_t1
 
 if TYPE_CHECKING:
-    from service.model_build import ScoringModel
+    from service.pipeline.model_build import ScoringModel
 
 __all__ = ["ExamOutputs", "process_exam"]
 
@@ -145,7 +145,7 @@ def _check_model(
 
     An exam with UNI is checked with the protocol from its headers. An exam with only the
     scanner's T1 map is checked with the protocol its site profile entry gives in full
-    (:func:`service.protocol.protocol_from_profile`).
+    (:func:`service.inputs.protocol.protocol_from_profile`).
 
     Returns
     -------
@@ -153,7 +153,7 @@ def _check_model(
         For a T1-map-only exam, the ``t1_source`` text saying which protocol was checked;
         ``None`` for an exam with UNI.
     """
-    from service.model_store import ProtocolMismatch, check_protocol
+    from service.pipeline.model_store import ProtocolMismatch, check_protocol
 
     if len(slabs) != scoring.n_slabs:
         raise ExamError(
@@ -204,7 +204,7 @@ def process_exam(
     Parameters
     ----------
     exam : ExamSeries
-        The exam's files by component (see :func:`service.exam.find_exam_series`).
+        The exam's files by component (see :func:`service.inputs.exam.find_exam_series`).
     out_dir : Path
         Created if needed; receives ``dicom/``, ``nifti/`` and ``summary.json``.
     profiles : list of SiteProtocol
@@ -225,13 +225,14 @@ def process_exam(
     reader_mask_files : list of Path or None
         Cord, GM and WM masks as NIfTI (names containing ``cord``, ``gm``, ``wm``; at most
         one of each per slab, matched by grid), used instead of our segmentation
-        (:mod:`service.reader_masks`). Without them, cord/GM/WM segments of a reader SEG sent
+        (:mod:`service.inputs.reader_masks`). Without them, cord/GM/WM segments of a reader SEG
+        sent
         with the exam are used.
     write_nifti : bool
         Also write the maps and masks as NIfTI into ``out_dir/nifti`` (the research export).
     writer_processes : int
         Processes that write the result files, this one included (see
-        :mod:`service.task_lanes`); 1 writes them here, one after another.
+        :mod:`service.pipeline.task_lanes`); 1 writes them here, one after another.
 
     Raises
     ------

@@ -23,10 +23,10 @@ from processing.regions import estimate_levels, region_masks
 from processing.segmentation import CordSegmentation, segment_cord, split_gm_wm
 from processing.stats import DEFAULT_Z_THRESHOLD, RegionStats, normal_appearing, region_statistics
 from processing.template import CordCoordinates, cord_coordinates
-from service.atlas import load_pam50_priors
+from service.pipeline.atlas import load_pam50_priors
 
 if TYPE_CHECKING:
-    from service.reader_masks import GivenMasks
+    from service.inputs.reader_masks import GivenMasks
 
 __all__ = [
     "GreyWhiteEvidence",
@@ -139,7 +139,7 @@ def segment_slab(
     of the T1 grid (NaN where not covered); it is asked for the box around the found cord
     only, aligned in-plane to the T1 map and adds its GM/WM contrast (see
     :func:`t2star_evidence`). ``given``: cord/GM/WM masks given with the exam, used instead of
-    the automatic ones where given (:class:`service.reader_masks.GivenMasks`).
+    the automatic ones where given (:class:`service.inputs.reader_masks.GivenMasks`).
     """
     if given is None:
         segmentation = segment_cord(t1_ms, voxel_mm, inv2=inv2)
