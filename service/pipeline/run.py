@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 
 from processing.lesions import patient_lesion_summary
 from processing.mp2rage import MP2RAGEProtocol
-from processing.qc import cord_coverage
+from processing.qc import QcVerdict, cord_coverage
 from processing.stats import DEFAULT_Z_THRESHOLD
 from reports.figures import SlabImages
 from reports.identity import ResultIdentity
@@ -39,6 +40,7 @@ from service.inputs.reader_inputs import (
     reader_lesions_from_files,
     reader_masks_from_files,
 )
+from service.inputs.reader_masks import GivenMasks
 from service.inputs.t1_map import slab_t1
 from service.pipeline.atlas import pam50_gm_prior
 from service.pipeline.history import follow_up_block
@@ -184,6 +186,297 @@ def _check_model(
     return t1_source
 
 
+@dataclass
+class _ExamInputs:
+    """What one exam brings: its slabs, and what readers gave for each slab."""
+
+    slabs: list[Slab]
+    reader_lesions: list[NDArray[np.int32]] | None
+    given_masks: list[GivenMasks | None]
+
+
+@dataclass
+class _SlabAnalysis:
+    """One slab after T1, segmentation and scoring, with its summary block."""
+
+    slab: Slab
+    t1_ms: NDArray[np.float64]
+    foreground: NDArray[np.bool_]
+    anatomy: SlabAnatomy
+    scores: SlabScores
+    summary: dict[str, Any]
+
+
+def _read_inputs(
+    exam: ExamSeries,
+    reader_lesions: list[NDArray[np.int32]] | None,
+    reader_lesion_files: list[Path] | None,
+    reader_mask_files: list[Path] | None,
+) -> _ExamInputs:
+    """Stage 1: the exam's slabs, reader lesions and masks (files win over the exam's SEGs)."""
+    try:
+        slabs = match_slabs(exam)
+    except ValueError as exc:
+        raise ExamError(f"cannot read the exam's images: {exc}") from exc
+    if reader_lesion_files is not None:
+        if reader_lesions is not None:
+            raise ValueError("give reader_lesions or reader_lesion_files, not both")
+        reader_lesions = reader_lesions_from_files(reader_lesion_files, slabs)
+    from_exam = (
+        reader_input_from_exam(exam, slabs)
+        if reader_lesions is None or reader_mask_files is None
+        else ReaderInput(masks=[None] * len(slabs))
+    )
+    if reader_lesions is None:
+        reader_lesions = from_exam.lesions
+    given_masks = (
+        reader_masks_from_files(reader_mask_files, slabs)
+        if reader_mask_files is not None
+        else from_exam.masks
+    )
+    if reader_lesions is not None and len(reader_lesions) != len(slabs):
+        raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
+    return _ExamInputs(slabs=slabs, reader_lesions=reader_lesions, given_masks=given_masks)
+
+
+def _segment_and_score(
+    slab: Slab,
+    t1_ms: NDArray[np.float64],
+    *,
+    n_slabs: int,
+    gm_prior: NDArray[np.float64],
+    model: ScoringModel | None,
+    reader: NDArray[np.int32] | None,
+    given: GivenMasks | None,
+) -> tuple[SlabAnatomy, SlabScores]:
+    """Stage 3 on one slab: cord/GM/WM and regions, then Z-scores and lesions.
+
+    When candidate lesions are found, GM/WM are split again without them (their raised T1
+    must not vote for GM) and the slab is scored again.
+    """
+    reference = slab.reference
+    voxel_mm, affine = reference.voxel_mm, reference.affine_lps
+    anatomy = segment_slab(
+        t1_ms,
+        index=slab.index,
+        n_slabs=n_slabs,
+        voxel_mm=voxel_mm,
+        affine_lps=affine,
+        gm_prior_template=gm_prior,
+        inv2=slab.inv2.array if slab.inv2 is not None else None,
+        lesions=reader > 0 if reader is not None else None,
+        t2star=_t2star_sampler(slab),
+        given=given,
+    )
+    scoring_model = model.model if model else None
+    slab_scores = score_slab(
+        t1_ms,
+        anatomy,
+        model=scoring_model,
+        voxel_mm=voxel_mm,
+        affine_lps=affine,
+        reader_lesions=reader,
+    )
+    if slab_scores.candidate_lesions is None or not slab_scores.candidate_lesions.any():
+        return anatomy, slab_scores
+    known = slab_scores.candidate_lesions > 0
+    if reader is not None:
+        known |= reader > 0
+    anatomy = split_tissues(
+        t1_ms,
+        anatomy.segmentation,
+        anatomy.coords,
+        index=slab.index,
+        n_slabs=n_slabs,
+        voxel_mm=voxel_mm,
+        gm_prior_template=gm_prior,
+        lesions=known,
+        evidence=anatomy.evidence,
+        given=given,
+    )
+    slab_scores = score_slab(
+        t1_ms,
+        anatomy,
+        model=scoring_model,
+        voxel_mm=voxel_mm,
+        affine_lps=affine,
+        reader_lesions=reader,
+        reuse=slab_scores,
+    )
+    return anatomy, slab_scores
+
+
+def _slab_summary(
+    slab: Slab,
+    t1_ms: NDArray[np.float64],
+    t1_info: dict[str, Any],
+    foreground: NDArray[np.bool_],
+    anatomy: SlabAnatomy,
+    given: GivenMasks | None,
+) -> dict[str, Any]:
+    """The slab's block of summary.json (before its regions and result UIDs are added)."""
+    reference = slab.reference
+    finite = np.isfinite(t1_ms)
+    return {
+        "slab": slab.index,
+        "series_instance_uid": reference.series_uid,
+        "shape": list(reference.array.shape),
+        "voxel_mm": [round(v, 4) for v in reference.voxel_mm],
+        "components": sorted(
+            name
+            for name in ("uni", "inv1", "inv2", "t1map", "b1map", "t2star")
+            if getattr(slab, name) is not None
+        ),
+        **t1_info,
+        "foreground_t1_ms": _t1_statistics(t1_ms, foreground),
+        "outside_lookup_percent": round(100.0 * float(np.mean(~finite[foreground])), 2)
+        if foreground.any()
+        else 100.0,
+        "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
+        "cord_slices_found": int(anatomy.segmentation.found.sum()),
+        "cord_missing_slices": [int(i) + 1 for i in np.flatnonzero(~anatomy.segmentation.found)],
+        "segmentation_source": given.describe() if given is not None else "automatic",
+        "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
+        "gm_wm_evidence": _evidence_summary(anatomy, slab),
+    }
+
+
+def _assess(
+    analyses: list[_SlabAnalysis], model: ScoringModel | None, b1_corrected: bool
+) -> QcVerdict:
+    """Stage 4: the exam's QC verdict (a failed QC leaves the exam unscored)."""
+    if not any(a.anatomy.segmentation.found.any() for a in analyses):
+        raise ExamError(
+            "no spinal cord found on any slice (is this a cervical cord MP2RAGE? "
+            "check the field of view and the T1 map)"
+        )
+    cord_t1 = np.concatenate([a.t1_ms[a.anatomy.cord] for a in analyses])
+    outside_in_cord = float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else None
+    return assess_exam(
+        anatomies=[a.anatomy for a in analyses],
+        inv2=[a.slab.inv2.array if a.slab.inv2 is not None else None for a in analyses],
+        foregrounds=[a.foreground for a in analyses],
+        outside_lookup_in_cord=outside_in_cord,
+        voxel_mm=[a.slab.reference.voxel_mm for a in analyses],
+        model_valid=[a.scores.model_valid for a in analyses] if model is not None else [],
+        protocol_matches_model=True if model is not None else None,
+        b1_corrected=b1_corrected,
+    )
+
+
+def _write_slab_results(
+    writer: ResultWriter,
+    analysis: _SlabAnalysis,
+    lesion_ids: dict[tuple[str, int], int],
+    *,
+    scored: bool,
+    z_threshold: float,
+) -> None:
+    """Stage 5 on one slab: queue its maps, derived images, SEGs and NIfTI files.
+
+    The UIDs of what is written go into the slab's summary block.
+    """
+    slab, t1_ms, anatomy, slab_scores = (
+        analysis.slab,
+        analysis.t1_ms,
+        analysis.anatomy,
+        analysis.scores,
+    )
+    slab_summary = analysis.summary
+    affine = slab.reference.affine_lps
+    k = slab.index
+    slab_summary["result_sop_instance_uid"] = writer.parametric_map(
+        slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, f"t1map_slab{k}.dcm"
+    )
+    slab_summary["t1_image_series_instance_uid"] = writer.derived_images(
+        slab, t1_ms, MapKind.T1_MS
+    )
+    writer.nifti(f"slab{k}_t1_ms.nii.gz", t1_ms, affine, np.float32)
+    for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
+        writer.nifti(f"slab{k}_{name}.nii.gz", mask, affine, np.uint8)
+    writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels, affine, np.int16)
+    if scored and slab_scores.z is not None:
+        slab_summary["z_sop_instance_uid"] = writer.parametric_map(
+            slab, slab_scores.z, MapKind.Z_SCORE, Z_SERIES_NUMBER + k, f"zmap_slab{k}.dcm"
+        )
+        slab_summary["z_image_series_instance_uid"] = writer.derived_images(
+            slab, slab_scores.z, MapKind.Z_SCORE
+        )
+        writer.nifti(f"slab{k}_z.nii.gz", slab_scores.z, affine, np.float32)
+    specs = segment_specs(
+        cord=anatomy.cord,
+        gm=anatomy.gm,
+        wm=anatomy.wm,
+        region_labels=anatomy.labels,
+        lesion_labels_reader=slab_scores.reader_lesions,
+        lesion_labels_candidate=slab_scores.candidate_lesions if scored else None,
+        abnormal=(np.nan_to_num(slab_scores.z) > z_threshold) & anatomy.cord
+        if scored and slab_scores.z is not None
+        else None,
+        z_threshold=z_threshold if scored else None,
+        lesion_ids=lesion_ids,
+    )
+    if specs:
+        slab_summary.update(writer.segmentations(slab, specs))
+    for name, labels in (
+        ("lesions_reader", slab_scores.reader_lesions),
+        ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
+    ):
+        if labels is not None:
+            writer.nifti(f"slab{k}_{name}.nii.gz", labels, affine, np.int16)
+
+
+def _summary_and_report(
+    writer: ResultWriter,
+    analyses: list[_SlabAnalysis],
+    qc: QcVerdict,
+    *,
+    scored: bool,
+    z_threshold: float,
+    identity: ResultIdentity,
+    model: ScoringModel | None,
+    prior_summary: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Stage 6: the exam's summary (regions, lesions, QC, coverage, follow-up), its SR and the
+    rendered report, queued on ``writer``."""
+    anatomies = [a.anatomy for a in analyses]
+    scores = [a.scores for a in analyses]
+    summary = _summary(
+        [a.slab for a in analyses],
+        [a.summary for a in analyses],
+        tuple(a.t1_ms for a in analyses),
+        anatomies,
+        scores,
+        scored,
+        z_threshold,
+        identity,
+    )
+    summary["qc"] = {"verdict": qc.verdict, "reasons": list(qc.reasons), "metrics": qc.metrics}
+    summary["coverage"] = cord_coverage(
+        {a.coords.slab: a.segmentation.found for a in anatomies}
+    ).as_dict()
+    if model is not None:
+        summary["model"] = model.summary()
+    if prior_summary is not None and scored:
+        summary["follow_up"] = follow_up_block(prior_summary, summary)
+    if writer.has_segmentations:
+        summary["sr_sop_instance_uid"] = writer.report(summary, [a.slab for a in analyses])
+    images = [
+        SlabImages(
+            slab=a.slab.index,
+            t1_ms=a.t1_ms,
+            affine_lps=a.slab.reference.affine_lps,
+            cord=a.anatomy.cord,
+            z=a.scores.z if scored else None,
+            lesions=_lesion_overlay(a.scores, scored),
+        )
+        for a in analyses
+    ]
+    history = [prior_summary] if prior_summary is not None else []
+    writer.rendered_report(summary, [a.slab for a in analyses], images, history)
+    return summary
+
+
 def process_exam(
     exam: ExamSeries,
     out_dir: Path,
@@ -200,6 +493,11 @@ def process_exam(
     writer_processes: int = 1,
 ) -> ExamOutputs:
     """Compute and write every result of one exam into ``out_dir``.
+
+    The stages, each a function of this module: read the inputs (:func:`_read_inputs`), T1 per
+    slab (:func:`service.inputs.t1_map.slab_t1`) checked against the model, segmentation and
+    scores per slab (:func:`_segment_and_score`), QC (:func:`_assess`), the result objects
+    (:func:`_write_slab_results`, then the summary, SR and rendered report), and writing.
 
     Parameters
     ----------
@@ -225,14 +523,18 @@ def process_exam(
     reader_mask_files : list of Path or None
         Cord, GM and WM masks as NIfTI (names containing ``cord``, ``gm``, ``wm``; at most
         one of each per slab, matched by grid), used instead of our segmentation
-        (:mod:`service.inputs.reader_masks`). Without them, cord/GM/WM segments of a reader SEG
-        sent
-        with the exam are used.
+        (:mod:`service.inputs.reader_masks`). Without them, cord/GM/WM segments of a reader
+        SEG sent with the exam are used.
     write_nifti : bool
         Also write the maps and masks as NIfTI into ``out_dir/nifti`` (the research export).
     writer_processes : int
         Processes that write the result files, this one included (see
         :mod:`service.pipeline.task_lanes`); 1 writes them here, one after another.
+
+    Returns
+    -------
+    ExamOutputs
+        The files written and the summary (also in ``out_dir/summary.json``).
 
     Raises
     ------
@@ -241,222 +543,61 @@ def process_exam(
         protocol or slab count not the model's).
     """
     started = time.perf_counter()
-    try:
-        slabs = match_slabs(exam)
-    except ValueError as exc:
-        raise ExamError(f"cannot read the exam's images: {exc}") from exc
+    inputs = _read_inputs(exam, reader_lesions, reader_lesion_files, reader_mask_files)
+    slabs = inputs.slabs
     loaded = time.perf_counter()
-    if reader_lesion_files is not None:
-        if reader_lesions is not None:
-            raise ValueError("give reader_lesions or reader_lesion_files, not both")
-        reader_lesions = reader_lesions_from_files(reader_lesion_files, slabs)
-    from_exam = (
-        reader_input_from_exam(exam, slabs)
-        if reader_lesions is None or reader_mask_files is None
-        else ReaderInput(masks=[None] * len(slabs))
-    )
-    if reader_lesions is None:
-        reader_lesions = from_exam.lesions
-    given_masks = (
-        reader_masks_from_files(reader_mask_files, slabs)
-        if reader_mask_files is not None
-        else from_exam.masks
-    )
-    if reader_lesions is not None and len(reader_lesions) != len(slabs):
-        raise ExamError(f"{len(reader_lesions)} reader lesion map(s) for {len(slabs)} slab(s)")
     t1_maps, infos, protocols = zip(*(slab_t1(slab, profiles) for slab in slabs), strict=True)
     if model is not None:
         t1_source = _check_model(model, slabs, protocols[0], profiles)
         if t1_source is not None:
             for info in infos:
                 info["t1_source"] = t1_source
+    gm_prior = model.gm_prior if model is not None else pam50_gm_prior(len(slabs))
+    analyses = []
+    for i, slab in enumerate(slabs):
+        reader = inputs.reader_lesions[i] if inputs.reader_lesions is not None else None
+        anatomy, slab_scores = _segment_and_score(
+            slab,
+            t1_maps[i],
+            n_slabs=len(slabs),
+            gm_prior=gm_prior,
+            model=model,
+            reader=reader,
+            given=inputs.given_masks[i],
+        )
+        foreground = slab_foreground(slab)
+        analyses.append(
+            _SlabAnalysis(
+                slab=slab,
+                t1_ms=t1_maps[i],
+                foreground=foreground,
+                anatomy=anatomy,
+                scores=slab_scores,
+                summary=_slab_summary(
+                    slab, t1_maps[i], infos[i], foreground, anatomy, inputs.given_masks[i]
+                ),
+            )
+        )
+    qc = _assess(analyses, model, all(info.get("b1_corrected", False) for info in infos))
+    scored = model is not None and qc.verdict != "fail"
+    lesion_ids = exam_lesion_ids([a.scores.lesions for a in analyses], scored=scored)
+
     out = ExamOutputs(out_dir=out_dir, summary={})
     writer = ResultWriter(out, identity, write_nifti=write_nifti)
-    n_slabs = len(slabs)
-    prior = model.gm_prior if model is not None else pam50_gm_prior(n_slabs)
-
-    anatomies: list[SlabAnatomy] = []
-    scores: list[SlabScores] = []
-    foregrounds = []
-    slab_summaries = []
-    for i, slab in enumerate(slabs):
-        t1_ms, reference = t1_maps[i], slab.reference
-        voxel_mm, affine = reference.voxel_mm, reference.affine_lps
-        foreground = slab_foreground(slab)
-        foregrounds.append(foreground)
-        reader = reader_lesions[i] if reader_lesions is not None else None
-        anatomy = segment_slab(
-            t1_ms,
-            index=slab.index,
-            n_slabs=n_slabs,
-            voxel_mm=voxel_mm,
-            affine_lps=affine,
-            gm_prior_template=prior,
-            inv2=slab.inv2.array if slab.inv2 is not None else None,
-            lesions=reader > 0 if reader is not None else None,
-            t2star=_t2star_sampler(slab),
-            given=given_masks[i],
+    for analysis, slab_lesion_ids in zip(analyses, lesion_ids, strict=True):
+        _write_slab_results(
+            writer, analysis, slab_lesion_ids, scored=scored, z_threshold=z_threshold
         )
-        scoring_model = model.model if model else None
-        slab_scores = score_slab(
-            t1_ms,
-            anatomy,
-            model=scoring_model,
-            voxel_mm=voxel_mm,
-            affine_lps=affine,
-            reader_lesions=reader,
-        )
-        if slab_scores.candidate_lesions is not None and slab_scores.candidate_lesions.any():
-            # Second pass: candidate voxels must not vote for GM with their raised T1.
-            known = slab_scores.candidate_lesions > 0
-            if reader is not None:
-                known |= reader > 0
-            anatomy = split_tissues(
-                t1_ms,
-                anatomy.segmentation,
-                anatomy.coords,
-                index=slab.index,
-                n_slabs=n_slabs,
-                voxel_mm=voxel_mm,
-                gm_prior_template=prior,
-                lesions=known,
-                evidence=anatomy.evidence,
-                given=given_masks[i],
-            )
-            slab_scores = score_slab(
-                t1_ms,
-                anatomy,
-                model=scoring_model,
-                voxel_mm=voxel_mm,
-                affine_lps=affine,
-                reader_lesions=reader,
-                reuse=slab_scores,
-            )
-        anatomies.append(anatomy)
-        scores.append(slab_scores)
-        finite = np.isfinite(t1_ms)
-        slab_summaries.append(
-            {
-                "slab": slab.index,
-                "series_instance_uid": reference.series_uid,
-                "shape": list(reference.array.shape),
-                "voxel_mm": [round(v, 4) for v in reference.voxel_mm],
-                "components": sorted(
-                    name
-                    for name in ("uni", "inv1", "inv2", "t1map", "b1map", "t2star")
-                    if getattr(slab, name) is not None
-                ),
-                **infos[i],
-                "foreground_t1_ms": _t1_statistics(t1_ms, foreground),
-                "outside_lookup_percent": round(100.0 * float(np.mean(~finite[foreground])), 2)
-                if foreground.any()
-                else 100.0,
-                "scanner_t1_agreement": _scanner_agreement(t1_ms, slab, foreground),
-                "cord_slices_found": int(anatomy.segmentation.found.sum()),
-                "cord_missing_slices": [
-                    int(i) + 1 for i in np.flatnonzero(~anatomy.segmentation.found)
-                ],
-                "segmentation_source": given_masks[i].describe()
-                if given_masks[i] is not None
-                else "automatic",
-                "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
-                "gm_wm_evidence": _evidence_summary(anatomy, slab),
-            }
-        )
-
-    if not any(a.segmentation.found.any() for a in anatomies):
-        raise ExamError(
-            "no spinal cord found on any slice (is this a cervical cord MP2RAGE? "
-            "check the field of view and the T1 map)"
-        )
-    cord_t1 = np.concatenate([t[a.cord] for t, a in zip(t1_maps, anatomies, strict=True)])
-    outside_in_cord = float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else None
-    qc = assess_exam(
-        anatomies=anatomies,
-        inv2=[s.inv2.array if s.inv2 is not None else None for s in slabs],
-        foregrounds=foregrounds,
-        outside_lookup_in_cord=outside_in_cord,
-        voxel_mm=[s.reference.voxel_mm for s in slabs],
-        model_valid=[s.model_valid for s in scores] if model is not None else [],
-        protocol_matches_model=True if model is not None else None,
-        b1_corrected=all(info.get("b1_corrected", False) for info in infos),
+    summary = _summary_and_report(
+        writer,
+        analyses,
+        qc,
+        scored=scored,
+        z_threshold=z_threshold,
+        identity=identity,
+        model=model,
+        prior_summary=prior_summary,
     )
-    scored = model is not None and qc.verdict != "fail"
-    lesion_ids = exam_lesion_ids([s.lesions for s in scores], scored=scored)
-
-    for slab, t1_ms, anatomy, slab_scores, slab_summary, slab_lesion_ids in zip(
-        slabs, t1_maps, anatomies, scores, slab_summaries, lesion_ids, strict=True
-    ):
-        affine = slab.reference.affine_lps
-        k = slab.index
-        slab_summary["result_sop_instance_uid"] = writer.parametric_map(
-            slab, t1_ms, MapKind.T1_MS, T1_SERIES_NUMBER + k, f"t1map_slab{k}.dcm"
-        )
-        slab_summary["t1_image_series_instance_uid"] = writer.derived_images(
-            slab, t1_ms, MapKind.T1_MS
-        )
-        writer.nifti(f"slab{k}_t1_ms.nii.gz", t1_ms, affine, np.float32)
-        for name, mask in (("cord", anatomy.cord), ("gm", anatomy.gm), ("wm", anatomy.wm)):
-            writer.nifti(f"slab{k}_{name}.nii.gz", mask, affine, np.uint8)
-        writer.nifti(f"slab{k}_labels.nii.gz", anatomy.labels, affine, np.int16)
-        if scored and slab_scores.z is not None:
-            slab_summary["z_sop_instance_uid"] = writer.parametric_map(
-                slab, slab_scores.z, MapKind.Z_SCORE, Z_SERIES_NUMBER + k, f"zmap_slab{k}.dcm"
-            )
-            slab_summary["z_image_series_instance_uid"] = writer.derived_images(
-                slab, slab_scores.z, MapKind.Z_SCORE
-            )
-            writer.nifti(f"slab{k}_z.nii.gz", slab_scores.z, affine, np.float32)
-        specs = segment_specs(
-            cord=anatomy.cord,
-            gm=anatomy.gm,
-            wm=anatomy.wm,
-            region_labels=anatomy.labels,
-            lesion_labels_reader=slab_scores.reader_lesions,
-            lesion_labels_candidate=slab_scores.candidate_lesions if scored else None,
-            abnormal=(np.nan_to_num(slab_scores.z) > z_threshold) & anatomy.cord
-            if scored and slab_scores.z is not None
-            else None,
-            z_threshold=z_threshold if scored else None,
-            lesion_ids=slab_lesion_ids,
-        )
-        if specs:
-            slab_summary.update(writer.segmentations(slab, specs))
-        for name, labels in (
-            ("lesions_reader", slab_scores.reader_lesions),
-            ("lesions_candidates", slab_scores.candidate_lesions if scored else None),
-        ):
-            if labels is not None:
-                writer.nifti(f"slab{k}_{name}.nii.gz", labels, affine, np.int16)
-
-    summary = _summary(
-        slabs, slab_summaries, t1_maps, anatomies, scores, scored, z_threshold, identity
-    )
-    summary["qc"] = {"verdict": qc.verdict, "reasons": list(qc.reasons), "metrics": qc.metrics}
-    summary["coverage"] = cord_coverage(
-        {a.coords.slab: a.segmentation.found for a in anatomies}
-    ).as_dict()
-    if model is not None:
-        summary["model"] = model.summary()
-    if prior_summary is not None and scored:
-        summary["follow_up"] = follow_up_block(prior_summary, summary)
-    if writer.has_segmentations:
-        summary["sr_sop_instance_uid"] = writer.report(summary, slabs)
-    images = [
-        SlabImages(
-            slab=slab.index,
-            t1_ms=t1_ms,
-            affine_lps=slab.reference.affine_lps,
-            cord=anatomy.cord,
-            z=slab_scores.z if scored else None,
-            lesions=_lesion_overlay(slab_scores, scored),
-        )
-        for slab, t1_ms, anatomy, slab_scores in zip(
-            slabs, t1_maps, anatomies, scores, strict=True
-        )
-    ]
-    history = [prior_summary] if prior_summary is not None else []
-    writer.rendered_report(summary, slabs, images, history)
     # Statistics, segments and the summary are computed; what follows only writes files.
     computed = time.perf_counter()
     summary["rendered"] = writer.write(processes=writer_processes)
