@@ -175,7 +175,15 @@ class SendSettings(BaseModel):
     )
     calling_ae: str = Field("CORDT1", description="Our AE title when sending results.")
     attempts: int = Field(5, ge=1, description="Tries per destination before the job fails.")
-    retry_interval_s: float = Field(60.0, ge=0, description="Wait between two tries.")
+    retry_interval_s: float = Field(
+        60.0, ge=0, description="Wait before the second try; later waits grow by retry_backoff."
+    )
+    retry_backoff: float = Field(
+        2.0, ge=1.0, description="Factor by which each further wait grows (1 = a fixed wait)."
+    )
+    retry_max_interval_s: float = Field(
+        900.0, ge=0, description="Longest wait between two tries, however many failed."
+    )
     timeout_s: float = Field(60.0, gt=0, description="Network timeout of one send.")
     tls: SendTlsSettings | None = Field(None, description="TLS for tls:// destinations.")
 
@@ -196,6 +204,25 @@ class SendSettings(BaseModel):
                         "[send.tls] section (CA certificates, client certificate if required)"
                     )
         return self
+
+    def retry_delay_s(self, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` failed tries (exponential back-off).
+
+        Parameters
+        ----------
+        failed_attempts : int
+            Tries that failed so far (1 after the first).
+
+        Returns
+        -------
+        float
+            ``retry_interval_s * retry_backoff ** (failed_attempts - 1)``, at most
+            ``retry_max_interval_s``.
+        """
+        if failed_attempts < 1:
+            raise ValueError(f"failed_attempts must be >= 1, got {failed_attempts}")
+        delay_s = self.retry_interval_s * self.retry_backoff ** (failed_attempts - 1)
+        return min(delay_s, max(self.retry_max_interval_s, self.retry_interval_s))
 
     def client_tls(self) -> ClientTls | None:
         """The checked TLS settings, or ``None`` without a ``[send.tls]`` section.

@@ -93,3 +93,14 @@ def test_pool_children_are_recycled_by_count_and_memory_as_configured() -> None:
         )
     ).conf
     assert never.worker_max_tasks_per_child is None and never.worker_max_memory_per_child is None
+
+
+def test_send_retries_back_off_exponentially_up_to_the_longest_wait() -> None:
+    send = Settings(
+        send={"retry_interval_s": 30, "retry_backoff": 2, "retry_max_interval_s": 200}
+    ).send
+    assert [send.retry_delay_s(n) for n in (1, 2, 3, 4, 5)] == [30, 60, 120, 200, 200]
+    fixed = Settings(send={"retry_interval_s": 5, "retry_backoff": 1}).send
+    assert [fixed.retry_delay_s(n) for n in (1, 7)] == [5, 5]
+    with pytest.raises(ValueError, match="failed_attempts"):
+        send.retry_delay_s(0)

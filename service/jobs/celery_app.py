@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 from service.jobs.store import JobStore
 from service.jobs.tasks import JobRunner, SendOutcome
@@ -94,11 +94,14 @@ def create_app(settings: Settings) -> Celery:
         if runner().process(job_id):
             app.send_task(SEND_TASK, args=[job_id])
 
-    @app.task(name=SEND_TASK)
-    def send_results(job_id: int) -> None:
+    @app.task(bind=True, name=SEND_TASK, max_retries=None)
+    def send_results(self: Task, job_id: int) -> None:
+        # The job store counts the tries (it outlives any message) and fails the job after
+        # send.attempts; Celery's retry re-queues the task with the back-off delay.
         outcome = runner().send(job_id)
         if outcome is SendOutcome.RETRY:
-            log.warning("job %d: destination unreachable, retry later", job_id)
-            app.send_task(SEND_TASK, args=[job_id], countdown=settings.send.retry_interval_s)
+            delay_s = runner().retry_delay_s(job_id)
+            log.warning("job %d: destination unreachable, retry in %.0f s", job_id, delay_s)
+            raise self.retry(countdown=delay_s)
 
     return app

@@ -286,9 +286,14 @@ class JobRunner:
             JobState.SENDING,
             error=f"attempt {attempts} of {self.settings.send.attempts} failed: {error}",
             result=result,
-            wait_s=self.settings.send.retry_interval_s + self.settings.jobs.lease_s,
+            wait_s=self.settings.send.retry_delay_s(attempts) + self.settings.jobs.lease_s,
         )
         return SendOutcome.RETRY
+
+    def retry_delay_s(self, job_id: int) -> float:
+        """Seconds until the next send of a job whose last try failed (back-off by tries)."""
+        attempts = int(self.store.get_job(job_id).result.get("send_attempts", 1))
+        return self.settings.send.retry_delay_s(max(attempts, 1))
 
     @staticmethod
     def _export_bids(exam: ExamSeries, out_dir: Path, bids_dir: Path) -> None:
