@@ -131,7 +131,7 @@ def _wait_for_job(store: JobStore, study_uid: str, timeout_s: float) -> int:
     raise TimeoutError(f"no finished job for the exam after {timeout_s:.0f} s")
 
 
-def _demo_model(workdir: Path, controls: int, matrix: int) -> Path:
+def build_demo_model(workdir: Path, controls: int, matrix: int) -> Path:
     """A normative model from synthetic healthy controls of the same protocol."""
     started = time.monotonic()
     folder = workdir / "controls"
@@ -202,7 +202,7 @@ def run_demo(
     exam_dir = workdir / "scanner" / exam["exam_dir"] / "dicom"
     study_uid = exam["study_uid"]
     _say(f"simulated scanner made a 7 T MP2RAGE exam in {time.monotonic() - started:.1f} s")
-    model_dir = _demo_model(workdir, controls, matrix) if controls else None
+    model_dir = build_demo_model(workdir, controls, matrix) if controls else None
 
     pacs = start_pacs(workdir / "pacs")
     _say(f"PACS ready: {type(pacs).__name__} as {pacs.destination}")
