@@ -141,7 +141,7 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     from service.jobs.celery_app import create_app
     from service.jobs.heartbeat import Heartbeat
     from service.pipeline.warmup import warm_up
-    from service.pseudonym import use_pseudonym_key
+    from service.pseudonym import pseudonym_key
 
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json.read_text())
@@ -149,7 +149,7 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     else:
         settings = _settings(ctx, role="worker", **_overrides(**flags))
     try:
-        use_pseudonym_key(settings)  # before the pool forks: every child has the site key
+        pseudonym_key(settings)  # the secret readable (or generated once) before the pool forks
     except ValueError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     app = create_app(settings)

@@ -16,11 +16,9 @@ from pathlib import Path
 from dicom_node.instance import MIN_SECRET_BYTES, PseudonymKey
 from service.settings import Settings
 
-__all__ = ["active_pseudonym_key", "pseudonym_key", "use_pseudonym_key"]
+__all__ = ["pseudonym_key"]
 
 log = logging.getLogger(__name__)
-
-_active: PseudonymKey | None = None
 
 
 def _read_secret_file(path: Path) -> bytes:
@@ -92,31 +90,3 @@ def pseudonym_key(settings: Settings) -> PseudonymKey:
     if not path.exists():
         _generate_secret_file(path)
     return PseudonymKey(_read_secret_file(path))
-
-
-def use_pseudonym_key(settings: Settings) -> PseudonymKey:
-    """Load the site key and make it this process's key for :func:`active_pseudonym_key`.
-
-    Each command (``serve``, ``worker``, ``process``) calls this once at start, so code
-    that only sees an exam (the BIDS labels) uses the same key as the receiver.
-    """
-    global _active
-    _active = pseudonym_key(settings)
-    return _active
-
-
-def active_pseudonym_key() -> PseudonymKey:
-    """This process's pseudonym key.
-
-    Raises
-    ------
-    ValueError
-        If no command loaded one (:func:`use_pseudonym_key`): a label is never computed
-        without the site secret.
-    """
-    if _active is None:
-        raise ValueError(
-            "no pseudonym secret loaded in this process: start it through a cordt1 command "
-            "(serve, worker, process) so pseudonym_secret is read"
-        )
-    return _active

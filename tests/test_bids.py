@@ -24,7 +24,6 @@ from service.exports.bids import choose_session, export_bids, session_label
 from service.inputs.nifti import from_nifti, to_nifti
 from service.jobs.store import JobState, JobStore
 from service.jobs.tasks import JobRunner
-from service.pseudonym import use_pseudonym_key
 from service.settings import Settings
 from tests.service_harness import PhantomExam, make_exams
 
@@ -580,7 +579,6 @@ def _run_job(exam: PhantomExam, tmp_path: Path, bids_dir: Path) -> tuple[JobStat
             bids_dir=bids_dir,
             pseudonym_secret=SITE_SECRET,
         )
-        use_pseudonym_key(settings)  # as `cordt1 worker` does at start
         job_id = _queued_job(exam, store)
         JobRunner(settings, store).process(job_id)
         job = store.get_job(job_id)

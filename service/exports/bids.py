@@ -244,11 +244,11 @@ def choose_session(
     )
 
 
-def exam_labels(exam: ExamSeries, pseudonyms: PseudonymKey | None = None) -> ExamLabels:
+def exam_labels(exam: ExamSeries, pseudonyms: PseudonymKey) -> ExamLabels:
     """Subject (pseudonymous patient key), study UID, date and time from an exam's headers.
 
-    ``pseudonyms`` is the site key; ``None`` takes this process's key
-    (:func:`service.pseudonym.active_pseudonym_key`, a ValueError when none is loaded).
+    ``pseudonyms`` is the site key (:func:`service.pseudonym.pseudonym_key`): the same
+    patient gets the same ``sub-`` label from every process that has the site secret.
     """
     first = next(
         (files[0] for series in exam.by_component.values() for files in series.values()), None
@@ -256,10 +256,6 @@ def exam_labels(exam: ExamSeries, pseudonyms: PseudonymKey | None = None) -> Exa
     if first is None:
         raise ValueError(f"exam {exam.study_uid} has no files")
     header = pydicom.dcmread(first, stop_before_pixels=True)
-    if pseudonyms is None:
-        from service.pseudonym import active_pseudonym_key
-
-        pseudonyms = active_pseudonym_key()
     key = pseudonyms.patient_key(
         str(header.get("IssuerOfPatientID", "")), str(header.get("PatientID", ""))
     )

@@ -32,6 +32,7 @@ from service.pipeline.history import choose_prior
 from service.pipeline.identity import result_identity
 from service.pipeline.model_build import ScoringModel, load_scoring_model
 from service.pipeline.run import process_exam
+from service.pseudonym import pseudonym_key
 from service.settings import Settings
 
 __all__ = ["Heartbeat", "JobRunner", "SendOutcome", "lease_owner", "publish_run"]
@@ -295,11 +296,12 @@ class JobRunner:
         attempts = int(self.store.get_job(job_id).result.get("send_attempts", 1))
         return self.settings.send.retry_delay_s(max(attempts, 1))
 
-    @staticmethod
-    def _export_bids(exam: ExamSeries, out_dir: Path, bids_dir: Path) -> None:
+    def _export_bids(self, exam: ExamSeries, out_dir: Path, bids_dir: Path) -> None:
         """Export the exam's NIfTI results as BIDS derivatives; failing raises ExamError."""
         try:
-            written = export_exam(out_dir, bids_dir, exam_labels(exam))
+            written = export_exam(
+                out_dir, bids_dir, exam_labels(exam, pseudonym_key(self.settings))
+            )
         except (OSError, ValueError) as exc:
             raise ExamError(f"BIDS export to {bids_dir} failed: {exc}") from exc
         log.info("exam %s exported as BIDS derivatives: %d file(s)", exam.study_uid, len(written))
