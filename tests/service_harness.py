@@ -127,9 +127,9 @@ class ServiceProcess:
                 self.process.wait()
 
     def log_text(self) -> str:
-        """Everything the service and its worker wrote."""
-        parts = [self.workdir / "service.log", self.data_dir / "worker.log"]
-        return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
+        """Everything the service and its workers wrote (workers log to serve's stderr)."""
+        path = self.workdir / "service.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def store(self) -> JobStore:
         """A connection to the service's job store."""
