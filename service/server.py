@@ -30,6 +30,7 @@ from dicom_node.status import describe
 from service.api.controls import Controls
 from service.inputs.exam import own_markers
 from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
+from service.jobs.corrections import rerun_if_changed
 from service.jobs.priors import fetch_prior
 from service.jobs.store import InstanceBatcher, JobState, JobStore
 from service.pseudonym import pseudonym_key
@@ -178,6 +179,13 @@ def record_refusal(store: JobStore, refusal: StoreRefusal) -> None:
     )
 
 
+def _series_name(info: InstanceInfo) -> str:
+    """A series as events name it: number and description (never patient data)."""
+    number = info.series_number if info.series_number is not None else "(no number)"
+    description = f" ({info.series_description!r})" if info.series_description else ""
+    return f"series {number}{description}"
+
+
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
     """Send ``signum`` to a worker's whole process group (the worker and its pool)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -228,6 +236,8 @@ class Service:
         self._watcher: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._held: dict[str, _HeldExam] = {}
+        #: Exams with instances received again, until their job is finished and compared.
+        self._resent: dict[str, ExamReady] = {}
         self._fetched_priors: set[str] = set()
         self.scp = StorageSCP(
             ScpConfig(
@@ -261,7 +271,9 @@ class Service:
         if info.is_own_result:
             return
         with self._lock:
-            self.tracker.add(info, time.time())
+            now = time.time()
+            if not self.tracker.add(info, now):
+                self.tracker.resent(info, now)  # a corrected copy or an identical re-send
 
     def on_association(self, record: AssociationRecord) -> None:
         """Keep every association in the audit trail."""
@@ -301,12 +313,15 @@ class Service:
                 job_id = self._dispatch(held.exam)
                 if job_id is not None:
                     job_ids.append(job_id)
+        job_ids.extend(self._rerun_corrected())
         return job_ids
 
     def _dispatch(self, exam: ExamReady) -> int | None:
         first = next(iter(exam.series.values()))[0]
         n_instances = sum(len(infos) for infos in exam.series.values())
         if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            if exam.resent:
+                self._resent[exam.study_uid] = exam
             return None
         job_id = self.store.create_job(
             study_uid=exam.study_uid,
@@ -319,6 +334,35 @@ class Service:
         self.celery.send_task(PROCESS_TASK, args=[job_id])
         log.info("job %d queued for study %s", job_id, exam.study_uid)
         return job_id
+
+    def _rerun_corrected(self) -> list[int]:
+        """Queue a new run of each finished job whose instances came again with new content.
+
+        An exam whose instances were received again (same SOP Instance UIDs, same count) waits
+        here until its job is finished; then the spooled files are compared with what the
+        job's last run read (:mod:`service.jobs.corrections`). Identical re-sends start
+        nothing.
+        """
+        queued: list[int] = []
+        for study_uid, exam in list(self._resent.items()):
+            series = sorted(exam.series)
+            jobs = [
+                job
+                for job in self.store.list_jobs(limit=100000)
+                if job.study_uid == study_uid and sorted(job.series_uids) == series
+            ]
+            if not jobs:
+                del self._resent[study_uid]
+                continue
+            job = max(jobs, key=lambda j: j.id)
+            if job.state in (JobState.QUEUED, JobState.RUNNING, JobState.SENDING):
+                continue  # decided once the job is finished
+            del self._resent[study_uid]
+            names = {uid: _series_name(infos[0]) for uid, infos in exam.series.items() if infos}
+            if rerun_if_changed(self.store, job, series_names=names):
+                self.celery.send_task(PROCESS_TASK, args=[job.id])
+                queued.append(job.id)
+        return queued
 
     # --- priors from the PACS ----------------------------------------------------------------
     def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
