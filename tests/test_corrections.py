@@ -216,3 +216,23 @@ def test_a_corrected_inv2_resent_reruns_the_exam_and_supersedes_its_results(
         (third,) = store.list_jobs()
         assert third.result["run"] == 2 and third.attempts == second.attempts
         assert sum(pacs.counts().values()) == stored
+
+
+def test_a_failed_run_records_what_it_read(store: JobStore, tmp_path: Path) -> None:
+    from service.jobs.tasks import JobRunner
+
+    ds = make_mr(component="UNI", images_in_acquisition=1)  # no geometry: a broken instance
+    path = tmp_path / "uni.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    series = str(ds.SeriesInstanceUID)
+    store.record_instances([{**_row(str(ds.SOPInstanceUID), series, path), "component": "UNI"}])
+    job_id = store.create_job(
+        study_uid="1.2.3", patient_key="k", series_uids=[series], n_instances=1, complete=True
+    )
+    runner = JobRunner(Settings(data_dir=tmp_path / "data"), store)
+    assert runner.process(job_id) is False
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED
+    assert "has no ImagePositionPatient" in job.error
+    assert job.result == {"run": 1, DIGEST_KEY: input_digests({series: [path]})}
+    assert rerun_if_changed(store, job, series_names={}) is False  # nothing changed since
