@@ -447,7 +447,9 @@ class Service:
         Queued jobs are queued again (a message may have been lost with the broker); running
         or sending jobs whose lease expired are taken back (:meth:`reconcile`); jobs a live
         worker holds are left alone. Exams that already have a job are not dispatched again
-        (see :meth:`dispatch_ready`).
+        (see :meth:`dispatch_ready`), but a job whose instances were received again after its
+        last run started is compared with them once it is finished (a correction that arrived
+        just before a restart is not lost).
         """
         record_unrecorded_files(self.store, self.spool, self.pseudonyms)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
@@ -455,10 +457,47 @@ class Service:
             for info in replay:
                 if info.path.exists():
                     self.tracker.add(info, info.received_at)
+        self._resent.update(self._received_after_runs(replay))
         for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
             self.celery.send_task(PROCESS_TASK, args=[job.id])
             self.store.log_event("job.recovered", f"job {job.id} re-queued at start-up", job.id)
         self.reconcile()
+
+    def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, ExamReady]:
+        """Exams with a job whose instances (same count) were received after its run began."""
+        by_study: dict[str, dict[str, list[InstanceInfo]]] = {}
+        for info in replay:
+            by_study.setdefault(info.study_uid, {}).setdefault(info.series_uid, []).append(info)
+        out: dict[str, ExamReady] = {}
+        for job in self.store.list_jobs(limit=100000):
+            series = by_study.get(job.study_uid, {})
+            mine = {uid: series[uid] for uid in job.series_uids if uid in series}
+            if job.started_at is None or len(mine) != len(job.series_uids):
+                continue
+            late = tuple(
+                sorted(
+                    info.sop_instance_uid
+                    for infos in mine.values()
+                    for info in infos
+                    if info.received_at > job.started_at
+                )
+            )
+            n_instances = sum(len(infos) for infos in mine.values())
+            if not late or not self.store.has_job(job.study_uid, list(mine), n_instances):
+                continue
+            out.setdefault(
+                job.study_uid,
+                ExamReady(
+                    study_uid=job.study_uid,
+                    series=mine,
+                    components={},
+                    complete=True,
+                    reason="instances received again before a restart",
+                    update=True,
+                    resent=late,
+                ),
+            )
+        return out
 
     def reconcile(self, now: float | None = None) -> list[int]:
         """Queue again every running or sending job whose lease expired; their ids.

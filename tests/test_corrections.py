@@ -164,6 +164,32 @@ def test_the_dispatcher_reruns_a_finished_job_only_for_new_content(service: Serv
     assert tasks == ["cordt1.process_job", "cordt1.process_job"]
 
 
+def test_a_correction_received_just_before_a_restart_is_not_lost(service: Service) -> None:
+    original = make_mr(component="T1MAP", images_in_acquisition=1)
+    (job_id,) = _send_and_dispatch(service, original, 1)
+    job = service.store.get_job(job_id)
+    run = service.store.claim(job_id, "w", lease_s=60)
+    digests = input_digests(service.store.instance_paths(job.series_uids))
+    service.store.finish(job_id, "w", JobState.DONE, result={"run": run, DIGEST_KEY: digests})
+    corrected = copy.deepcopy(original)
+    corrected.PixelData = bytes(len(original.PixelData))
+    port = service.scp.port
+    assert port is not None
+    send([corrected], Destination("CORDT1", "127.0.0.1", port), calling_ae="SCANNER")
+    assert service.batcher.flush()
+    service.scp.stop()  # `serve` stops before the re-send settled
+    service.batcher.close()
+
+    restarted = Service(service.settings)
+    try:
+        restarted.recover()
+        assert restarted.dispatch_ready(now=time.time() + 5.0) == [job_id]
+        assert restarted.store.get_job(job_id).state is JobState.QUEUED
+        assert restarted.dispatch_ready(now=time.time() + 10.0) == []  # once
+    finally:
+        restarted.store.close()
+
+
 @pytest.mark.slow
 def test_a_corrected_inv2_resent_reruns_the_exam_and_supersedes_its_results(
     tmp_path: Path,
