@@ -317,3 +317,20 @@ def test_series_notes_turn_a_pass_into_a_warning_and_keep_a_fail() -> None:
     failed = QcVerdict(verdict="fail", reasons=("fail: SNR 2.0 is below 5",))
     assert with_series_notes(failed, ["n"]).verdict == "fail"
     assert with_series_notes(passed, []) is passed
+
+
+def test_a_slab_without_the_inv2_the_other_slab_has_is_a_missing_series(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    root = tmp_path_factory.mktemp("two-slabs")
+    options = PhantomOptions(matrix=32, voxel_mm=0.6, slices_per_slab=3, slabs=2)
+    write_cohort(root, controls=1, patients=0, follow_up=False, seed=5, options=options)
+    dicom = root / "control-001" / "exam-1" / "dicom"
+    (dropped,) = [f for f in dicom.iterdir() if "INV2" in f.name and f.name.endswith("slab2")]
+    shutil.rmtree(dropped)
+    with pytest.raises(ExamError) as caught:
+        match_slabs(next(iter(find_exam_series(dicom_files(dicom)).values())))
+    text = str(caught.value)
+    assert "INV2 series missing for slab" in text
+    assert ": received INV1, UNI, T1 map (slab(s) [" in text
+    assert "grid" not in text and "site_protocols" not in text
