@@ -237,7 +237,7 @@ class Service:
         self._workers: list[subprocess.Popen[bytes]] = []
         self._held: dict[str, _HeldExam] = {}
         #: Exams with instances received again, until their job is finished and compared.
-        self._resent: dict[str, ExamReady] = {}
+        self._resent: dict[str, tuple[int, ExamReady]] = {}
         self._fetched_priors: set[str] = set()
         self.scp = StorageSCP(
             ScpConfig(
@@ -320,8 +320,9 @@ class Service:
         first = next(iter(exam.series.values()))[0]
         n_instances = sum(len(infos) for infos in exam.series.values())
         if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
-            if exam.resent:
-                self._resent[exam.study_uid] = exam
+            job_id = self._job_of(exam) if exam.resent else None
+            if job_id is not None:
+                self._resent[exam.study_uid] = (job_id, exam)
             return None
         job_id = self.store.create_job(
             study_uid=exam.study_uid,
@@ -344,17 +345,12 @@ class Service:
         nothing.
         """
         queued: list[int] = []
-        for study_uid, exam in list(self._resent.items()):
-            series = sorted(exam.series)
-            jobs = [
-                job
-                for job in self.store.list_jobs(limit=100000)
-                if job.study_uid == study_uid and sorted(job.series_uids) == series
-            ]
-            if not jobs:
+        for study_uid, (job_id, exam) in list(self._resent.items()):
+            try:
+                job = self.store.get_job(job_id)
+            except KeyError:  # removed meanwhile (retention): nothing to run again
                 del self._resent[study_uid]
                 continue
-            job = max(jobs, key=lambda j: j.id)
             if job.state in (JobState.QUEUED, JobState.RUNNING, JobState.SENDING):
                 continue  # decided once the job is finished
             del self._resent[study_uid]
@@ -363,6 +359,16 @@ class Service:
                 self.celery.send_task(PROCESS_TASK, args=[job.id])
                 queued.append(job.id)
         return queued
+
+    def _job_of(self, exam: ExamReady) -> int | None:
+        """The latest job of exactly this exam's series, if any."""
+        series = sorted(exam.series)
+        ids = [
+            job.id
+            for job in self.store.list_jobs(limit=100000)
+            if job.study_uid == exam.study_uid and sorted(job.series_uids) == series
+        ]
+        return max(ids) if ids else None
 
     # --- priors from the PACS ----------------------------------------------------------------
     def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
@@ -463,12 +469,12 @@ class Service:
             self.store.log_event("job.recovered", f"job {job.id} re-queued at start-up", job.id)
         self.reconcile()
 
-    def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, ExamReady]:
+    def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, tuple[int, ExamReady]]:
         """Exams with a job whose instances (same count) were received after its run began."""
         by_study: dict[str, dict[str, list[InstanceInfo]]] = {}
         for info in replay:
             by_study.setdefault(info.study_uid, {}).setdefault(info.series_uid, []).append(info)
-        out: dict[str, ExamReady] = {}
+        out: dict[str, tuple[int, ExamReady]] = {}
         for job in self.store.list_jobs(limit=100000):
             series = by_study.get(job.study_uid, {})
             mine = {uid: series[uid] for uid in job.series_uids if uid in series}
@@ -485,18 +491,16 @@ class Service:
             n_instances = sum(len(infos) for infos in mine.values())
             if not late or not self.store.has_job(job.study_uid, list(mine), n_instances):
                 continue
-            out.setdefault(
-                job.study_uid,
-                ExamReady(
-                    study_uid=job.study_uid,
-                    series=mine,
-                    components={},
-                    complete=True,
-                    reason="instances received again before a restart",
-                    update=True,
-                    resent=late,
-                ),
+            exam = ExamReady(
+                study_uid=job.study_uid,
+                series=mine,
+                components={},
+                complete=True,
+                reason="instances received again before a restart",
+                update=True,
+                resent=late,
             )
+            out.setdefault(job.study_uid, (job.id, exam))
         return out
 
     def reconcile(self, now: float | None = None) -> list[int]:
