@@ -29,6 +29,11 @@ Hand-out rule: each exam is handed out at most once. If new instances of it arri
 was handed out, it is handed out again, with ``update=True`` and all instances known so far,
 once the rules above hold again. Re-adding a known SOP instance changes nothing, so the
 tracker can be rebuilt after a restart by re-adding every spooled instance.
+
+A known SOP instance *received again* (a corrected copy, or an identical re-send) is reported
+with :meth:`ExamTracker.resent`: the exam is handed out again after ``settle_s``, with the
+re-sent SOP Instance UIDs in :attr:`ExamReady.resent`. Whether the content changed is for the
+caller to decide (the tracker never reads files).
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class ExamReady:
         Why it is ready (``"complete"``) or what is missing.
     update : bool
         ``True`` when the exam was handed out before and new instances arrived since.
+    resent : tuple of str
+        SOP Instance UIDs received again since the exam was last handed out (see
+        :meth:`ExamTracker.resent`), sorted; empty when none was.
     """
 
     study_uid: str
@@ -71,6 +79,7 @@ class ExamReady:
     complete: bool
     reason: str
     update: bool = False
+    resent: tuple[str, ...] = ()
 
 
 @dataclass
@@ -79,6 +88,7 @@ class _Exam:
     last_arrival: float = -math.inf
     handed_out: int = 0
     dirty: bool = True
+    resent: set[str] = field(default_factory=set)
 
 
 class ExamTracker:
@@ -140,6 +150,34 @@ class ExamTracker:
         exam.dirty = True
         return True
 
+    def resent(self, info: InstanceInfo, now: float) -> bool:
+        """Record that a known SOP instance was received again (its file was replaced).
+
+        Parameters
+        ----------
+        info : InstanceInfo
+            Header facts of the instance as received this time.
+        now : float
+            Current time (seconds, same clock as :meth:`ready`).
+
+        Returns
+        -------
+        bool
+            ``True`` when the instance was known: its exam is handed out again after
+            ``settle_s`` with the instance in :attr:`ExamReady.resent`; ``False`` for our own
+            results and unknown instances (use :meth:`add` for those).
+        """
+        if info.is_own_result:
+            return False
+        exam = self._exams.get(info.study_uid)
+        if exam is None or info.sop_instance_uid not in exam.instances:
+            return False
+        exam.instances[info.sop_instance_uid] = info
+        exam.resent.add(info.sop_instance_uid)
+        exam.last_arrival = max(exam.last_arrival, float(now))
+        exam.dirty = True
+        return True
+
     def ready(self, now: float) -> list[ExamReady]:
         """Return the exams that became ready since the last call.
 
@@ -177,10 +215,12 @@ class ExamTracker:
                     complete=complete,
                     reason=reason,
                     update=exam.handed_out > 0,
+                    resent=tuple(sorted(exam.resent)),
                 )
             )
             exam.handed_out += 1
             exam.dirty = False
+            exam.resent.clear()
         return handed
 
     def forget(self, study_uid: str) -> None:

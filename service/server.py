@@ -30,6 +30,7 @@ from dicom_node.status import describe
 from service.api.controls import Controls
 from service.inputs.exam import own_markers
 from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
+from service.jobs.corrections import rerun_if_changed
 from service.jobs.priors import fetch_prior
 from service.jobs.store import InstanceBatcher, JobState, JobStore
 from service.pseudonym import pseudonym_key
@@ -178,6 +179,13 @@ def record_refusal(store: JobStore, refusal: StoreRefusal) -> None:
     )
 
 
+def _series_name(info: InstanceInfo) -> str:
+    """A series as events name it: number and description (never patient data)."""
+    number = info.series_number if info.series_number is not None else "(no number)"
+    description = f" ({info.series_description!r})" if info.series_description else ""
+    return f"series {number}{description}"
+
+
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
     """Send ``signum`` to a worker's whole process group (the worker and its pool)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -228,6 +236,8 @@ class Service:
         self._watcher: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._held: dict[str, _HeldExam] = {}
+        #: Exams with instances received again, until their job is finished and compared.
+        self._resent: dict[str, tuple[int, ExamReady]] = {}
         self._fetched_priors: set[str] = set()
         self.scp = StorageSCP(
             ScpConfig(
@@ -261,7 +271,9 @@ class Service:
         if info.is_own_result:
             return
         with self._lock:
-            self.tracker.add(info, time.time())
+            now = time.time()
+            if not self.tracker.add(info, now):
+                self.tracker.resent(info, now)  # a corrected copy or an identical re-send
 
     def on_association(self, record: AssociationRecord) -> None:
         """Keep every association in the audit trail."""
@@ -301,12 +313,16 @@ class Service:
                 job_id = self._dispatch(held.exam)
                 if job_id is not None:
                     job_ids.append(job_id)
+        job_ids.extend(self._rerun_corrected())
         return job_ids
 
     def _dispatch(self, exam: ExamReady) -> int | None:
         first = next(iter(exam.series.values()))[0]
         n_instances = sum(len(infos) for infos in exam.series.values())
         if self.store.has_job(exam.study_uid, list(exam.series), n_instances):
+            job_id = self._job_of(exam) if exam.resent else None
+            if job_id is not None:
+                self._resent[exam.study_uid] = (job_id, exam)
             return None
         job_id = self.store.create_job(
             study_uid=exam.study_uid,
@@ -319,6 +335,40 @@ class Service:
         self.celery.send_task(PROCESS_TASK, args=[job_id])
         log.info("job %d queued for study %s", job_id, exam.study_uid)
         return job_id
+
+    def _rerun_corrected(self) -> list[int]:
+        """Queue a new run of each finished job whose instances came again with new content.
+
+        An exam whose instances were received again (same SOP Instance UIDs, same count) waits
+        here until its job is finished; then the spooled files are compared with what the
+        job's last run read (:mod:`service.jobs.corrections`). Identical re-sends start
+        nothing.
+        """
+        queued: list[int] = []
+        for study_uid, (job_id, exam) in list(self._resent.items()):
+            try:
+                job = self.store.get_job(job_id)
+            except KeyError:  # removed meanwhile (retention): nothing to run again
+                del self._resent[study_uid]
+                continue
+            if job.state in (JobState.QUEUED, JobState.RUNNING, JobState.SENDING):
+                continue  # decided once the job is finished
+            del self._resent[study_uid]
+            names = {uid: _series_name(infos[0]) for uid, infos in exam.series.items() if infos}
+            if rerun_if_changed(self.store, job, series_names=names):
+                self.celery.send_task(PROCESS_TASK, args=[job.id])
+                queued.append(job.id)
+        return queued
+
+    def _job_of(self, exam: ExamReady) -> int | None:
+        """The latest job of exactly this exam's series, if any."""
+        series = sorted(exam.series)
+        ids = [
+            job.id
+            for job in self.store.list_jobs(limit=100000)
+            if job.study_uid == exam.study_uid and sorted(job.series_uids) == series
+        ]
+        return max(ids) if ids else None
 
     # --- priors from the PACS ----------------------------------------------------------------
     def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
@@ -403,7 +453,9 @@ class Service:
         Queued jobs are queued again (a message may have been lost with the broker); running
         or sending jobs whose lease expired are taken back (:meth:`reconcile`); jobs a live
         worker holds are left alone. Exams that already have a job are not dispatched again
-        (see :meth:`dispatch_ready`).
+        (see :meth:`dispatch_ready`), but a job whose instances were received again after its
+        last run started is compared with them once it is finished (a correction that arrived
+        just before a restart is not lost).
         """
         record_unrecorded_files(self.store, self.spool, self.pseudonyms)
         replay = [info_from_dict(d) for d in self.store.instance_infos()]
@@ -411,10 +463,45 @@ class Service:
             for info in replay:
                 if info.path.exists():
                     self.tracker.add(info, info.received_at)
+        self._resent.update(self._received_after_runs(replay))
         for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
             self.celery.send_task(PROCESS_TASK, args=[job.id])
             self.store.log_event("job.recovered", f"job {job.id} re-queued at start-up", job.id)
         self.reconcile()
+
+    def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, tuple[int, ExamReady]]:
+        """Exams with a job whose instances (same count) were received after its run began."""
+        by_study: dict[str, dict[str, list[InstanceInfo]]] = {}
+        for info in replay:
+            by_study.setdefault(info.study_uid, {}).setdefault(info.series_uid, []).append(info)
+        out: dict[str, tuple[int, ExamReady]] = {}
+        for job in self.store.list_jobs(limit=100000):
+            series = by_study.get(job.study_uid, {})
+            mine = {uid: series[uid] for uid in job.series_uids if uid in series}
+            if job.started_at is None or len(mine) != len(job.series_uids):
+                continue
+            late = tuple(
+                sorted(
+                    info.sop_instance_uid
+                    for infos in mine.values()
+                    for info in infos
+                    if info.received_at > job.started_at
+                )
+            )
+            n_instances = sum(len(infos) for infos in mine.values())
+            if not late or not self.store.has_job(job.study_uid, list(mine), n_instances):
+                continue
+            exam = ExamReady(
+                study_uid=job.study_uid,
+                series=mine,
+                components={},
+                complete=True,
+                reason="instances received again before a restart",
+                update=True,
+                resent=late,
+            )
+            out.setdefault(job.study_uid, (job.id, exam))
+        return out
 
     def reconcile(self, now: float | None = None) -> list[int]:
         """Queue again every running or sending job whose lease expired; their ids.

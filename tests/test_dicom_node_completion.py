@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dicom_node.completion import ExamTracker
@@ -177,6 +179,25 @@ def test_re_adding_known_instances_is_idempotent() -> None:
     assert tracker.add(info, now=500.0) is False  # e.g. rebuild after restart, or re-send
     assert tracker.ready(now=1000.0) == []
     assert exam.series[info.series_uid] == [info]
+
+
+def test_a_known_instance_received_again_hands_the_exam_out_again_naming_it() -> None:
+    tracker = ExamTracker(settle_s=3.0, stale_s=120.0)
+    info = make_info(component=Component.T1MAP, images_in_acquisition=1)
+    unknown = make_info(component=Component.T1MAP, images_in_acquisition=1)
+    tracker.add(info, now=0.0)
+    (first,) = tracker.ready(now=3.0)
+    assert first.resent == ()
+    assert tracker.resent(unknown, now=100.0) is False  # not known: add() is for that
+    again = dataclasses.replace(info, received_at=100.0, size_bytes=info.size_bytes + 2)
+    assert tracker.resent(again, now=100.0) is True
+    assert tracker.ready(now=102.0) == []  # waits for settle_s like new instances
+    (second,) = tracker.ready(now=103.0)
+    assert second.update is True and second.resent == (info.sop_instance_uid,)
+    assert second.series[info.series_uid] == [again]
+    assert tracker.ready(now=1000.0) == []  # handed out once; the set is cleared
+    own = dataclasses.replace(info, is_own_result=True)
+    assert tracker.resent(own, now=1001.0) is False
 
 
 def test_rebuild_after_restart_hands_out_once() -> None:

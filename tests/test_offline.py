@@ -153,12 +153,12 @@ def test_one_broken_exam_does_not_stop_the_others(
     output = captured.out
     assert f"done   {exams[0].study_uid}" in output
     assert f"FAILED {exams[1].study_uid}" in output
-    assert "no UNI and no T1 map" in output
+    assert "UNI series missing" in output and "no scanner T1 map" in output
     # stderr: progress over both exams, and which exam failed and why
     for uid in (exams[0].study_uid, exams[1].study_uid):
         assert f" of 2: {uid}" in captured.err
     assert f"1 of 2 exam(s) failed: {exams[1].study_uid}: " in captured.err
-    assert "no UNI and no T1 map" in captured.err.split("failed:")[1]
+    assert "UNI series missing" in captured.err.split("failed:")[1]
     rows = _read_tsv(tmp_path / "out" / "cordt1_regions.tsv")
     assert {r["study_instance_uid"] for r in rows} == {exams[0].study_uid}
 

@@ -19,6 +19,15 @@ from pydicom.dataset import Dataset
 
 from dicom_node.components import Component, classify, classify_series, is_gradient_echo
 from dicom_node.instance import OwnResultMarkers
+from service.inputs.consistency import (
+    SLAB_COMPONENTS,
+    InconsistentSlabError,
+    check_slab,
+    grid_differences,
+    missing_series_text,
+    scanner_t1_problem,
+    series_label,
+)
 from service.inputs.partners import assign_partners, combine_echo_series
 from service.inputs.volumes import SeriesVolume, group_by_series, load_series, same_grid
 
@@ -57,7 +66,9 @@ class Slab:
     ``inv1``, ``inv2`` and ``t1map`` sample the reference grid. ``b1map`` and ``t2star`` may
     lie on their own grid of the same frame of reference (read them on the slab's grid with
     :func:`service.inputs.partners.partner_on_grid`). ``notes`` says why a B1 map or T2* series of
-    the exam was not used for this slab.
+    the exam was not used for this slab; ``qc_notes`` what the exam's QC reasons must say about
+    its series (a scanner T1 map not used, a series missing that the site profile stood in
+    for).
     """
 
     index: int
@@ -68,6 +79,7 @@ class Slab:
     b1map: SeriesVolume | None = None
     t2star: SeriesVolume | None = None
     notes: list[str] = field(default_factory=list)
+    qc_notes: list[str] = field(default_factory=list)
 
     @property
     def reference(self) -> SeriesVolume:
@@ -176,7 +188,7 @@ def _position_along_normal(volume: SeriesVolume) -> float:
 
 
 def match_slabs(exam: ExamSeries) -> list[Slab]:
-    """Load the volumes of an exam and pair each UNI with its partners.
+    """Load the volumes of an exam, pair each UNI with its partners and check they agree.
 
     INV1/INV2/T1 map: the series on the UNI's grid. B1 map and T2*-weighted series: on any
     grid of the same frame of reference, the one covering most of the slab (at least
@@ -184,10 +196,17 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
     sent as one series per echo are combined first. Why a B1 map or T2* series was not used
     goes to ``Slab.notes``.
 
+    The series of each slab are then checked (:mod:`service.inputs.consistency`): an INV1 or
+    INV2 series off the slab's grid, or headers that disagree (TR, TI, flip angle), fail the
+    exam; a scanner T1 map that is off the grid or implausible is not used and says why in
+    ``Slab.qc_notes`` (or fails an exam that has nothing else to give T1).
+
     Raises
     ------
     ExamError
-        If the exam has no UNI and no T1 map, or a slab lacks a partner the others have.
+        If the exam has no UNI and no T1 map, a slab lacks a series the others have, a series
+        is off its slab's grid, or the series of a slab disagree (the message names the
+        series, the tag and both values).
     """
     unis = [load_series(files) for files in exam.series(Component.UNI).values()]
     others = {
@@ -202,23 +221,23 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
     }
     references = unis or others[Component.T1MAP]
     if not references:
-        found = sorted(str(c) for c in exam.by_component) or ["nothing"]
-        raise ExamError(
-            "exam has no UNI and no T1 map series (found: " + ", ".join(found) + "); "
-            "an MP2RAGE exam needs UNI (+ INV1/INV2) or a scanner T1 map"
-        )
+        raise ExamError(_no_reference_text(exam, others))
     references.sort(key=_position_along_normal, reverse=True)
     slabs: list[Slab] = []
     for index, reference in enumerate(references, start=1):
         slab = Slab(index=index, uni=reference if unis else None)
-        for component, attribute in (
-            (Component.INV1, "inv1"),
-            (Component.INV2, "inv2"),
-            (Component.T1MAP, "t1map"),
-        ):
+        for component, attribute in _GRID_PARTNERS:
             match = next((v for v in others[component] if same_grid(v, reference)), None)
             setattr(slab, attribute, match)
         slabs.append(slab)
+    _off_grid_partners(slabs, others)
+    _partially_missing(slabs)
+    for slab in slabs:
+        try:
+            check_slab(slab.index, {name: getattr(slab, name) for name in SLAB_COMPONENTS})
+        except InconsistentSlabError as exc:
+            raise ExamError(str(exc)) from exc
+        _check_scanner_t1(slab)
     for candidates, attribute, label in (
         (others[Component.B1MAP], "b1map", "B1 map"),
         (combine_echo_series(others[Component.T2STAR]), "t2star", "T2* series"),
@@ -227,10 +246,99 @@ def match_slabs(exam: ExamSeries) -> list[Slab]:
         for slab, partner, slab_notes in zip(slabs, chosen, notes, strict=True):
             setattr(slab, attribute, partner)
             slab.notes.extend(slab_notes)
-    if unis and len(others[Component.INV2]) and any(s.inv2 is None for s in slabs):
-        missing = [s.index for s in slabs if s.inv2 is None]
-        raise ExamError(
-            f"slab(s) {missing}: no INV2 series on the same grid as the UNI series "
-            f"({len(unis)} UNI, {len(others[Component.INV2])} INV2 series received)"
-        )
     return slabs
+
+
+_GRID_PARTNERS = (
+    (Component.INV1, "inv1"),
+    (Component.INV2, "inv2"),
+    (Component.T1MAP, "t1map"),
+)
+
+
+def _no_reference_text(exam: ExamSeries, others: dict[Component, list[SeriesVolume]]) -> str:
+    """Why an exam without UNI and T1 map cannot give T1, naming what did arrive."""
+    found = sorted(str(c) for c in exam.by_component) or ["nothing"]
+    inversions = [c for c in (Component.INV1, Component.INV2) if others[c]]
+    if inversions:
+        n_series = max(len(others[c]) for c in inversions)
+        return (
+            f"UNI series missing ({n_series} slab(s) of INV1/INV2 received, and no scanner T1 "
+            f"map): received {', '.join(found)}; T1 is computed from the UNI series of the "
+            "acquisition (or taken from the scanner's T1 map): send it"
+        )
+    return (
+        "exam has no UNI and no T1 map series (found: " + ", ".join(found) + "); "
+        "an MP2RAGE exam needs UNI (+ INV1/INV2) or a scanner T1 map"
+    )
+
+
+def _centre_mm(volume: SeriesVolume) -> NDArray[np.float64]:
+    centre = (np.array(volume.array.shape, dtype=np.float64) - 1.0) / 2.0
+    return np.asarray(volume.affine_lps @ np.append(centre, 1.0))[:3]
+
+
+def _off_grid_partners(slabs: list[Slab], others: dict[Component, list[SeriesVolume]]) -> None:
+    """A slab without INV1/INV2/T1 map on its grid, while such a series pairs with no slab.
+
+    The unpaired series nearest to the slab is taken as the slab's and its grid compared: an
+    INV1 or INV2 off the grid fails the exam; a T1 map off the grid of a slab with UNI is not
+    used (a QC note says why).
+    """
+    for component, attribute in _GRID_PARTNERS:
+        paired = {id(getattr(s, attribute)) for s in slabs if getattr(s, attribute) is not None}
+        unpaired = [v for v in others[component] if id(v) not in paired]
+        for slab in slabs:
+            if getattr(slab, attribute) is not None or not unpaired:
+                continue
+            centre = _centre_mm(slab.reference)
+            nearest = min(unpaired, key=lambda v: float(np.linalg.norm(_centre_mm(v) - centre)))
+            unpaired.remove(nearest)
+            text = (
+                f"{series_label(nearest)} is not on the grid of "
+                f"{series_label(slab.reference)}: "
+                + "; ".join(grid_differences(nearest, slab.reference) or ["voxel centres differ"])
+            )
+            if component is Component.T1MAP:
+                slab.qc_notes.append(f"slab {slab.index}: scanner T1 map not used: {text}")
+                continue
+            raise ExamError(f"slab {slab.index}: {text}")
+
+
+def _received(slab: Slab) -> list[str]:
+    return [name for name in SLAB_COMPONENTS if getattr(slab, name) is not None]
+
+
+def _partially_missing(slabs: list[Slab]) -> None:
+    """Fail when some slabs have an INV1/INV2 series and another has none.
+
+    When no slab has one, :func:`service.inputs.t1_map.slab_t1` decides: the site profile may
+    give the values its header would have given.
+    """
+    for name in ("inv1", "inv2"):
+        have = [s.index for s in slabs if getattr(s, name) is not None]
+        if not have or len(have) == len(slabs) or all(s.uni is None for s in slabs):
+            continue
+        lacking = next(s for s in slabs if getattr(s, name) is None)
+        raise ExamError(
+            missing_series_text(lacking.index, [name], _received(lacking))
+            + f" (slab(s) {have} have one)"
+        )
+
+
+def _check_scanner_t1(slab: Slab) -> None:
+    """Drop an implausible scanner T1 map (a QC note says why); fail a slab that needs it."""
+    if slab.t1map is None:
+        return
+    foreground = slab_foreground(slab) if slab.inv2 is not None else None
+    problem = scanner_t1_problem(slab.t1map, foreground)
+    if problem is None:
+        return
+    label = series_label(slab.t1map)
+    if slab.uni is None:
+        raise ExamError(
+            f"slab {slab.index}: {label} cannot be used: {problem}; the exam has no UNI series "
+            "to compute T1 from"
+        )
+    slab.qc_notes.append(f"slab {slab.index}: scanner T1 map not used: {label}: {problem}")
+    slab.t1map = None

@@ -22,8 +22,10 @@ from processing.mp2rage import MP2RAGEProtocol
 __all__ = [
     "HEADER_AGREEMENT_RTOL",
     "PROTOCOL_FIELDS",
+    "MissingProtocolValuesError",
     "ProtocolError",
     "SiteProtocol",
+    "header_number",
     "load_site_protocols",
     "match_profile",
     "protocol_from_headers",
@@ -47,6 +49,20 @@ HEADER_AGREEMENT_RTOL = 0.01
 
 class ProtocolError(ValueError):
     """A protocol value is missing or inconsistent."""
+
+
+class MissingProtocolValuesError(ProtocolError):
+    """Protocol values found in neither the headers nor the site profile.
+
+    Attributes
+    ----------
+    missing : tuple of str
+        The names of :data:`PROTOCOL_FIELDS` that are missing.
+    """
+
+    def __init__(self, message: str, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,15 @@ def _first_float(value: Any) -> float | None:
     return number if number > 0 else None
 
 
+def header_number(ds: Dataset | None, keyword: str) -> float | None:
+    """A positive number from a header (top level or Enhanced MR functional groups).
+
+    The first value of a multi-valued element; ``None`` when absent, empty, not a number or
+    not positive.
+    """
+    return _first_float(_lookup(ds, keyword))
+
+
 def match_profile(profiles: list[SiteProtocol], protocol_name: str) -> SiteProtocol | None:
     """The profile entry for a ProtocolName: exact name first, then wildcards, ``*`` last."""
     exact = [p for p in profiles if p.protocol_name == protocol_name]
@@ -172,8 +197,10 @@ def protocol_from_headers(
 
     Raises
     ------
+    MissingProtocolValuesError
+        Naming every value found in neither the headers nor the profile.
     ProtocolError
-        Naming every value found in neither the headers nor the profile, or an inconsistency.
+        For an inconsistency.
     """
     protocol_name = str(uni.get("ProtocolName", "") or uni.get("SeriesDescription", ""))
     profile = match_profile(profiles, protocol_name)
@@ -206,10 +233,11 @@ def protocol_from_headers(
             if profile
             else f"no site protocol entry matches ProtocolName {protocol_name!r}"
         )
-        raise ProtocolError(
+        raise MissingProtocolValuesError(
             "MP2RAGE protocol value(s) missing: "
             + ", ".join(missing)
-            + f" (not in the DICOM headers; {where}; set them in the site_protocols file)"
+            + f" (not in the DICOM headers; {where}; set them in the site_protocols file)",
+            tuple(missing),
         )
     if profile and profile.n_before_centre is not None:
         values["n_before_centre"] = profile.n_before_centre

@@ -10,9 +10,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processing.mp2rage import MP2RAGEProtocol, T1LookupTable, stored_to_uni, t1_from_uni
+from service.inputs.consistency import SLAB_COMPONENTS, missing_series_text
 from service.inputs.exam import ExamError, Slab
 from service.inputs.partners import describe_grid, partner_on_grid
 from service.inputs.protocol import (
+    MissingProtocolValuesError,
     ProtocolError,
     SiteProtocol,
     match_profile,
@@ -50,7 +52,9 @@ def slab_t1(
     Raises
     ------
     ExamError
-        If the protocol values are missing or inconsistent.
+        If the protocol values are missing or inconsistent. When values are missing because
+        the INV1 or INV2 series is, the message names the missing series (the values the
+        site profile lacks as well are added only when no series could give them).
     """
     if slab.uni is None:
         assert slab.t1map is not None
@@ -62,8 +66,16 @@ def slab_t1(
             inv2=slab.inv2.datasets[0] if slab.inv2 else None,
             profiles=profiles,
         )
+    except MissingProtocolValuesError as exc:
+        raise ExamError(_missing_text(slab, exc)) from exc
     except ProtocolError as exc:
         raise ExamError(str(exc)) from exc
+    absent = [name for name in ("inv1", "inv2") if getattr(slab, name) is None]
+    if absent:
+        slab.qc_notes.append(
+            missing_series_text(slab.index, absent, _received(slab))
+            + "; their protocol values came from the site profile"
+        )
     table = _lookup_table(protocol)
     uni = stored_to_uni(slab.uni.array)
     t1_ms = t1_from_uni(uni, table) * 1000.0
@@ -80,6 +92,29 @@ def slab_t1(
     if slab.notes:
         info["partner_notes"] = list(slab.notes)
     return t1_ms, info, protocol
+
+
+#: Protocol values that the headers of INV1 and INV2 give.
+_FROM_SERIES = {"inv1": ("ti1_s", "flip1_deg"), "inv2": ("ti2_s", "flip2_deg")}
+
+
+def _received(slab: Slab) -> list[str]:
+    return [name for name in SLAB_COMPONENTS if getattr(slab, name) is not None]
+
+
+def _missing_text(slab: Slab, exc: MissingProtocolValuesError) -> str:
+    """The missing series when they are why protocol values are missing, else ``exc``."""
+    absent = [name for name in ("inv1", "inv2") if getattr(slab, name) is None]
+    from_series = {value for name in absent for value in _FROM_SERIES[name]}
+    if not absent or not from_series & set(exc.missing):
+        return str(exc)
+    text = (
+        missing_series_text(slab.index, absent, _received(slab))
+        + " (T1 from UNI needs the inversion times and flip angles their headers carry)"
+    )
+    if set(exc.missing) - from_series:
+        text += f"; also: {exc}"
+    return text
 
 
 def _b1_correct(

@@ -26,6 +26,7 @@ from dicom_node.scu import Destination
 from service.exports.bids import exam_labels, export_exam
 from service.inputs.exam import ExamError, ExamSeries
 from service.inputs.protocol import load_site_protocols
+from service.jobs.corrections import DIGEST_KEY, input_digests
 from service.jobs.delivery import deliver, result_objects
 from service.jobs.store import JobState, JobStore
 from service.pipeline.history import choose_prior
@@ -147,10 +148,14 @@ class JobRunner:
         job = self.store.get_job(job_id)
         out_dir = self.run_dir(job_id, run)
         lease_s = self.settings.jobs.lease_s
+        # What this run reads, so that instances received again can be told apart from a
+        # correction (service.jobs.corrections); kept with a failure too.
+        read: dict[str, Any] = {"run": run}
         try:
             if out_dir.exists():
                 raise ExamError(f"run folder {out_dir} exists already; not overwritten")
             out_dir.mkdir(parents=True)
+            read[DIGEST_KEY] = input_digests(self.store.instance_paths(job.series_uids))
             exam, moment = self._exam(job.study_uid, job.series_uids)
             outputs = process_exam(
                 exam,
@@ -170,7 +175,7 @@ class JobRunner:
                 self._export_bids(exam, out_dir, self.settings.bids_dir)
         except ExamError as exc:
             log.warning("job %d failed: %s", job_id, exc)
-            self.store.finish(job_id, owner, JobState.FAILED, error=str(exc))
+            self.store.finish(job_id, owner, JobState.FAILED, error=str(exc), result=read)
             return False
         except Exception as exc:  # an unexpected bug must still end the job visibly
             log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
@@ -179,10 +184,12 @@ class JobRunner:
                 owner,
                 JobState.FAILED,
                 error=f"internal error: {type(exc).__name__}: {exc}",
+                result=read,
             )
             return False
         destinations = list(self.settings.send.destinations)
         result = {
+            **read,
             "run": run,
             "out_dir": str(out_dir),
             "dicom": [str(p) for p in outputs.dicom_files],

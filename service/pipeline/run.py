@@ -338,6 +338,7 @@ def _slab_summary(
         "segmentation_source": given.describe() if given is not None else "automatic",
         "estimated_levels": sorted({f"C{int(x)}" for x in anatomy.levels if x > 0}),
         "gm_wm_evidence": _evidence_summary(anatomy, slab),
+        "series_notes": list(slab.qc_notes),
     }
 
 
@@ -352,7 +353,7 @@ def _assess(
         )
     cord_t1 = np.concatenate([a.t1_ms[a.anatomy.cord] for a in analyses])
     outside_in_cord = float(np.mean(~np.isfinite(cord_t1))) if cord_t1.size else None
-    return assess_exam(
+    verdict = assess_exam(
         anatomies=[a.anatomy for a in analyses],
         inv2=[a.slab.inv2.array if a.slab.inv2 is not None else None for a in analyses],
         foregrounds=[a.foreground for a in analyses],
@@ -361,6 +362,22 @@ def _assess(
         model_valid=[a.scores.model_valid for a in analyses] if model is not None else [],
         protocol_matches_model=True if model is not None else None,
         b1_corrected=b1_corrected,
+    )
+    return with_series_notes(verdict, [note for a in analyses for note in a.slab.qc_notes])
+
+
+def with_series_notes(verdict: QcVerdict, notes: list[str]) -> QcVerdict:
+    """The QC verdict with what the exam's series lacked as warnings (at least ``warn``).
+
+    Notes come from reading the series (``Slab.qc_notes``): a scanner T1 map not used and
+    why, a series the site profile stood in for.
+    """
+    if not notes:
+        return verdict
+    return QcVerdict(
+        verdict="fail" if verdict.verdict == "fail" else "warn",
+        reasons=tuple(verdict.reasons) + tuple(f"warn: {note}" for note in notes),
+        metrics=verdict.metrics,
     )
 
 
