@@ -56,6 +56,7 @@ __all__ = [
     "count_events",
     "count_instances",
     "destination_events",
+    "exam_moment_columns",
     "job_page",
     "ping",
     "received_exams",
@@ -235,7 +236,7 @@ def _lease_expired(now: float) -> Any:
     return or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now)
 
 
-def _exam_moment_values(result: Mapping[str, Any]) -> dict[str, str | None]:
+def exam_moment_columns(result: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``study_date``/``study_time`` columns of a job with this result.
 
     The exam's StudyDate and StudyTime from the result's summary (empty strings when the header
@@ -609,7 +610,7 @@ class JobStore:
             values["error"] = error
         if result is not None:
             values["result"] = json.dumps(result, sort_keys=True, default=str)
-            values.update(_exam_moment_values(result))
+            values.update(exam_moment_columns(result))
         if state in FINAL:
             values["finished_at"] = now
         return values
@@ -642,7 +643,7 @@ class JobStore:
                     state=JobState.SENDING.value,
                     error="",
                     result=json.dumps(result, sort_keys=True, default=str),
-                    **_exam_moment_values(result),
+                    **exam_moment_columns(result),
                     updated_at=now,
                     lease_owner="",
                     lease_expires_at=now,
