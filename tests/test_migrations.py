@@ -377,7 +377,12 @@ def test_db_status_and_db_upgrade_commands(url: str, engine: Engine, tmp_path: P
 
     serve = runner.invoke(cli, ["serve", *args, "--workers", "0", "--port", "0"])
     assert serve.exit_code == 1
-    assert serve.output.strip() == f"Error: cannot start: {UPGRADE_LINE}"
+    assert serve.stderr.strip().splitlines()[-1] == f"Error: cannot start: {UPGRADE_LINE}"
+    assert serve.stdout == ""
+
+    worker = runner.invoke(cli, ["worker", *args])
+    assert worker.exit_code == 1
+    assert worker.stderr.strip().splitlines()[-1] == f"Error: cannot start: {UPGRADE_LINE}"
 
     upgraded = runner.invoke(cli, ["db", "upgrade", *args])
     assert upgraded.exit_code == 0, upgraded.output
@@ -397,8 +402,10 @@ def test_db_status_hides_the_database_password(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["db", "status", "--data-dir", str(tmp_path), "--database-url", url]
     )
-    assert result.exit_code != 0  # nothing listens on port 1
-    assert "s3cret" not in result.output
+    assert result.exit_code == 1  # nothing listens on port 1: one line, no traceback
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: job store postgresql+psycopg2://cordt1:***@127.0.0.1:1/")
+    assert "cannot be opened" in line and "s3cret" not in result.output
 
 
 def test_the_migrations_are_packaged() -> None:
