@@ -215,23 +215,28 @@ def check_schema(engine: Engine) -> SchemaStatus:
     ------
     SchemaError
         With one line for the operator when the schema is older (``cordt1 db upgrade``),
-        newer than this cordt1, or the database holds only part of a job store.
+        newer than this cordt1, or the database is not a cordt1 job store.
     """
     script = _script()
-    status = schema_status(engine)
+
+    def status_now() -> SchemaStatus:
+        with engine.connect() as conn:
+            return _status(conn, script)
+
+    status = status_now()
     if status.state is SchemaState.EMPTY:
         try:
-            with engine.begin() as conn:
+            with _transactional(engine) as eng, eng.begin() as conn:
                 _lock(conn)
                 if _status(conn, script).state is SchemaState.EMPTY:
                     command.upgrade(_config(conn), "head")
                     LOGGER.info("job store created at schema %s", schema_number(status.head))
         except Exception:
-            # Another process may have created it at the same moment (SQLite has no lock to
-            # wait on): fine if the store is now current, otherwise the error stands.
-            if schema_status(engine).state is not SchemaState.CURRENT:
+            # Another process may have created it at the same moment (both lock, but the
+            # creation itself can still collide): fine if the store is now current.
+            if status_now().state is not SchemaState.CURRENT:
                 raise
-        status = schema_status(engine)
+        status = status_now()
     if status.state is not SchemaState.CURRENT:
         raise SchemaError(status.detail)
     return status
@@ -259,9 +264,11 @@ def _stamp_unversioned(conn: Connection, script: ScriptDirectory) -> None:
 def _transactional(engine: Engine) -> Iterator[Engine]:
     """An engine whose transactions include DDL (all or nothing), also on SQLite.
 
-    Python's sqlite3 driver starts its transactions only before data changes, so an
-    ``ALTER TABLE`` would commit at once and a failed upgrade leave a half-changed store; on
-    SQLite the upgrade therefore runs on its own engine that begins every transaction itself.
+    Python's sqlite3 driver starts its transactions only before data changes, so a
+    ``CREATE``/``ALTER TABLE`` would commit at once and a failed change leave a half-changed
+    store; on SQLite schema changes therefore run on their own engine that begins every
+    transaction itself, with ``BEGIN IMMEDIATE`` (the write lock: a second process creating
+    the same store waits, then finds it made).
     """
     if engine.dialect.name != "sqlite":
         yield engine
@@ -272,6 +279,7 @@ def _transactional(engine: Engine) -> Iterator[Engine]:
     def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA busy_timeout=30000")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # as the store (WAL: durable)
 
     @event.listens_for(own, "begin")
     def _begin_immediate(conn: Connection) -> None:

@@ -290,7 +290,7 @@ class JobStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             check_schema(self.engine)
-        except BaseException:
+        except Exception:
             self.engine.dispose()
             raise
 
