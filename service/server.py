@@ -391,11 +391,7 @@ class Service:
             return False
         if held.prior_uid is None:
             return True
-        finished = (JobState.DONE, JobState.FAILED)
-        return any(
-            job.study_uid == held.prior_uid
-            for job in self.store.list_jobs(limit=100000, states=list(finished))
-        )
+        return self.store.study_finished(held.prior_uid)
 
     def recover(self) -> None:
         """After a start: rebuild the tracker from the store and queue what nobody works on.

@@ -532,6 +532,13 @@ def test_finished_jobs_written_through_the_store_are_found_as_priors(url: str) -
             return None if found is None else found["tag"]
 
         assert prior(("20240401", "")) == "jan"  # march is still being sent
+        # a prior fetched from the PACS lets its follow-up go once its job ended
+        assert [store.study_finished(uid) for uid in ("1.1", "1.2", "1.4", "7.7")] == [
+            True,
+            True,
+            False,
+            False,
+        ]
         assert store.claim_send(sent, "s")
         assert store.finish(
             sent, "s", JobState.DONE, result={"summary": _summary("20240301", "0800", "mar")}

@@ -739,6 +739,25 @@ class JobStore:
         summary = json.loads(row.result).get("summary")
         return dict(summary) if isinstance(summary, Mapping) else None
 
+    def study_finished(self, study_uid: str) -> bool:
+        """Whether a job of this study ended done or failed (one indexed query).
+
+        Parameters
+        ----------
+        study_uid : str
+            The StudyInstanceUID (a prior fetched from the PACS, say).
+        """
+        query = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.study_uid == study_uid,
+                jobs.c.state.in_([JobState.DONE.value, JobState.FAILED.value]),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def unfinished_jobs(self) -> list[Job]:
         """Jobs that are queued, running or sending."""
         return self.list_jobs(limit=100000, states=UNFINISHED)
