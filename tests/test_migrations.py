@@ -182,7 +182,7 @@ def _make_store_before_migrations(engine: Engine, job_rows: list[dict[str, Any]]
                 calling_ae="SCANNER",
                 received_at=1.0,
                 own_result=False,
-                info="{}",
+                info=json.dumps({"patient_key": "p1", "study_uid": "1.2.1"}),
             )
         )
         conn.execute(
@@ -249,6 +249,7 @@ def test_a_store_from_before_migrations_is_refused_then_upgraded_with_its_rows(
         assert [e["message"] for e in store.events(job_id=1)] == ["job 1 queued (complete)"]
         assert [d.destination for d in store.delivery_records(1)] == ["PACS@host:104"]
         assert store.recorded_paths() == {"/spool/a.dcm"}
+        assert store.patient_study_uids("p1") == {"1.2.1"}  # filled in from the instance's info
         # the upgrade filled the new columns from the stored results: job 1 is a prior now
         prior = store.prior_summary(
             patient_key="p1", study_uid="1.2.9", job_id=9, moment=("20250601", "")
@@ -551,6 +552,51 @@ def test_finished_jobs_written_through_the_store_are_found_as_priors(url: str) -
         store.set_state(sent, JobState.DONE)
         assert prior(("20240220", "")) == "mar2"
         assert prior(("20240401", "")) == "mar2"
+    finally:
+        store.close()
+
+
+def test_a_patients_studies_are_found_by_one_query(url: str) -> None:
+    store = JobStore(url)
+    statements: list[str] = []
+    try:
+        for n, (study, patient, own) in enumerate(
+            [
+                ("1.1", "p", False),
+                ("1.1", "p", False),
+                ("1.2", "p", False),
+                ("1.3", "q", False),
+                ("1.4", "p", True),
+            ]
+        ):
+            store.record_instance(
+                sop_instance_uid=f"9.{n}",
+                study_uid=study,
+                series_uid=f"{study}.1",
+                component="uni",
+                path=f"/spool/{n}.dcm",
+                calling_ae="SCANNER",
+                received_at=float(n),
+                own_result=own,
+                info={"patient_key": patient, "study_uid": study},
+            )
+        batcher_row = {  # a row as the receiver's batcher commits it (info as JSON text)
+            "sop_instance_uid": "9.9",
+            "study_uid": "1.5",
+            "series_uid": "1.5.1",
+            "component": "uni",
+            "path": "/spool/9.dcm",
+            "calling_ae": "SCANNER",
+            "received_at": 9.0,
+            "own_result": False,
+            "info": json.dumps({"patient_key": "p"}),
+        }
+        store.record_instances([batcher_row])
+        event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        assert store.patient_study_uids("p") == {"1.1", "1.2", "1.5"}  # our results left out
+        assert store.patient_study_uids("q") == {"1.3"}
+        assert store.patient_study_uids("nobody") == set()
+        assert len(statements) == 3
     finally:
         store.close()
 

@@ -114,6 +114,9 @@ instances = Table(
     Column("received_at", Float, nullable=False),
     Column("own_result", Boolean, nullable=False, default=False),
     Column("info", Text, nullable=False),
+    # Schema 2: the pseudonymous patient key (also in ``info``), to find a patient's studies.
+    Column("patient_key", String(64), nullable=False, server_default="", default=""),
+    Index("ix_instances_patient_key", "patient_key", "study_uid"),
 )
 
 jobs = Table(
@@ -323,6 +326,7 @@ class JobStore:
             "received_at": received_at,
             "own_result": own_result,
             "info": json.dumps(info, sort_keys=True),
+            "patient_key": str(info.get("patient_key") or ""),
         }
         self.record_instances([row])
 
@@ -332,12 +336,16 @@ class JobStore:
         Parameters
         ----------
         rows : sequence of mapping
-            Rows with the keys of :meth:`record_instance` (``info`` already JSON text);
-            a later row of the same SOP Instance UID replaces an earlier one.
+            Rows with the keys of :meth:`record_instance` (``info`` already JSON text) and
+            ``patient_key`` (read from ``info`` when absent); a later row of the same SOP
+            Instance UID replaces an earlier one.
         """
         latest: dict[str, dict[str, Any]] = {}
         for row in rows:
-            latest[str(row["sop_instance_uid"])] = dict(row)
+            values = dict(row)
+            if "patient_key" not in values:
+                values["patient_key"] = str(json.loads(values["info"]).get("patient_key") or "")
+            latest[str(row["sop_instance_uid"])] = values
         if not latest:
             return
         with self.engine.begin() as conn:
@@ -375,6 +383,19 @@ class JobStore:
             query = query.where(instances.c.own_result.is_(False))
         with self.engine.connect() as conn:
             return [json.loads(r.info) for r in conn.execute(query)]
+
+    def patient_study_uids(self, patient_key: str) -> set[str]:
+        """The studies of which instances of this patient were received (one indexed query).
+
+        Our own results sent back to us are not counted.
+        """
+        query = (
+            select(instances.c.study_uid)
+            .where(instances.c.patient_key == patient_key, instances.c.own_result.is_(False))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {row.study_uid for row in conn.execute(query)}
 
     def instance_paths(self, series_uids: Sequence[str]) -> dict[str, list[str]]:
         """Spool paths of the instances of each series."""

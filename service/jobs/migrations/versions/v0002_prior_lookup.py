@@ -1,4 +1,4 @@
-"""Schema 2: a job's exam date and time as columns, indexed to find a patient's prior exam.
+"""Schema 2: find a patient's prior exam and studies by query (columns and indexes).
 
 ``jobs.study_date`` and ``jobs.study_time`` hold the StudyDate and StudyTime of the exam the
 job's result summary describes (empty strings when the header had none; NULL while the job has
@@ -6,6 +6,11 @@ no result summary). The index ``ix_jobs_prior`` (patient key, state, date, time)
 :meth:`service.jobs.store.JobStore.prior_summary` find the patient's latest earlier finished
 exam with one query instead of loading every finished job. Existing jobs are filled in from
 their stored result.
+
+``instances.patient_key`` (indexed with the study) is the pseudonymous patient key each
+instance's ``info`` already held: :meth:`service.jobs.store.JobStore.patient_study_uids`
+finds a patient's studies without reading every instance. Filled in by one UPDATE reading
+``info``.
 
 Revision ID: 0002
 Revises: 0001
@@ -44,7 +49,7 @@ def _moment(result_text: str) -> tuple[str | None, str | None]:
 
 
 def upgrade() -> None:
-    """Add the two columns, fill them from every job's result, add the index."""
+    """Add the columns, fill them from the stored results and instance infos, add indexes."""
     op.add_column("jobs", sa.Column("study_date", _MOMENT_TYPE, nullable=True))
     op.add_column("jobs", sa.Column("study_time", _MOMENT_TYPE, nullable=True))
     jobs = sa.table(
@@ -79,10 +84,23 @@ def upgrade() -> None:
                 filled,
             )
     op.create_index("ix_jobs_prior", "jobs", ["patient_key", "state", "study_date", "study_time"])
+    op.add_column(
+        "instances",
+        sa.Column("patient_key", sa.String(64), nullable=False, server_default=""),
+    )
+    read_key = (
+        "json_extract(info, '$.patient_key')"
+        if conn.dialect.name == "sqlite"
+        else "CAST(info AS json) ->> 'patient_key'"
+    )
+    op.execute(f"UPDATE instances SET patient_key = COALESCE({read_key}, '')")
+    op.create_index("ix_instances_patient_key", "instances", ["patient_key", "study_uid"])
 
 
 def downgrade() -> None:
-    """Back to schema 1 (the columns and the index go; nothing else is lost)."""
+    """Back to schema 1 (the columns and the indexes go; nothing else is lost)."""
+    op.drop_index("ix_instances_patient_key", table_name="instances")
+    op.drop_column("instances", "patient_key")
     op.drop_index("ix_jobs_prior", table_name="jobs")
     op.drop_column("jobs", "study_time")
     op.drop_column("jobs", "study_date")
