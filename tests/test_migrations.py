@@ -491,6 +491,32 @@ def test_prior_lookup_by_query_matches_the_old_rule_with_one_query(
         store.close()
 
 
+def test_the_job_runner_finds_the_prior_with_one_query(tmp_path: Path) -> None:
+    from service.jobs.tasks import JobRunner
+    from service.settings import load_settings
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    engine = create_engine(url)
+    rows = [
+        _legacy_job(i, "p", "done", {"summary": _summary(f"2024{i % 12 + 1:02d}01", "", f"j{i}")})
+        for i in range(1, 301)
+    ]
+    _make_store_before_migrations(engine, rows)
+    upgrade(engine)
+    engine.dispose()
+    store = JobStore(url)
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        runner = JobRunner(load_settings(data_dir=tmp_path / "data"), store)
+        prior = runner._prior_summary(999, "p", "1.2.999", ("20240415", ""))
+        assert prior is not None and prior["exam"]["study_date"] == "20240401"
+        assert prior["tag"] == "j291"  # the latest processed of the April exams
+        assert len(statements) == 1
+    finally:
+        store.close()
+
+
 def test_the_prior_query_uses_the_prior_index(tmp_path: Path) -> None:
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     statements: list[tuple[str, Any]] = []
