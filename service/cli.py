@@ -137,9 +137,11 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
 def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **flags: Any) -> None:
     """Run a Celery worker that processes jobs (on this or another host)."""
     from celery.signals import worker_ready, worker_shutdown
+    from sqlalchemy.exc import SQLAlchemyError
 
     from service.jobs.celery_app import create_app
     from service.jobs.heartbeat import Heartbeat
+    from service.jobs.store import JobStore
     from service.pipeline.warmup import warm_up
     from service.pseudonym import pseudonym_key
 
@@ -149,9 +151,13 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
     else:
         settings = _settings(ctx, role="worker", **_overrides(**flags))
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # as `serve` does
+        JobStore(settings.job_store_url).close()  # the schema is current (or refuse now)
         pseudonym_key(settings)  # the secret readable (or generated once) before the pool forks
     except ValueError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise _store_unreachable(settings.job_store_url, exc) from exc
     app = create_app(settings)
     warm_up()  # before the pool forks: every child starts warm
     name = f"cordt1-{settings.node.ae_title}@{socket.gethostname()}-{os.getpid()}"
@@ -227,6 +233,78 @@ def config_reference(out: Path | None, check: Path | None) -> None:
         click.echo(f"wrote {out}")
     else:
         click.echo(text, nl=False)
+
+
+def _store_unreachable(url: str, exc: Exception) -> click.ClickException:
+    """The one-line error for a job store that cannot be opened (password hidden)."""
+    from sqlalchemy.engine import make_url
+
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    shown = make_url(url).render_as_string(hide_password=True)
+    return click.ClickException(f"job store {shown} cannot be opened: {reason}")
+
+
+@cli.group()
+def db() -> None:
+    """The job store's schema: its version, and upgrades (docs/operations.md)."""
+
+
+@db.command("status")
+@_store_options
+@click.pass_context
+def db_status(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
+    """Show the job store's schema version and this cordt1's (exit 1 unless usable as is)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.jobs.schema import SchemaState, schema_number, schema_status
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
+    url = settings.job_store_url
+    engine = create_engine(url)
+    try:
+        status = schema_status(engine)
+    except SQLAlchemyError as exc:
+        raise _store_unreachable(url, exc) from exc
+    finally:
+        engine.dispose()
+    current = "none" if status.current is None else schema_number(status.current)
+    if status.unversioned:
+        current += " (made before schema versions were recorded)"
+    click.echo(f"job store: {make_url(url).render_as_string(hide_password=True)}")
+    click.echo(f"schema:    {current}")
+    click.echo(f"head:      {schema_number(status.head)} (this cordt1)")
+    click.echo(f"state:     {status.state.value}: {status.detail}")
+    if status.state not in (SchemaState.CURRENT, SchemaState.EMPTY):
+        ctx.exit(1)
+
+
+@db.command("upgrade")
+@_store_options
+@click.pass_context
+def db_upgrade(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
+    """Bring the job store to this cordt1's schema (back it up first: docs/operations.md)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.jobs.schema import SchemaError, schema_number, upgrade
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
+    engine = create_engine(settings.job_store_url)
+    try:
+        before, after = upgrade(engine)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise _store_unreachable(settings.job_store_url, exc) from exc
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"job store already at schema {schema_number(after)}")
+    else:
+        old = "none" if before is None else schema_number(before)
+        click.echo(f"job store upgraded from schema {old} to {schema_number(after)}")
 
 
 @cli.command()

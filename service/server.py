@@ -94,6 +94,7 @@ def instance_row(info: InstanceInfo) -> dict[str, Any]:
         "received_at": info.received_at,
         "own_result": info.is_own_result,
         "info": info_to_dict(info),
+        "patient_key": info.patient_key,
     }
 
 
@@ -379,11 +380,7 @@ class Service:
             if exam.study_uid in self._fetched_priors:
                 return False  # a fetched prior: its own prior is not fetched
         first = next(iter(exam.series.values()))[0]
-        have = {
-            str(info["study_uid"])
-            for info in self.store.instance_infos()
-            if info.get("patient_key") == first.patient_key
-        }
+        have = self.store.patient_study_uids(first.patient_key)
         if have - {exam.study_uid}:
             return False  # another exam of this patient is here: the comparison uses ours
         held = _HeldExam(exam=exam, since=now)
@@ -441,11 +438,7 @@ class Service:
             return False
         if held.prior_uid is None:
             return True
-        finished = (JobState.DONE, JobState.FAILED)
-        return any(
-            job.study_uid == held.prior_uid
-            for job in self.store.list_jobs(limit=100000, states=list(finished))
-        )
+        return self.store.study_finished(held.prior_uid)
 
     def recover(self) -> None:
         """After a start: rebuild the tracker from the store and queue what nobody works on.

@@ -181,29 +181,3 @@ def test_deliveries_are_recorded_per_object_and_destination(store: JobStore) -> 
     assert len(store.delivery_records(job_id)) == 3
     assert store.mark_for_resend(job_id, 1, "A@h:1") == 1
     assert store.delivery_status(job_id, 1, "A@h:1")["1.9.1"] is DeliveryStatus.RESEND
-
-
-def test_a_store_from_before_leases_gets_the_new_columns(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, study_uid VARCHAR(64) NOT NULL, "
-            "patient_key VARCHAR(64) NOT NULL, state VARCHAR(16) NOT NULL, complete BOOLEAN "
-            "NOT NULL, reason TEXT NOT NULL, series TEXT NOT NULL, n_instances INTEGER NOT "
-            "NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL, result TEXT NOT NULL, "
-            "created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL, started_at FLOAT, "
-            "finished_at FLOAT)"
-        )
-        conn.execute(
-            "INSERT INTO jobs VALUES (1, '1.2', '', 'running', 1, '', '[]', 1, 1, '', '{}', "
-            "0, 0, 0, NULL)"
-        )
-    store = JobStore(f"sqlite:///{path}")
-    try:
-        job = store.get_job(1)
-        assert job.lease_owner == "" and job.lease_stale()  # an old running job: nobody on it
-        assert store.claim(1, "w", lease_s=60) == 2
-    finally:
-        store.close()

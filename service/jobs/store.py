@@ -24,6 +24,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -33,16 +34,17 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    exists,
     func,
     insert,
-    inspect,
     literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Engine
+
+from service.jobs.schema import check_schema
 
 __all__ = [
     "Delivery",
@@ -54,6 +56,7 @@ __all__ = [
     "count_events",
     "count_instances",
     "destination_events",
+    "exam_moment_columns",
     "job_page",
     "ping",
     "received_exams",
@@ -95,6 +98,10 @@ class DeliveryStatus(StrEnum):
 
 metadata = MetaData()
 
+#: DICOM DA/TM are compared as text: byte order on PostgreSQL too (as Python compares them).
+MOMENT_CHARS = 32
+_MOMENT_TYPE = String(MOMENT_CHARS).with_variant(String(MOMENT_CHARS, collation="C"), "postgresql")
+
 instances = Table(
     "instances",
     metadata,
@@ -107,6 +114,9 @@ instances = Table(
     Column("received_at", Float, nullable=False),
     Column("own_result", Boolean, nullable=False, default=False),
     Column("info", Text, nullable=False),
+    # Schema 2: the pseudonymous patient key (also in ``info``), to find a patient's studies.
+    Column("patient_key", String(64), nullable=False, server_default="", default=""),
+    Index("ix_instances_patient_key", "patient_key", "study_uid"),
 )
 
 jobs = Table(
@@ -129,13 +139,12 @@ jobs = Table(
     Column("finished_at", Float),
     Column("lease_owner", String(128), nullable=False, default=""),
     Column("lease_expires_at", Float),
+    # Schema 2: StudyDate/StudyTime of the result summary's exam ("" when the header had none,
+    # NULL while the job has no summary), indexed with the patient to find priors by query.
+    Column("study_date", _MOMENT_TYPE, nullable=True),
+    Column("study_time", _MOMENT_TYPE, nullable=True),
+    Index("ix_jobs_prior", "patient_key", "state", "study_date", "study_time"),
 )
-
-#: Columns added after the first release, with their SQL default, added to older stores.
-_ADDED_JOB_COLUMNS = {
-    "lease_owner": ("VARCHAR(128)", "''"),
-    "lease_expires_at": ("FLOAT", None),
-}
 
 deliveries = Table(
     "deliveries",
@@ -230,6 +239,25 @@ def _lease_expired(now: float) -> Any:
     return or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now)
 
 
+def exam_moment_columns(result: Mapping[str, Any]) -> dict[str, str | None]:
+    """The ``study_date``/``study_time`` columns of a job with this result.
+
+    The exam's StudyDate and StudyTime from the result's summary (empty strings when the header
+    had none, as :func:`service.pipeline.history.exam_moment` reads them); NULL when the result
+    has no summary (such a job is never anybody's prior).
+    """
+    summary = result.get("summary")
+    if not isinstance(summary, Mapping):
+        return {"study_date": None, "study_time": None}
+    exam = summary.get("exam") or {}
+    if not isinstance(exam, Mapping):
+        exam = {}
+    return {
+        "study_date": str(exam.get("study_date") or "")[:MOMENT_CHARS],
+        "study_time": str(exam.get("study_time") or "")[:MOMENT_CHARS],
+    }
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -246,6 +274,14 @@ class JobStore:
     url : str
         SQLAlchemy URL (``sqlite:////abs/path/jobs.sqlite`` or
         ``postgresql+psycopg2://user@host/db``).
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is not an SQLAlchemy URL.
+    service.jobs.schema.SchemaError
+        If the store's schema is older than this cordt1 (``cordt1 db upgrade``) or newer;
+        an empty store is created at the newest schema (see :mod:`service.jobs.schema`).
     """
 
     def __init__(self, url: str) -> None:
@@ -255,17 +291,11 @@ class JobStore:
         self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an older release up to date (new nullable/defaulted columns)."""
-        present = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
-        with self.engine.begin() as conn:
-            for name, (sql_type, default) in _ADDED_JOB_COLUMNS.items():
-                if name not in present:
-                    clause = f" NOT NULL DEFAULT {default}" if default is not None else ""
-                    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}{clause}"))
+        try:
+            check_schema(self.engine)
+        except Exception:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         """Release every connection."""
@@ -296,6 +326,7 @@ class JobStore:
             "received_at": received_at,
             "own_result": own_result,
             "info": json.dumps(info, sort_keys=True),
+            "patient_key": str(info.get("patient_key") or ""),
         }
         self.record_instances([row])
 
@@ -305,12 +336,16 @@ class JobStore:
         Parameters
         ----------
         rows : sequence of mapping
-            Rows with the keys of :meth:`record_instance` (``info`` already JSON text);
-            a later row of the same SOP Instance UID replaces an earlier one.
+            Rows with the keys of :meth:`record_instance` (``info`` already JSON text) and
+            ``patient_key`` (read from ``info`` when absent); a later row of the same SOP
+            Instance UID replaces an earlier one.
         """
         latest: dict[str, dict[str, Any]] = {}
         for row in rows:
-            latest[str(row["sop_instance_uid"])] = dict(row)
+            values = dict(row)
+            if "patient_key" not in values:
+                values["patient_key"] = str(json.loads(values["info"]).get("patient_key") or "")
+            latest[str(row["sop_instance_uid"])] = values
         if not latest:
             return
         with self.engine.begin() as conn:
@@ -348,6 +383,19 @@ class JobStore:
             query = query.where(instances.c.own_result.is_(False))
         with self.engine.connect() as conn:
             return [json.loads(r.info) for r in conn.execute(query)]
+
+    def patient_study_uids(self, patient_key: str) -> set[str]:
+        """The studies of which instances of this patient were received (one indexed query).
+
+        Our own results sent back to us are not counted.
+        """
+        query = (
+            select(instances.c.study_uid)
+            .where(instances.c.patient_key == patient_key, instances.c.own_result.is_(False))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {row.study_uid for row in conn.execute(query)}
 
     def instance_paths(self, series_uids: Sequence[str]) -> dict[str, list[str]]:
         """Spool paths of the instances of each series."""
@@ -583,6 +631,7 @@ class JobStore:
             values["error"] = error
         if result is not None:
             values["result"] = json.dumps(result, sort_keys=True, default=str)
+            values.update(exam_moment_columns(result))
         if state in FINAL:
             values["finished_at"] = now
         return values
@@ -615,6 +664,7 @@ class JobStore:
                     state=JobState.SENDING.value,
                     error="",
                     result=json.dumps(result, sort_keys=True, default=str),
+                    **exam_moment_columns(result),
                     updated_at=now,
                     lease_owner="",
                     lease_expires_at=now,
@@ -644,6 +694,90 @@ class JobStore:
                 return False
             self._event(conn, "job.cancelled", f"job {job_id} {error}", job_id)
         return True
+
+    def prior_summary(
+        self, *, patient_key: str, study_uid: str, job_id: int, moment: tuple[str, str]
+    ) -> dict[str, Any] | None:
+        """The result summary of the patient's latest finished exam before ``moment``.
+
+        One query on the index ``ix_jobs_prior``, with the selection rule of
+        :func:`service.pipeline.history.choose_prior` over the patient's other done jobs that
+        have a summary (not this job, not this study): with a study date, the latest one dated
+        before it (date, then time), or the latest processed when none of them is dated;
+        without a study date, the latest by date and time, then by job id.
+
+        Parameters
+        ----------
+        patient_key : str
+            The pseudonymous patient key; empty: no prior.
+        study_uid : str
+            The current exam (never its own prior).
+        job_id : int
+            The current job.
+        moment : tuple of str
+            (StudyDate, StudyTime) of the current exam (DICOM DA, TM; empty if unknown).
+
+        Returns
+        -------
+        dict or None
+            The prior's summary, or ``None`` when there is none.
+        """
+        if not patient_key:
+            return None
+
+        def candidates(table: Any) -> list[Any]:
+            return [
+                table.c.patient_key == patient_key,
+                table.c.state == JobState.DONE.value,
+                table.c.study_date.is_not(None),
+                table.c.study_uid != study_uid,
+                table.c.id != job_id,
+            ]
+
+        conditions = candidates(jobs)
+        study_date, study_time = moment
+        if study_date:
+            other = jobs.alias("dated")
+            some_dated = exists().where(*candidates(other), other.c.study_date != "")
+            before = and_(
+                jobs.c.study_date != "",
+                or_(
+                    jobs.c.study_date < study_date,
+                    and_(jobs.c.study_date == study_date, jobs.c.study_time < study_time),
+                ),
+            )
+            conditions.append(or_(before, ~some_dated))
+        query = (
+            select(jobs.c.result)
+            .where(*conditions)
+            .order_by(jobs.c.study_date.desc(), jobs.c.study_time.desc(), jobs.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        summary = json.loads(row.result).get("summary")
+        return dict(summary) if isinstance(summary, Mapping) else None
+
+    def study_finished(self, study_uid: str) -> bool:
+        """Whether a job of this study ended done or failed (one indexed query).
+
+        Parameters
+        ----------
+        study_uid : str
+            The StudyInstanceUID (a prior fetched from the PACS, say).
+        """
+        query = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.study_uid == study_uid,
+                jobs.c.state.in_([JobState.DONE.value, JobState.FAILED.value]),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def unfinished_jobs(self) -> list[Job]:
         """Jobs that are queued, running or sending."""

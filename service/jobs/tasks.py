@@ -29,7 +29,6 @@ from service.inputs.protocol import load_site_protocols
 from service.jobs.corrections import DIGEST_KEY, input_digests
 from service.jobs.delivery import deliver, result_objects
 from service.jobs.store import JobState, JobStore
-from service.pipeline.history import choose_prior
 from service.pipeline.identity import result_identity
 from service.pipeline.model_build import ScoringModel, load_scoring_model
 from service.pipeline.run import process_exam
@@ -330,20 +329,9 @@ class JobRunner:
         self, job_id: int, patient: str, study_uid: str, moment: tuple[str, str]
     ) -> dict[str, Any] | None:
         """Summary of the same patient's latest exam taken before this one, if processed."""
-        if not patient:
-            return None
-        others = [
-            j.result["summary"]
-            for j in sorted(
-                self.store.list_jobs(limit=100000, states=[JobState.DONE]), key=lambda j: j.id
-            )
-            if j.patient_key == patient
-            and j.study_uid != study_uid
-            and j.id != job_id
-            and "summary" in j.result
-        ]
-        prior = choose_prior(others, moment)
-        return dict(prior) if prior is not None else None
+        return self.store.prior_summary(
+            patient_key=patient, study_uid=study_uid, job_id=job_id, moment=moment
+        )
 
     def _exam(
         self, study_uid: str, series_uids: tuple[str, ...]
