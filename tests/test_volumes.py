@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
@@ -243,6 +244,122 @@ def test_missing_pixel_data_is_refused(stored: np.ndarray, tmp_path: Path) -> No
 def test_no_files_is_refused() -> None:
     with pytest.raises(ValueError, match="no files"):
         load_series([])
+
+
+def test_slice_off_the_line_is_refused(stored: np.ndarray, tmp_path: Path) -> None:
+    datasets = _series(stored)
+    moved = OBLIQUE @ [3, 0, 1, 1]  # one column (0.35 mm) sideways, spacing along n intact
+    datasets[3].ImagePositionPatient = [round(float(v), 6) for v in moved[:3]]
+    _expect_error(datasets, tmp_path, "not on a straight line")
+
+
+def test_gaps_within_one_percent_of_the_mean_are_accepted(
+    stored: np.ndarray, tmp_path: Path
+) -> None:
+    """highdicom's rule: each gap within 1 % of the mean gap (here 3.97 and 4.03 mm)."""
+    datasets = _series(stored)
+    shifted = OBLIQUE @ [3.0075, 0, 0, 1]
+    datasets[3].ImagePositionPatient = [round(float(v), 6) for v in shifted[:3]]
+    volume = _load(datasets, tmp_path)
+    np.testing.assert_allclose(volume.affine_lps, OBLIQUE, atol=1e-5)
+
+
+# ---- where highdicom's own volume construction is not used, and why ----------------------
+
+
+def _sheared(tilt_deg: float) -> np.ndarray:
+    """OBLIQUE with its slice step leaning along the rows by ``tilt_deg`` (a tilted stack)."""
+    affine = OBLIQUE.copy()
+    row_cos = OBLIQUE[:3, 2] / np.linalg.norm(OBLIQUE[:3, 2])
+    affine[:3, 0] += row_cos * 4.0 * np.tan(np.deg2rad(tilt_deg))
+    return affine
+
+
+def test_tilted_stack_keeps_its_positions_where_highdicom_flattens_it(
+    stored: np.ndarray, tmp_path: Path
+) -> None:
+    datasets = make_legacy_series(stored, _sheared(1.0))
+    paths = write_datasets(datasets, tmp_path)
+    volume = load_series(paths)
+    by_highdicom = hd.get_volume_from_series([dcmread(path) for path in paths])
+
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in volume.datasets])
+    ours = np.array([(volume.affine_lps @ [k, 0, 0, 1])[:3] for k in range(SHAPE[0])])
+    np.testing.assert_allclose(ours, positions, atol=1e-5)
+    # highdicom steps along the normal: its slices drift off their real positions
+    # (its volume runs the other way along the normal: right-handed)
+    theirs = np.array([(by_highdicom.affine @ [k, 0, 0, 1])[:3] for k in range(SHAPE[0])])
+    drift_mm = np.linalg.norm(theirs - positions[::-1], axis=1)
+    assert drift_mm[-1] > 0.3  # 5 steps x 4 mm x tan(1 deg) = 0.35 mm
+
+
+def test_steeper_tilt_loads_where_highdicom_refuses_it(stored: np.ndarray, tmp_path: Path) -> None:
+    paths = write_datasets(make_legacy_series(stored, _sheared(5.0)), tmp_path)
+    with pytest.raises(ValueError, match="not a regularly-spaced volume"):
+        hd.get_volume_from_series([dcmread(path) for path in paths])
+    volume = load_series(paths)
+    np.testing.assert_allclose(volume.affine_lps, _sheared(5.0), atol=1e-5)
+
+
+def test_single_slice_without_spacing_between_slices_uses_its_thickness(
+    stored: np.ndarray, tmp_path: Path
+) -> None:
+    datasets = make_legacy_series(stored[:1], OBLIQUE)
+    del datasets[0].SpacingBetweenSlices
+    paths = write_datasets(datasets, tmp_path)
+    assert load_series(paths).voxel_mm[0] == pytest.approx(4.0)
+    assert hd.get_volume_from_series([dcmread(paths[0])]).spacing_between_slices == pytest.approx(
+        1.0
+    )
+
+
+def test_enhanced_multi_echo_is_refused_by_highdicom(tmp_path: Path) -> None:
+    """Several echoes in one Enhanced MR instance: highdicom has no echo dimension."""
+    echoes = _echoes()
+    ds = make_enhanced_mr(np.concatenate(echoes), OBLIQUE)
+    n = SHAPE[0]
+    for frame, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = OBLIQUE @ [frame % n, 0, 0, 1]
+        item.PlanePositionSequence[0].ImagePositionPatient = [
+            round(float(v), 6) for v in position[:3]
+        ]
+        echo = Dataset()
+        echo.EffectiveEchoTime = ECHO_TIMES_MS[frame // n]
+        item.MREchoSequence = [echo]
+    paths = write_datasets([ds], tmp_path)
+    with pytest.raises(RuntimeError, match="Multiple frames found"):
+        hd.imread(paths[0]).get_volume()
+    assert load_series(paths).echo_times_ms == ECHO_TIMES_MS
+
+
+def test_rescale_is_applied_where_highdicom_prefers_a_real_world_value_map(
+    stored: np.ndarray, tmp_path: Path
+) -> None:
+    """Philips-style headers carry both; the loader keeps RescaleSlope/RescaleIntercept."""
+    datasets = make_legacy_series(stored, OBLIQUE, rescale=(SLOPE, INTERCEPT))
+    for ds in datasets:
+        mapping = Dataset()
+        mapping.RealWorldValueFirstValueMapped = 0
+        mapping.RealWorldValueLastValueMapped = 4095
+        mapping.RealWorldValueSlope = 2.0
+        mapping.RealWorldValueIntercept = 0.0
+        mapping.LUTExplanation = "other units"
+        mapping.LUTLabel = "other"
+        mapping.MeasurementUnitsCodeSequence = [
+            Dataset.from_json(
+                {
+                    "00080100": {"vr": "SH", "Value": ["1"]},
+                    "00080102": {"vr": "SH", "Value": ["UCUM"]},
+                    "00080104": {"vr": "LO", "Value": ["no units"]},
+                }
+            )
+        ]
+        ds.RealWorldValueMappingSequence = [mapping]
+    paths = write_datasets(datasets, tmp_path)
+
+    np.testing.assert_array_equal(load_series(paths).array, stored * SLOPE + INTERCEPT)
+    by_highdicom = hd.get_volume_from_series([dcmread(path) for path in paths])
+    np.testing.assert_array_equal(by_highdicom.array, stored[::-1] * 2.0)
 
 
 # ---- grouping and grids ----------------------------------------------------------------------

@@ -9,13 +9,41 @@ Slices are sorted by their position along the slice normal ``n = row_cos x col_c
 InstanceNumber). The slice step vector is ``(last position - first position) / (n - 1)``, so a
 constant in-plane shear (gantry-tilt style stacks) is kept exactly.
 
+What highdicom does here, and what stays ours (issue 13):
+
+- highdicom (``highdicom.spatial.get_volume_positions``) sorts the slice positions of each
+  echo along the normal and decides whether they form a regularly spaced stack (no duplicate
+  position, no gap, every gap within ``SLICE_SPACING_RTOL`` of the mean gap);
+  ``highdicom.spatial.create_affine_matrix_from_attributes`` builds the affine from the first
+  position, the orientation, the pixel spacing and the slice spacing. Handedness
+  ``LEFT_HANDED`` with index convention ``DR`` gives this project's slice order.
+- Ours: the slice column of the affine is the measured step above. highdicom's is the
+  normal times the mean gap, which flattens a tilted stack onto the normal (the last slice of
+  a 1 degree tilt lands mm away from its ImagePositionPatient) and refuses tilts beyond about
+  2.6 degrees (tests/test_volumes.py shows both). A single slice's step is its SliceThickness
+  (highdicom uses SpacingBetweenSlices or 1 mm).
+- Ours: header reading (legacy and Enhanced MR functional groups), the consistency checks
+  and the error messages. ``highdicom.get_volume_from_series`` compares orientation and
+  pixel spacing exactly and raises messages that name neither the series nor the cause
+  (highdicom only answers "not a volume", so :func:`_irregular_stack_error` says why).
+- Ours: multi-echo grouping. highdicom has no notion of echoes: ``get_volume_from_series``
+  and ``Image.get_volume`` refuse several frames at one position.
+- Ours: pixel decoding and rescale (two numpy lines). highdicom's value transform is only
+  reachable through ``get_volume_from_series`` / ``Image.get_volume``, which re-sort and
+  re-check the slices, do not say which instance or frame became which slice (needed for
+  ``frame_sources`` and the result writers), and apply a RealWorldValueMapping in preference
+  to RescaleSlope/RescaleIntercept when both are present.
+
 Tolerances (documented, module constants):
 
 - orientation cosines agree within ``ORIENTATION_TOL`` (absolute);
 - pixel spacing agrees within ``SPACING_RTOL`` (relative);
-- slice gaps agree within ``SLICE_SPACING_RTOL`` (1 %) of the smallest gap; a gap of
-  1.5 times the smallest gap or more is reported as a missing slice;
-- two slices closer than ``DUPLICATE_TOL_MM`` along the normal are duplicates.
+- every slice gap agrees within ``SLICE_SPACING_RTOL`` (1 %) with the mean gap
+  (highdicom's rule); when not, a gap of 1.5 times the smallest gap or more is reported as
+  a missing slice;
+- two slices closer than ``DUPLICATE_TOL_MM`` along the normal are duplicates;
+- positions deviate from the straight line through the first and last one by at most
+  ``SLICE_SPACING_RTOL`` of the slice spacing.
 
 Multi-echo series (a gradient echo with several echoes per slice position, as legacy
 single-frame instances with their own EchoNumbers/EchoTime, or as one Enhanced MR instance
@@ -36,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from highdicom import AxisHandedness
+from highdicom.spatial import create_affine_matrix_from_attributes, get_volume_positions
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -60,6 +90,14 @@ SLICE_SPACING_RTOL = 0.01
 DUPLICATE_TOL_MM = 1e-3
 _MISSING_SLICE_RATIO = 1.5
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: highdicom's index convention for the in-plane axes of ``[k, j, i]``: j goes down the rows
+#: (D), i right along the columns (R).
+_INDEX_CONVENTION = "DR"
+#: highdicom accepts a stack when the cosine between its stacking direction and the slice
+#: normal is within this of 1: 1.0 lets every direction off the slice plane through, because a
+#: sheared (tilted) stack is kept with its measured step (:func:`_measured_step`) instead of
+#: being refused (beyond about 2.6 degrees) or flattened onto the normal (below).
+_ANY_STACKING_DIRECTION = 1.0
 
 
 @dataclass
@@ -328,48 +366,87 @@ def _check_consistency(slices: list[_Slice], series_uid: str) -> None:
             raise ValueError(f"series {series_uid}: inconsistent matrix size between slices")
 
 
-def _slice_step(
-    slices: list[_Slice], distances_mm: np.ndarray, normal: np.ndarray, series_uid: str
-) -> np.ndarray:
-    if len(slices) == 1:
-        thickness = slices[0].slice_thickness_mm or 1.0
-        return normal * thickness
+def _irregular_stack_error(
+    slices: list[_Slice], normal: np.ndarray, series_uid: str
+) -> ValueError:
+    """Say why highdicom found no regularly spaced stack in ``slices`` (it only says no)."""
+    distances_mm = np.sort([float(np.dot(s.position_mm, normal)) for s in slices])
     gaps = np.diff(distances_mm)
     if np.min(gaps) < DUPLICATE_TOL_MM:
         at = distances_mm[int(np.argmin(gaps))]
-        raise ValueError(
+        return ValueError(
             f"series {series_uid}: duplicate slice position ({at:.3f} mm along the normal)"
         )
-    smallest = float(np.min(gaps))
-    largest = float(np.max(gaps))
-    if largest > smallest * (1 + SLICE_SPACING_RTOL):
-        if largest >= smallest * _MISSING_SLICE_RATIO:
-            at = distances_mm[int(np.argmax(gaps))]
-            raise ValueError(
-                f"series {series_uid}: missing slice: gap of {largest:.3f} mm after "
-                f"{at:.3f} mm along the normal where slices are {smallest:.3f} mm apart"
-            )
-        raise ValueError(
-            f"series {series_uid}: non-uniform slice spacing ({smallest:.3f} to "
-            f"{largest:.3f} mm, tolerance {SLICE_SPACING_RTOL:.0%})"
+    smallest, largest = float(np.min(gaps)), float(np.max(gaps))
+    if largest >= smallest * _MISSING_SLICE_RATIO:
+        at = distances_mm[int(np.argmax(gaps))]
+        return ValueError(
+            f"series {series_uid}: missing slice: gap of {largest:.3f} mm after "
+            f"{at:.3f} mm along the normal where slices are {smallest:.3f} mm apart"
         )
-    step = (slices[-1].position_mm - slices[0].position_mm) / (len(slices) - 1)
-    expected = slices[0].position_mm + np.outer(np.arange(len(slices)), step)
-    actual = np.array([s.position_mm for s in slices])
-    if np.max(np.linalg.norm(actual - expected, axis=1)) > SLICE_SPACING_RTOL * smallest:
+    return ValueError(
+        f"series {series_uid}: non-uniform slice spacing ({smallest:.3f} to "
+        f"{largest:.3f} mm, tolerance {SLICE_SPACING_RTOL:.0%} of the mean gap)"
+    )
+
+
+def _measured_step(ordered: list[_Slice], spacing_mm: float, series_uid: str) -> np.ndarray:
+    """Slice step ``(last - first) / (n - 1)`` of a sorted stack whose positions are on a line.
+
+    highdicom steps along the normal of ImageOrientationPatient by the mean gap: that drops
+    the in-plane shear of a tilted stack (millimetres at its far end) and, with headers
+    rounded to 6 significant digits, differs from the measured step by about 1e-6 mm.
+    """
+    step = (ordered[-1].position_mm - ordered[0].position_mm) / (len(ordered) - 1)
+    expected = ordered[0].position_mm + np.outer(np.arange(len(ordered)), step)
+    actual = np.array([s.position_mm for s in ordered])
+    if np.max(np.linalg.norm(actual - expected, axis=1)) > SLICE_SPACING_RTOL * spacing_mm:
         raise ValueError(f"series {series_uid}: slice positions are not on a straight line")
     return step
 
 
-def _affine(slices: list[_Slice], step: np.ndarray) -> np.ndarray:
+def _stack(slices: list[_Slice], series_uid: str) -> tuple[list[_Slice], np.ndarray]:
+    """Sort the slices of one echo along the normal; return them and their affine.
+
+    highdicom sorts the positions along the normal, checks that they are regularly spaced
+    (duplicates, gaps and gaps off by more than ``SLICE_SPACING_RTOL`` of the mean fail) and
+    builds the affine; handedness ``LEFT_HANDED`` with index convention ``DR`` is this
+    project's order (slice index increasing along ``row_cos x col_cos``). Its slice column
+    is then replaced by the measured step (:func:`_measured_step`).
+    """
     first = slices[0]
-    row_cos, col_cos = first.orientation[:3], first.orientation[3:]
-    affine = np.eye(4)
-    affine[:3, 0] = step
-    affine[:3, 1] = col_cos * first.spacing_mm[0]
-    affine[:3, 2] = row_cos * first.spacing_mm[1]
-    affine[:3, 3] = first.position_mm
-    return affine
+    spacing_mm, indices = get_volume_positions(
+        np.array([s.position_mm for s in slices]),
+        first.orientation,
+        rtol=SLICE_SPACING_RTOL,
+        perpendicular_tol=_ANY_STACKING_DIRECTION,
+        index_convention=_INDEX_CONVENTION,
+        handedness=AxisHandedness.LEFT_HANDED,
+    )
+    if (
+        spacing_mm is None
+        or indices is None
+        or (len(slices) > 1 and spacing_mm < DUPLICATE_TOL_MM)
+    ):
+        normal = np.cross(first.orientation[:3], first.orientation[3:])
+        raise _irregular_stack_error(slices, normal, series_uid)
+    ordered = [first] * len(slices)
+    for s, index in zip(slices, indices, strict=True):
+        ordered[index] = s
+    if len(slices) == 1:  # highdicom would say 1 mm; the slice's own thickness is better
+        spacing_mm = first.slice_thickness_mm or 1.0
+    affine = create_affine_matrix_from_attributes(
+        image_position=ordered[0].position_mm,
+        image_orientation=first.orientation,
+        pixel_spacing=first.spacing_mm,
+        spacing_between_slices=float(spacing_mm),
+        index_convention=_INDEX_CONVENTION,
+        slices_first=True,
+        handedness=AxisHandedness.LEFT_HANDED,
+    )
+    if len(slices) > 1:
+        affine[:3, 0] = _measured_step(ordered, float(spacing_mm), series_uid)
+    return ordered, affine
 
 
 def _decode(ds: Dataset, series_uid: str) -> np.ndarray:
@@ -398,16 +475,6 @@ def _echo_groups(slices: list[_Slice]) -> list[list[_Slice]]:
     if len(rounded) == len(slices):
         return [slices]
     return [[s for s in slices if s.echo_key == key] for key in keys]
-
-
-def _stack(slices: list[_Slice], series_uid: str) -> tuple[list[_Slice], np.ndarray]:
-    """Sort the slices of one echo along the normal; return them and the slice step."""
-    normal = np.cross(slices[0].orientation[:3], slices[0].orientation[3:])
-    distances_mm = np.array([float(np.dot(s.position_mm, normal)) for s in slices])
-    order = np.argsort(distances_mm, kind="stable")
-    ordered = [slices[k] for k in order]
-    step = _slice_step(ordered, distances_mm[order], normal, series_uid)
-    return ordered, step
 
 
 def _echo_label(key: tuple[int | None, float | None]) -> str:
@@ -464,11 +531,10 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
     _check_consistency(slices, series_uid)
 
     echoes = [_stack(group, series_uid) for group in _echo_groups(slices)]
-    first, step = echoes[0]
-    affine = _affine(first, step)
-    for ordered, echo_step in echoes[1:]:
+    first, affine = echoes[0]
+    for ordered, echo_affine in echoes[1:]:
         if len(ordered) != len(first) or not np.allclose(
-            _affine(ordered, echo_step), affine, rtol=0, atol=10 * DUPLICATE_TOL_MM
+            echo_affine, affine, rtol=0, atol=10 * DUPLICATE_TOL_MM
         ):
             raise ValueError(
                 f"series {series_uid}: {_echo_label(ordered[0].echo_key)} does not cover the "
