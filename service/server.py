@@ -466,7 +466,15 @@ class Service:
         self._start_workers()
         self.recover()
         self.batcher.start()
-        self.scp.start()
+        try:
+            self.scp.start()
+        except OSError as exc:
+            node = self.settings.node
+            ports = f"{node.port}" + (f"/{node.tls.port}" if node.tls is not None else "")
+            raise ValueError(
+                f"node.port: cannot listen for DICOM on {node.host}:{ports} "
+                f"({exc.strerror or exc}); set node.port (--port) to a free port"
+            ) from exc
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
         log.info(
@@ -587,7 +595,11 @@ class Service:
 
         signal.signal(signal.SIGTERM, _handle)
         signal.signal(signal.SIGINT, _handle)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # workers, API and threads started so far
+            raise
         ready_file = self.settings.data_dir / "run" / "ready.json"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         ready_file.write_text(
