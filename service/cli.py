@@ -358,6 +358,30 @@ def status(
         click.echo(line)
 
 
+@cli.command()
+@_store_options
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context, data_dir: Path | None, database_url: str | None, dry_run: bool
+) -> None:
+    """Delete old spool, results, quarantine and queue files now, as [retention] says.
+
+    Only exams whose job is done and whose results every destination confirmed are touched;
+    their job rows and summaries stay, marked purged. `serve` also purges periodically.
+    """
+    from service.jobs.retention import purge as run_purge
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings)
+    try:
+        report = run_purge(settings, store, dry_run=dry_run)
+    finally:
+        store.close()
+    for line in report.lines():
+        click.echo(line)
+
+
 def _operator_action(
     ctx: click.Context,
     data_dir: Path | None,

@@ -31,6 +31,7 @@ from service.api.controls import Controls
 from service.inputs.exam import own_markers
 from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.jobs.priors import fetch_prior
+from service.jobs.retention import purge
 from service.jobs.store import InstanceBatcher, JobState, JobStore
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
@@ -53,6 +54,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+#: The first purge runs this long after the start (or after retention.interval_min if shorter).
+FIRST_PURGE_S = 60.0
 
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
@@ -226,6 +229,7 @@ class Service:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._purger: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._held: dict[str, _HeldExam] = {}
         self._fetched_priors: set[str] = set()
@@ -454,6 +458,18 @@ class Service:
                 except Exception:
                     log.exception("looking for expired leases failed; will try again")
 
+    def _purge_periodically(self) -> None:
+        """Run the retention purge every ``retention.interval_min`` until stopped."""
+        interval_s = self.settings.retention.interval_min * 60.0
+        wait_s = min(FIRST_PURGE_S, interval_s)
+        while not self._stop.wait(wait_s):
+            wait_s = interval_s
+            try:
+                purge(self.settings, self.store)
+            except Exception:
+                log.exception("retention purge failed; will try again")
+                self.store.log_event("retention.failed", "purge failed; see the service log")
+
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Start workers, recover, then listen."""
@@ -477,6 +493,11 @@ class Service:
             ) from exc
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
+        if self.settings.retention.enabled:
+            self._purger = threading.Thread(
+                target=self._purge_periodically, name="cordt1-retention", daemon=True
+            )
+            self._purger.start()
         log.info(
             "cordt1 listening as %s on %s: port %s, TLS port %s",
             self.settings.node.ae_title,
@@ -499,6 +520,8 @@ class Service:
         self.batcher.close()
         if self._watcher:
             self._watcher.join(timeout=5)
+        if self._purger:
+            self._purger.join(timeout=30)
         for proc in self._workers:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.jobs.shutdown_timeout_s
