@@ -263,7 +263,10 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
             raise HTTPException(code, str(exc)) from exc
         return job_summary(job, time.time())
 
-    conflict = {409: {"description": "Not possible in the job's state (the reason says why)."}}
+    conflict = {
+        400: {"description": "The body is not valid JSON."},
+        409: {"description": "Not possible in the job's state (the reason says why)."},
+    }
 
     @app.post(
         "/api/jobs/{job_id}/retry",
