@@ -174,7 +174,16 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
         settings = Settings.model_validate_json(settings_json.read_text())
         _use_logging_settings(settings, "worker")
     else:
+        from service.startup import check_settings
+
         settings = _settings(ctx, role="worker", **_overrides(**flags))
+        problems = check_settings(settings, ports=False)
+        for problem in problems:
+            if problem.level == "warning":
+                log.warning("%s", problem.line())
+        errors = [f"cannot start: {p.line()}" for p in problems if p.level == "error"]
+        if errors:
+            raise ProblemsError(errors)
     try:
         use_pseudonym_key(settings)  # before the pool forks: every child has the site key
     except ValueError as exc:

@@ -256,8 +256,18 @@ def _check_peers(settings: Settings, timeout_s: float) -> list[Problem]:
         peers.append((settings.priors.source, "priors.source"))
     if not peers:
         return []
-    with ThreadPoolExecutor(max_workers=min(8, len(peers))) as pool:
-        found = list(pool.map(lambda p: _echo_problem(settings, p[0], p[1], timeout_s), peers))
+    # pynetdicom and the SCU log a refused association in their own words (an ERROR among
+    # them); the one line that matters here is ours
+    noisy = [logging.getLogger(name) for name in ("pynetdicom", "dicom_node.scu")]
+    levels = [logger.level for logger in noisy]
+    for logger in noisy:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, len(peers))) as pool:
+            found = list(pool.map(lambda p: _echo_problem(settings, p[0], p[1], timeout_s), peers))
+    finally:
+        for logger, level in zip(noisy, levels, strict=True):
+            logger.setLevel(level)
     return [p for p in found if p is not None]
 
 

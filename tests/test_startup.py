@@ -87,6 +87,14 @@ def test_unreachable_redis_stops_serve(tmp_path: Path) -> None:
     _one_clear_error(result, "broker_url", "unreachable")
 
 
+def test_worker_with_an_unreachable_broker_stops(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _cli("worker", "--data-dir", str(tmp_path), "--broker", f"redis://127.0.0.1:{port}/0")
+    _one_clear_error(result, "broker_url", "unreachable")
+
+
 def test_port_in_use_stops_serve(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
