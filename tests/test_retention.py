@@ -233,3 +233,30 @@ def test_queue_leftovers_of_finished_jobs_go_others_stay(
     report = purge(settings, store, now=time.time())
     assert report.broker_files == 1
     assert not messages[done.job_id].exists() and messages[queued.job_id].exists()
+
+
+def test_serve_purges_periodically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.server import Service
+
+    monkeypatch.delenv("CORDT1_CONFIG", raising=False)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        workers=0,
+        node={"host": "127.0.0.1", "port": 0},
+        api={"enabled": False},
+        retention={"interval_min": 0.005, "quarantine_days": 1},  # every 0.3 s
+    )
+    refused = settings.data_dir / "quarantine" / "refused.dcm"
+    refused.parent.mkdir(parents=True)
+    refused.write_bytes(b"q" * 64)
+    long_ago = time.time() - 2 * DAY_S
+    os.utime(refused, (long_ago, long_ago))
+    service = Service(settings)
+    service.start()
+    try:
+        deadline = time.monotonic() + 20
+        while purge_totals(service.store).bytes < 64 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the purge's audit line comes after the deletion
+        assert purge_totals(service.store).bytes == 64 and not refused.exists()
+    finally:
+        service.stop()
