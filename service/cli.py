@@ -139,6 +139,12 @@ def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
     from service.startup import check_settings
 
     settings = _settings(ctx, role="serve", workers=workers, **_overrides(**flags))
+    try:  # TLS files first: a missing certificate stops before anything is created
+        if settings.node.tls is not None:
+            settings.node.tls.server_tls()
+        settings.send.client_tls()
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     problems = check_settings(settings)
     for problem in problems:
         if problem.level == "warning":

@@ -155,11 +155,13 @@ def _port_problem(host: str, port: int, setting: str) -> Problem | None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            why = "Address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            other = " or api.enabled = false" if setting == "api.port" else ""
             return Problem(
                 "error",
                 setting,
-                f"cannot listen on {host}:{port} ({why}); set {setting} to a free port",
+                f"cannot listen on {host}:{port}: {why or exc}; set {setting} to a free "
+                f"port{other}",
             )
     return None
 
