@@ -78,6 +78,8 @@ def test_status_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["status", "--data-dir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["jobs"] == [] and report["counts"]["failed"] == 0
+    assert report["service"] == {"running": False, "pid": None}
+    assert report["workers_alive"] == []
 
 
 def test_retry_refuses_unknown_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

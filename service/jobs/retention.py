@@ -211,7 +211,10 @@ class _Planner:
         newest_job: dict[str, float] = {}
         for job in self.jobs:
             newest_job[job.study_uid] = max(newest_job.get(job.study_uid, 0.0), job.created_at)
-            if job.state is JobState.DONE and delivered(store, job):
+            done_with = set(job.result.get("purged", {}))
+            if job.state is JobState.DONE and (
+                {"spool", "results"} <= done_with or delivered(store, job)
+            ):
                 self.purgeable.append(job)
             else:
                 protected_series.update(job.series_uids)
