@@ -707,10 +707,16 @@ def model_build(
 
     settings = _settings(ctx, site_protocols=site_protocols)
     try:
+        profiles = load_site_protocols(settings.site_protocols)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.ClickException(
+            f"site_protocols {settings.site_protocols} cannot be read: {exc}"
+        ) from exc
+    try:
         metadata = build_model(
             controls_dir,
             out_dir,
-            profiles=load_site_protocols(settings.site_protocols),
+            profiles=profiles,
             created_at=datetime.now(UTC),
             overwrite=overwrite,
             progress=lambda message: click.echo(f"  {message}"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -654,7 +655,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         If a value is invalid (the message names the setting; :func:`validation_lines`
         gives one line per problem).
     ValueError
-        If a ``CORDT1_*`` environment variable is not a setting (one line per variable).
+        If a ``CORDT1_*`` environment variable is not a setting (one line per variable), or
+        the configuration file (``config`` or ``$CORDT1_CONFIG``) is missing or not TOML.
     """
     typos = unknown_environment(os.environ)
     if typos:
@@ -664,6 +666,12 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         if not config.is_file():
             raise FileNotFoundError(f"configuration file not found: {config}")
         os.environ[CONFIG_ENV] = str(config)
+    in_use = os.environ.get(CONFIG_ENV)
+    if in_use:
+        try:
+            tomllib.loads(Path(in_use).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"configuration file {in_use} cannot be read: {exc}") from exc
     settings = Settings(**_drop_none(overrides))
     if settings.data_dir.is_absolute() is False:
         settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})

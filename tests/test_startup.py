@@ -142,6 +142,16 @@ def test_environment_variable_typo_is_refused(tmp_path: Path) -> None:
     _one_clear_error(nested, "CORDT1_NODE__PORTT", "CORDT1_NODE__PORT")
 
 
+def test_unreadable_configuration_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    broken = tmp_path / "cordt1.toml"
+    broken.write_text("data_dir = \n")
+    result = _cli("--config", str(broken), "status")
+    _one_clear_error(result, str(broken), "cannot be read", "line 1")
+    missing = tmp_path / "gone.toml"  # pydantic-settings would ignore it silently
+    from_env = _cli("status", env={"CORDT1_CONFIG": str(missing)})
+    _one_clear_error(from_env, str(missing), "cannot be read")
+
+
 def test_several_bad_settings_give_one_line_each(tmp_path: Path) -> None:
     config = '[node]\nae_title = "A-TITLE-FAR-TOO-LONG"\nmax_associations = 0\n'
     result = _cli(*_serve(tmp_path, config=config))
