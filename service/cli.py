@@ -8,13 +8,17 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import ValidationError
 
 from service import __version__
 from service.logs import LOG_LEVELS, configure_logging
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, validation_lines
+
+if TYPE_CHECKING:
+    from service.jobs.store import JobStore
 
 __all__ = ["main"]
 
@@ -36,12 +40,27 @@ def _use_logging_settings(settings: Settings, role: str | None = None) -> None:
         raise click.ClickException(f"cannot start: {exc}") from exc
 
 
+class ProblemsError(click.ClickException):
+    """Several problems, each shown as its own ``Error: ...`` line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+    def show(self, file: Any = None) -> None:
+        """Print one ``Error:`` line per problem to stderr."""
+        for line in self.lines:
+            click.echo(f"Error: {line}", err=True)
+
+
 def _settings(ctx: click.Context, *, role: str | None = None, **overrides: Any) -> Settings:
     config: Path | None = ctx.obj.get("config")
     try:
         settings = load_settings(config, log_level=ctx.obj.get("log_level"), **overrides)
+    except ValidationError as exc:
+        raise ProblemsError(validation_lines(exc)) from exc
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ProblemsError(str(exc).splitlines()) from exc
     _use_logging_settings(settings, role)
     return settings
 
@@ -117,15 +136,29 @@ def _overrides(
 def serve(ctx: click.Context, workers: int | None, **flags: Any) -> None:
     """Receive exams by DICOM, process them and send the results."""
     from service.server import Service
+    from service.startup import check_settings
 
     settings = _settings(ctx, role="serve", workers=workers, **_overrides(**flags))
+    try:  # TLS files first: a missing certificate stops before anything is created
+        if settings.node.tls is not None:
+            settings.node.tls.server_tls()
+        settings.send.client_tls()
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    problems = check_settings(settings)
+    for problem in problems:
+        if problem.level == "warning":
+            log.warning("%s", problem.line())
+    errors = [f"cannot start: {p.line()}" for p in problems if p.level == "error"]
+    if errors:
+        raise ProblemsError(errors)
     try:
         service = Service(settings)
-    except ValueError as exc:  # e.g. a TLS certificate file missing or unreadable
+    except (OSError, ValueError) as exc:  # e.g. a TLS certificate file missing or unreadable
         raise click.ClickException(f"cannot start: {exc}") from exc
     try:
         service.run_forever()
-    except ValueError as exc:  # e.g. the API port is in use
+    except (OSError, ValueError) as exc:  # e.g. a port taken since the check
         raise click.ClickException(f"cannot start: {exc}") from exc
 
 
@@ -149,7 +182,16 @@ def worker(ctx: click.Context, settings_json: Path | None, concurrency: int, **f
         settings = Settings.model_validate_json(settings_json.read_text())
         _use_logging_settings(settings, "worker")
     else:
+        from service.startup import check_settings
+
         settings = _settings(ctx, role="worker", **_overrides(**flags))
+        problems = check_settings(settings, ports=False)
+        for problem in problems:
+            if problem.level == "warning":
+                log.warning("%s", problem.line())
+        errors = [f"cannot start: {p.line()}" for p in problems if p.level == "error"]
+        if errors:
+            raise ProblemsError(errors)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # as `serve` does
         JobStore(settings.job_store_url).close()  # the schema is current (or refuse now)
@@ -195,6 +237,33 @@ def _store_options(func: Any) -> Any:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _open_store(settings: Settings) -> JobStore:
+    """The job store, or one clear error line (no store here yet, or the database is away)."""
+    from service.jobs.store import JobStore
+    from service.startup import job_store_problem
+
+    if not settings.database_url and not settings.data_dir.is_dir():
+        raise click.ClickException(
+            f"no job store here: data_dir {settings.data_dir} does not exist (nothing has run "
+            "with it yet); pass the --data-dir or --config that `cordt1 serve` uses"
+        )
+    problem = job_store_problem(settings)
+    if problem is not None:
+        raise click.ClickException(problem.line())
+    return JobStore(settings.job_store_url)
+
+
+def _service_alive(settings: Settings) -> dict[str, Any]:
+    """Whether `serve` runs on this data_dir (its ready file names a live process)."""
+    ready = settings.data_dir / "run" / "ready.json"
+    try:
+        pid = int(json.loads(ready.read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"running": False, "pid": None}
+    return {"running": True, "pid": pid}
 
 
 @cli.group()
@@ -324,17 +393,21 @@ def status(
     """List recent jobs and their states; flags jobs whose lease is stale (nobody on them)."""
     import time
 
+    from service.jobs.heartbeat import alive_workers
     from service.jobs.operator import lease_text
-    from service.jobs.store import JobStore
 
     settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
-    store = JobStore(settings.job_store_url)
+    store = _open_store(settings)
+    service = _service_alive(settings)
+    workers = alive_workers(settings.data_dir, settings.api.worker_heartbeat_s)
     now = time.time()
     jobs = store.stale_jobs(now)[:limit] if stale else store.list_jobs(limit=limit)
     if as_json:
         click.echo(
             json.dumps(
                 {
+                    "service": service,
+                    "workers_alive": workers,
                     "counts": store.counts(),
                     "stale": [j.id for j in store.stale_jobs(now)],
                     "jobs": [
@@ -360,6 +433,11 @@ def status(
         return
     counts = store.counts()
     n_stale = len(store.stale_jobs(now))
+    running = f"running (pid {service['pid']})" if service["running"] else "not running"
+    click.echo(
+        f"service: {running}  workers alive: {len(workers)}"
+        + (f" ({', '.join(workers)})" if workers else "")
+    )
     click.echo(
         "  ".join(f"{state}: {n}" for state, n in counts.items()) + f"  stale leases: {n_stale}"
     )
@@ -373,6 +451,30 @@ def status(
         click.echo(line)
 
 
+@cli.command()
+@_store_options
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context, data_dir: Path | None, database_url: str | None, dry_run: bool
+) -> None:
+    """Delete old spool, results, quarantine and queue files now, as [retention] says.
+
+    Only exams whose job is done and whose results every destination confirmed are touched;
+    their job rows and summaries stay, marked purged. `serve` also purges periodically.
+    """
+    from service.jobs.retention import purge as run_purge
+
+    settings = _settings(ctx, data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings)
+    try:
+        report = run_purge(settings, store, dry_run=dry_run)
+    finally:
+        store.close()
+    for line in report.lines():
+        click.echo(line)
+
+
 def _operator_action(
     ctx: click.Context,
     data_dir: Path | None,
@@ -383,10 +485,9 @@ def _operator_action(
     """Run ``action(store, settings) -> (task, message)``, queue the task, print the message."""
     from service.jobs.celery_app import create_app
     from service.jobs.operator import OperatorError
-    from service.jobs.store import JobStore
 
     settings = _settings(ctx, data_dir=data_dir, database_url=database_url, broker_url=broker)
-    store = JobStore(settings.job_store_url)
+    store = _open_store(settings)
     try:
         task, job_id, message = action(store, settings)
     except OperatorError as exc:
@@ -684,10 +785,16 @@ def model_build(
 
     settings = _settings(ctx, site_protocols=site_protocols)
     try:
+        profiles = load_site_protocols(settings.site_protocols)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.ClickException(
+            f"site_protocols {settings.site_protocols} cannot be read: {exc}"
+        ) from exc
+    try:
         metadata = build_model(
             controls_dir,
             out_dir,
-            profiles=load_site_protocols(settings.site_protocols),
+            profiles=profiles,
             created_at=datetime.now(UTC),
             overwrite=overwrite,
             progress=lambda message: click.echo(f"  {message}"),

@@ -32,6 +32,7 @@ from service.inputs.exam import own_markers
 from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
 from service.jobs.corrections import rerun_if_changed
 from service.jobs.priors import fetch_prior
+from service.jobs.retention import purge
 from service.jobs.store import InstanceBatcher, JobState, JobStore
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
@@ -54,6 +55,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+#: The first purge runs this long after the start (or after retention.interval_min if shorter).
+FIRST_PURGE_S = 60.0
 
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
@@ -235,6 +238,7 @@ class Service:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._purger: threading.Thread | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._held: dict[str, _HeldExam] = {}
         #: Exams with instances received again, until their job is finished and compared.
@@ -534,6 +538,18 @@ class Service:
                 except Exception:
                     log.exception("looking for expired leases failed; will try again")
 
+    def _purge_periodically(self) -> None:
+        """Run the retention purge every ``retention.interval_min`` until stopped."""
+        interval_s = self.settings.retention.interval_min * 60.0
+        wait_s = min(FIRST_PURGE_S, interval_s)
+        while not self._stop.wait(wait_s):
+            wait_s = interval_s
+            try:
+                purge(self.settings, self.store)
+            except Exception:
+                log.exception("retention purge failed; will try again")
+                self.store.log_event("retention.failed", "purge failed; see the service log")
+
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Start workers, recover, then listen."""
@@ -546,9 +562,22 @@ class Service:
         self._start_workers()
         self.recover()
         self.batcher.start()
-        self.scp.start()
+        try:
+            self.scp.start()
+        except OSError as exc:
+            node = self.settings.node
+            ports = f"{node.port}" + (f"/{node.tls.port}" if node.tls is not None else "")
+            raise ValueError(
+                f"node.port: cannot listen for DICOM on {node.host}:{ports} "
+                f"({exc.strerror or exc}); set node.port (--port) to a free port"
+            ) from exc
         self._watcher = threading.Thread(target=self._watch, name="cordt1-watcher", daemon=True)
         self._watcher.start()
+        if self.settings.retention.enabled:
+            self._purger = threading.Thread(
+                target=self._purge_periodically, name="cordt1-retention", daemon=True
+            )
+            self._purger.start()
         log.info(
             "cordt1 listening as %s on %s: port %s, TLS port %s",
             self.settings.node.ae_title,
@@ -571,6 +600,8 @@ class Service:
         self.batcher.close()
         if self._watcher:
             self._watcher.join(timeout=5)
+        if self._purger:
+            self._purger.join(timeout=30)
         for proc in self._workers:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.jobs.shutdown_timeout_s
@@ -667,7 +698,11 @@ class Service:
 
         signal.signal(signal.SIGTERM, _handle)
         signal.signal(signal.SIGINT, _handle)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # workers, API and threads started so far
+            raise
         ready_file = self.settings.data_dir / "run" / "ready.json"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         ready_file.write_text(

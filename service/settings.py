@@ -6,11 +6,23 @@ configuration by itself.
 
 from __future__ import annotations
 
+import difflib
 import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,13 +40,21 @@ __all__ = [
     "NodeSettings",
     "NodeTlsSettings",
     "PriorsSettings",
+    "RetentionSettings",
     "SendSettings",
     "SendTlsSettings",
     "Settings",
     "load_settings",
+    "unknown_environment",
+    "validation_lines",
 ]
 
 CONFIG_ENV = "CORDT1_CONFIG"
+ENV_PREFIX = "CORDT1_"
+#: CORDT1_* variables that are not settings: the configuration file, and the test and
+#: documentation tooling (tests/conftest.py, scripts/viewer.sh).
+NON_SETTING_ENV = (CONFIG_ENV, "CORDT1_SCREENSHOTS", "CORDT1_OHIF_DIST", "CORDT1_VIEWER_ARTEFACTS")
+NON_SETTING_ENV_PREFIXES = ("CORDT1_TEST_",)
 #: Result objects are written by this many processes at most unless configured: the report
 #: and the rendered figures are the two largest tasks, the SEGs and maps together the third.
 MAX_AUTO_WRITER_PROCESSES = 3
@@ -356,6 +376,57 @@ class JobSettings(BaseModel):
     )
 
 
+class RetentionSettings(BaseModel):
+    """What `cordt1 serve` (and `cordt1 purge`) deletes, and when (section ``[retention]``).
+
+    Only exams whose every job is done and delivered (each result object confirmed by every
+    destination) are ever purged; a purged job keeps its row and summary, marked purged.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(
+        True, description="`serve` purges periodically (`cordt1 purge` always can)."
+    )
+    interval_min: float = Field(60.0, gt=0, description="Minutes between two purges of `serve`.")
+    spool_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="Received instances of a done and delivered exam are deleted this many "
+        "days after its job finished (None: kept).",
+    )
+    results_days: float | None = Field(
+        90.0,
+        gt=0,
+        description="A done and delivered job's results folder is deleted this many days after "
+        "the job finished (None: kept).",
+    )
+    quarantine_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="Quarantined (refused) input older than this is deleted (None: kept).",
+    )
+    broker_days: float | None = Field(
+        7.0,
+        gt=0,
+        description="Leftover files of the embedded queue (data_dir/broker) older than this "
+        "whose job is finished are deleted (None: kept).",
+    )
+    min_free_mb: int | None = Field(
+        None,
+        ge=0,
+        description="Disk pressure: while data_dir's file system has less free space than "
+        "this, the spool and results of the oldest done and delivered exams are deleted, "
+        "whatever their age (None: off). Keep it above node.min_free_mb.",
+    )
+    keep_received_s: float = Field(
+        3600.0,
+        ge=0,
+        description="An exam that received an instance this recently, or after its newest job "
+        "was made, is never purged (it may still be arriving).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service needs to run."""
 
@@ -421,6 +492,10 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(
         default_factory=JobSettings,
         description="Leases, reconciliation and the worker pool: see [jobs].",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="Purging old spool, results, quarantine and queue files: see [retention].",
     )
     research_use_text: str = Field(
         "RESEARCH USE ONLY - NOT FOR DIAGNOSIS",
@@ -521,6 +596,73 @@ def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings section class behind a field's annotation (``X | None`` unwrapped)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
+    """Exact environment names of every setting, and prefixes of the free-form (dict) ones."""
+    names: set[str] = set()
+    open_prefixes: set[str] = set()
+    for name, info in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        names.add(env)
+        section = _model_of(info.annotation)
+        if section is not None:
+            inner, inner_open = _env_names(section, f"{env}__")
+            names |= inner
+            open_prefixes |= inner_open
+        elif typing.get_origin(info.annotation) is dict:
+            open_prefixes.add(f"{env}__")
+    return names, open_prefixes
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``CORDT1_*`` environment variable that is not a setting (a typo).
+
+    pydantic-settings ignores such variables; a mistyped ``CORDT1_DAT_DIR`` would silently
+    leave the default in force.
+    """
+    names, open_prefixes = _env_names(Settings, ENV_PREFIX)
+    problems = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in names or upper in NON_SETTING_ENV:
+            continue
+        if upper.startswith(NON_SETTING_ENV_PREFIXES + tuple(open_prefixes)):
+            continue
+        close = difflib.get_close_matches(upper, sorted(names), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
+        problems.append(
+            f"environment variable {key} is not a setting ({hint}); rename or unset it"
+        )
+    return problems
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    """One line per invalid setting: its dotted name, what is wrong and what is expected."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (a typo?); see docs/configuration.md for the names"
+        elif error["type"] == "missing":
+            message = "required, but not set"
+        elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"setting {where}: {message}")
+    return lines
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from a TOML file, the environment and explicit overrides.
 
@@ -537,13 +679,26 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     FileNotFoundError
         If ``config`` does not exist.
     pydantic.ValidationError
-        If a value is invalid (the message names the setting).
+        If a value is invalid (the message names the setting; :func:`validation_lines`
+        gives one line per problem).
+    ValueError
+        If a ``CORDT1_*`` environment variable is not a setting (one line per variable), or
+        the configuration file (``config`` or ``$CORDT1_CONFIG``) is missing or not TOML.
     """
+    typos = unknown_environment(os.environ)
+    if typos:
+        raise ValueError("\n".join(typos))
     if config is not None:
         config = Path(config).resolve()
         if not config.is_file():
             raise FileNotFoundError(f"configuration file not found: {config}")
         os.environ[CONFIG_ENV] = str(config)
+    in_use = os.environ.get(CONFIG_ENV)
+    if in_use:
+        try:
+            tomllib.loads(Path(in_use).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"configuration file {in_use} cannot be read: {exc}") from exc
     settings = Settings(**_drop_none(overrides))
     if settings.data_dir.is_absolute() is False:
         settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})

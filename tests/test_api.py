@@ -384,3 +384,34 @@ def test_five_wrong_passwords_make_the_name_wait(client: TestClient, seeded: See
     token = base64.b64encode(f"otto:{PASSWORDS['otto']}".encode()).decode()
     basic = client.get("/api/jobs", headers={"Authorization": f"Basic {token}"})
     assert basic.status_code == 429  # the same lock for HTTP Basic
+
+
+def test_the_last_purge_is_in_the_metrics_and_the_queue_panel(
+    client: TestClient, seeded: Seeded
+) -> None:
+    from service.jobs.retention import purge
+
+    def values() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    login(client, "vera")
+    before = values()
+    assert before["cordt1_purged_bytes_total"] == 0 and before["cordt1_purged_exams_total"] == 0
+    assert before["cordt1_last_purge_timestamp_seconds"] == 0
+    assert client.get("/api/queue").json()["retention"]["last_purge_at"] is None
+    refused = seeded.settings.data_dir / "quarantine" / "refused.dcm"
+    refused.parent.mkdir(parents=True, exist_ok=True)
+    refused.write_bytes(b"q" * 4096)
+    long_ago = time.time() - 400 * 86400
+    os.utime(refused, (long_ago, long_ago))
+
+    report = purge(seeded.settings, seeded.store, now=time.time() + 400 * 86400)
+
+    assert report.bytes >= 4096 and not refused.exists()
+    after = values()
+    assert after["cordt1_purged_bytes_total"] == report.bytes
+    assert after["cordt1_purged_exams_total"] == len(report.exams)
+    assert after["cordt1_last_purge_timestamp_seconds"] == pytest.approx(time.time(), abs=60)
+    panel = client.get("/api/queue").json()["retention"]
+    assert panel["last_purge_bytes"] == report.bytes == panel["purged_bytes_total"]

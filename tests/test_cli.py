@@ -78,6 +78,8 @@ def test_status_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["status", "--data-dir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["jobs"] == [] and report["counts"]["failed"] == 0
+    assert report["service"] == {"running": False, "pid": None}
+    assert report["workers_alive"] == []
 
 
 def test_retry_refuses_unknown_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,3 +130,25 @@ def test_status_cancel_and_retry_from_the_command_line(
     assert main(["resend", str(job_id), *data]) == 1
     assert "no results to send" in capsys.readouterr().err
     store.close()
+
+
+def test_purge_dry_run_then_purge_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import time
+
+    refused = tmp_path / "quarantine" / "refused.dcm"
+    refused.parent.mkdir(parents=True)
+    refused.write_bytes(b"q" * 100)
+    long_ago = time.time() - 365 * 86400
+    os.utime(refused, (long_ago, long_ago))
+    assert main(["purge", "--data-dir", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete: quarantine (1 file(s), 100 bytes)" in out
+    assert "dry run, nothing deleted" in out and refused.exists()
+    assert main(["purge", "--data-dir", str(tmp_path)]) == 0
+    assert "deleted: quarantine (1 file(s), 100 bytes)" in capsys.readouterr().out
+    assert not refused.exists()
+    assert main(["purge", "--data-dir", str(tmp_path / "elsewhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err

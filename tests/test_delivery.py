@@ -183,3 +183,22 @@ def test_every_unfinished_state_has_a_way_out(store: JobStore, files: list[Path]
         cancel_job(store, failed, operator="ann", reason="twice")
     kinds = [e["kind"] for e in store.events()]
     assert kinds.count("operator.retry") == 4 and "job.cancelled" in kinds
+
+
+def test_a_crash_while_sending_counts_as_a_failed_attempt_and_ends_failed(
+    store: JobStore, files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("association state machine confused")
+
+    monkeypatch.setattr("service.jobs.tasks.deliver", crash)
+    job_id = _sending_job(store, files, ["PACS@127.0.0.1:104"])
+    settings = Settings(data_dir=tmp_path / "data", send={"attempts": 2, "retry_interval_s": 0})
+    runner = JobRunner(settings, store)
+    assert runner.send(job_id) is SendOutcome.RETRY
+    job = store.get_job(job_id)
+    assert job.state is JobState.SENDING and "attempt 1 of 2 failed" in job.error
+    assert "internal error: RuntimeError" in job.error
+    assert runner.send(job_id) is SendOutcome.FAILED
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED and "after 2 attempt(s)" in job.error

@@ -165,8 +165,8 @@ def test_serve_stops_with_one_line_when_the_api_port_is_taken(
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert lines == [
-        f"Error: cannot start: api: cannot listen on 127.0.0.1:{port}: Address already in use; "
-        "set api.port to a free port or api.enabled = false"
+        f"Error: cannot start: api.port: cannot listen on 127.0.0.1:{port}: Address already in "
+        "use; set api.port to a free port or api.enabled = false"
     ]
 
 

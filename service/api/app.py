@@ -40,6 +40,7 @@ from service.api.models import (
     Me,
     Queue,
     Readiness,
+    Retention,
 )
 from service.api.views import (
     MEDIA_TYPES,
@@ -50,6 +51,7 @@ from service.api.views import (
     report_files,
 )
 from service.jobs.heartbeat import alive_workers
+from service.jobs.retention import purge_totals
 from service.jobs.store import Job, JobState, JobStore, job_page, received_exams, recent_events
 from service.settings import Settings
 
@@ -261,7 +263,10 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
             raise HTTPException(code, str(exc)) from exc
         return job_summary(job, time.time())
 
-    conflict = {409: {"description": "Not possible in the job's state (the reason says why)."}}
+    conflict = {
+        400: {"description": "The body is not valid JSON."},
+        409: {"description": "Not possible in the job's state (the reason says why)."},
+    }
 
     @app.post(
         "/api/jobs/{job_id}/retry",
@@ -329,18 +334,26 @@ def create_api(settings: Settings, store: JobStore, celery: Celery, controls: Co
     # --- queue, exams, destinations ------------------------------------------------------
     @app.get("/api/queue", tags=["jobs"], responses=UNAUTHORIZED)
     def queue(_who: ViewerDep) -> Queue:
-        """Jobs by state, queue depth, live workers, pause state and the unfinished jobs."""
+        """Jobs by state, queue depth, live workers, pause state, the unfinished jobs and the
+        last retention purge (when, bytes freed) with the totals."""
         counts = store.counts()
         active, _ = job_page(
             store, states=[JobState.QUEUED, JobState.RUNNING, JobState.SENDING], limit=100
         )
         now = time.time()
+        purged = purge_totals(store)
         return Queue(
             counts=counts,
             queue_depth=counts[JobState.QUEUED.value],
             workers_alive=alive_workers(settings.data_dir, settings.api.worker_heartbeat_s),
             control=control_view(controls),
             active=[job_summary(j, now) for j in active],
+            retention=Retention(
+                last_purge_at=purged.last_at,
+                last_purge_bytes=purged.last_bytes,
+                purged_bytes_total=purged.bytes,
+                purged_exams_total=purged.exams,
+            ),
         )
 
     @app.get("/api/exams", tags=["exams"], responses=UNAUTHORIZED)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from service.api.controls import Controls
 from service.api.health import disk_free_bytes
 from service.jobs.heartbeat import alive_workers
+from service.jobs.retention import purge_totals
 from service.jobs.store import (
     JobState,
     JobStore,
@@ -79,6 +80,22 @@ class StoreCollector(Collector):
             "cordt1_export_failures",
             "Jobs whose results were not delivered after every attempt.",
             value=count_events(self.store, "job.failed", "%results not delivered%"),
+        )
+        purged = purge_totals(self.store)
+        yield CounterMetricFamily(
+            "cordt1_purged_bytes",
+            "Bytes deleted by retention (spool, results, quarantine, queue leftovers).",
+            value=purged.bytes,
+        )
+        yield CounterMetricFamily(
+            "cordt1_purged_exams",
+            "Exams whose spool or results retention deleted (counted once per purge).",
+            value=purged.exams,
+        )
+        yield GaugeMetricFamily(
+            "cordt1_last_purge_timestamp_seconds",
+            "Unix time of the last retention purge (0: none yet).",
+            value=purged.last_at or 0.0,
         )
         free = disk_free_bytes(self.settings.data_dir)
         disk = GaugeMetricFamily(

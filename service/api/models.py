@@ -116,14 +116,24 @@ class Control(BaseModel):
     processing: PauseInfo
 
 
+class Retention(BaseModel):
+    """Purges by retention: the last one and the totals over all."""
+
+    last_purge_at: float | None
+    last_purge_bytes: int | None
+    purged_bytes_total: int
+    purged_exams_total: int
+
+
 class Queue(BaseModel):
-    """The live queue: jobs by state, workers alive and what is paused."""
+    """The live queue: jobs by state, workers alive, what is paused and the last purge."""
 
     counts: dict[str, int]
     queue_depth: int
     workers_alive: list[str]
     control: Control
     active: list[JobSummary]
+    retention: Retention
 
 
 class ExamReceived(BaseModel):

@@ -139,6 +139,10 @@ def resend_job(
     job = _get(store, job_id)
     if not job.result.get("dicom"):
         raise OperatorError(f"job {job_id} has no results to send ({job.state.value})")
+    if "results" in job.result.get("purged", {}):
+        raise OperatorError(
+            f"job {job_id}: its results were purged (retention); nothing left to send"
+        )
     _refuse_live(job, "re-sent", moment)
     if destination is not None:
         try:

@@ -903,6 +903,34 @@ class JobStore:
             )
         return int(updated.rowcount)
 
+    def mark_purged(self, job_id: int, kind: str, record: Mapping[str, Any]) -> bool:
+        """Note in a done job's result that its ``kind`` files (spool, results) were purged.
+
+        The job keeps its row and summary; ``result["purged"][kind]`` gets ``record``. False
+        (nothing changed) unless the job is done and unchanged meanwhile: a job an operator
+        just queued again is not purged.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(jobs.c.result).where(
+                    jobs.c.id == job_id, jobs.c.state == JobState.DONE.value
+                )
+            ).first()
+            if row is None:
+                return False
+            result = json.loads(row.result)
+            result.setdefault("purged", {})[kind] = dict(record)
+            updated = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.state == JobState.DONE.value,
+                    jobs.c.result == row.result,
+                )
+                .values(result=json.dumps(result, sort_keys=True, default=str))
+            )
+        return updated.rowcount == 1
+
     def counts(self) -> dict[str, int]:
         """Number of jobs per state."""
         with self.engine.connect() as conn:

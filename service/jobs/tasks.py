@@ -247,17 +247,25 @@ class JobRunner:
             except ValueError as exc:  # a certificate file went missing: may be fixed
                 errors.append(f"sending to {text} failed: {exc}")
                 continue
-            report = deliver(
-                self.store,
-                job_id,
-                run,
-                text,
-                objects,
-                calling_ae=self.settings.send.calling_ae,
-                timeout_s=self.settings.send.timeout_s,
-                keep_going=lambda: not beat.lost.is_set(),
-                tls=tls,
-            )
+            try:
+                report = deliver(
+                    self.store,
+                    job_id,
+                    run,
+                    text,
+                    objects,
+                    calling_ae=self.settings.send.calling_ae,
+                    timeout_s=self.settings.send.timeout_s,
+                    keep_going=lambda: not beat.lost.is_set(),
+                    tls=tls,
+                )
+            except Exception as exc:  # a bug or a surprise of the network stack: counted as
+                # a failed attempt, so the job ends failed after send.attempts, never stuck
+                log.error(
+                    "job %d: sending to %s crashed:\n%s", job_id, text, traceback.format_exc()
+                )
+                errors.append(f"sending to {text} failed: internal error: {type(exc).__name__}")
+                continue
             if report.interrupted:
                 log.warning("job %d: lease lost while sending; stopped", job_id)
                 return SendOutcome.SKIPPED

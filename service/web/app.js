@@ -88,7 +88,16 @@ function renderQueue(queue) {
     ? `${queue.workers_alive.length} worker(s) alive`
     : "no worker alive";
   $("workers").className = queue.workers_alive.length ? "" : "paused";
+  const purged = queue.retention;
+  $("retention").textContent = purged.last_purge_at
+    ? `Last purge ${when(purged.last_purge_at)}: ${megabytes(purged.last_purge_bytes)} freed ` +
+      `(${megabytes(purged.purged_bytes_total)}, ${purged.purged_exams_total} exam(s) in all)`
+    : "No purge yet";
   renderControl(queue.control);
+}
+
+function megabytes(bytes) {
+  return `${((bytes || 0) / 1048576).toFixed(1)} MB`;
 }
 
 function renderJobs(list) {
