@@ -183,6 +183,7 @@ def job_store_problem(settings: Settings) -> Problem | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from service.jobs.schema import SchemaError
     from service.jobs.store import JobStore, ping
 
     setting = "database_url" if settings.database_url else "data_dir"
@@ -196,6 +197,8 @@ def job_store_problem(settings: Settings) -> Problem | None:
             ping(store)
         finally:
             store.close()
+    except SchemaError as exc:  # reachable, but its schema is not this cordt1's
+        return Problem("error", setting, str(exc))
     except (SQLAlchemyError, ValueError, OSError) as exc:
         what = (
             "start the database server or fix database_url"
