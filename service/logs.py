@@ -25,7 +25,7 @@ __all__ = ["LOG_LEVELS", "JsonFormatter", "configure_logging", "role_log_file"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Libraries whose INFO/DEBUG lines are per-association, per-object or per-font chatter.
-NOISY_LOGGERS = ("pynetdicom", "highdicom", "matplotlib", "PIL", "fontTools")
+NOISY_LOGGERS = ("pynetdicom", "highdicom", "matplotlib", "PIL", "fontTools", "alembic")
 #: Marks the handlers this module installed, so a second call replaces them (and only them).
 _OURS = "_cordt1_handler"
 
