@@ -191,6 +191,15 @@ def job_store_problem(settings: Settings) -> Problem | None:
         shown = make_url(settings.job_store_url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported by JobStore below
         shown = "(unparsable URL)"
+    url = make_url(settings.job_store_url) if shown != "(unparsable URL)" else None
+    new_sqlite = (
+        url is not None
+        and url.drivername.startswith("sqlite")
+        and bool(url.database)
+        and not Path(str(url.database)).exists()
+    )
+    if new_sqlite:
+        return None  # created at the newest schema when serve starts; data_dir is checked
     try:
         store = JobStore(settings.job_store_url)
         try:
