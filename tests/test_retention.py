@@ -260,3 +260,35 @@ def test_serve_purges_periodically(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert purge_totals(service.store).bytes == 64 and not refused.exists()
     finally:
         service.stop()
+
+
+def test_own_results_sent_back_go_with_the_spool_age_limit(
+    settings: Settings, store: JobStore
+) -> None:
+    received = time.time()
+    path = settings.spool_dir / "9.9" / "9.9.1" / "9.9.1.1.dcm"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"s" * 700)
+    store.record_instance(
+        sop_instance_uid="9.9.1.1",
+        study_uid="9.9",
+        series_uid="9.9.1",
+        component="seg",
+        path=str(path),
+        calling_ae="ORTHANC",
+        received_at=received,
+        own_result=True,
+        info={"study_uid": "9.9", "is_own_result": True},
+    )
+    exam = Exam(settings, store, 2)  # queued: its spool must stay
+    assert purge(settings, store, now=received + 10 * DAY_S).own_result_files == 0
+    assert path.is_file()
+
+    dry = purge(settings, store, dry_run=True, now=received + 31 * DAY_S)
+    assert (dry.own_result_files, dry.own_result_bytes) == (1, 700) and path.is_file()
+
+    report = purge(settings, store, now=received + 31 * DAY_S)
+    assert (report.own_result_files, report.own_result_bytes) == (1, 700)
+    assert not path.exists() and exam.kept
+    assert store.own_result_instances(received + 400 * DAY_S) == []
+    assert "own results sent back 1 file(s)" in report.summary()

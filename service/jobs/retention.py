@@ -91,19 +91,27 @@ class PurgeReport:
     quarantine_bytes: int = 0
     broker_files: int = 0
     broker_bytes: int = 0
+    own_result_files: int = 0
+    own_result_bytes: int = 0
     kept_jobs: int = 0
     free_bytes_before: int | None = None
 
     @property
     def bytes(self) -> int:
         """Every byte freed."""
-        return sum(e.bytes for e in self.exams) + self.quarantine_bytes + self.broker_bytes
+        return (
+            sum(e.bytes for e in self.exams)
+            + self.quarantine_bytes
+            + self.broker_bytes
+            + self.own_result_bytes
+        )
 
     def summary(self) -> str:
         """The ``retention.run`` audit line (its head is parsed by :func:`purge_totals`)."""
         return (
             f"purged {len(self.exams)} exam(s), {self.bytes} bytes: "
-            f"quarantine {self.quarantine_files} file(s), queue {self.broker_files} file(s); "
+            f"quarantine {self.quarantine_files} file(s), queue {self.broker_files} file(s), "
+            f"own results sent back {self.own_result_files} file(s); "
             f"{self.kept_jobs} job(s) kept (not done, or not delivered everywhere)"
         )
 
@@ -118,6 +126,11 @@ class PurgeReport:
             )
         if self.broker_files:
             out.append(f"{verb}: queue ({self.broker_files} file(s), {self.broker_bytes} bytes)")
+        if self.own_result_files:
+            out.append(
+                f"{verb}: own results sent back to us ({self.own_result_files} file(s), "
+                f"{self.own_result_bytes} bytes)"
+            )
         head = "dry run, nothing deleted: " if self.dry_run else ""
         out.append(head + self.summary())
         return out
@@ -318,6 +331,19 @@ def _purge_exam(store: JobStore, settings: Settings, plan: ExamPurge, now: float
     return True
 
 
+def _purge_own_results(store: JobStore, report: PurgeReport, received_before: float) -> None:
+    """Our own results a PACS sent back to us, older than the spool's age limit."""
+    old = store.own_result_instances(received_before)
+    paths = [Path(path) for _, path in old]
+    report.own_result_files = sum(p.is_file() for p in paths)
+    report.own_result_bytes = _size(p for p in paths if p.is_file())
+    if report.dry_run:
+        return
+    for path in paths:
+        path.unlink(missing_ok=True)
+    store.forget_instances([uid for uid, _ in old])
+
+
 def purge(
     settings: Settings,
     store: JobStore,
@@ -379,6 +405,8 @@ def purge(
         if not dry_run:
             for path in old:
                 path.unlink(missing_ok=True)
+    if retention.spool_days is not None:
+        _purge_own_results(store, report, moment - retention.spool_days * DAY_S)
     if not dry_run:
         store.log_event(RUN_EVENT, report.summary())
         log.info("retention: %s", report.summary())

@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     create_engine,
+    delete,
     event,
     exists,
     func,
@@ -383,6 +384,26 @@ class JobStore:
             query = query.where(instances.c.own_result.is_(False))
         with self.engine.connect() as conn:
             return [json.loads(r.info) for r in conn.execute(query)]
+
+    def own_result_instances(self, received_before: float) -> list[tuple[str, str]]:
+        """(SOP Instance UID, spool path) of our own results sent back to us before a time.
+
+        They are never inputs of a job, so only their age decides when they go.
+        """
+        query = select(instances.c.sop_instance_uid, instances.c.path).where(
+            instances.c.own_result.is_(True), instances.c.received_at < received_before
+        )
+        with self.engine.connect() as conn:
+            return [(row.sop_instance_uid, row.path) for row in conn.execute(query)]
+
+    def forget_instances(self, sop_instance_uids: Sequence[str]) -> int:
+        """Delete the rows of instances whose files are gone; the number deleted."""
+        if not sop_instance_uids:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(instances).where(instances.c.sop_instance_uid.in_(list(sop_instance_uids)))
+            ).rowcount
 
     def patient_study_uids(self, patient_key: str) -> set[str]:
         """The studies of which instances of this patient were received (one indexed query).
