@@ -76,7 +76,7 @@ def _pool(serve_pid: int, timeout_s: float = 10.0) -> dict[int, float]:
     return sizes
 
 
-def _copy_with_new_uids(source: Path, target: Path) -> None:
+def copy_with_new_uids(source: Path, target: Path) -> None:
     """The exam under ``source`` as a new exam: every UID that names it replaced."""
     study = generate_uid()
     series: dict[str, str] = {}
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(1, args.exams + 1):
             copy = work / "send"
             shutil.rmtree(copy, ignore_errors=True)
-            _copy_with_new_uids(exam_dir, copy)
+            copy_with_new_uids(exam_dir, copy)
             send_folder(copy, port)
             sent = time.monotonic()
             state = _wait_done(store, index, timeout_s=300)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_soak import child_pids
+from benchmarks.bench_soak import child_pids, copy_with_new_uids
 from service.store import Job, JobState
 from tests.counting_pacs import CountingPacs
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
+from tests.throwaway_servers import ThrowawayRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -245,3 +246,56 @@ def test_a_worker_that_dies_is_started_again(
         assert _pool_child(service) not in (worker, 0)  # warmed up, with its pool
         with closing(service.store()) as store:
             assert any(e["kind"] == "worker.restarted" for e in store.events())
+
+
+def _events(service: ServiceProcess, job_id: int | None = None) -> list[dict[str, object]]:
+    with closing(service.store()) as store:
+        return store.events(job_id=job_id, limit=1000)
+
+
+@pytest.mark.parametrize("moment", ["while_a_job_runs", "down_when_the_exam_arrives"])
+def test_redis_restarted_mid_run_jobs_end_done_and_receiving_goes_on(
+    moment: str, exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """A Redis without persistence, killed and started again: every message in it is lost.
+
+    While a job runs a second one waits in Redis (one worker, one pool child); its message
+    goes with the restart, and the new run id of Redis makes `serve` send it again.
+    """
+    copies = []
+    for name in ("second", "third"):
+        copies.append(tmp_path / f"{name}-exam")
+        copy_with_new_uids(exam.dicom_dir, copies[-1])
+    with (
+        ThrowawayRedis(tmp_path / "redis") as redis,
+        _service(tmp_path, exam, pacs, broker=redis.url) as service,
+    ):
+        _pool_child(service)  # the worker is up and consuming
+        if moment == "while_a_job_runs":
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            _wait_state(service, JobState.RUNNING)
+            assert storescu(service.port, [copies[0]]).returncode == 0
+            service.wait_for_jobs(lambda js: len(js) == 2, timeout_s=60)
+            redis.restart(down_s=1.0)
+        else:
+            redis.stop(hard=True)
+            # receiving does not need the broker
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            assert storescu(service.port, [copies[0]]).returncode == 0
+            service.wait_for_jobs(lambda js: len(js) == 2, timeout_s=60)
+            time.sleep(2.0)  # the dispatcher met the dead broker
+            redis.start()
+        jobs = service.wait_for_jobs(lambda js: len(js) == 2 and finished(js), timeout_s=150)
+        assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.error for j in jobs]
+        # the service goes on receiving and processing after the restart
+        assert storescu(service.port, [copies[1]]).returncode == 0
+        jobs = service.wait_for_jobs(lambda js: len(js) == 3 and finished(js), timeout_s=120)
+        assert [j.state for j in jobs] == [JobState.DONE] * 3, [j.error for j in jobs]
+        counts = pacs.counts()
+        assert len(counts) == sum(len(j.result["dicom"]) for j in jobs), "results missing"
+        assert max(counts.values()) == 1, "an object was sent twice"
+        kinds = [e["kind"] for e in _events(service)]
+    assert "broker.restored" in kinds, kinds
+    if moment == "down_when_the_exam_arrives":
+        assert "broker.unreachable" in kinds, kinds
+        assert "broker unreachable" in service.log_text()
