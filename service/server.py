@@ -30,6 +30,7 @@ from dicom_node.status import describe
 from service.api.controls import Controls
 from service.celery_app import PROCESS_TASK, SEND_TASK, broker_run_id, create_app
 from service.exam import own_markers
+from service.jobs import STORE_UNREACHABLE
 from service.priors import fetch_prior
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
@@ -53,6 +54,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+#: How a failed watcher step says the job store did not answer.
+STORE_UNREACHABLE_TEXT = "job store unreachable"
 
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
@@ -371,6 +374,15 @@ class Service:
             self._broker_run_id = run_id
         if not (restarted or self._broker_error):
             return 0
+        return self.resend_queued("broker restarted" if restarted else "broker reachable again")
+
+    def resend_queued(self, why: str) -> int:
+        """Send every queued job's message again (a duplicate is dropped when it is taken).
+
+        For when messages may have been lost or never sent: the broker restarted or came
+        back, or the job store came back (a database that lost its last commits in a crash
+        may have undone a worker's claim). Returns the number sent; 0 if the broker is away.
+        """
         queued = self.store.list_jobs(limit=100000, states=[JobState.QUEUED])
         try:
             for job in queued:
@@ -378,10 +390,9 @@ class Service:
         except Exception as exc:
             self._broker_unreachable(exc)
             return 0
-        what = "restarted" if restarted else "reachable again"
-        message = f"broker {what}: {len(queued)} queued job(s) sent to the workers again"
+        message = f"{why}: {len(queued)} queued job(s) sent to the workers again"
         log.warning("%s", message)
-        self.store.log_event("broker.restored", message)
+        self.store.log_event("broker.restored" if "broker" in why else "store.restored", message)
         self._broker_error = ""
         return len(queued)
 
@@ -508,16 +519,26 @@ class Service:
     def _watch(self) -> None:
         next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
         failing: dict[str, str] = {}  # step -> error of its last failure
+        store_away = False
         while not self._stop.wait(TICK_S):
             self._watch_step("dispatching ready exams", self.dispatch_ready, failing)
             self._watch_step("restarting a local worker", self.supervise, failing)
             if self._broker_error:  # away: look every tick, to resume as soon as it answers
                 self._watch_step("checking the broker", self.check_broker, failing)
-            if time.monotonic() >= next_reconcile:
+            if store_away or time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
                 if not self._broker_error:
                     self._watch_step("checking the broker", self.check_broker, failing)
                 self._watch_step("looking for expired leases", self.reconcile, failing)
+            if any(STORE_UNREACHABLE_TEXT in error for error in failing.values()):
+                store_away = True
+            elif store_away and not failing:
+                store_away = False
+                self._watch_step(
+                    "sending queued jobs again",
+                    lambda: self.resend_queued("job store reachable again"),
+                    failing,
+                )
 
     @staticmethod
     def _watch_step(name: str, step: Any, failing: dict[str, str]) -> None:
@@ -530,7 +551,12 @@ class Service:
             step()
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            if name not in failing:
+            store_away = isinstance(exc, STORE_UNREACHABLE)
+            if store_away:
+                error = f"{STORE_UNREACHABLE_TEXT}: {error}"
+            if name not in failing and store_away:  # expected in an outage: no traceback
+                log.error("%s failed, %s; trying again every %g s", name, error, TICK_S)
+            elif name not in failing:
                 log.exception("%s failed; trying again every %g s", name, TICK_S)
             else:
                 log.debug("%s failed again: %s", name, error)

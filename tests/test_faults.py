@@ -21,7 +21,7 @@ from benchmarks.bench_soak import child_pids, copy_with_new_uids
 from service.store import Job, JobState
 from tests.counting_pacs import CountingPacs
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
-from tests.throwaway_servers import ThrowawayRedis
+from tests.throwaway_servers import ThrowawayPostgres, ThrowawayRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -299,3 +299,46 @@ def test_redis_restarted_mid_run_jobs_end_done_and_receiving_goes_on(
     if moment == "down_when_the_exam_arrives":
         assert "broker.unreachable" in kinds, kinds
         assert "broker unreachable" in service.log_text()
+
+
+@pytest.mark.parametrize("moment", ["while_a_job_runs", "down_when_the_exam_arrives"])
+def test_postgresql_restarted_in_multi_host_mode_jobs_end_done_and_serve_goes_on(
+    moment: str, exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """Job store on PostgreSQL and broker on Redis (as with workers on other hosts); the
+    database crashes (``pg_ctl -m immediate``) and comes back after a few seconds."""
+    copy = tmp_path / "second-exam"
+    copy_with_new_uids(exam.dicom_dir, copy)
+    with (
+        ThrowawayRedis(tmp_path / "redis") as redis,
+        ThrowawayPostgres() as postgres,
+        _service(tmp_path, exam, pacs, broker=redis.url, database_url=postgres.url) as service,
+    ):
+        _pool_child(service)
+        if moment == "while_a_job_runs":
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            _wait_state(service, JobState.RUNNING)
+            postgres.restart(down_s=3.0)
+        else:
+            postgres.stop("immediate")
+            # a C-STORE acknowledged before the writer saw the outage stays: its row waits in
+            # memory; from then on instances are refused (0xC211) and the scanner sends again
+            refused = storescu(service.port, [exam.dicom_dir])
+            assert refused.returncode != 0
+            time.sleep(2.0)
+            postgres.start()
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished, timeout_s=150)
+        (job,) = jobs
+        assert job.state is JobState.DONE, job.error
+        _delivered_once(job, pacs)
+        assert service.process is not None and service.process.poll() is None, "serve died"
+        # receiving and processing go on
+        assert storescu(service.port, [copy]).returncode == 0
+        jobs = service.wait_for_jobs(lambda js: len(js) == 2 and finished(js), timeout_s=120)
+        assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.error for j in jobs]
+        assert max(pacs.counts().values()) == 1, "an object was sent twice"
+    log = service.log_text()
+    assert "job store unreachable" in log, log[-4000:]
+    if moment == "down_when_the_exam_arrives":
+        assert "job store not writable" in log, log[-4000:]
