@@ -8,8 +8,10 @@ Independent of Celery so it can be tested and run inline; :mod:`service.celery_a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -184,18 +186,16 @@ class JobRunner:
             log.warning("job %d run %d: job store unreachable; left to its lease", job_id, run)
             raise
         except ExamError as exc:
-            log.warning("job %d failed: %s", job_id, exc)
-            self._retry(self.store.finish, job_id, owner, JobState.FAILED, error=str(exc))
+            error = str(exc) + self._disk_full(exc, job_id, run)
+            log.warning("job %d failed: %s", job_id, error)
+            self._retry(self.store.finish, job_id, owner, JobState.FAILED, error=error)
             return False
         except Exception as exc:  # an unexpected bug must still end the job visibly
-            log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
-            self._retry(
-                self.store.finish,
-                job_id,
-                owner,
-                JobState.FAILED,
-                error=f"internal error: {type(exc).__name__}: {exc}",
-            )
+            note = self._disk_full(exc, job_id, run)
+            if not note:
+                log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
+            error = f"internal error: {type(exc).__name__}: {exc}" + note
+            self._retry(self.store.finish, job_id, owner, JobState.FAILED, error=error)
             return False
         destinations = list(self.settings.send.destinations)
         result = {
@@ -215,6 +215,36 @@ class JobRunner:
             return False
         publish_run(self.job_dir(job_id), out_dir)
         return state is JobState.SENDING
+
+    def _disk_full(self, exc: BaseException, job_id: int, run: int) -> str:
+        """For a run that failed because its disk filled up: what to say, after removing the
+        run's own unpublished folder (its partial files hold the space that ran out).
+
+        Returns "" for any other failure. The error of a helper process arrives as text
+        only, so the text is looked at as well as the exception chain.
+        """
+        chain: list[BaseException] = []
+        cause: BaseException | None = exc
+        while cause is not None and cause not in chain:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        full = any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain)
+        if not (full or "[Errno 28]" in str(exc) or "No space left" in str(exc)):
+            return ""
+        results = self.settings.results_dir
+        out_dir = self.run_dir(job_id, run)
+        removed = ""
+        if out_dir.is_dir() and (self.job_dir(job_id) / "current").resolve() != out_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            removed = f"; its partial folder {out_dir.name} was removed"
+        try:
+            free_mb = shutil.disk_usage(results).free / 2**20
+        except OSError:
+            free_mb = float("nan")
+        return (
+            f" -- the disk holding {results} is full ({free_mb:.0f} MB free now){removed}; "
+            f"free space there, then `cordt1 retry {job_id}`"
+        )
 
     def _new_run_dir(self, job_id: int, run: int) -> tuple[int, Path]:
         """Create the run's own folder; the next free number if ``run-NNN`` exists already.

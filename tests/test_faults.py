@@ -342,3 +342,50 @@ def test_postgresql_restarted_in_multi_host_mode_jobs_end_done_and_serve_goes_on
     assert "job store unreachable" in log, log[-4000:]
     if moment == "down_when_the_exam_arrives":
         assert "job store not writable" in log, log[-4000:]
+
+
+def _mount_tmpfs(folder: Path, size_mb: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+
+
+def test_full_disk_while_results_are_written_fails_clearly_and_a_retry_ends_done(
+    exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """``results/`` on a 4 MB tmpfs: a run writes about 15 MB. The job fails naming the full
+    disk, publishes and sends nothing; after the space is grown, `cordt1 retry` ends done."""
+    service = _service(tmp_path, exam, pacs)
+    results = service.data_dir / "results"
+    _mount_tmpfs(results, 4)
+    try:
+        with service:
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            (job,) = service.wait_for_jobs(finished, timeout_s=120)
+            assert job.state is JobState.FAILED
+            assert "no space left" in job.error.lower() and str(results) in job.error, job.error
+            job_dir = results / "job-000001"
+            assert not (job_dir / "current").exists(), "a partial run was published"
+            assert not (job_dir / "run-001").exists(), "the partial run still holds the space"
+            assert not pacs.counts(), "results of a partial run were sent"
+            # the space comes back (an operator freed it), then the job is retried
+            subprocess.run(["mount", "-o", "remount,size=64m", str(results)], check=True)
+            retry = subprocess.run(
+                [
+                    *(sys.executable, "-m", "service.cli", "--config", str(service.config)),
+                    *("retry", "1", "--reason", "disk space freed"),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert retry.returncode == 0, retry.stderr
+            (job,) = service.wait_for_jobs(finished, timeout_s=120)
+            assert job.state is JobState.DONE, job.error
+            _delivered_once(job, pacs)
+            current = (job_dir / "current").resolve()
+            assert current == (job_dir / f"run-{job.result['run']:03d}").resolve()
+            assert (current / "summary.json").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(results)], capture_output=True)
