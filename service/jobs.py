@@ -242,7 +242,7 @@ class JobRunner:
         except OSError:
             free_mb = float("nan")
         return (
-            f" -- the disk holding {results} is full ({free_mb:.0f} MB free now){removed}; "
+            f" -- the disk holding {results} ran full{removed} ({free_mb:.0f} MB free now); "
             f"free space there, then `cordt1 retry {job_id}`"
         )
 
