@@ -234,7 +234,8 @@ class JobRunner:
         results = self.settings.results_dir
         out_dir = self.run_dir(job_id, run)
         removed = ""
-        if out_dir.is_dir() and (self.job_dir(job_id) / "current").resolve() != out_dir:
+        published = (self.job_dir(job_id) / "current").resolve()
+        if out_dir.is_dir() and published != out_dir.resolve():
             shutil.rmtree(out_dir, ignore_errors=True)
             removed = f"; its partial folder {out_dir.name} was removed"
         try:
@@ -277,10 +278,10 @@ class JobRunner:
         """``call(*args, **kwargs)`` on the job store, tried again while the store is away.
 
         A job store that restarts (or a network that drops) for less than ``jobs.lease_s``
-        does not lose a step's outcome: the call is repeated every second (a fifth of a
-        shorter lease) until then, with
-        one log line when it starts failing and one when it works again; after that the
-        error is raised (the job's lease runs out and `serve` takes it back).
+        does not lose a step's outcome: the call is repeated every second (every fifth of a
+        shorter lease) until then, with one log line when it starts failing and one when it
+        works again; after that the error is raised (the job's lease runs out and `serve`
+        takes it back).
         """
         deadline = time.monotonic() + self.settings.jobs.lease_s
         failed = False

@@ -532,7 +532,7 @@ class Service:
                 self._watch_step("looking for expired leases", self.reconcile, failing)
             if any(STORE_UNREACHABLE_TEXT in error for error in failing.values()):
                 store_away = True
-            elif store_away and not failing:
+            elif store_away:
                 store_away = False
                 self._watch_step(
                     "sending queued jobs again",
@@ -545,7 +545,8 @@ class Service:
         """Run one step of the watcher; a failure is logged when it starts and when it ends.
 
         While the job store (or the broker) is away every tick fails the same way: the first
-        failure is logged with its traceback, the repeats only at debug level.
+        failure is logged (a job store that does not answer in one line, anything else with
+        its traceback), the repeats only at debug level.
         """
         try:
             step()
