@@ -76,7 +76,7 @@ def _pool(serve_pid: int, timeout_s: float = 10.0) -> dict[int, float]:
     return sizes
 
 
-def _copy_with_new_uids(source: Path, target: Path) -> None:
+def copy_with_new_uids(source: Path, target: Path) -> None:
     """The exam under ``source`` as a new exam: every UID that names it replaced."""
     study = generate_uid()
     series: dict[str, str] = {}
@@ -99,6 +99,36 @@ def _wait_done(store: JobStore, n_jobs: int, timeout_s: float) -> JobState:
             return jobs[0].state
         time.sleep(0.05)
     raise TimeoutError(f"job {n_jobs} not finished after {timeout_s:.0f} s")
+
+
+def summarize(rounds: list[dict[str, Any]], window: int = 20) -> dict[str, Any]:
+    """Memory and latency figures of the soak's rounds.
+
+    ``pool_rss_mb_per_exam_*`` are least-squares slopes (MB per exam) over the second half
+    and over all rounds; ``pool_rss_mb_mean_per_window`` holds the mean of each ``window``
+    consecutive rounds (flat memory: these do not climb).
+    """
+    rss = [r["pool_rss_mb"] for r in rounds]
+    half = rss[len(rss) // 2 :]
+
+    def slope(values: list[float]) -> float:
+        return float(np.polyfit(np.arange(len(values)), values, 1)[0]) if len(values) > 1 else 0.0
+
+    latencies = sorted(r["latency_s"] for r in rounds)
+    return {
+        "failed": sum(r["state"] != "done" for r in rounds),
+        "pool_rss_mb_first": rss[0],
+        "pool_rss_mb_last": rss[-1],
+        "pool_rss_mb_max": max(rss),
+        "pool_rss_mb_per_exam_second_half": round(slope(half), 2),
+        "pool_rss_mb_per_exam_all": round(slope(rss), 2),
+        "pool_rss_mb_mean_per_window": [
+            round(statistics.mean(rss[i : i + window]), 1) for i in range(0, len(rss), window)
+        ],
+        "pool_children_seen": len({p for r in rounds for p in r["pool_pids"]}),
+        "latency_s_p50": statistics.median(latencies),
+        "latency_s_p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(1, args.exams + 1):
             copy = work / "send"
             shutil.rmtree(copy, ignore_errors=True)
-            _copy_with_new_uids(exam_dir, copy)
+            copy_with_new_uids(exam_dir, copy)
             send_folder(copy, port)
             sent = time.monotonic()
             state = _wait_done(store, index, timeout_s=300)
@@ -167,30 +197,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         serve.terminate()
         serve.wait(timeout=60)
         pacs.stop()
-    rss = [r["pool_rss_mb"] for r in rounds]
-    half = rss[len(rss) // 2 :]
-    slope = float(np.polyfit(np.arange(len(half)), half, 1)[0]) if len(half) > 1 else 0.0
-    latencies = sorted(r["latency_s"] for r in rounds)
     report = {
         "benchmark": "soak",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "settings": {
             "exams": args.exams,
             "matrix": args.matrix,
             "worker_max_tasks_per_child": args.max_tasks_per_child or None,
             "worker_max_memory_per_child_mb": args.max_memory_mb,
         },
-        "summary": {
-            "failed": sum(r["state"] != "done" for r in rounds),
-            "pool_rss_mb_first": rss[0],
-            "pool_rss_mb_last": rss[-1],
-            "pool_rss_mb_max": max(rss),
-            "pool_rss_mb_per_exam_second_half": round(slope, 2),
-            "pool_children_seen": len({p for r in rounds for p in r["pool_pids"]}),
-            "latency_s_p50": statistics.median(latencies),
-            "latency_s_p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-        },
+        "summary": summarize(rounds),
         "rounds": rounds,
     }
     if not args.work:

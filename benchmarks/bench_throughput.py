@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_soak import _copy_with_new_uids
+from benchmarks.bench_soak import copy_with_new_uids
 from service.jobs.store import JobState, JobStore
 from service.phantom import PhantomOptions, write_cohort
 from service.phantom.demo import build_demo_model, send_folder, write_service_config
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     copies = []
     for index in range(args.exams):
         copy = work / "send" / f"exam-{index:03d}"
-        _copy_with_new_uids(exam_dir, copy)
+        copy_with_new_uids(exam_dir, copy)
         copies.append(copy)
     runs = [
         _one_run(work, copies, model_dir, work / "phantom" / "site-protocols.toml", n)

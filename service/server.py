@@ -29,11 +29,12 @@ from dicom_node.spool import Spool
 from dicom_node.status import describe
 from service.api.controls import Controls
 from service.inputs.exam import own_markers
-from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, create_app
+from service.jobs.celery_app import PROCESS_TASK, SEND_TASK, broker_run_id, create_app
 from service.jobs.corrections import rerun_if_changed
 from service.jobs.priors import fetch_prior
 from service.jobs.retention import purge
 from service.jobs.store import InstanceBatcher, JobState, JobStore
+from service.jobs.tasks import STORE_UNREACHABLE
 from service.pseudonym import pseudonym_key
 from service.settings import Settings
 
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 #: The first purge runs this long after the start (or after retention.interval_min if shorter).
 FIRST_PURGE_S = 60.0
+
+#: How a failed watcher step says the job store did not answer.
+STORE_UNREACHABLE_TEXT = "job store unreachable"
 
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
@@ -244,6 +248,8 @@ class Service:
         #: Exams with instances received again, until their job is finished and compared.
         self._resent: dict[str, tuple[int, ExamReady]] = {}
         self._fetched_priors: set[str] = set()
+        self._broker_error = ""  # why the last message could not be sent; "" when it could
+        self._broker_run_id: str | None = None
         self.scp = StorageSCP(
             ScpConfig(
                 ae_title=node.ae_title,
@@ -337,8 +343,8 @@ class Service:
             complete=exam.complete,
             reason=exam.reason,
         )
-        self.celery.send_task(PROCESS_TASK, args=[job_id])
-        log.info("job %d queued for study %s", job_id, exam.study_uid)
+        if self._enqueue(PROCESS_TASK, job_id):
+            log.info("job %d queued for study %s", job_id, exam.study_uid)
         return job_id
 
     def _rerun_corrected(self) -> list[int]:
@@ -361,7 +367,7 @@ class Service:
             del self._resent[study_uid]
             names = {uid: _series_name(infos[0]) for uid, infos in exam.series.items() if infos}
             if rerun_if_changed(self.store, job, series_names=names):
-                self.celery.send_task(PROCESS_TASK, args=[job.id])
+                self._enqueue(PROCESS_TASK, job.id)  # queued in the store whatever happens
                 queued.append(job.id)
         return queued
 
@@ -374,6 +380,77 @@ class Service:
             if job.study_uid == exam.study_uid and sorted(job.series_uids) == series
         ]
         return max(ids) if ids else None
+
+    # --- the broker --------------------------------------------------------------------------
+    def _enqueue(self, task: str, job_id: int) -> bool:
+        """Send one job's message; False (logged once per outage) when the broker is away.
+
+        The job stays in the job store whatever happens: :meth:`check_broker` sends the
+        messages of every queued job again once the broker answers.
+        """
+        try:
+            self.celery.send_task(task, args=[job_id])
+        except Exception as exc:
+            self._broker_unreachable(exc)
+            return False
+        return True
+
+    def _broker_unreachable(self, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        if not self._broker_error:
+            message = (
+                f"broker unreachable ({error}); received exams wait as queued jobs and "
+                "are sent to the workers when it answers again"
+            )
+            log.error("%s", message)
+            with contextlib.suppress(Exception):
+                self.store.log_event("broker.unreachable", message)
+        self._broker_error = error
+
+    def check_broker(self) -> int:
+        """Notice a broker that came back or restarted; queued jobs' messages sent again.
+
+        A Redis without persistence forgets its messages when it restarts (a new run id), and
+        messages for jobs dispatched while it was away were never sent: either way every
+        queued job gets a new message (a duplicate is dropped when the job is taken). Jobs
+        being processed or sent come back through their leases (:meth:`reconcile`).
+
+        Returns
+        -------
+        int
+            Messages sent again (0 when nothing was wrong, or the broker is still away).
+        """
+        try:
+            run_id = broker_run_id(self.settings.celery_broker_url)
+        except Exception as exc:
+            self._broker_unreachable(exc)
+            return 0
+        restarted = None not in (run_id, self._broker_run_id) and run_id != self._broker_run_id
+        if run_id is not None:
+            self._broker_run_id = run_id
+        if not (restarted or self._broker_error):
+            return 0
+        return self.resend_queued("broker restarted" if restarted else "broker reachable again")
+
+    def resend_queued(self, why: str) -> int:
+        """Send every queued job's message again (a duplicate is dropped when it is taken).
+
+        For when messages may have been lost or never sent: the broker restarted or came
+        back, or the job store came back (a database that lost its last commits in a crash
+        may have undone a worker's claim). Returns the number sent; 0 if the broker is away.
+        """
+        queued = self.store.list_jobs(limit=100000, states=[JobState.QUEUED])
+        try:
+            for job in queued:
+                self.celery.send_task(PROCESS_TASK, args=[job.id])
+        except Exception as exc:
+            self._broker_unreachable(exc)
+            return 0
+        message = f"{why}: {len(queued)} queued job(s) sent to the workers again"
+        log.warning("%s", message)
+        self.store.log_event("broker.restored" if "broker" in why else "store.restored", message)
+        self._broker_error = ""
+        return len(queued)
 
     # --- priors from the PACS ----------------------------------------------------------------
     def _hold_for_prior(self, exam: ExamReady, now: float) -> bool:
@@ -461,9 +538,12 @@ class Service:
                 if info.path.exists():
                     self.tracker.add(info, info.received_at)
         self._resent.update(self._received_after_runs(replay))
+        with contextlib.suppress(Exception):  # unreachable: logged by the first send
+            self._broker_run_id = broker_run_id(self.settings.celery_broker_url)
         for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
-            self.celery.send_task(PROCESS_TASK, args=[job.id])
-            self.store.log_event("job.recovered", f"job {job.id} re-queued at start-up", job.id)
+            if self._enqueue(PROCESS_TASK, job.id):
+                message = f"job {job.id} re-queued at start-up"
+                self.store.log_event("job.recovered", message, job.id)
         self.reconcile()
 
     def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, tuple[int, ExamReady]]:
@@ -512,7 +592,8 @@ class Service:
             # The message first: if the broker is away nothing changes and the next round
             # tries again. A message that finds the job renewed or taken meanwhile is dropped.
             task = PROCESS_TASK if job.state is JobState.RUNNING else SEND_TASK
-            self.celery.send_task(task, args=[job.id])
+            if not self._enqueue(task, job.id):
+                break
             step = self.store.take_stale(job.id, wait_s=self.settings.jobs.lease_s, now=moment)
             if step is None:
                 continue
@@ -522,21 +603,53 @@ class Service:
 
     def _watch(self) -> None:
         next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
+        failing: dict[str, str] = {}  # step -> error of its last failure
+        store_away = False
         while not self._stop.wait(TICK_S):
-            try:
-                self.dispatch_ready()
-            except Exception:
-                log.exception("dispatching ready exams failed; will try again")
-            try:
-                self.supervise()
-            except Exception:
-                log.exception("restarting a local worker failed; will try again")
-            if time.monotonic() >= next_reconcile:
+            self._watch_step("dispatching ready exams", self.dispatch_ready, failing)
+            self._watch_step("restarting a local worker", self.supervise, failing)
+            if self._broker_error:  # away: look every tick, to resume as soon as it answers
+                self._watch_step("checking the broker", self.check_broker, failing)
+            if store_away or time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.settings.jobs.reconcile_interval_s
-                try:
-                    self.reconcile()
-                except Exception:
-                    log.exception("looking for expired leases failed; will try again")
+                if not self._broker_error:
+                    self._watch_step("checking the broker", self.check_broker, failing)
+                self._watch_step("looking for expired leases", self.reconcile, failing)
+            if any(STORE_UNREACHABLE_TEXT in error for error in failing.values()):
+                store_away = True
+            elif store_away:
+                store_away = False
+                self._watch_step(
+                    "sending queued jobs again",
+                    lambda: self.resend_queued("job store reachable again"),
+                    failing,
+                )
+
+    @staticmethod
+    def _watch_step(name: str, step: Any, failing: dict[str, str]) -> None:
+        """Run one step of the watcher; a failure is logged when it starts and when it ends.
+
+        While the job store (or the broker) is away every tick fails the same way: the first
+        failure is logged (a job store that does not answer in one line, anything else with
+        its traceback), the repeats only at debug level.
+        """
+        try:
+            step()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            store_away = isinstance(exc, STORE_UNREACHABLE)
+            if store_away:
+                error = f"{STORE_UNREACHABLE_TEXT}: {error}"
+            if name not in failing and store_away:  # expected in an outage: no traceback
+                log.error("%s failed, %s; trying again every %g s", name, error, TICK_S)
+            elif name not in failing:
+                log.exception("%s failed; trying again every %g s", name, TICK_S)
+            else:
+                log.debug("%s failed again: %s", name, error)
+            failing[name] = error
+            return
+        if failing.pop(name, None) is not None:
+            log.warning("%s works again", name)
 
     def _purge_periodically(self) -> None:
         """Run the retention purge every ``retention.interval_min`` until stopped."""
@@ -685,7 +798,7 @@ class Service:
             restarted.append(replacement.pid)
         if restarted:
             for job in self.store.list_jobs(limit=100000, states=[JobState.QUEUED]):
-                self.celery.send_task(PROCESS_TASK, args=[job.id])
+                self._enqueue(PROCESS_TASK, job.id)
         return restarted
 
     def run_forever(self) -> None:

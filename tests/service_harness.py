@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from service.jobs.store import Job, JobState, JobStore
 from service.phantom import PhantomOptions, write_cohort
 from service.phantom.demo import write_service_config
@@ -146,7 +148,11 @@ class ServiceProcess:
             deadline = time.monotonic() + timeout_s
             jobs: list[Job] = []
             while time.monotonic() < deadline:
-                jobs = store.list_jobs(limit=100)
+                try:
+                    jobs = store.list_jobs(limit=100)
+                except OperationalError:  # the job store restarts (fault tests): ask again
+                    time.sleep(0.5)
+                    continue
                 if predicate(jobs):
                     return jobs
                 time.sleep(0.2)

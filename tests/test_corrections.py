@@ -16,7 +16,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.scu import Destination, send
-from service.jobs.corrections import DIGEST_KEY, changed_series, input_digests, rerun_if_changed
+from service.jobs.corrections import (
+    DIGEST_KEY,
+    changed_series,
+    input_digests,
+    rerun_if_changed,
+)
 from service.jobs.store import Job, JobState, JobStore
 from service.server import Service
 from service.settings import Settings

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_soak import child_pids
+from benchmarks.bench_soak import child_pids, copy_with_new_uids
 from service.jobs.store import Job, JobState
 from tests.counting_pacs import CountingPacs
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
+from tests.throwaway_servers import ThrowawayPostgres, ThrowawayRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -245,3 +246,146 @@ def test_a_worker_that_dies_is_started_again(
         assert _pool_child(service) not in (worker, 0)  # warmed up, with its pool
         with closing(service.store()) as store:
             assert any(e["kind"] == "worker.restarted" for e in store.events())
+
+
+def _events(service: ServiceProcess, job_id: int | None = None) -> list[dict[str, object]]:
+    with closing(service.store()) as store:
+        return store.events(job_id=job_id, limit=1000)
+
+
+@pytest.mark.parametrize("moment", ["while_a_job_runs", "down_when_the_exam_arrives"])
+def test_redis_restarted_mid_run_jobs_end_done_and_receiving_goes_on(
+    moment: str, exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """A Redis without persistence, killed and started again: every message in it is lost.
+
+    While a job runs a second one waits in Redis (one worker, one pool child); its message
+    goes with the restart, and the new run id of Redis makes `serve` send it again.
+    """
+    copies = []
+    for name in ("second", "third"):
+        copies.append(tmp_path / f"{name}-exam")
+        copy_with_new_uids(exam.dicom_dir, copies[-1])
+    with (
+        ThrowawayRedis(tmp_path / "redis") as redis,
+        _service(tmp_path, exam, pacs, broker=redis.url) as service,
+    ):
+        _pool_child(service)  # the worker is up and consuming
+        if moment == "while_a_job_runs":
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            _wait_state(service, JobState.RUNNING)
+            assert storescu(service.port, [copies[0]]).returncode == 0
+            service.wait_for_jobs(lambda js: len(js) == 2, timeout_s=60)
+            redis.restart(down_s=1.0)
+        else:
+            redis.stop(hard=True)
+            # receiving does not need the broker
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            assert storescu(service.port, [copies[0]]).returncode == 0
+            service.wait_for_jobs(lambda js: len(js) == 2, timeout_s=60)
+            time.sleep(2.0)  # the dispatcher met the dead broker
+            redis.start()
+        jobs = service.wait_for_jobs(lambda js: len(js) == 2 and finished(js), timeout_s=150)
+        assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.error for j in jobs]
+        # the service goes on receiving and processing after the restart
+        assert storescu(service.port, [copies[1]]).returncode == 0
+        jobs = service.wait_for_jobs(lambda js: len(js) == 3 and finished(js), timeout_s=120)
+        assert [j.state for j in jobs] == [JobState.DONE] * 3, [j.error for j in jobs]
+        counts = pacs.counts()
+        assert len(counts) == sum(len(j.result["dicom"]) for j in jobs), "results missing"
+        assert max(counts.values()) == 1, "an object was sent twice"
+        kinds = [e["kind"] for e in _events(service)]
+    assert "broker.restored" in kinds, kinds
+    if moment == "down_when_the_exam_arrives":
+        assert "broker.unreachable" in kinds, kinds
+        assert "broker unreachable" in service.log_text()
+
+
+@pytest.mark.parametrize("moment", ["while_a_job_runs", "down_when_the_exam_arrives"])
+def test_postgresql_restarted_in_multi_host_mode_jobs_end_done_and_serve_goes_on(
+    moment: str, exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """Job store on PostgreSQL and broker on Redis (as with workers on other hosts); the
+    database crashes (``pg_ctl -m immediate``) and comes back after a few seconds."""
+    copy = tmp_path / "second-exam"
+    copy_with_new_uids(exam.dicom_dir, copy)
+    with (
+        ThrowawayRedis(tmp_path / "redis") as redis,
+        ThrowawayPostgres() as postgres,
+        _service(tmp_path, exam, pacs, broker=redis.url, database_url=postgres.url) as service,
+    ):
+        _pool_child(service)
+        if moment == "while_a_job_runs":
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            _wait_state(service, JobState.RUNNING)
+            postgres.restart(down_s=3.0)
+        else:
+            postgres.stop("immediate")
+            # a C-STORE acknowledged before the writer saw the outage stays: its row waits in
+            # memory; from then on instances are refused (0xC211) and the scanner sends again
+            refused = storescu(service.port, [exam.dicom_dir])
+            assert refused.returncode != 0
+            time.sleep(2.0)
+            postgres.start()
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+        jobs = service.wait_for_jobs(finished, timeout_s=150)
+        (job,) = jobs
+        assert job.state is JobState.DONE, job.error
+        _delivered_once(job, pacs)
+        assert service.process is not None and service.process.poll() is None, "serve died"
+        # receiving and processing go on
+        assert storescu(service.port, [copy]).returncode == 0
+        jobs = service.wait_for_jobs(lambda js: len(js) == 2 and finished(js), timeout_s=120)
+        assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.error for j in jobs]
+        assert max(pacs.counts().values()) == 1, "an object was sent twice"
+    log = service.log_text()
+    assert "job store unreachable" in log, log[-4000:]
+    if moment == "down_when_the_exam_arrives":
+        assert "job store not writable" in log, log[-4000:]
+
+
+def _mount_tmpfs(folder: Path, size_mb: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+
+
+def test_full_disk_while_results_are_written_fails_clearly_and_a_retry_ends_done(
+    exam: PhantomExam, pacs: CountingPacs, tmp_path: Path
+) -> None:
+    """``results/`` on a 4 MB tmpfs: a run writes about 15 MB. The job fails naming the full
+    disk, publishes and sends nothing; after the space is grown, `cordt1 retry` ends done."""
+    service = _service(tmp_path, exam, pacs)
+    results = service.data_dir / "results"
+    _mount_tmpfs(results, 4)
+    try:
+        with service:
+            assert storescu(service.port, [exam.dicom_dir]).returncode == 0
+            (job,) = service.wait_for_jobs(finished, timeout_s=120)
+            assert job.state is JobState.FAILED
+            assert "no space left" in job.error.lower() and str(results) in job.error, job.error
+            job_dir = results / "job-000001"
+            assert not (job_dir / "current").exists(), "a partial run was published"
+            assert not (job_dir / "run-001").exists(), "the partial run still holds the space"
+            assert not pacs.counts(), "results of a partial run were sent"
+            # the space comes back (an operator freed it), then the job is retried
+            subprocess.run(["mount", "-o", "remount,size=64m", str(results)], check=True)
+            retry = subprocess.run(
+                [
+                    *(sys.executable, "-m", "service.cli", "--config", str(service.config)),
+                    *("retry", "1", "--reason", "disk space freed"),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert retry.returncode == 0, retry.stderr
+            (job,) = service.wait_for_jobs(finished, timeout_s=120)
+            assert job.state is JobState.DONE, job.error
+            _delivered_once(job, pacs)
+            current = (job_dir / "current").resolve()
+            assert current == (job_dir / f"run-{job.result['run']:03d}").resolve()
+            assert (current / "summary.json").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(results)], capture_output=True)

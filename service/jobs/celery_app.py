@@ -19,7 +19,7 @@ from service.jobs.store import JobStore
 from service.jobs.tasks import JobRunner, SendOutcome
 from service.settings import Settings
 
-__all__ = ["PROCESS_TASK", "SEND_TASK", "create_app"]
+__all__ = ["PROCESS_TASK", "SEND_TASK", "broker_run_id", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,29 @@ def _filesystem_options(data_dir: Path) -> dict[str, Any]:
         "store_processed": False,
         "polling_interval": 0.2,
     }
+
+
+def broker_run_id(url: str, timeout_s: float = 2.0) -> str | None:
+    """An id of the running broker server that changes when it restarts; None without one.
+
+    Redis answers its ``run_id`` (``INFO server``): a new one means a restart, and a Redis
+    without persistence forgets every queued message then. The embedded filesystem queue
+    keeps its messages in files and has no server, so it has no id.
+
+    Raises
+    ------
+    Exception
+        The client's error when the broker does not answer within ``timeout_s``.
+    """
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
 
 
 def create_app(settings: Settings) -> Celery:

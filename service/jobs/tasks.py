@@ -8,18 +8,23 @@ Independent of Celery so it can be tested and run inline; :mod:`service.jobs.cel
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import socket
 import threading
+import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydicom
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dicom_node.components import classify
 from dicom_node.scu import Destination
@@ -38,6 +43,10 @@ from service.settings import Settings
 __all__ = ["Heartbeat", "JobRunner", "SendOutcome", "lease_owner", "publish_run"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Errors of a job store that does not answer (restarting, network gone): worth a retry.
+STORE_UNREACHABLE = (OperationalError, InterfaceError)
 
 
 class SendOutcome(StrEnum):
@@ -136,7 +145,7 @@ class JobRunner:
         """
         lease_s = self.settings.jobs.lease_s
         owner = lease_owner()
-        run = self.store.claim(job_id, owner, lease_s)
+        run = self._retry(self.store.claim, job_id, owner, lease_s)
         if run is None:
             log.info("job %d not taken (another worker holds it, or it is finished)", job_id)
             return False
@@ -145,15 +154,13 @@ class JobRunner:
 
     def _process_run(self, job_id: int, run: int, owner: str, beat: Heartbeat) -> bool:
         job = self.store.get_job(job_id)
-        out_dir = self.run_dir(job_id, run)
         lease_s = self.settings.jobs.lease_s
         # What this run reads, so that instances received again can be told apart from a
         # correction (service.jobs.corrections); kept with a failure too.
         read: dict[str, Any] = {"run": run}
         try:
-            if out_dir.exists():
-                raise ExamError(f"run folder {out_dir} exists already; not overwritten")
-            out_dir.mkdir(parents=True)
+            run, out_dir = self._new_run_dir(job_id, run)
+            read["run"] = run
             read[DIGEST_KEY] = input_digests(self.store.instance_paths(job.series_uids))
             exam, moment = self._exam(job.study_uid, job.series_uids)
             outputs = process_exam(
@@ -172,18 +179,24 @@ class JobRunner:
                 return False
             if self.settings.bids_dir is not None:
                 self._export_bids(exam, out_dir, self.settings.bids_dir)
+        except STORE_UNREACHABLE:
+            # not the exam's fault: the lease runs out and the job is processed again
+            log.warning("job %d run %d: job store unreachable; left to its lease", job_id, run)
+            raise
         except ExamError as exc:
-            log.warning("job %d failed: %s", job_id, exc)
-            self.store.finish(job_id, owner, JobState.FAILED, error=str(exc), result=read)
+            error = str(exc) + self._disk_full(exc, job_id, run)
+            log.warning("job %d failed: %s", job_id, error)
+            self._retry(
+                self.store.finish, job_id, owner, JobState.FAILED, error=error, result=read
+            )
             return False
         except Exception as exc:  # an unexpected bug must still end the job visibly
-            log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
-            self.store.finish(
-                job_id,
-                owner,
-                JobState.FAILED,
-                error=f"internal error: {type(exc).__name__}: {exc}",
-                result=read,
+            note = self._disk_full(exc, job_id, run)
+            if not note:
+                log.error("job %d crashed:\n%s", job_id, traceback.format_exc())
+            error = f"internal error: {type(exc).__name__}: {exc}" + note
+            self._retry(
+                self.store.finish, job_id, owner, JobState.FAILED, error=error, result=read
             )
             return False
         destinations = list(self.settings.send.destinations)
@@ -197,11 +210,115 @@ class JobRunner:
             "send_attempts": 0,
         }
         state = JobState.SENDING if destinations else JobState.DONE
-        if not self.store.finish(job_id, owner, state, result=result, wait_s=lease_s):
+        recorded = self._retry(
+            self.store.finish, job_id, owner, state, result=result, wait_s=lease_s
+        )
+        if not recorded and not self._recorded_before(job_id, state, run):
             log.warning("job %d run %d lost its lease; results not published", job_id, run)
             return False
         publish_run(self.job_dir(job_id), out_dir)
         return state is JobState.SENDING
+
+    def _disk_full(self, exc: BaseException, job_id: int, run: int) -> str:
+        """For a run that failed because its disk filled up: what to say, after removing the
+        run's own unpublished folder (its partial files hold the space that ran out).
+
+        Returns "" for any other failure. The error of a helper process arrives as text
+        only, so the text is looked at as well as the exception chain.
+        """
+        chain: list[BaseException] = []
+        cause: BaseException | None = exc
+        while cause is not None and cause not in chain:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        full = any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain)
+        if not (full or "[Errno 28]" in str(exc) or "No space left" in str(exc)):
+            return ""
+        results = self.settings.results_dir
+        out_dir = self.run_dir(job_id, run)
+        removed = ""
+        published = (self.job_dir(job_id) / "current").resolve()
+        if out_dir.is_dir() and published != out_dir.resolve():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            removed = f"; its partial folder {out_dir.name} was removed"
+        try:
+            free_mb = shutil.disk_usage(results).free / 2**20
+        except OSError:
+            free_mb = float("nan")
+        return (
+            f" -- the disk holding {results} ran full{removed} ({free_mb:.0f} MB free now); "
+            f"free space there, then `cordt1 retry {job_id}`"
+        )
+
+    def _new_run_dir(self, job_id: int, run: int) -> tuple[int, Path]:
+        """Create the run's own folder; the next free number if ``run-NNN`` exists already.
+
+        A run folder is never reused: one exists already when the job store forgot a run
+        (a database that lost its last commits in a crash, or restored from a backup), and
+        that run may still be writing there.
+        """
+        first = run
+        while True:
+            out_dir = self.run_dir(job_id, run)
+            try:
+                out_dir.mkdir(parents=True)
+            except FileExistsError:
+                run += 1
+                continue
+            except OSError as exc:
+                raise ExamError(f"run folder {out_dir} cannot be created: {exc}") from exc
+            if run != first:
+                log.warning(
+                    "job %d: run folder run-%03d exists already (the job store forgot a run); "
+                    "this run writes into run-%03d",
+                    job_id,
+                    first,
+                    run,
+                )
+            return run, out_dir
+
+    def _retry(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call(*args, **kwargs)`` on the job store, tried again while the store is away.
+
+        A job store that restarts (or a network that drops) for less than ``jobs.lease_s``
+        does not lose a step's outcome: the call is repeated every second (every fifth of a
+        shorter lease) until then, with one log line when it starts failing and one when it
+        works again; after that the error is raised (the job's lease runs out and `serve`
+        takes it back).
+        """
+        deadline = time.monotonic() + self.settings.jobs.lease_s
+        failed = False
+        while True:
+            try:
+                value = call(*args, **kwargs)
+            except STORE_UNREACHABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not failed:
+                    log.warning(
+                        "job store unreachable (%s); %s tried again for up to %g s",
+                        str(exc).splitlines()[0][:200],
+                        getattr(call, "__name__", "the call"),
+                        self.settings.jobs.lease_s,
+                    )
+                    failed = True
+                time.sleep(min(1.0, self.settings.jobs.lease_s / 5))
+                continue
+            if failed:
+                log.warning("job store works again: %s done", getattr(call, "__name__", "call"))
+            return value
+
+    def _recorded_before(self, job_id: int, state: JobState, run: int) -> bool:
+        """Whether this run's outcome is in the store although ``finish`` said no.
+
+        A commit whose answer was lost (the store went away just then) is repeated by
+        :meth:`_retry`; the repeat finds the lease given up by the first one.
+        """
+        try:
+            job = self.store.get_job(job_id)
+        except Exception:
+            return False
+        return job.state is state and job.result.get("run") == run and not job.lease_owner
 
     def send(self, job_id: int) -> SendOutcome:
         """Send a job's results to every destination, skipping what each one confirmed.
@@ -211,7 +328,7 @@ class JobRunner:
         """
         lease_s = self.settings.jobs.lease_s
         owner = lease_owner()
-        if not self.store.claim_send(job_id, owner, lease_s):
+        if not self._retry(self.store.claim_send, job_id, owner, lease_s):
             log.info("job %d: not sending (held by another worker, or not waiting)", job_id)
             return SendOutcome.SKIPPED
         with Heartbeat(self.store, job_id, owner, lease_s) as beat:
@@ -232,13 +349,17 @@ class JobRunner:
                 invalid.append(str(exc))
         if invalid:
             error = "results not sent, bad destination: " + "; ".join(invalid)
-            self.store.finish(job_id, owner, JobState.FAILED, error=error, result=result)
+            self._retry(
+                self.store.finish, job_id, owner, JobState.FAILED, error=error, result=result
+            )
             return SendOutcome.FAILED
         try:
             objects = result_objects(result.get("dicom", []))
         except (OSError, ValueError) as exc:
             error = f"result files of run {run} cannot be read: {exc}"
-            self.store.finish(job_id, owner, JobState.FAILED, error=error, result=result)
+            self._retry(
+                self.store.finish, job_id, owner, JobState.FAILED, error=error, result=result
+            )
             return SendOutcome.FAILED
         errors = []
         for text in destinations:
@@ -283,11 +404,12 @@ class JobRunner:
                 )
             errors.extend(report.errors)
         if not errors:
-            self.store.finish(job_id, owner, JobState.DONE, error="", result=result)
+            self._retry(self.store.finish, job_id, owner, JobState.DONE, error="", result=result)
             return SendOutcome.SENT
         error = "; ".join(dict.fromkeys(errors))
         if attempts >= self.settings.send.attempts:
-            self.store.finish(
+            self._retry(
+                self.store.finish,
                 job_id,
                 owner,
                 JobState.FAILED,
@@ -295,7 +417,8 @@ class JobRunner:
                 result=result,
             )
             return SendOutcome.FAILED
-        self.store.finish(
+        self._retry(
+            self.store.finish,
             job_id,
             owner,
             JobState.SENDING,
