@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what cordt1 needs on a fresh Debian 12 machine: the DICOM peers used by the demo and
 # the tests (DCMTK, dicom3tools, Orthanc with its DICOMweb plugin, Redis, the PixelMed SR validator,
-# pdftotext, Chromium for the viewer test), a Python venv with the project in it, and the OHIF
+# pdftotext, Chromium for the viewer test, PostgreSQL for throw-away clusters), a Python venv with the project in it, and the OHIF
 # web viewer (npm package @ohif/app, prebuilt dist/) in .cache/ohif/<version>/.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -21,6 +21,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the install test
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql)  # throw-away clusters (fault suite)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing Debian packages: ${need_apt[*]}"
