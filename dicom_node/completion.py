@@ -223,6 +223,46 @@ class ExamTracker:
             exam.resent.clear()
         return handed
 
+    def handed_out(self) -> dict[str, tuple[list[str], int]]:
+        """The exams handed out so far: study UID -> (series UIDs, number of instances).
+
+        Returns
+        -------
+        dict
+            Only exams with nothing new since their last hand-out.
+        """
+        return {
+            study_uid: (
+                sorted({i.series_uid for i in exam.instances.values()}),
+                len(exam.instances),
+            )
+            for study_uid, exam in self._exams.items()
+            if exam.handed_out > 0 and not exam.dirty
+        }
+
+    def hand_out_again(self, study_uid: str, now: float) -> bool:
+        """Hand an exam out again after ``settle_s`` (its job was lost, e.g. by a database
+        restored from a backup or one that lost its last commits in a crash).
+
+        Parameters
+        ----------
+        study_uid : str
+            StudyInstanceUID.
+        now : float
+            Current time (seconds, same clock as :meth:`ready`).
+
+        Returns
+        -------
+        bool
+            ``False`` for an unknown study.
+        """
+        exam = self._exams.get(study_uid)
+        if exam is None:
+            return False
+        exam.dirty = True
+        exam.last_arrival = max(exam.last_arrival, float(now))
+        return True
+
     def forget(self, study_uid: str) -> None:
         """Drop everything known about a study (after its spool folder was removed).
 

@@ -546,6 +546,39 @@ class Service:
                 self.store.log_event("job.recovered", message, job.id)
         self.reconcile()
 
+    def after_store_outage(self) -> int:
+        """The job store answers again: take up what it may have lost, then resend queued jobs.
+
+        A database that lost its last commits (a crash with asynchronous commit, a fail-over
+        to a replica that lagged, a restore from a backup) may have lost rows of received
+        instances and whole jobs. Spooled files without a row are recorded again
+        (:func:`record_unrecorded_files`); an exam already handed out that has no job any more
+        is handed out again, so a job is made for it; every queued job's message is sent again.
+
+        Returns
+        -------
+        int
+            Exams handed out again.
+        """
+        record_unrecorded_files(self.store, self.spool, self.pseudonyms)
+        with self._lock:
+            handed = self.tracker.handed_out()
+        lost = [
+            study_uid
+            for study_uid, (series, n_instances) in handed.items()
+            if not self.store.has_job(study_uid, series, n_instances)
+        ]
+        now = time.time()
+        with self._lock:
+            for study_uid in lost:
+                self.tracker.hand_out_again(study_uid, now)
+        if lost:
+            message = f"job store came back without the job of {len(lost)} exam(s): made again"
+            log.warning("%s", message)
+            self.store.log_event("store.jobs_lost", message)
+        self.resend_queued("job store reachable again")
+        return len(lost)
+
     def _received_after_runs(self, replay: list[InstanceInfo]) -> dict[str, tuple[int, ExamReady]]:
         """Exams with a job whose instances (same count) were received after its run began."""
         by_study: dict[str, dict[str, list[InstanceInfo]]] = {}
@@ -620,9 +653,7 @@ class Service:
             elif store_away:
                 store_away = False
                 self._watch_step(
-                    "sending queued jobs again",
-                    lambda: self.resend_queued("job store reachable again"),
-                    failing,
+                    "taking up after the job store came back", self.after_store_outage, failing
                 )
 
     @staticmethod

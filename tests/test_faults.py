@@ -328,7 +328,7 @@ def test_postgresql_restarted_in_multi_host_mode_jobs_end_done_and_serve_goes_on
             time.sleep(2.0)
             postgres.start()
             assert storescu(service.port, [exam.dicom_dir]).returncode == 0
-        jobs = service.wait_for_jobs(finished, timeout_s=150)
+        jobs = service.wait_for_jobs(finished, timeout_s=100)
         (job,) = jobs
         assert job.state is JobState.DONE, job.error
         _delivered_once(job, pacs)

@@ -6,18 +6,23 @@ The whole-service versions of these (real `serve`, real exams) are in tests/test
 from __future__ import annotations
 
 import errno
+import time
 from pathlib import Path
 
 import pytest
 import redis as redis_client
+from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 
+from dicom_node.scu import Destination, send
 from service.inputs.exam import ExamError
+from service.jobs import store as store_tables
 from service.jobs.celery_app import PROCESS_TASK
 from service.jobs.store import JobStore
 from service.jobs.tasks import JobRunner
 from service.server import Service
 from service.settings import Settings
+from tests.test_dicom_node_factories import make_mr
 from tests.throwaway_servers import ThrowawayRedis
 
 
@@ -130,3 +135,42 @@ def test_a_full_disk_is_named_and_the_partial_run_removed(tmp_path: Path) -> Non
     assert runner._disk_full(ExamError("x ([Errno 28] No space left)"), 3, 2)
     assert runner._disk_full(ExamError("missing series"), 3, 1) == ""
     runner.store.close()
+
+
+def test_an_exam_whose_job_the_database_lost_gets_a_job_again(tmp_path: Path) -> None:
+    """A job store that came back without its last commits (rows of received instances and
+    the job of an exam gone) loses nothing: the spooled files are recorded again and the exam
+    gets a new job."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        workers=0,
+        node={"host": "127.0.0.1", "port": 0, "min_free_mb": 0},
+        api={"enabled": False},
+    )
+    service = Service(settings)
+    service.scp.start()
+    try:
+        assert service.scp.port is not None
+        ds = make_mr()
+        send([ds], Destination("CORDT1", "127.0.0.1", service.scp.port), calling_ae="SCANNER")
+        assert service.batcher.flush()
+        later = time.time() + 10 * settings.node.stale_s
+        assert len(service.dispatch_ready(now=later)) == 1
+        assert service.after_store_outage() == 0  # nothing lost: nothing made again
+
+        with service.store.engine.begin() as conn:  # the commits the crash took
+            conn.execute(delete(store_tables.jobs))
+            conn.execute(delete(store_tables.instances))
+        assert service.store.list_jobs() == [] and service.store.instance_infos() == []
+
+        assert service.after_store_outage() == 1
+        infos = service.store.instance_infos()
+        assert [i["sop_instance_uid"] for i in infos] == [ds.SOPInstanceUID]
+        (again,) = service.dispatch_ready(now=later + 10 * settings.node.stale_s)
+        (job,) = service.store.list_jobs()
+        assert job.id == again and job.study_uid == ds.StudyInstanceUID
+        kinds = [e["kind"] for e in service.store.events()]
+        assert "store.jobs_lost" in kinds
+    finally:
+        service.scp.stop()
+        service.store.close()
