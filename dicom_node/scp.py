@@ -23,12 +23,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom._handlers import standard_dimse_recv_handler
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
+from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import read_received_header
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
@@ -50,6 +52,7 @@ _DIAG_NO_REASON = 0x01
 _STATUS_MISTYPED_ARGUMENT = 0x0212
 _ERROR_COMMENT_MAX = 64  # LO
 _DIMSE_RECV = evt.EVT_DIMSE_RECV
+_STORE_RQ_KEYWORDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority")
 
 
 @dataclass
@@ -688,6 +691,8 @@ class StorageSCP:
         the failure response itself, or aborts when there is no Message ID to answer.
         Requests pynetdicom cannot decode at all are aborted by pynetdicom.
         """
+        if _plainly_valid_store(event.message):
+            return  # the usual case: nothing to answer here
         try:
             request = event.message.message_to_primitive()
         except Exception:
@@ -728,7 +733,7 @@ class StorageSCP:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         try:
-            encoded = event.encoded_dataset()
+            encoded = _encoded_dataset(event, sop_uid)
             free = self._spool.free_bytes()
             if free - len(encoded) < self._config.min_free_bytes:
                 LOGGER.error(
@@ -844,6 +849,42 @@ class StorageSCP:
             "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
         )
         return _Outcome(status, reason, kept.name)
+
+
+def _encoded_dataset(event: evt.Event, sop_uid: str) -> bytes:
+    """The received Part-10 bytes: our file meta framing, else pynetdicom's.
+
+    :func:`dicom_node.part10.part10_prefix` gives the bytes pynetdicom's
+    ``event.encoded_dataset()`` would, without building a pydicom file meta dataset; UIDs
+    it does not take (over 64 characters, not ASCII) go the pynetdicom way, so such a
+    request is answered as before.
+    """
+    request = event.request
+    try:
+        prefix = part10_prefix(
+            str(request.AffectedSOPClassUID or ""),
+            sop_uid,
+            str(event.context.transfer_syntax),
+        )
+    except ValueError:
+        return event.encoded_dataset()
+    return prefix + request.DataSet.getvalue()
+
+
+def _plainly_valid_store(message: object) -> bool:
+    """``True`` for a C-STORE-RQ whose required command elements all have values.
+
+    Such a request becomes a valid pynetdicom request primitive, so the handler of
+    received messages need not decode it a second time.
+    """
+    if not isinstance(message, C_STORE_RQ):
+        return False
+    command_set = message.command_set
+    for keyword in _STORE_RQ_KEYWORDS:
+        value = command_set.get(keyword)
+        if value is None or value == "":
+            return False
+    return True
 
 
 def _header_uids(ds: Dataset) -> tuple[str, str, str, str]:

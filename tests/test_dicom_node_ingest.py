@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    RLELossless,
+)
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
+from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import pixel_data_problem, read_received_header
 from dicom_node.scp import ScpConfig
 from tests.hostile_factory import BROKEN, broken_mr
@@ -89,3 +100,27 @@ def test_an_instance_without_pixel_data_keeps_its_whole_header() -> None:
 def test_transport_poll_must_be_short_and_positive(poll_s: float) -> None:
     with pytest.raises(ValueError, match="transport_poll_s"):
         ScpConfig(ae_title="CORDT1", transport_poll_s=poll_s)
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.44", "1.2.3.4"])  # even and odd length (padding)
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_file_meta_framing_equals_pynetdicoms(sop_uid: str, syntax: str, tmp_path: Path) -> None:
+    expected = b"\x00" * 128 + b"DICM"
+    expected += encode_file_meta(
+        create_file_meta(
+            sop_class_uid=UID(MRImageStorage),
+            sop_instance_uid=UID(sop_uid),
+            transfer_syntax=UID(syntax),
+        )
+    )
+    prefix = part10_prefix(MRImageStorage, sop_uid, syntax)
+    assert prefix == expected
+    (tmp_path / "meta.dcm").write_bytes(prefix)
+    meta = read_file_meta_info(tmp_path / "meta.dcm")
+    assert meta.MediaStorageSOPInstanceUID == sop_uid and meta.TransferSyntaxUID == syntax
+
+
+@pytest.mark.parametrize("bad", ["", "1." * 40, "1.2.\u00e9"])
+def test_file_meta_framing_refuses_uids_it_cannot_write(bad: str) -> None:
+    with pytest.raises(ValueError, match="SOP Instance UID"):
+        part10_prefix(MRImageStorage, bad, ExplicitVRLittleEndian)
