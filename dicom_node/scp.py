@@ -9,8 +9,11 @@ returns is listed in :mod:`dicom_node.status`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -28,6 +31,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, reserve_port
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
 from dicom_node.part10 import part10_prefix
@@ -99,6 +103,12 @@ class ScpConfig:
     tls_port : int or None
         TCP port of DICOM over TLS (0: the OS picks, read :attr:`StorageSCP.tls_port`);
         ``None``: no TLS port. The same AE, policy and limits serve both ports.
+    acceptor_processes : int
+        Processes that take associations on the plain port (1..32). With 1 everything runs
+        in this process. With N > 1, N child processes share the port (``SO_REUSEPORT``,
+        see :mod:`dicom_node.acceptors`): concurrent senders use several cores; admission,
+        limits, ``on_instance`` and the audit callbacks stay in this process, the TLS
+        port too.
 
     Raises
     ------
@@ -123,6 +133,7 @@ class ScpConfig:
     transport_poll_s: float = 0.0002
     tls: ServerTls | None = None
     tls_port: int | None = None
+    acceptor_processes: int = 1
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title, "ScpConfig.ae_title")
@@ -166,6 +177,11 @@ class ScpConfig:
             raise ValueError(
                 f"ScpConfig.maximum_pdu_size must be 0 or >= 4096, got {self.maximum_pdu_size}"
             )
+        processes = self.acceptor_processes
+        if isinstance(processes, bool) or not isinstance(processes, int):
+            raise ValueError(f"ScpConfig.acceptor_processes must be 1..32, got {processes!r}")
+        if not 1 <= processes <= 32:
+            raise ValueError(f"ScpConfig.acceptor_processes must be 1..32, got {processes!r}")
         poll = self.transport_poll_s
         if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 0.01:
             raise ValueError(f"ScpConfig.transport_poll_s must be in (0, 0.01], got {poll!r}")
@@ -202,6 +218,8 @@ class AssociationRecord:
     tls : str
         ``""`` over plain TCP; over TLS the protocol version and the peer certificate's
         subject common name (``"TLSv1.3, peer certificate CN=scanner"``).
+    acceptor_pid : int
+        Process id of the process that served the association.
     """
 
     calling_ae: str
@@ -216,6 +234,7 @@ class AssociationRecord:
     started_at: float
     ended_at: float
     tls: str = ""
+    acceptor_pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -269,6 +288,7 @@ class _AssocState:
     failures: int = 0
     bytes_received: int = 0
     tls: str = ""
+    token: str = ""
 
 
 class StorageSCP:
@@ -340,6 +360,10 @@ class StorageSCP:
         self._tls_peers: dict[Association, str] = {}
         self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
+        self._link: ParentLink | None = None  # set in an acceptor process
+        self._pool: AcceptorPool | None = None  # acceptor processes of this parent
+        self._remote: dict[str, str] = {}  # token -> calling AE of the children's associations
+        self._tokens = itertools.count(1)
         self.port: int | None = None
         self.tls_port: int | None = None
 
@@ -388,12 +412,10 @@ class StorageSCP:
         ]
         self._ae = ae
         try:
-            if self._config.port is not None:
-                server = ae.start_server(
-                    (self._config.host, self._config.port), block=False, evt_handlers=handlers
-                )
-                self._servers.append(server)
-                self.port = int(server.server_address[1])
+            if self._config.port is not None and self._config.acceptor_processes > 1:
+                self._start_pool()
+            elif self._config.port is not None:
+                self._start_plain(ae, handlers)
             if self._config.tls_port is not None:
                 # The handshake runs in the connection's own thread (EVT_CONN_OPEN), not in
                 # pynetdicom's accept loop, so a silent client cannot stall other clients.
@@ -416,12 +438,70 @@ class StorageSCP:
             self.tls_port if self.tls_port is not None else "off",
         )
 
+    def _start_plain(self, ae: AE, handlers: list[Any]) -> None:
+        address = (self._config.host, self._config.port)
+        if self._link is None:
+            server = ae.start_server(address, block=False, evt_handlers=handlers)
+        else:  # an acceptor process: share the port with the other acceptors
+            server = ae.make_server(address, evt_handlers=handlers, server_class=_ReusePortServer)
+            ae._servers.append(server)  # as start_server does; ae.shutdown() stops it
+            threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+        self._servers.append(server)
+        self.port = int(server.server_address[1])
+
+    def _start_pool(self) -> None:
+        assert self._config.port is not None
+        placeholder = reserve_port(self._config.host, self._config.port)
+        try:
+            port = int(placeholder.getsockname()[1])
+            child_config = dataclasses.replace(
+                self._config, port=port, tls=None, tls_port=None, acceptor_processes=1
+            )
+            pool = AcceptorPool(
+                self._config.acceptor_processes,
+                child_config,
+                self._spool.root,
+                self._spool.quarantine_dir,
+                own_markers=self._own_markers,
+                pseudonyms=self._pseudonyms,
+                admit=self._admit_remote,
+                on_instance=self._on_instance,
+                on_finished=self._remote_finished,
+                on_refusal=self._remote_refusal,
+            )
+            pool.start()
+        finally:
+            placeholder.close()
+        self._pool = pool
+        self.port = port
+
+    def serve_for_parent(self, link: ParentLink) -> None:
+        """Start as one acceptor process of a parent (see :mod:`dicom_node.acceptors`).
+
+        Admission goes to the parent; association records go there with their token.
+
+        Parameters
+        ----------
+        link : ParentLink
+            This process's end of the pipe to the parent.
+        """
+        self._link = link
+        self.start()
+
+    @property
+    def acceptor_pids(self) -> list[int]:
+        """Process ids of the acceptor processes (empty with ``acceptor_processes = 1``)."""
+        return self._pool.pids if self._pool is not None else []
+
     def stop(self) -> None:
         """Stop listening and end open associations (idempotent)."""
         servers, self._servers = self._servers, []
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
         for server in servers:
             server.shutdown()
-        if servers:
+        if servers or pool is not None:
             LOGGER.info("storage SCP %s stopped", self._config.ae_title)
         if self._ae is not None:
             self._ae.shutdown()
@@ -430,7 +510,7 @@ class StorageSCP:
     @property
     def is_running(self) -> bool:
         """``True`` between :meth:`start` and :meth:`stop`."""
-        return bool(self._servers)
+        return bool(self._servers) or self._pool is not None
 
     def __enter__(self) -> StorageSCP:
         self.start()
@@ -499,32 +579,113 @@ class StorageSCP:
         with self._lock:
             state.tls = self._tls_peers.pop(assoc, "")
             self._states[assoc] = state
-        reason = self._refusal_reason(state)
-        result, source = _REJECT_PERMANENT, _SOURCE_SERVICE_USER
-        if reason is None and self._paused is not None and self._paused():
-            # Transient: the sender keeps the exam and tries again later.
-            reason = "intake paused by an operator"
-            result, diagnostic = _REJECT_TRANSIENT, _DIAG_NO_REASON
-        elif reason is None:
-            reason = self._over_ae_limit(assoc, state)
-            if reason is None:
-                return
-            result, source, diagnostic = (
-                _REJECT_TRANSIENT,
-                _SOURCE_PROVIDER_PRESENTATION,
-                _DIAG_LOCAL_LIMIT_EXCEEDED,
-            )
-        elif reason.startswith("called"):
-            diagnostic = _DIAG_CALLED_AE_NOT_RECOGNISED
-        else:
-            diagnostic = _DIAG_CALLING_AE_NOT_RECOGNISED
+        rejection = self._admission(assoc, state)
+        if rejection is None:
+            return
         LOGGER.warning(
-            "rejecting association from %r at %s: %s", state.calling_ae, state.address, reason
+            "rejecting association from %r at %s: %s",
+            state.calling_ae,
+            state.address,
+            rejection.reason,
         )
-        state.reason = reason
-        assoc.acse.send_reject(result, source, diagnostic)
+        state.reason = rejection.reason
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom does)
         self._finish(assoc)
+
+    def _admission(self, assoc: Association, state: _AssocState) -> Rejection | None:
+        if self._link is None:
+            rejection = self._policy(state)
+            if rejection is not None:
+                return rejection
+            with self._lock:
+                return self._limits(state, exclude=assoc)
+        state.token = f"{os.getpid()}-{next(self._tokens)}"
+        request = Admission(
+            state.token, state.calling_ae, state.called_ae, state.address, state.port
+        )
+        try:
+            return self._link.admit(request)
+        except (OSError, EOFError) as exc:
+            return Rejection(
+                f"node parent process unavailable: {_short(exc)}",
+                _REJECT_TRANSIENT,
+                _SOURCE_SERVICE_USER,
+                _DIAG_NO_REASON,
+            )
+
+    def _policy(self, state: _AssocState) -> Rejection | None:
+        """Allowed AEs and the pause switch."""
+        reason = self._refusal_reason(state)
+        if reason is not None:
+            diagnostic = (
+                _DIAG_CALLED_AE_NOT_RECOGNISED
+                if reason.startswith("called")
+                else _DIAG_CALLING_AE_NOT_RECOGNISED
+            )
+            return Rejection(reason, _REJECT_PERMANENT, _SOURCE_SERVICE_USER, diagnostic)
+        if self._paused is not None and self._paused():
+            # Transient: the sender keeps the exam and tries again later.
+            return Rejection(
+                "intake paused by an operator",
+                _REJECT_TRANSIENT,
+                _SOURCE_SERVICE_USER,
+                _DIAG_NO_REASON,
+            )
+        return None
+
+    def _limits(self, state: _AssocState, *, exclude: Association | None) -> Rejection | None:
+        """max_associations (with acceptor processes) and max_associations_per_ae.
+
+        The caller holds ``self._lock``; ``exclude`` is the association being decided.
+        """
+        local = [s for other, s in self._states.items() if other is not exclude]
+        remote = list(self._remote.values())
+        if self._pool is not None and len(local) + len(remote) >= self._config.max_associations:
+            reason = "too many associations (max_associations reached)"
+        else:
+            others = sum(1 for s in local if s.calling_ae == state.calling_ae)
+            others += sum(1 for calling_ae in remote if calling_ae == state.calling_ae)
+            limit = self._config.max_associations_per_ae
+            if others < limit:
+                return None
+            reason = (
+                f"too many associations from this calling AE (max_associations_per_ae {limit})"
+            )
+        return Rejection(
+            reason, _REJECT_TRANSIENT, _SOURCE_PROVIDER_PRESENTATION, _DIAG_LOCAL_LIMIT_EXCEEDED
+        )
+
+    def _admit_remote(self, request: Admission) -> Rejection | None:
+        """Decide on an association an acceptor process received (in its link thread)."""
+        state = _AssocState(
+            calling_ae=request.calling_ae,
+            called_ae=request.called_ae,
+            address=request.address,
+            port=request.port,
+            started_at=time.time(),
+        )
+        rejection = self._policy(state)
+        if rejection is not None:
+            return rejection
+        with self._lock:  # check and take a slot at once: two children cannot both get it
+            rejection = self._limits(state, exclude=None)
+            if rejection is None:
+                self._remote[request.token] = request.calling_ae
+        return rejection
+
+    def _remote_finished(self, token: str, record: AssociationRecord) -> None:
+        with self._lock:
+            self._remote.pop(token, None)
+        self._report(record)
+
+    def _remote_refusal(self, refusal: StoreRefusal) -> None:
+        if self._on_refusal is None:
+            return
+        try:
+            self._on_refusal(refusal)
+        except Exception:
+            LOGGER.exception("on_refusal callback failed for %r", refusal.calling_ae)
 
     def _refusal_reason(self, state: _AssocState) -> str | None:
         if self._config.check_called_ae and state.called_ae != self._config.ae_title:
@@ -537,18 +698,6 @@ class StorageSCP:
         if allowed is not None and state.address not in allowed:
             return "calling AE title not allowed from this address"
         return None
-
-    def _over_ae_limit(self, assoc: Association, state: _AssocState) -> str | None:
-        with self._lock:
-            others = sum(
-                1
-                for other, other_state in self._states.items()
-                if other is not assoc and other_state.calling_ae == state.calling_ae
-            )
-        limit = self._config.max_associations_per_ae
-        if others < limit:
-            return None
-        return f"too many associations from this calling AE (max_associations_per_ae {limit})"
 
     def _handle_accepted(self, event: evt.Event) -> None:
         state = self._state(event.assoc)
@@ -629,6 +778,7 @@ class StorageSCP:
             started_at=state.started_at,
             ended_at=time.time(),
             tls=state.tls,
+            acceptor_pid=os.getpid(),
         )
         if state.accepted:
             LOGGER.info(
@@ -640,6 +790,12 @@ class StorageSCP:
                 record.failures,
                 record.bytes,
             )
+        if self._link is not None:
+            try:
+                self._link.finished(state.token, record)
+            except (OSError, EOFError) as exc:
+                LOGGER.error("association record not handed to the parent: %s", _short(exc))
+            return
         self._report(record)
 
     def _report(self, record: AssociationRecord) -> None:
@@ -849,6 +1005,14 @@ class StorageSCP:
             "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
         )
         return _Outcome(status, reason, kept.name)
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with ``SO_REUSEPORT`` (one of several acceptors)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def _encoded_dataset(event: evt.Event, sop_uid: str) -> bytes:

@@ -244,6 +244,7 @@ class Service:
                 min_free_bytes=node.min_free_mb * 1024 * 1024,
                 max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
                 network_timeout_s=node.idle_timeout_s,
+                acceptor_processes=node.acceptor_processes,
             ),
             self.spool,
             on_instance=self.on_instance,

@@ -1,0 +1,417 @@
+"""Acceptor processes: several processes take associations on one plain DICOM port.
+
+pynetdicom handles an association in Python threads, so one process uses one core however
+many senders are connected. With ``ScpConfig.acceptor_processes = N > 1`` the storage SCP
+starts N child processes (``spawn``) that each listen on the same port (``SO_REUSEPORT``:
+the kernel spreads new connections over them). Each child receives, checks and spools
+instances exactly as a single-process SCP does (the crash-safe write happens before the
+answer, in the child). Everything that needs the whole node stays in the parent, which
+the children talk to over a pipe:
+
+- association admission (allowed AEs, the pause switch, ``max_associations`` and
+  ``max_associations_per_ae`` counted over all processes): a round trip per association;
+- ``on_instance`` (the instance facts, sent after the file is durable; the parent calls
+  the service's callback, a failure there is logged, the file stays spooled),
+  ``on_association`` and ``on_refusal`` (the audit trail), and the children's log records.
+
+The TLS port, when configured, stays in the parent process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
+    from multiprocessing.process import BaseProcess
+
+    from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
+    from dicom_node.scp import AssociationRecord, ScpConfig, StoreRefusal
+
+__all__ = ["AcceptorPool", "Admission", "ParentLink", "Rejection", "reserve_port"]
+
+LOGGER = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the parent needs to admit an association a child received.
+
+    Attributes
+    ----------
+    token : str
+        Unique name of the association (child pid and a counter).
+    calling_ae, called_ae : str
+        AE titles of the request.
+    address : str
+        Peer IP address.
+    port : int
+        Peer TCP port.
+    """
+
+    token: str
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why and how an association is rejected (A-ASSOCIATE-RJ parameters).
+
+    Attributes
+    ----------
+    reason : str
+        Words for the audit trail and the log.
+    result, source, diagnostic : int
+        Result (1 permanent, 2 transient), source and reason/diagnostic of the reject.
+    """
+
+    reason: str
+    result: int
+    source: int
+    diagnostic: int
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) a ``SO_REUSEPORT`` socket so the acceptors can share its port.
+
+    Parameters
+    ----------
+    host : str
+        Address the acceptors listen on.
+    port : int
+        Port; 0 lets the OS choose (read it from ``getsockname()``).
+
+    Returns
+    -------
+    socket.socket
+        The bound socket; close it once the acceptors listen.
+
+    Raises
+    ------
+    OSError
+        If the port cannot be bound, or the platform has no ``SO_REUSEPORT``.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("acceptor_processes > 1 needs SO_REUSEPORT (Linux, BSD, macOS)")
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(info[4])
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ParentLink:
+    """The child's end of the pipe to the parent (used inside an acceptor process).
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        Duplex pipe to the parent.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send one message that gets no answer.
+
+        Raises
+        ------
+        OSError, EOFError
+            If the parent has gone.
+        """
+        with self._send_lock:
+            self._conn.send(message)
+
+    def admit(self, admission: Admission) -> Rejection | None:
+        """Ask the parent whether to accept an association (a round trip).
+
+        Returns
+        -------
+        Rejection or None
+            ``None``: accept.
+        """
+        with self._call_lock:
+            self.send(("admit", admission))
+            answer = self._conn.recv()
+        return answer if isinstance(answer, Rejection) else None
+
+    def instance(self, info: InstanceInfo) -> None:
+        """Hand a spooled instance's facts to the parent (``on_instance`` runs there)."""
+        self.send(("instance", info))
+
+    def refusal(self, refusal: StoreRefusal) -> None:
+        """Hand a refused C-STORE to the parent's audit trail."""
+        self.send(("refusal", refusal))
+
+    def finished(self, token: str, record: AssociationRecord) -> None:
+        """Report an association's end (the parent frees its slot and audits it)."""
+        self.send(("finished", token, record))
+
+
+class _PipeLogHandler(logging.Handler):
+    """Sends the child's log records to the parent, which logs them with its handlers."""
+
+    def __init__(self, link: ParentLink) -> None:
+        super().__init__()
+        self._link = link
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record) if record.exc_info else record.getMessage()
+            fields = dict(record.__dict__)
+            fields.update(msg=message, args=None, exc_info=None, exc_text=None)
+            fields.pop("message", None)
+            self._link.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
+def acceptor_main(
+    conn: Connection,
+    control: Connection,
+    config: ScpConfig,
+    spool_root: Path,
+    quarantine_dir: Path,
+    own_markers: OwnResultMarkers,
+    pseudonyms: PseudonymKey,
+    log_level: int,
+) -> None:
+    """Entry point of an acceptor process: serve the shared port until told to stop.
+
+    Parameters
+    ----------
+    conn : Connection
+        Pipe for admissions, instances, audit records and log records.
+    control : Connection
+        Pipe on which the parent says stop (or closes: the parent has gone).
+    config : ScpConfig
+        The node's settings with ``acceptor_processes = 1`` and no TLS port.
+    spool_root, quarantine_dir : pathlib.Path
+        The node's spool.
+    own_markers : OwnResultMarkers
+        Recognises our own results.
+    pseudonyms : PseudonymKey
+        Site secret of the patient keys.
+    log_level : int
+        Level of the child's root logger (the parent's).
+    """
+    from dicom_node.scp import StorageSCP
+    from dicom_node.spool import Spool
+
+    link = ParentLink(conn)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(_PipeLogHandler(link))
+    root.setLevel(log_level)
+    logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
+    scp = StorageSCP(
+        config,
+        Spool(spool_root, quarantine_dir),
+        on_instance=link.instance,
+        own_markers=own_markers,
+        pseudonyms=pseudonyms,
+        on_refusal=link.refusal,
+    )
+    scp.serve_for_parent(link)
+    try:
+        link.send(("ready", scp.port))
+        with contextlib.suppress(EOFError, OSError):
+            control.recv()  # "stop", or EOF when the parent has gone
+    finally:
+        scp.stop()
+
+
+class AcceptorPool:
+    """Parent side: starts the acceptor processes and answers their messages.
+
+    Parameters
+    ----------
+    n_processes : int
+        Number of acceptor processes (>= 2).
+    config : ScpConfig
+        Settings each child serves with (``acceptor_processes = 1``, no TLS port, the port
+        reserved by :func:`reserve_port`).
+    spool_root, quarantine_dir : pathlib.Path
+        The node's spool.
+    own_markers : OwnResultMarkers
+        Recognises our own results.
+    pseudonyms : PseudonymKey
+        Site secret.
+    admit : Callable[[Admission], Rejection | None]
+        Decides on a child's association request.
+    on_instance : Callable[[InstanceInfo], None]
+        Called for each instance a child spooled.
+    on_finished : Callable[[str, AssociationRecord], None]
+        Called when a child's association has ended (token, record).
+    on_refusal : Callable[[StoreRefusal], None]
+        Called for each C-STORE a child refused.
+    """
+
+    def __init__(
+        self,
+        n_processes: int,
+        config: ScpConfig,
+        spool_root: Path,
+        quarantine_dir: Path,
+        *,
+        own_markers: OwnResultMarkers,
+        pseudonyms: PseudonymKey,
+        admit: Callable[[Admission], Rejection | None],
+        on_instance: Callable[[InstanceInfo], None],
+        on_finished: Callable[[str, AssociationRecord], None],
+        on_refusal: Callable[[StoreRefusal], None],
+    ) -> None:
+        if n_processes < 2:
+            raise ValueError(f"AcceptorPool needs >= 2 processes, got {n_processes}")
+        self._n = n_processes
+        self._args = (config, spool_root, quarantine_dir, own_markers, pseudonyms)
+        self._admit = admit
+        self._on_instance = on_instance
+        self._on_finished = on_finished
+        self._on_refusal = on_refusal
+        self._children: list[tuple[BaseProcess, Connection, Connection]] = []
+        self._readers: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the acceptor processes."""
+        return [int(proc.pid) for proc, _, _ in self._children if proc.pid is not None]
+
+    def start(self) -> None:
+        """Start the children; return once every one listens.
+
+        Raises
+        ------
+        RuntimeError
+            If a child does not report ready within ``START_TIMEOUT_S`` (its log lines
+            have been forwarded by then); the started children are stopped.
+        """
+        context = multiprocessing.get_context("spawn")
+        level = logging.getLogger().getEffectiveLevel()
+        try:
+            for index in range(self._n):
+                conn, child_conn = context.Pipe()
+                control, child_control = context.Pipe()
+                proc = context.Process(
+                    target=acceptor_main,
+                    args=(child_conn, child_control, *self._args, level),
+                    name=f"dicom-acceptor-{index}",
+                    daemon=True,
+                )
+                proc.start()
+                child_conn.close()
+                child_control.close()
+                self._children.append((proc, conn, control))
+            for index, (proc, conn, _) in enumerate(self._children):
+                self._wait_ready(index, proc, conn)
+                reader = threading.Thread(
+                    target=self._read, args=(index, conn), name=f"acceptor-link-{index}"
+                )
+                reader.daemon = True
+                reader.start()
+                self._readers.append(reader)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, index: int, proc: BaseProcess, conn: Connection) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not conn.poll(min(0.5, max(deadline - time.monotonic(), 0.0))):
+                if not proc.is_alive():
+                    break
+                continue
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "ready":
+                return
+            self._dispatch(conn, message)  # log lines written while starting
+        raise RuntimeError(
+            f"acceptor process {index} did not start (exit code {proc.exitcode}); see the log"
+        )
+
+    def _read(self, index: int, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping.is_set():
+                    LOGGER.error("acceptor process %d ended unexpectedly", index)
+                return
+            try:
+                self._dispatch(conn, message)
+            except Exception:
+                LOGGER.exception("handling a message of acceptor process %d failed", index)
+
+    def _dispatch(self, conn: Connection, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "admit":
+            try:
+                answer: Rejection | None = self._admit(message[1])
+            except Exception:
+                LOGGER.exception("association admission failed")
+                answer = Rejection("admission failed in the parent process", 2, 2, 1)
+            conn.send(answer)
+        elif kind == "instance":
+            try:
+                self._on_instance(message[1])
+            except Exception as exc:
+                LOGGER.error(
+                    "on_instance failed for an instance of an acceptor process (file kept "
+                    "in spool): %s",
+                    f"{type(exc).__name__}: {exc}"[:200],
+                )
+        elif kind == "finished":
+            self._on_finished(message[1], message[2])
+        elif kind == "refusal":
+            self._on_refusal(message[1])
+        elif kind == "log":
+            record = logging.makeLogRecord(message[1])
+            logging.getLogger(record.name).handle(record)
+
+    def stop(self) -> None:
+        """Tell every child to stop, wait for them (kill after ``STOP_TIMEOUT_S``)."""
+        self._stopping.set()
+        children, self._children = self._children, []
+        for _, _, control in children:
+            with contextlib.suppress(OSError):
+                control.send("stop")
+        for proc, _conn, control in children:
+            proc.join(timeout=STOP_TIMEOUT_S)
+            if proc.is_alive():
+                LOGGER.error("acceptor process %s did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.join(timeout=STOP_TIMEOUT_S)
+            control.close()
+        for reader in self._readers:
+            reader.join(timeout=STOP_TIMEOUT_S)
+        self._readers = []
+        for _, conn, _ in children:
+            conn.close()
