@@ -10,9 +10,10 @@ the children talk to over a pipe:
 
 - association admission (allowed AEs, the pause switch, ``max_associations`` and
   ``max_associations_per_ae`` counted over all processes): a round trip per association;
-- ``on_instance`` (the instance facts, sent after the file is durable; the parent calls
-  the service's callback, a failure there is logged, the file stays spooled),
-  ``on_association`` and ``on_refusal`` (the audit trail), and the children's log records.
+- ``on_instance``: a round trip per instance, after the file is durable and before the
+  answer, so a failing callback in the parent (job store refusing rows) is answered
+  0xC211 as in a single process;
+- ``on_association`` and ``on_refusal`` (the audit trail), and the children's log records.
 
 The TLS port, when configured, stays in the parent process.
 """
@@ -145,6 +146,11 @@ class ParentLink:
         with self._send_lock:
             self._conn.send(message)
 
+    def _call(self, message: tuple[Any, ...]) -> object:
+        with self._call_lock:  # the parent answers in order: one question at a time
+            self.send(message)
+            return self._conn.recv()
+
     def admit(self, admission: Admission) -> Rejection | None:
         """Ask the parent whether to accept an association (a round trip).
 
@@ -153,14 +159,20 @@ class ParentLink:
         Rejection or None
             ``None``: accept.
         """
-        with self._call_lock:
-            self.send(("admit", admission))
-            answer = self._conn.recv()
+        answer = self._call(("admit", admission))
         return answer if isinstance(answer, Rejection) else None
 
     def instance(self, info: InstanceInfo) -> None:
-        """Hand a spooled instance's facts to the parent (``on_instance`` runs there)."""
-        self.send(("instance", info))
+        """Run the parent's ``on_instance`` for a spooled instance (a round trip).
+
+        Raises
+        ------
+        RuntimeError
+            With the parent's error text when its ``on_instance`` failed.
+        """
+        error = self._call(("instance", info))
+        if error is not None:
+            raise RuntimeError(f"in the node's parent process: {error}")
 
     def refusal(self, refusal: StoreRefusal) -> None:
         """Hand a refused C-STORE to the parent's audit trail."""
@@ -380,14 +392,12 @@ class AcceptorPool:
                 answer = Rejection("admission failed in the parent process", 2, 2, 1)
             conn.send(answer)
         elif kind == "instance":
+            error: str | None = None
             try:
                 self._on_instance(message[1])
-            except Exception as exc:
-                LOGGER.error(
-                    "on_instance failed for an instance of an acceptor process (file kept "
-                    "in spool): %s",
-                    f"{type(exc).__name__}: {exc}"[:200],
-                )
+            except Exception as exc:  # the child logs it and answers 0xC211
+                error = f"{type(exc).__name__}: {exc}"[:200]
+            conn.send(error)
         elif kind == "finished":
             self._on_finished(message[1], message[2])
         elif kind == "refusal":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -97,6 +96,9 @@ def _clean(pool: Pool) -> Iterator[None]:
     pool.failing.clear()
     yield
     pool.drain_records()
+    for leftover in (pool.instances, pool.refusals):
+        while not leftover.empty():
+            leftover.get_nowait()
 
 
 def test_associations_are_spread_over_the_processes_and_reported_here(pool: Pool) -> None:
@@ -159,18 +161,16 @@ def test_pause_switch_of_this_process_rejects_in_every_acceptor(pool: Pool) -> N
     assert len(list(pool.spool.iter_files())) == before
 
 
-def test_a_failing_callback_here_is_logged_and_the_file_stays(
-    pool: Pool, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failing_callback_here_is_answered_c211_and_the_file_stays(pool: Pool) -> None:
     pool.failing.set()
     ds = make_mr()
-    with caplog.at_level(logging.ERROR):
-        send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # durable: success
-        pool.drain_records()
-    assert (
-        pool.spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    ).is_file()
-    assert any("on_instance failed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SendError, match="0xC211"):
+        send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    spooled = pool.spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert spooled.is_file()
+    pool.failing.clear()
+    send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # a re-send is taken
+    assert pool.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
 
 
 def test_stop_ends_the_acceptor_processes(tmp_path: Path) -> None:
