@@ -906,59 +906,16 @@ class StorageSCP:
                     f"spool disk: {free // 2**20} MiB free, below the configured minimum",
                 )
             received_at = time.time()
+            # the file is written and fdatasynced in the background while the header is read
+            pending = self._spool.begin(encoded)
             try:
-                # stops at native pixel data: only its element header is looked at
-                header = read_received_header(
-                    encoded, max_pixel_bytes=self._config.max_pixel_bytes
-                )
-                ds = header.dataset
-                uids = _header_uids(ds)
-            except Exception as exc:
-                return self._quarantine(
-                    encoded,
-                    calling_ae,
-                    sop_uid,
-                    StoreStatus.CANNOT_UNDERSTAND,
-                    f"header not understood: {_short(exc)}",
-                )
-            study_uid, series_uid, instance_uid, class_uid = uids
-            if instance_uid != sop_uid or class_uid != str(request.AffectedSOPClassUID):
-                LOGGER.error(
-                    "C-STORE %s from %r: dataset SOP class/instance %s/%s differ from request",
-                    sop_uid,
-                    calling_ae,
-                    class_uid,
-                    instance_uid,
-                )
-                return _Outcome(
-                    StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    "SOP Class/Instance UID of the data set differ from the request",
-                )
-            problem = header.pixel_problem
-            if problem is not None:
-                return self._quarantine(
-                    encoded, calling_ae, sop_uid, StoreStatus.PIXEL_DATA_MISMATCH, problem
-                )
-            target = self._spool.path_for(study_uid, series_uid, instance_uid)
-            try:
-                info = read_instance_info(
-                    ds,
-                    path=target,
-                    calling_ae=calling_ae,
-                    received_at=received_at,
-                    own_markers=self._own_markers,
-                    pseudonyms=self._pseudonyms,
-                    size_bytes=len(encoded),
-                )
-            except ValueError as exc:
-                return self._quarantine(
-                    encoded,
-                    calling_ae,
-                    sop_uid,
-                    StoreStatus.CANNOT_UNDERSTAND,
-                    f"header not understood: {_short(exc)}",
-                )
-            self._spool.write(encoded, study_uid, series_uid, instance_uid)
+                checked = self._check(event, encoded, calling_ae, sop_uid, received_at)
+                if isinstance(checked, _Outcome):
+                    return checked
+                info = checked
+                pending.commit(info.study_uid, info.series_uid, info.sop_instance_uid)
+            finally:
+                pending.discard()  # no-op once committed
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
@@ -987,6 +944,68 @@ class StorageSCP:
             state.instances += 1
             state.bytes_received += len(encoded)
         return _Outcome(StoreStatus.SUCCESS)
+
+    def _check(
+        self,
+        event: evt.Event,
+        encoded: bytes,
+        calling_ae: str,
+        sop_uid: str,
+        received_at: float,
+    ) -> InstanceInfo | _Outcome:
+        """Read and check the header; the facts to record, or the refusal (quarantined)."""
+        request = event.request
+        try:
+            # stops at native pixel data: only its element header is looked at
+            header = read_received_header(encoded, max_pixel_bytes=self._config.max_pixel_bytes)
+            ds = header.dataset
+            uids = _header_uids(ds)
+        except Exception as exc:
+            return self._quarantine(
+                encoded,
+                calling_ae,
+                sop_uid,
+                StoreStatus.CANNOT_UNDERSTAND,
+                f"header not understood: {_short(exc)}",
+            )
+        study_uid, series_uid, instance_uid, class_uid = uids
+        if instance_uid != sop_uid or class_uid != str(request.AffectedSOPClassUID):
+            LOGGER.error(
+                "C-STORE %s from %r: dataset SOP class/instance %s/%s differ from request",
+                sop_uid,
+                calling_ae,
+                class_uid,
+                instance_uid,
+            )
+            return _Outcome(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class/Instance UID of the data set differ from the request",
+            )
+        problem = header.pixel_problem
+        if problem is not None:
+            return self._quarantine(
+                encoded, calling_ae, sop_uid, StoreStatus.PIXEL_DATA_MISMATCH, problem
+            )
+        target = self._spool.path_for(study_uid, series_uid, instance_uid)
+        try:
+            info = read_instance_info(
+                ds,
+                path=target,
+                calling_ae=calling_ae,
+                received_at=received_at,
+                own_markers=self._own_markers,
+                pseudonyms=self._pseudonyms,
+                size_bytes=len(encoded),
+            )
+        except ValueError as exc:
+            return self._quarantine(
+                encoded,
+                calling_ae,
+                sop_uid,
+                StoreStatus.CANNOT_UNDERSTAND,
+                f"header not understood: {_short(exc)}",
+            )
+        return info
 
     def _quarantine(
         self, encoded: bytes, calling_ae: str, sop_uid: str, status: StoreStatus, reason: str
