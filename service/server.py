@@ -57,7 +57,8 @@ TICK_S = 0.5
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
     """A JSON-ready copy of an InstanceInfo."""
-    data = dataclasses.asdict(info)
+    # shallow: every field is a scalar, a string, a Path or an enum (asdict deep-copies)
+    data = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
     data["path"] = str(info.path)
     data["component"] = str(info.component)
     return data
