@@ -15,7 +15,9 @@ the children talk to over a pipe:
   0xC211 as in a single process;
 - ``on_association`` and ``on_refusal`` (the audit trail), and the children's log records.
 
-The TLS port, when configured, stays in the parent process.
+The TLS port, when configured, stays in the parent process. An acceptor process that ends
+unexpectedly is started again; the slots of its open associations are freed and the
+associations audited as aborted.
 """
 
 from __future__ import annotations
@@ -281,6 +283,9 @@ class AcceptorPool:
         Called when a child's association has ended (token, record).
     on_refusal : Callable[[StoreRefusal], None]
         Called for each C-STORE a child refused.
+    on_lost : Callable[[int], None]
+        Called with the process id of a child that ended unexpectedly (before it is
+        replaced).
     """
 
     def __init__(
@@ -296,6 +301,7 @@ class AcceptorPool:
         on_instance: Callable[[InstanceInfo], None],
         on_finished: Callable[[str, AssociationRecord], None],
         on_refusal: Callable[[StoreRefusal], None],
+        on_lost: Callable[[int], None],
     ) -> None:
         if n_processes < 2:
             raise ValueError(f"AcceptorPool needs >= 2 processes, got {n_processes}")
@@ -305,14 +311,19 @@ class AcceptorPool:
         self._on_instance = on_instance
         self._on_finished = on_finished
         self._on_refusal = on_refusal
+        self._on_lost = on_lost
         self._children: list[tuple[BaseProcess, Connection, Connection]] = []
         self._readers: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the list of children
+        self._context = multiprocessing.get_context("spawn")
+        self._level = logging.INFO
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the acceptor processes."""
-        return [int(proc.pid) for proc, _, _ in self._children if proc.pid is not None]
+        with self._lock:
+            return [int(proc.pid) for proc, _, _ in self._children if proc.pid is not None]
 
     def start(self) -> None:
         """Start the children; return once every one listens.
@@ -323,33 +334,40 @@ class AcceptorPool:
             If a child does not report ready within ``START_TIMEOUT_S`` (its log lines
             have been forwarded by then); the started children are stopped.
         """
-        context = multiprocessing.get_context("spawn")
-        level = logging.getLogger().getEffectiveLevel()
+        self._level = logging.getLogger().getEffectiveLevel()
         try:
+            with self._lock:
+                self._children = [self._spawn(index) for index in range(self._n)]
             for index in range(self._n):
-                conn, child_conn = context.Pipe()
-                control, child_control = context.Pipe()
-                proc = context.Process(
-                    target=acceptor_main,
-                    args=(child_conn, child_control, *self._args, level),
-                    name=f"dicom-acceptor-{index}",
-                    daemon=True,
-                )
-                proc.start()
-                child_conn.close()
-                child_control.close()
-                self._children.append((proc, conn, control))
-            for index, (proc, conn, _) in enumerate(self._children):
-                self._wait_ready(index, proc, conn)
-                reader = threading.Thread(
-                    target=self._read, args=(index, conn), name=f"acceptor-link-{index}"
-                )
-                reader.daemon = True
-                reader.start()
-                self._readers.append(reader)
+                self._activate(index)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, index: int) -> tuple[BaseProcess, Connection, Connection]:
+        conn, child_conn = self._context.Pipe()
+        control, child_control = self._context.Pipe()
+        proc = self._context.Process(
+            target=acceptor_main,
+            args=(child_conn, child_control, *self._args, self._level),
+            name=f"dicom-acceptor-{index}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        child_control.close()
+        return proc, conn, control
+
+    def _activate(self, index: int) -> None:
+        """Wait until child ``index`` listens, then read its messages in a thread."""
+        proc, conn, _ = self._children[index]
+        self._wait_ready(index, proc, conn)
+        reader = threading.Thread(
+            target=self._read, args=(index, proc, conn), name=f"acceptor-link-{index}"
+        )
+        reader.daemon = True
+        reader.start()
+        self._readers.append(reader)
 
     def _wait_ready(self, index: int, proc: BaseProcess, conn: Connection) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -369,13 +387,13 @@ class AcceptorPool:
             f"acceptor process {index} did not start (exit code {proc.exitcode}); see the log"
         )
 
-    def _read(self, index: int, conn: Connection) -> None:
+    def _read(self, index: int, proc: BaseProcess, conn: Connection) -> None:
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
                 if not self._stopping.is_set():
-                    LOGGER.error("acceptor process %d ended unexpectedly", index)
+                    self._replace(index, proc)
                 return
             try:
                 self._dispatch(conn, message)
@@ -406,10 +424,34 @@ class AcceptorPool:
             record = logging.makeLogRecord(message[1])
             logging.getLogger(record.name).handle(record)
 
+    def _replace(self, index: int, proc: BaseProcess) -> None:
+        """Child ``index`` ended without being asked: audit, then start another."""
+        proc.join(timeout=STOP_TIMEOUT_S)
+        LOGGER.error(
+            "acceptor process %d (pid %s) ended unexpectedly with exit code %s; starting another",
+            index,
+            proc.pid,
+            proc.exitcode,
+        )
+        if proc.pid is not None:
+            self._on_lost(int(proc.pid))
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            old = self._children[index]
+            try:
+                self._children[index] = self._spawn(index)
+                self._activate(index)
+            except Exception:
+                LOGGER.exception("acceptor process %d could not be started again", index)
+            for end in old[1:]:
+                end.close()
+
     def stop(self) -> None:
         """Tell every child to stop, wait for them (kill after ``STOP_TIMEOUT_S``)."""
         self._stopping.set()
-        children, self._children = self._children, []
+        with self._lock:
+            children, self._children = self._children, []
         for _, _, control in children:
             with contextlib.suppress(OSError):
                 control.send("stop")
@@ -420,8 +462,9 @@ class AcceptorPool:
                 proc.kill()
                 proc.join(timeout=STOP_TIMEOUT_S)
             control.close()
-        for reader in self._readers:
-            reader.join(timeout=STOP_TIMEOUT_S)
+        for reader in list(self._readers):
+            if reader is not threading.current_thread():
+                reader.join(timeout=STOP_TIMEOUT_S)
         self._readers = []
         for _, conn, _ in children:
             conn.close()

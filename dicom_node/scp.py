@@ -363,7 +363,7 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._link: ParentLink | None = None  # set in an acceptor process
         self._pool: AcceptorPool | None = None  # acceptor processes of this parent
-        self._remote: dict[str, str] = {}  # token -> calling AE of the children's associations
+        self._remote: dict[str, tuple[Admission, float]] = {}  # children's associations
         self._tokens = itertools.count(1)
         self.port: int | None = None
         self.tls_port: int | None = None
@@ -469,6 +469,7 @@ class StorageSCP:
                 on_instance=self._on_instance,
                 on_finished=self._remote_finished,
                 on_refusal=self._remote_refusal,
+                on_lost=self._remote_lost,
             )
             pool.start()
         finally:
@@ -641,7 +642,7 @@ class StorageSCP:
         The caller holds ``self._lock``; ``exclude`` is the association being decided.
         """
         local = [s for other, s in self._states.items() if other is not exclude]
-        remote = list(self._remote.values())
+        remote = [admission.calling_ae for admission, _ in self._remote.values()]
         if self._pool is not None and len(local) + len(remote) >= self._config.max_associations:
             reason = "too many associations (max_associations reached)"
         else:
@@ -672,13 +673,37 @@ class StorageSCP:
         with self._lock:  # check and take a slot at once: two children cannot both get it
             rejection = self._limits(state, exclude=None)
             if rejection is None:
-                self._remote[request.token] = request.calling_ae
+                self._remote[request.token] = (request, state.started_at)
         return rejection
 
     def _remote_finished(self, token: str, record: AssociationRecord) -> None:
         with self._lock:
             self._remote.pop(token, None)
         self._report(record)
+
+    def _remote_lost(self, pid: int) -> None:
+        """An acceptor process ended: free its associations' slots and audit them."""
+        prefix = f"{pid}-"
+        with self._lock:
+            lost = [self._remote.pop(t) for t in list(self._remote) if t.startswith(prefix)]
+        for admission, started_at in lost:
+            self._report(
+                AssociationRecord(
+                    calling_ae=admission.calling_ae,
+                    called_ae=admission.called_ae,
+                    address=admission.address,
+                    port=admission.port,
+                    accepted=True,
+                    reason=f"aborted: acceptor process {pid} ended (counts unknown; the "
+                    "instances it answered are recorded)",
+                    instances=0,
+                    failures=0,
+                    bytes=0,
+                    started_at=started_at,
+                    ended_at=time.time(),
+                    acceptor_pid=pid,
+                )
+            )
 
     def _remote_refusal(self, refusal: StoreRefusal) -> None:
         if self._on_refusal is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,36 @@ def test_a_failing_callback_here_is_answered_c211_and_the_file_stays(pool: Pool)
     pool.failing.clear()
     send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # a re-send is taken
     assert pool.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_a_killed_acceptor_is_replaced_and_its_slots_freed(tmp_path: Path) -> None:
+    started = _start(tmp_path)
+    try:
+        old = started.scp.acceptor_pids
+        holder = AE(ae_title="SCANNER")
+        holder.add_requested_context(Verification)
+        held = [
+            holder.associate("127.0.0.1", started.destination.port, ae_title=OUR_AE) for _ in "ab"
+        ]
+        assert all(assoc.is_established for assoc in held)
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = started.scp.acceptor_pids
+            if len(pids) == 2 and not set(pids) & set(old):
+                break
+            time.sleep(0.1)
+        assert len(started.scp.acceptor_pids) == 2 and not set(started.scp.acceptor_pids) & set(
+            old
+        )
+        lost = [started.records.get(timeout=10) for _ in held]
+        assert all("acceptor process" in r.reason and r.acceptor_pid in old for r in lost)
+        # both SCANNER slots (max_associations_per_ae 2) are free again
+        send([make_mr()], started.destination, calling_ae="SCANNER", timeout_s=20)
+        assert started.instances.get(timeout=10).calling_ae == "SCANNER"
+    finally:
+        started.scp.stop()
 
 
 def test_stop_ends_the_acceptor_processes(tmp_path: Path) -> None:
