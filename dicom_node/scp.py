@@ -38,6 +38,7 @@ from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import read_received_header
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
+from dicom_node.store_response import use_fast_store_success
 from dicom_node.tls import ServerTls, TlsHandshakeError, accept_tls, describe_peer
 from dicom_node.validation import check_ae_title, check_uid
 
@@ -564,6 +565,7 @@ class StorageSCP:
         assoc = event.assoc
         if hasattr(assoc.dul, "_run_loop_delay"):  # pynetdicom's idle poll, 1 ms by default
             assoc.dul._run_loop_delay = self._config.transport_poll_s
+        use_fast_store_success(assoc)  # success answers without pydicom: 0.45 ms less CPU each
         # pynetdicom's debug-log handler for received messages raises on the malformed
         # requests _handle_dimse_recv answers, which would skip ours: run it after ours.
         if any(h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(_DIMSE_RECV)):

@@ -17,11 +17,14 @@ from pydicom.uid import (
     MRImageStorage,
     RLELossless,
 )
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import pixel_data_problem, read_received_header
 from dicom_node.scp import ScpConfig
+from dicom_node.store_response import store_success_command
 from tests.hostile_factory import BROKEN, broken_mr
 from tests.test_dicom_node_factories import make_mr
 
@@ -124,3 +127,26 @@ def test_file_meta_framing_equals_pynetdicoms(sop_uid: str, syntax: str, tmp_pat
 def test_file_meta_framing_refuses_uids_it_cannot_write(bad: str) -> None:
     with pytest.raises(ValueError, match="SOP Instance UID"):
         part10_prefix(MRImageStorage, bad, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.44", "1.2.3.4"])
+@pytest.mark.parametrize("message_id", [0, 7, 65535])
+def test_store_success_command_equals_pynetdicoms(sop_uid: str, message_id: int) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = MRImageStorage
+    rsp.AffectedSOPInstanceUID = sop_uid
+    rsp.Status = 0
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = message.encode_msg(1, 131072)
+    (_, pdv) = pdata.presentation_data_value_list[0]
+    assert pdv == b"\x03" + store_success_command(message_id, MRImageStorage, sop_uid)
+
+
+@pytest.mark.parametrize("bad", [("", "1.2"), ("1.2", "1." * 40), ("1.2", "1.\u00e9")])
+def test_store_success_command_refuses_what_it_cannot_write(bad: tuple[str, str]) -> None:
+    with pytest.raises(ValueError):
+        store_success_command(1, *bad)
+    with pytest.raises(ValueError, match="65535"):
+        store_success_command(65536, MRImageStorage, "1.2.3")
