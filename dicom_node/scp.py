@@ -36,7 +36,7 @@ from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
 from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import read_received_header
-from dicom_node.spool import Spool
+from dicom_node.spool import PendingWrite, Spool
 from dicom_node.status import StoreStatus
 from dicom_node.store_response import use_fast_store_success
 from dicom_node.tls import ServerTls, TlsHandshakeError, accept_tls, describe_peer
@@ -365,6 +365,7 @@ class StorageSCP:
         self._link: ParentLink | None = None  # set in an acceptor process
         self._pool: AcceptorPool | None = None  # acceptor processes of this parent
         self._remote: dict[str, tuple[Admission, float]] = {}  # children's associations
+        self._early: dict[tuple[Association, int], tuple[bytes, PendingWrite]] = {}
         self._tokens = itertools.count(1)
         self.port: int | None = None
         self.tls_port: int | None = None
@@ -791,6 +792,9 @@ class StorageSCP:
     def _finish(self, assoc: Association) -> None:
         with self._lock:
             state = self._states.pop(assoc, None)
+            orphans = [self._early.pop(key) for key in list(self._early) if key[0] is assoc]
+        for _, pending in orphans:  # requests never handed to our handler (aborted)
+            pending.discard()
         if state is None:
             return
         record = AssociationRecord(
@@ -866,6 +870,43 @@ class StorageSCP:
         except Exception:
             LOGGER.exception("on_refusal callback failed for %r", refusal.calling_ae)
 
+    def _start_early(self, assoc: Association, message: C_STORE_RQ) -> None:
+        """Start spooling a C-STORE as soon as it is decoded (in the network thread).
+
+        pynetdicom's association thread looks for decoded messages once per millisecond;
+        the background write (see :meth:`Spool.begin`) starts here instead, and
+        :meth:`_store` takes it over. Only when there is room on disk; anything unusual is
+        left to :meth:`_store`.
+        """
+        try:
+            command = message.command_set
+            sop_uid = str(command.AffectedSOPInstanceUID)
+            syntax = next(
+                cx.transfer_syntax[0]
+                for cx in assoc.accepted_contexts
+                if cx.context_id == message.context_id
+            )
+            prefix = part10_prefix(str(command.AffectedSOPClassUID), sop_uid, str(syntax))
+            encoded = prefix + message.data_set.getvalue()
+            if self._spool.free_bytes() - len(encoded) < self._config.min_free_bytes:
+                return
+            pending = self._spool.begin(encoded)
+        except (StopIteration, ValueError, OSError, AttributeError):
+            return
+        key = (assoc, int(command.MessageID))
+        with self._lock:
+            replaced = self._early.pop(key, None)
+            self._early[key] = (encoded, pending)
+        if replaced is not None:
+            replaced[1].discard()
+
+    def _take_early(
+        self, assoc: Association, message_id: object
+    ) -> tuple[bytes, PendingWrite | None]:
+        with self._lock:
+            found = self._early.pop((assoc, message_id), None)  # type: ignore[arg-type]
+        return found if found is not None else (b"", None)
+
     def _handle_dimse_recv(self, event: evt.Event) -> None:
         """Answer at once the requests pynetdicom would drop silently.
 
@@ -876,7 +917,8 @@ class StorageSCP:
         Requests pynetdicom cannot decode at all are aborted by pynetdicom.
         """
         if _plainly_valid_store(event.message):
-            return  # the usual case: nothing to answer here
+            self._start_early(event.assoc, event.message)  # the usual case
+            return
         try:
             request = event.message.message_to_primitive()
         except Exception:
@@ -916,6 +958,9 @@ class StorageSCP:
     def _store(self, event: evt.Event, calling_ae: str) -> _Outcome:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
+        encoded, early = self._take_early(event.assoc, request.MessageID)
+        if early is not None:  # started when the message was decoded
+            return self._store_spooling(event, calling_ae, sop_uid, encoded, early)
         try:
             encoded = _encoded_dataset(event, sop_uid)
             free = self._spool.free_bytes()
@@ -932,11 +977,27 @@ class StorageSCP:
                     StoreStatus.OUT_OF_RESOURCES,
                     f"spool disk: {free // 2**20} MiB free, below the configured minimum",
                 )
-            received_at = time.time()
             # the file is written and fdatasynced in the background while the header is read
             pending = self._spool.begin(encoded)
+        except OSError as exc:
+            return self._write_failed(exc, sop_uid, calling_ae)
+        except Exception as exc:
+            LOGGER.error("C-STORE %s from %r failed: %s", sop_uid, calling_ae, _short(exc))
+            return _Outcome(StoreStatus.PROCESSING_FAILURE, f"store failed: {_short(exc)}")
+        return self._store_spooling(event, calling_ae, sop_uid, encoded, pending)
+
+    def _store_spooling(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        sop_uid: str,
+        encoded: bytes,
+        pending: PendingWrite,
+    ) -> _Outcome:
+        """Check the header while ``pending`` writes, commit it, record the instance."""
+        try:
             try:
-                checked = self._check(event, encoded, calling_ae, sop_uid, received_at)
+                checked = self._check(event, encoded, calling_ae, sop_uid, time.time())
                 if isinstance(checked, _Outcome):
                     return checked
                 info = checked
@@ -944,13 +1005,7 @@ class StorageSCP:
             finally:
                 pending.discard()  # no-op once committed
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
-                return _Outcome(StoreStatus.OUT_OF_RESOURCES, "spool disk full while writing")
-            LOGGER.error(
-                "C-STORE %s from %r: spool write failed: %s", sop_uid, calling_ae, _short(exc)
-            )
-            return _Outcome(StoreStatus.PROCESSING_FAILURE, f"spool write failed: {_short(exc)}")
+            return self._write_failed(exc, sop_uid, calling_ae)
         except Exception as exc:
             LOGGER.error("C-STORE %s from %r failed: %s", sop_uid, calling_ae, _short(exc))
             return _Outcome(StoreStatus.PROCESSING_FAILURE, f"store failed: {_short(exc)}")
@@ -971,6 +1026,15 @@ class StorageSCP:
             state.instances += 1
             state.bytes_received += len(encoded)
         return _Outcome(StoreStatus.SUCCESS)
+
+    def _write_failed(self, exc: OSError, sop_uid: str, calling_ae: str) -> _Outcome:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
+            return _Outcome(StoreStatus.OUT_OF_RESOURCES, "spool disk full while writing")
+        LOGGER.error(
+            "C-STORE %s from %r: spool write failed: %s", sop_uid, calling_ae, _short(exc)
+        )
+        return _Outcome(StoreStatus.PROCESSING_FAILURE, f"spool write failed: {_short(exc)}")
 
     def _check(
         self,
