@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -323,7 +324,7 @@ class ReceiverHandle:
     list_files: Callable[[], list[Path]]
 
 
-def serve_ours(spool_dir: str, db_url: str) -> None:
+def serve_ours(spool_dir: str, db_url: str, acceptor_processes: str = "") -> None:
     """Run our SCP as ``cordt1 serve`` does, until standard input is closed.
 
     Child-process entry of the benchmark. Prints ``PORT <n>`` once listening (port chosen by
@@ -338,6 +339,8 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         Spool folder.
     db_url : str
         SQLAlchemy URL of the job store (``sqlite:////abs/path.sqlite``).
+    acceptor_processes : str, optional
+        ``node.acceptor_processes`` as text; empty: the service default.
     """
     from dicom_node.completion import ExamTracker
     from dicom_node.instance import InstanceInfo, PseudonymKey
@@ -353,6 +356,8 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     node = NodeSettings(ae_title=RECEIVER_AE, host="127.0.0.1", port=0)
+    if acceptor_processes:
+        node = node.model_copy(update={"acceptor_processes": int(acceptor_processes)})
     store = JobStore(db_url)
     batcher = InstanceBatcher(store, flush_ms=node.record_flush_ms)
     batcher.start()
@@ -380,6 +385,7 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
         min_free_bytes=node.min_free_mb * 1024 * 1024,
         max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
         network_timeout_s=node.idle_timeout_s,
+        acceptor_processes=node.acceptor_processes,
     )
     scp = StorageSCP(
         config,
@@ -400,13 +406,15 @@ def serve_ours(spool_dir: str, db_url: str) -> None:
 
 
 @contextmanager
-def run_ours(workdir: Path) -> Iterator[ReceiverHandle]:
+def run_ours(workdir: Path, acceptor_processes: int | None = None) -> Iterator[ReceiverHandle]:
     """Start :func:`serve_ours` in a child process; stop it on exit.
 
     Parameters
     ----------
     workdir : pathlib.Path
         Fresh folder for the spool, the job store and the log.
+    acceptor_processes : int, optional
+        ``node.acceptor_processes``; ``None``: the service default.
 
     Yields
     ------
@@ -425,7 +433,7 @@ def run_ours(workdir: Path) -> Iterator[ReceiverHandle]:
     log_path = workdir / "scp.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(spool), db_url],
+            [sys.executable, "-c", code, str(spool), db_url, str(acceptor_processes or "")],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -726,16 +734,36 @@ def verify_received(
 
 # ------------------------------------------------------------------------------ the run
 def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), ``None`` elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc).
+
+    ``None`` where /proc is missing. Descendants are our acceptor processes.
+    """
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        ticks = int(fields[11]) + int(fields[12])
+        stats[int(stat.parent.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree = {pid}
+    grew = True
+    while grew:
+        children = {child for child, (parent, _) in stats.items() if parent in tree}
+        grew = not children <= tree
+        tree |= children
+    return sum(stats[member][1] for member in tree)
 
 
 def measure(
-    receiver: str, folders: Sequence[Path], source: SourceSet, workdir: Path
+    receiver: str,
+    folders: Sequence[Path],
+    source: SourceSet,
+    workdir: Path,
+    *,
+    acceptor_processes: int | None = None,
 ) -> dict[str, Any]:
     """Start a fresh receiver, send everything, verify, stop; return the numbers.
 
@@ -749,12 +777,14 @@ def measure(
         What is sent (for the checks).
     workdir : pathlib.Path
         Fresh folder for this measurement; removed afterwards.
+    acceptor_processes : int, optional
+        Our ``node.acceptor_processes``; ``None``: the service default.
 
     Returns
     -------
     dict
-        ``seconds``, ``images_per_s``, ``mb_per_s`` and, for ``ours``, ``receiver_cpu_s``
-        and ``cpu_ms_per_image``.
+        ``seconds``, ``images_per_s``, ``mb_per_s`` and, for ``ours`` and ``orthanc``,
+        ``receiver_cpu_s`` and ``cpu_ms_per_image`` (the receiver and its child processes).
 
     Raises
     ------
@@ -762,7 +792,7 @@ def measure(
         If ``receiver`` is unknown.
     """
     starters: dict[str, Callable[[Path], AbstractContextManager[ReceiverHandle]]] = {
-        "ours": run_ours,
+        "ours": functools.partial(run_ours, acceptor_processes=acceptor_processes),
         "dcmtk": run_dcmtk,
         "orthanc": run_orthanc,
     }
@@ -787,6 +817,12 @@ def measure(
         result["receiver_cpu_s"] = cpu_after - cpu_before
         result["cpu_ms_per_image"] = (cpu_after - cpu_before) * 1e3 / n_images
     return result
+
+
+def _default_acceptors() -> int:
+    from service.settings import NodeSettings
+
+    return NodeSettings().acceptor_processes
 
 
 def machine_info() -> dict[str, Any]:
@@ -853,6 +889,7 @@ def run(
     n_series: int = DEFAULT_SERIES,
     scratch: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    acceptor_processes: int | None = None,
 ) -> dict[str, Any]:
     """Run every measurement and return the JSON-ready report.
 
@@ -873,6 +910,8 @@ def run(
         both receivers write there, ours with fsync.
     progress : Callable[[str], None], optional
         Receives one line per measurement.
+    acceptor_processes : int, optional
+        Our ``node.acceptor_processes``; ``None``: the service default.
 
     Returns
     -------
@@ -914,7 +953,13 @@ def run(
             for count in senders:
                 for name in order:
                     workdir = root / f"run_{name}_{count}_{round_index}"
-                    numbers = measure(name, shares[count], source, workdir)
+                    numbers = measure(
+                        name,
+                        shares[count],
+                        source,
+                        workdir,
+                        acceptor_processes=acceptor_processes,
+                    )
                     results[name][count].append({"round": round_index, **numbers})
                     say(
                         f"round {round_index + 1}/{rounds} {name:5s} {count} sender(s): "
@@ -936,10 +981,12 @@ def run(
             "source_bytes": source.total_bytes,
             "senders": senders,
             "rounds": rounds,
+            "acceptor_processes": acceptor_processes or _default_acceptors(),
             "sender_command": f"TCP_NODELAY=1 {STORESCU} -aet {SENDER_AE} -aec {RECEIVER_AE} "
             "+sd +r +sp '*.dcm' 127.0.0.1 PORT DIR",
             "receivers": {
                 "ours": "dicom_node.scp.StorageSCP in a child process, service defaults, "
+                "acceptor_processes processes sharing the port (SO_REUSEPORT), "
                 "header read up to the pixel data, fdatasynced spool file + folder fsync "
                 "before the answer, job-store rows through service.jobs.store.InstanceBatcher "
                 "(one SQLite transaction per <= record_flush_ms), ExamTracker per instance",
@@ -979,6 +1026,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scratch", type=Path, default=None, help="parent of the scratch folder (default: TMP)"
     )
+    parser.add_argument(
+        "--acceptors",
+        type=int,
+        default=None,
+        help="our node.acceptor_processes (default: the service default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -991,6 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.rounds,
         args.series,
         scratch=args.scratch,
+        acceptor_processes=args.acceptors,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 """Crash-safe files for received instances: ``root/<study>/<series>/<sop>.dcm``.
 
-Every write goes to a hidden temporary file in the target folder, is flushed and fdatasynced
-(data and the size needed to read it back; not the timestamps),
-renamed over the final name with :func:`os.replace` and the folder is fsynced, so a reader
-sees either nothing or the whole file, and a file that exists survives a power cut.
+Every write goes to a hidden temporary file, is flushed and fdatasynced (data and the size
+needed to read it back; not the timestamps), renamed over the final name with
+:func:`os.replace` and the folder is fsynced, so a reader sees either nothing or the whole
+file, and a file that exists survives a power cut. :meth:`Spool.write` does it in one go;
+:meth:`Spool.begin` writes and syncs the temporary file (in ``root/.incoming``) in a
+background thread while the caller still checks the header, and
+:meth:`PendingWrite.commit` renames it once the caller knows where it goes.
 """
 
 from __future__ import annotations
@@ -12,17 +15,22 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dicom_node.validation import check_uid
 
-__all__ = ["PARTIAL_SUFFIX", "Spool"]
+__all__ = ["INCOMING_DIR", "PARTIAL_SUFFIX", "PendingWrite", "Spool"]
 
 PARTIAL_SUFFIX = ".part"
 """Suffix of temporary files; they are never valid instances (see :meth:`Spool.remove_partial`)."""
+INCOMING_DIR = ".incoming"
+"""Folder under the spool root for the temporary files of :meth:`Spool.begin`."""
+_WRITER_THREADS = 16
 
 
 class Spool:
@@ -50,6 +58,8 @@ class Spool:
             Path(quarantine_dir) if quarantine_dir is not None else root.parent / "quarantine"
         )
         self.root.mkdir(parents=True, exist_ok=True)
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_lock = threading.Lock()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Return where an instance is (or would be) spooled.
@@ -103,6 +113,40 @@ class Spool:
         _make_dirs_durable(target.parent, stop_at=self.root)
         _atomic_write(target, encoded)
         return target
+
+    def begin(self, encoded: bytes) -> PendingWrite:
+        """Start writing one instance before its place is known (see :class:`PendingWrite`).
+
+        The bytes go to a temporary file under ``root/.incoming`` that a background thread
+        writes and fdatasyncs; nothing appears under a final name before
+        :meth:`PendingWrite.commit`.
+
+        Parameters
+        ----------
+        encoded : bytes
+            Preamble, file meta and dataset.
+
+        Returns
+        -------
+        PendingWrite
+
+        Raises
+        ------
+        ValueError
+            If ``encoded`` is empty.
+        OSError
+            If the incoming folder cannot be created.
+        """
+        if not encoded:
+            raise ValueError("refusing to spool an empty instance")
+        incoming = self.root / INCOMING_DIR
+        incoming.mkdir(exist_ok=True)
+        temp = incoming / f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="spool")
+            future = self._writer.submit(_write_synced, temp, encoded)
+        return PendingWrite(self, temp, future)
 
     def quarantine(self, encoded: bytes, reason: str, *, calling_ae: str = "") -> Path:
         """Keep input that could not be understood, with a JSON sidecar.
@@ -167,10 +211,100 @@ class Spool:
             Number of files removed.
         """
         removed = 0
-        for path in self.root.glob(f"*/*/.*{PARTIAL_SUFFIX}"):
+        leftovers = [
+            *self.root.glob(f"*/*/.*{PARTIAL_SUFFIX}"),
+            *self.root.glob(f"{INCOMING_DIR}/.*{PARTIAL_SUFFIX}"),
+        ]
+        for path in leftovers:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class PendingWrite:
+    """One instance being written by :meth:`Spool.begin`; commit or discard it.
+
+    Parameters
+    ----------
+    spool : Spool
+        The spool it goes to.
+    temp : pathlib.Path
+        Its temporary file.
+    future : concurrent.futures.Future
+        The background write (fdatasync included).
+    """
+
+    def __init__(self, spool: Spool, temp: Path, future: Future[None]) -> None:
+        self._spool = spool
+        self._temp = temp
+        self._future = future
+        self._open = True
+
+    def commit(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Wait for the data to be on disk, rename it to its final name, fsync the folder.
+
+        A second instance with the same UIDs replaces the first (idempotent re-send).
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_uid : str
+            UIDs that name the folders and the file.
+
+        Returns
+        -------
+        pathlib.Path
+            The final file; it is on disk (fsynced) when this returns.
+
+        Raises
+        ------
+        ValueError
+            If a UID is invalid (the temporary file is removed).
+        OSError
+            If the write, the rename or a sync failed (the temporary file is removed).
+        RuntimeError
+            If already committed or discarded.
+        """
+        if not self._open:
+            raise RuntimeError("this pending write was already committed or discarded")
+        try:
+            target = self._spool.path_for(study_uid, series_uid, sop_uid)
+            self._future.result()
+            _make_dirs_durable(target.parent, stop_at=self._spool.root)
+            os.replace(self._temp, target)
+        except BaseException:
+            self.discard()
+            raise
+        self._open = False
+        _fsync_dir(target.parent)
+        return target
+
+    def discard(self) -> None:
+        """Wait for the background write to end and remove the temporary file."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._future.result()
+        except OSError:
+            pass  # the writer has removed what it wrote
+        finally:
+            self._temp.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fdatasync it; remove the file on any error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write(target: Path, data: bytes) -> None:

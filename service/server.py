@@ -65,7 +65,8 @@ STORE_UNREACHABLE_TEXT = "job store unreachable"
 
 def info_to_dict(info: InstanceInfo) -> dict[str, Any]:
     """A JSON-ready copy of an InstanceInfo."""
-    data = dataclasses.asdict(info)
+    # shallow: every field is a scalar, a string, a Path or an enum (asdict deep-copies)
+    data = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
     data["path"] = str(info.path)
     data["component"] = str(info.component)
     return data
@@ -265,6 +266,7 @@ class Service:
                 min_free_bytes=node.min_free_mb * 1024 * 1024,
                 max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
                 network_timeout_s=node.idle_timeout_s,
+                acceptor_processes=node.acceptor_processes,
             ),
             self.spool,
             on_instance=self.on_instance,

@@ -134,6 +134,14 @@ class NodeSettings(BaseModel):
     listen_plain: bool = Field(
         True, description="Listen for plain DICOM on port; false: the TLS port only."
     )
+    acceptor_processes: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Processes that take associations on the plain port (SO_REUSEPORT); "
+        "concurrent senders then use several cores. 1: all in the service process. "
+        "Admission, limits, job-store rows and the audit trail stay in the service process.",
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -171,7 +171,7 @@ def test_hostile_uid_is_quarantined_not_spooled(start_node: Callable[..., Node])
     ds.StudyInstanceUID = "1.2/../../../evil"
     with pytest.raises(SendError, match="0xC210"):
         send([ds], node.destination, calling_ae="SCANNER", timeout_s=10)
-    assert list(node.spool.root.rglob("*")) == []
+    assert [p for p in node.spool.root.rglob("*") if p.is_file()] == []  # not even a temp file
     (kept,) = node.spool.quarantine_dir.glob("*.dcm")
     assert b"evil" in kept.read_bytes()
     assert "StudyInstanceUID" in kept.with_suffix(".json").read_text()
@@ -290,3 +290,17 @@ def test_scp_config_is_validated() -> None:
         ScpConfig("CORDT1", dimse_timeout_s=0)
     config = ScpConfig(" CORDT1 ", allowed_calling_aes={" SCANNER ": None})
     assert config.ae_title == "CORDT1" and dict(config.allowed_calling_aes) == {"SCANNER": None}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_no_temporary_file_remains_after_stored_and_refused_instances(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    good, hostile = make_mr(), make_mr()
+    hostile.StudyInstanceUID = "1.2/../../../evil"
+    send([good], node.destination, calling_ae="SCANNER", timeout_s=10)
+    with pytest.raises(SendError, match="0xC210"):
+        send([hostile], node.destination, calling_ae="SCANNER", timeout_s=10)
+    assert [p.name for p in node.spool.iter_files()] == [f"{good.SOPInstanceUID}.dcm"]
+    assert list(node.spool.root.rglob("*.part")) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.spool import PARTIAL_SUFFIX, Spool
+from dicom_node.spool import INCOMING_DIR, PARTIAL_SUFFIX, Spool
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
@@ -123,3 +123,41 @@ def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
         Spool(tmp_path / "f")
+
+
+def test_begin_writes_in_the_background_and_commit_renames(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    payload = os.urandom(300_000)
+    pending = spool.begin(payload)
+    assert list(spool.iter_files()) == []  # no final name before the commit
+    path = pending.commit(STUDY, SERIES, SOP)
+    assert path == spool.path_for(STUDY, SERIES, SOP) and path.read_bytes() == payload
+    assert _files(tmp_path / "spool") == [path]  # the temporary file is gone
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(RuntimeError, match="already committed"):
+        pending.commit(STUDY, SERIES, SOP)
+
+
+def test_discarded_or_failed_pending_writes_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.begin(b"refused instance").discard()
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        spool.begin(b"data").commit("1.2/../evil", SERIES, SOP)
+
+    def broken_fdatasync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", broken_fdatasync)
+    with pytest.raises(OSError, match="No space"):
+        spool.begin(b"data").commit(STUDY, SERIES, SOP)
+    assert _files(tmp_path / "spool") == []
+
+
+def test_remove_partial_cleans_interrupted_background_writes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.begin(b"x").commit(STUDY, SERIES, SOP)
+    leftover = spool.root / INCOMING_DIR / f".abc{PARTIAL_SUFFIX}"
+    leftover.write_bytes(b"half")
+    assert spool.remove_partial() == 1 and not leftover.exists()

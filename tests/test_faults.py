@@ -47,6 +47,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _workers(serve_pid: int) -> list[int]:
+    """The local Celery workers among serve's children (not its DICOM acceptor processes)."""
+    found = []
+    for pid in child_pids(serve_pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"service.cli" in command and b"worker" in command:
+            found.append(pid)
+    return found
+
+
 def _pool_child(service: ServiceProcess, timeout_s: float = 60.0) -> int:
     """The Celery pool child of the service's embedded worker."""
     assert service.process is not None
@@ -234,11 +247,11 @@ def test_a_worker_that_dies_is_started_again(
     with _service(tmp_path, exam, pacs) as service:
         assert service.process is not None
         _pool_child(service)
-        (worker,) = child_pids(service.process.pid)
+        (worker,) = _workers(service.process.pid)
         os.killpg(worker, signal.SIGKILL)  # the worker and its pool, as a crash would
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = [p for p in child_pids(service.process.pid) if _alive(p)]
+            alive = [p for p in _workers(service.process.pid) if _alive(p)]
             if alive and alive != [worker]:
                 break
             time.sleep(0.2)

@@ -1,0 +1,221 @@
+"""Several acceptor processes share the plain port; policy and callbacks stay in this process."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
+from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
+from dicom_node.scu import Destination, SendError, send
+from dicom_node.spool import Spool
+from dicom_node.status import StoreStatus
+from tests.test_dicom_node_factories import make_mr
+
+pytestmark = pytest.mark.slow  # starts child processes
+
+OUR_AE = "CORDT1"
+
+
+@dataclass
+class Pool:
+    scp: StorageSCP
+    spool: Spool
+    instances: queue.Queue[InstanceInfo] = field(default_factory=queue.Queue)
+    records: queue.Queue[AssociationRecord] = field(default_factory=queue.Queue)
+    refusals: queue.Queue[StoreRefusal] = field(default_factory=queue.Queue)
+    paused: threading.Event = field(default_factory=threading.Event)
+    failing: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def destination(self) -> Destination:
+        assert self.scp.port is not None
+        return Destination(OUR_AE, "127.0.0.1", self.scp.port)
+
+    def drain_records(self) -> list[AssociationRecord]:
+        out = []
+        while True:
+            try:
+                out.append(self.records.get(timeout=0.5))
+            except queue.Empty:
+                return out
+
+
+def _start(root: Path) -> Pool:
+    spool = Spool(root / "spool")
+    holder: dict[str, Pool] = {}
+
+    def on_instance(info: InstanceInfo) -> None:
+        if holder["pool"].failing.is_set():
+            raise RuntimeError("database down")
+        holder["pool"].instances.put(info)
+
+    scp = StorageSCP(
+        ScpConfig(
+            OUR_AE,
+            host="127.0.0.1",
+            port=0,
+            min_free_bytes=0,
+            allowed_calling_aes={"SCANNER": None, "OTHER": None},
+            max_associations_per_ae=2,
+            acceptor_processes=2,
+        ),
+        spool,
+        on_instance,
+        lambda record: holder["pool"].records.put(record),
+        own_markers=OwnResultMarkers(manufacturer="cordt1"),
+        pseudonyms=PseudonymKey(b"test-site-secret-0123"),
+        on_refusal=lambda refusal: holder["pool"].refusals.put(refusal),
+        paused=lambda: holder["pool"].paused.is_set(),
+    )
+    pool = Pool(scp, spool)
+    holder["pool"] = pool
+    scp.start()
+    return pool
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    started = _start(tmp_path_factory.mktemp("acceptors"))
+    yield started
+    started.scp.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean(pool: Pool) -> Iterator[None]:
+    pool.paused.clear()
+    pool.failing.clear()
+    yield
+    pool.drain_records()
+    for leftover in (pool.instances, pool.refusals):
+        while not leftover.empty():
+            leftover.get_nowait()
+
+
+def test_associations_are_spread_over_the_processes_and_reported_here(pool: Pool) -> None:
+    assert len(pool.scp.acceptor_pids) == 2
+    sent = [make_mr() for _ in range(16)]
+    for ds in sent:  # 16 connections: all on one process by chance with p = 2 / 2**16
+        send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    infos = [pool.instances.get(timeout=10) for _ in sent]
+    assert {i.sop_instance_uid for i in infos} == {ds.SOPInstanceUID for ds in sent}
+    assert all(i.calling_ae == "SCANNER" for i in infos)
+    assert dcmread(infos[0].path) == next(
+        ds for ds in sent if ds.SOPInstanceUID == infos[0].sop_instance_uid
+    )
+    records = pool.drain_records()
+    assert len(records) == 16 and all(r.accepted and r.instances == 1 for r in records)
+    served_by = {r.acceptor_pid for r in records}
+    assert served_by == set(pool.scp.acceptor_pids) and os.getpid() not in served_by
+
+
+def test_refusals_in_an_acceptor_process_reach_the_audit_trail_here(pool: Pool) -> None:
+    with pytest.raises(SendError, match=r"rejected.*[Cc]alling AE"):
+        send([make_mr()], pool.destination, calling_ae="INTRUDER", timeout_s=20)
+    (record,) = pool.drain_records()
+    assert not record.accepted and "not in allowed_calling_aes" in record.reason
+    ds = make_mr()
+    ds.StudyInstanceUID = "1.2/../../../evil"
+    with pytest.raises(SendError, match="0xC210"):
+        send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    refusal = pool.refusals.get(timeout=10)
+    assert refusal.status == StoreStatus.CANNOT_UNDERSTAND and refusal.calling_ae == "SCANNER"
+    assert refusal.quarantined is not None
+    assert (pool.spool.quarantine_dir / refusal.quarantined).is_file()
+
+
+def test_per_ae_limit_counts_the_associations_of_every_process(pool: Pool) -> None:
+    holder = AE(ae_title="SCANNER")
+    holder.add_requested_context(Verification)
+    held = [holder.associate("127.0.0.1", pool.destination.port, ae_title=OUR_AE) for _ in "ab"]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)
+        send([make_mr()], pool.destination, calling_ae="OTHER", timeout_s=20)
+    finally:
+        for assoc in held:
+            assoc.release()
+    reasons = [r.reason for r in pool.drain_records() if not r.accepted]
+    assert reasons == ["too many associations from this calling AE (max_associations_per_ae 2)"]
+    send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)  # slots freed
+
+
+def test_pause_switch_of_this_process_rejects_in_every_acceptor(pool: Pool) -> None:
+    before = len(list(pool.spool.iter_files()))
+    pool.paused.set()
+    for _ in range(4):
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    records = pool.drain_records()
+    assert [r.reason for r in records] == ["intake paused by an operator"] * 4
+    assert len(list(pool.spool.iter_files())) == before
+
+
+def test_a_failing_callback_here_is_answered_c211_and_the_file_stays(pool: Pool) -> None:
+    pool.failing.set()
+    ds = make_mr()
+    with pytest.raises(SendError, match="0xC211"):
+        send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    spooled = pool.spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert spooled.is_file()
+    pool.failing.clear()
+    send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # a re-send is taken
+    assert pool.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_a_killed_acceptor_is_replaced_and_its_slots_freed(tmp_path: Path) -> None:
+    started = _start(tmp_path)
+    try:
+        old = started.scp.acceptor_pids
+        holder = AE(ae_title="SCANNER")
+        holder.add_requested_context(Verification)
+        held = [
+            holder.associate("127.0.0.1", started.destination.port, ae_title=OUR_AE) for _ in "ab"
+        ]
+        assert all(assoc.is_established for assoc in held)
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = started.scp.acceptor_pids
+            if len(pids) == 2 and not set(pids) & set(old):
+                break
+            time.sleep(0.1)
+        assert len(started.scp.acceptor_pids) == 2 and not set(started.scp.acceptor_pids) & set(
+            old
+        )
+        lost = [started.records.get(timeout=10) for _ in held]
+        assert all("acceptor process" in r.reason and r.acceptor_pid in old for r in lost)
+        # both SCANNER slots (max_associations_per_ae 2) are free again
+        send([make_mr()], started.destination, calling_ae="SCANNER", timeout_s=20)
+        assert started.instances.get(timeout=10).calling_ae == "SCANNER"
+    finally:
+        started.scp.stop()
+
+
+def test_stop_ends_the_acceptor_processes(tmp_path: Path) -> None:
+    started = _start(tmp_path)
+    pids = started.scp.acceptor_pids
+    started.scp.stop()
+    assert not started.scp.is_running
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_acceptor_processes_is_validated() -> None:
+    for bad in (0, 33, True, 2.0):
+        with pytest.raises(ValueError, match="acceptor_processes"):
+            ScpConfig(OUR_AE, acceptor_processes=bad)  # type: ignore[arg-type]
