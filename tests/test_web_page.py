@@ -107,10 +107,13 @@ def test_operator_logs_in_sees_the_report_and_retries_a_failed_job(
         figures = page.locator("#detail-figures img")
         expect(figures.first).to_be_visible()
         assert figures.count() >= 2
-        page.wait_for_function(
-            "[...document.querySelectorAll('#detail-figures img')]"
-            ".every(img => img.complete && img.naturalWidth > 100)"
-        )
+        # Polled from here: a string predicate polled in the page needs eval, which the
+        # page's Content-Security-Policy (rightly) forbids.
+        deadline = time.monotonic() + 15
+        loaded = "img => img.complete && img.naturalWidth > 100"
+        while not all(img.evaluate(loaded) for img in figures.all()):
+            assert time.monotonic() < deadline, "report figures did not load"
+            time.sleep(0.1)
         expect(page.locator("#detail-pdf a")).to_have_attribute(
             "href", f"/api/jobs/{s.done_id}/files/report.pdf"
         )
