@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_soak import _rss_mb, child_pids, copy_with_new_uids
+from benchmarks.service_run import one_patient_exam, start_serve
 from service.jobs.store import JobState, JobStore, count_instances
-from service.phantom import PhantomOptions, write_cohort
+from service.phantom import PhantomOptions
 from service.phantom.demo import dcmtk_tool, write_service_config
 from service.phantom.pacs import free_port, wait_for_port
 from tests.counting_pacs import CountingPacs
@@ -183,15 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the load benchmark; the report."""
     work = Path(args.work or tempfile.mkdtemp(prefix="cordt1-load-"))
     work.mkdir(parents=True, exist_ok=True)
-    write_cohort(
-        work / "phantom",
-        controls=0,
-        patients=1,
-        follow_up=False,
-        seed=5,
-        options=PhantomOptions(matrix=args.matrix, slices_per_slab=6, slabs=2),
+    exam_dir = one_patient_exam(
+        work / "phantom", PhantomOptions(matrix=args.matrix, slices_per_slab=6, slabs=2)
     )
-    exam_dir = next((work / "phantom").glob("*/exam-1/dicom"))
     pacs = CountingPacs(work / "pacs").start()
     port = free_port()
     config = write_service_config(
@@ -204,12 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     text = config.read_text().replace("workers = 1", f"workers = {args.workers}")
     config.write_text(text.replace("[node]\n", f"[node]\nmax_associations = {args.senders + 4}\n"))
-    log = (work / "serve.log").open("ab")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--config", str(config), "serve"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    serve = start_serve(config, work / "serve.log")
     samples: list[dict[str, Any]] = []
     stop_sampling = threading.Event()
     load_before = [round(x, 2) for x in os.getloadavg()]

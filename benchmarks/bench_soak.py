@@ -23,8 +23,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -35,8 +33,9 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
+from benchmarks.service_run import one_patient_exam, start_serve
 from service.jobs.store import JobState, JobStore
-from service.phantom import PhantomOptions, write_cohort
+from service.phantom import PhantomOptions
 from service.phantom.demo import send_folder, write_service_config
 from service.phantom.pacs import FolderPacs, free_port, wait_for_port
 
@@ -135,15 +134,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the soak; the report."""
     work = Path(args.work or tempfile.mkdtemp(prefix="cordt1-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    write_cohort(
-        work / "phantom",
-        controls=0,
-        patients=1,
-        follow_up=False,
-        seed=5,
-        options=PhantomOptions(matrix=args.matrix, slices_per_slab=6, slabs=2),
+    exam_dir = one_patient_exam(
+        work / "phantom", PhantomOptions(matrix=args.matrix, slices_per_slab=6, slabs=2)
     )
-    exam_dir = next((work / "phantom").glob("*/exam-1/dicom"))
     pacs = FolderPacs.start(work / "pacs")
     port = free_port()
     config = write_service_config(
@@ -163,12 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if tasks != "None":
         jobs_toml.append(f"worker_max_tasks_per_child = {tasks}")
     config.write_text(config.read_text() + "\n".join(jobs_toml) + "\n")
-    log = (work / "serve.log").open("ab")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--config", str(config), "serve"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    serve = start_serve(config, work / "serve.log")
     rounds: list[dict[str, Any]] = []
     try:
         wait_for_port(port, timeout_s=60)

@@ -24,8 +24,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -33,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_soak import copy_with_new_uids
+from benchmarks.service_run import one_patient_exam, start_serve
 from service.jobs.store import JobState, JobStore
-from service.phantom import PhantomOptions, write_cohort
+from service.phantom import PhantomOptions
 from service.phantom.demo import build_demo_model, send_folder, write_service_config
 from service.phantom.pacs import FolderPacs, free_port, wait_for_port
 
@@ -70,12 +69,7 @@ def _one_run(
         settle_s=1.0,
     )
     config.write_text(config.read_text().replace("workers = 1", f"workers = {workers}", 1))
-    log = (folder / "serve.log").open("ab")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--config", str(config), "serve"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    serve = start_serve(config, folder / "serve.log")
     try:
         wait_for_port(port, timeout_s=60)
         store = JobStore(f"sqlite:///{folder / 'data' / 'jobs.sqlite'}")
@@ -120,10 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     options = PhantomOptions(matrix=args.matrix)
     model_dir = build_demo_model(work, controls=args.controls, matrix=args.matrix)
-    write_cohort(
-        work / "phantom", controls=0, patients=1, follow_up=False, seed=5, options=options
-    )
-    exam_dir = next((work / "phantom").glob("*/exam-1/dicom"))
+    exam_dir = one_patient_exam(work / "phantom", options)
     copies = []
     for index in range(args.exams):
         copy = work / "send" / f"exam-{index:03d}"
