@@ -180,7 +180,7 @@ def _check_ports(settings: Settings) -> list[Problem]:
 
 def job_store_problem(settings: Settings) -> Problem | None:
     """An error when the job store cannot be opened (created for SQLite) or does not answer."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from service.jobs.schema import SchemaError
@@ -188,10 +188,10 @@ def job_store_problem(settings: Settings) -> Problem | None:
 
     setting = "database_url" if settings.database_url else "data_dir"
     try:
-        shown = make_url(settings.job_store_url).render_as_string(hide_password=True)
+        url: URL | None = make_url(settings.job_store_url)
     except Exception:  # an unparsable URL is reported by JobStore below
-        shown = "(unparsable URL)"
-    url = make_url(settings.job_store_url) if shown != "(unparsable URL)" else None
+        url = None
+    shown = url.render_as_string(hide_password=True) if url is not None else "(unparsable URL)"
     new_sqlite = (
         url is not None
         and url.drivername.startswith("sqlite")

@@ -334,12 +334,12 @@ def _purge_exam(store: JobStore, settings: Settings, plan: ExamPurge, now: float
 def _purge_own_results(store: JobStore, report: PurgeReport, received_before: float) -> None:
     """Our own results a PACS sent back to us, older than the spool's age limit."""
     old = store.own_result_instances(received_before)
-    paths = [Path(path) for _, path in old]
-    report.own_result_files = sum(p.is_file() for p in paths)
-    report.own_result_bytes = _size(p for p in paths if p.is_file())
+    present = [path for _, text in old if (path := Path(text)).is_file()]
+    report.own_result_files = len(present)
+    report.own_result_bytes = _size(present)
     if report.dry_run:
         return
-    for path in paths:
+    for path in present:
         path.unlink(missing_ok=True)
     store.forget_instances([uid for uid, _ in old])
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -268,15 +269,15 @@ def _segment_and_score(
         t2star=_t2star_sampler(slab),
         given=given,
     )
-    scoring_model = model.model if model else None
-    slab_scores = score_slab(
+    score = partial(
+        score_slab,
         t1_ms,
-        anatomy,
-        model=scoring_model,
+        model=model.model if model else None,
         voxel_mm=voxel_mm,
         affine_lps=affine,
         reader_lesions=reader,
     )
+    slab_scores = score(anatomy)
     if slab_scores.candidate_lesions is None or not slab_scores.candidate_lesions.any():
         return anatomy, slab_scores
     known = slab_scores.candidate_lesions > 0
@@ -294,15 +295,7 @@ def _segment_and_score(
         evidence=anatomy.evidence,
         given=given,
     )
-    slab_scores = score_slab(
-        t1_ms,
-        anatomy,
-        model=scoring_model,
-        voxel_mm=voxel_mm,
-        affine_lps=affine,
-        reader_lesions=reader,
-        reuse=slab_scores,
-    )
+    slab_scores = score(anatomy, reuse=slab_scores)
     return anatomy, slab_scores
 
 
