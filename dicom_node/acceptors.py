@@ -232,9 +232,15 @@ def acceptor_main(
     log_level : int
         Level of the child's root logger (the parent's).
     """
+    from pydicom import config as pydicom_config
+
     from dicom_node.scp import StorageSCP
     from dicom_node.spool import Spool
 
+    # This process reads only DIMSE command sets and received headers, whose values our own
+    # checks validate (dicom_node.validation); pydicom's per-value regex check on reading
+    # only warns, and costs a quarter of the header check.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     link = ParentLink(conn)
     root = logging.getLogger()
     for handler in list(root.handlers):

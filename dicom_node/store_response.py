@@ -6,18 +6,22 @@ The success response of a C-STORE is six short command elements, so
 :func:`store_success_command` writes the bytes directly (equal to pynetdicom's) and
 :func:`use_fast_store_success` makes an association send it that way. Every other
 response (failures, warnings, other services) still goes through pynetdicom.
+:class:`AnsweredInline` lets a handler answer C-STORE requests in pynetdicom's network
+thread, without pynetdicom answering them again.
 """
 
 from __future__ import annotations
 
+import queue
 import struct
+import threading
 from typing import Any
 
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-__all__ = ["store_success_command", "use_fast_store_success"]
+__all__ = ["AnsweredInline", "store_success_command", "use_fast_store_success"]
 
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
@@ -98,6 +102,47 @@ def use_fast_store_success(assoc: Association) -> None:
         dimse.dul.send_pdu(pdata)
 
     dimse.send_msg = send  # type: ignore[method-assign]
+
+
+class AnsweredInline(queue.Queue[tuple[int, Any]]):
+    """pynetdicom's queue of decoded messages, without the requests answered already.
+
+    pynetdicom's network thread decodes a message, triggers ``EVT_DIMSE_RECV`` and then puts
+    ``(context ID, primitive)`` on the association's ``dimse.msg_queue`` for its association
+    thread. A handler of ``EVT_DIMSE_RECV`` that has answered a C-STORE request itself calls
+    :meth:`add`; the ``put`` that follows in the same thread then drops that request, so it
+    is not answered twice. Install it as ``assoc.dimse.msg_queue`` from an ``EVT_REQUESTED``
+    handler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._answered: set[tuple[int, int]] = set()
+        self._answered_lock = threading.Lock()
+
+    def add(self, context_id: int, message_id: int) -> None:
+        """Mark the C-STORE request ``message_id`` on ``context_id`` as answered.
+
+        Parameters
+        ----------
+        context_id : int
+            Presentation context ID of the request.
+        message_id : int
+            Its Message ID.
+        """
+        with self._answered_lock:
+            self._answered.add((context_id, message_id))
+
+    def put(self, item: tuple[int, Any], block: bool = True, timeout: float | None = None) -> None:
+        """Queue ``item`` unless it is a C-STORE request marked by :meth:`add`."""
+        context_id, primitive = item
+        if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is None:
+            key = (context_id, primitive.MessageID)
+            with self._answered_lock:
+                if key in self._answered:
+                    self._answered.discard(key)
+                    return
+        super().put(item, block, timeout)
 
 
 def _plain_success(primitive: object) -> bytes | None:

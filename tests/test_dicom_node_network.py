@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
@@ -23,6 +23,7 @@ from dicom_node.status import StoreStatus
 from tests.test_dicom_node_factories import free_port, make_mr
 
 OUR_AE = "CORDT1"
+_DIMSE_RECV = evt.EVT_DIMSE_RECV
 MARKERS = OwnResultMarkers(manufacturer="cordt1")
 
 
@@ -304,3 +305,40 @@ def test_no_temporary_file_remains_after_stored_and_refused_instances(
         send([hostile], node.destination, calling_ae="SCANNER", timeout_s=10)
     assert [p.name for p in node.spool.iter_files()] == [f"{good.SOPInstanceUID}.dcm"]
     assert list(node.spool.root.rglob("*.part")) == []
+
+
+def test_every_store_is_answered_exactly_once_even_with_reused_message_ids(
+    start_node: Callable[..., Node],
+) -> None:
+    """Stores are answered in the network thread; pynetdicom must not answer them again."""
+    node = start_node()
+    answers: list[tuple[int, int]] = []
+
+    def on_recv(event: Any) -> None:
+        command = event.message.command_set
+        if int(command.CommandField) == 0x8001:  # C-STORE-RSP
+            answers.append((int(command.MessageIDBeingRespondedTo), int(command.Status)))
+
+    good = [make_mr(instance_number=n) for n in (1, 2, 3)]
+    torn = make_mr(instance_number=4)
+    torn.PixelData = torn.PixelData[: len(torn.PixelData) // 2]
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(good[0].SOPClassUID)
+    ae.add_requested_context(Verification)
+    assert node.scp.port is not None
+    assoc = ae.associate(
+        "127.0.0.1", node.scp.port, ae_title=OUR_AE, evt_handlers=[(_DIMSE_RECV, on_recv)]
+    )
+    assert assoc.is_established
+    try:
+        statuses = [int(assoc.send_c_store(ds, msg_id=7).Status) for ds in [*good, torn]]
+        assert int(assoc.send_c_echo().Status) == 0  # answered after any second answer
+    finally:
+        assoc.release()
+    assert statuses == [0, 0, 0, int(StoreStatus.PIXEL_DATA_MISMATCH)]
+    assert answers == [(7, s) for s in statuses]
+    assert sorted(p.name for p in node.spool.iter_files()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in good
+    )
+    record = node.record()
+    assert (record.instances, record.failures) == (3, 1)
