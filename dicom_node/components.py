@@ -14,9 +14,12 @@ from enum import StrEnum
 
 from pydicom.dataset import Dataset
 
+from dicom_node.header_values import HeaderValues
+
 __all__ = [
     "Component",
     "classify",
+    "classify_header",
     "classify_series",
     "echo_times_ms",
     "is_gradient_echo",
@@ -48,8 +51,8 @@ _DESCRIPTION_PATTERNS: tuple[tuple[Component, re.Pattern[str]], ...] = (
 )
 
 
-def _image_type(ds: Dataset) -> list[str]:
-    value = ds.get("ImageType") or ds.get("FrameType") or []
+def _image_type(values: HeaderValues) -> list[str]:
+    value = values.get("ImageType") or values.get("FrameType") or []
     if isinstance(value, str):
         value = value.split("\\")
     return [str(v).upper() for v in value]
@@ -68,10 +71,25 @@ def classify(ds: Dataset) -> Component:
     Component
         ``Component.OTHER`` when neither ImageType nor SeriesDescription identify it.
     """
-    modality = str(ds.get("Modality", "")).upper()
-    if modality == "SEG" or ds.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.66.4":
+    return classify_header(HeaderValues(ds))
+
+
+def classify_header(values: HeaderValues) -> Component:
+    """Return the component as :func:`classify` does, from a reader of the header's values.
+
+    Parameters
+    ----------
+    values : HeaderValues
+        Values of any instance of the series.
+
+    Returns
+    -------
+    Component
+    """
+    modality = str(values.get("Modality", "")).upper()
+    if modality == "SEG" or values.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.66.4":
         return Component.SEG
-    image_type = _image_type(ds)
+    image_type = _image_type(values)
     tokens = set(image_type)
     # A T1 map derived from UNI may keep the UNI token next to "T1 MAP": the map wins.
     if "T1 MAP" in tokens or "T1MAP" in tokens or "T1_MAP" in tokens:
@@ -86,11 +104,17 @@ def classify(ds: Dataset) -> Component:
         return Component.INV2
     if "P" in image_type[2:3] or "PHASE" in tokens:
         return Component.PHASE
-    series_description = str(ds.get("SeriesDescription", ""))
+    series_description = str(values.get("SeriesDescription", ""))
     for component, pattern in _DESCRIPTION_PATTERNS:
         if pattern.search(series_description):
             return component
-    if is_multi_echo_gre([ds]):
+    # the first checks of is_multi_echo_gre, on values read cheaply (most series end here)
+    if _NOT_T2STAR_DESCRIPTION.search(series_description):
+        return Component.OTHER
+    scanning = _words(values.get("ScanningSequence"))
+    if "GR" not in scanning and "GRADIENT" not in _words(values.get("EchoPulseSequence")):
+        return Component.OTHER
+    if is_multi_echo_gre([values.dataset]):
         return Component.T2STAR
     return Component.OTHER
 

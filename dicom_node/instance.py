@@ -10,7 +10,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicom_node.components import Component, classify
+from dicom_node.components import Component, classify_header
+from dicom_node.header_values import HeaderValues
 from dicom_node.validation import check_uid
 
 __all__ = [
@@ -79,21 +80,35 @@ class OwnResultMarkers:
         -------
         bool
         """
-        if self.manufacturer is not None and _norm(ds.get("Manufacturer")) == _norm(
+        return self.matches_header(HeaderValues(ds))
+
+    def matches_header(self, values: HeaderValues) -> bool:
+        """Return ``True`` if the header read by ``values`` carries one of the markers.
+
+        Parameters
+        ----------
+        values : HeaderValues
+            Values of the instance's header.
+
+        Returns
+        -------
+        bool
+        """
+        if self.manufacturer is not None and _norm(values.get("Manufacturer")) == _norm(
             self.manufacturer
         ):
             return True
         if self.software_name is not None:
             name = _norm(self.software_name)
-            if _norm(ds.get("ManufacturerModelName")) == name:
+            if _norm(values.get("ManufacturerModelName")) == name:
                 return True
-            for version in _as_list(ds.get("SoftwareVersions")):
+            for version in _as_list(values.get("SoftwareVersions")):
                 text = _norm(version)
                 if text == name or (text.split() or [""])[0] == name:
                     return True
         if self.private_creator is not None:
             creator = _norm(self.private_creator)
-            for element in ds:
+            for element in values.dataset:
                 if element.tag.is_private_creator and _norm(element.value) == creator:
                     return True
         return False
@@ -270,16 +285,17 @@ def read_instance_info(
         If a Study/Series/SOP Instance/SOP Class UID or the transfer syntax is missing or
         invalid, or if a count attribute is not an integer.
     """
-    study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-    series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-    sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-    sop_class_uid = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    values = HeaderValues(ds)
+    study_uid = check_uid(values.get("StudyInstanceUID"), "StudyInstanceUID")
+    series_uid = check_uid(values.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    sop_uid = check_uid(values.get("SOPInstanceUID"), "SOPInstanceUID")
+    sop_class_uid = check_uid(values.get("SOPClassUID"), "SOPClassUID")
     file_meta = getattr(ds, "file_meta", None)
     ts_uid = check_uid(
         file_meta.get("TransferSyntaxUID") if file_meta is not None else None,
         "file meta TransferSyntaxUID",
     )
-    frame_of_reference = ds.get("FrameOfReferenceUID")
+    frame_of_reference = values.get("FrameOfReferenceUID")
     if size_bytes is None:
         size_bytes = Path(path).stat().st_size
     return InstanceInfo(
@@ -288,29 +304,30 @@ def read_instance_info(
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=ts_uid,
-        component=classify(ds),
-        modality=str(ds.get("Modality", "") or ""),
-        series_number=_optional_int(ds, "SeriesNumber"),
-        series_description=str(ds.get("SeriesDescription", "") or ""),
-        protocol_name=str(ds.get("ProtocolName", "") or ""),
+        component=classify_header(values),
+        modality=str(values.get("Modality", "") or ""),
+        series_number=_optional_int(values, "SeriesNumber"),
+        series_description=str(values.get("SeriesDescription", "") or ""),
+        protocol_name=str(values.get("ProtocolName", "") or ""),
         patient_key=pseudonyms.patient_key(
-            str(ds.get("IssuerOfPatientID", "") or ""), str(ds.get("PatientID", "") or "")
+            str(values.get("IssuerOfPatientID", "") or ""),
+            str(values.get("PatientID", "") or ""),
         ),
-        images_in_acquisition=_optional_int(ds, "ImagesInAcquisition"),
-        number_of_frames=_optional_int(ds, "NumberOfFrames"),
-        acquisition_number=_optional_int(ds, "AcquisitionNumber"),
+        images_in_acquisition=_optional_int(values, "ImagesInAcquisition"),
+        number_of_frames=_optional_int(values, "NumberOfFrames"),
+        acquisition_number=_optional_int(values, "AcquisitionNumber"),
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
         calling_ae=calling_ae.strip(),
         path=Path(path),
         size_bytes=int(size_bytes),
         received_at=float(received_at),
-        is_own_result=own_markers.matches(ds),
+        is_own_result=own_markers.matches_header(values),
     )
 
 
-def _optional_int(ds: Dataset, keyword: str) -> int | None:
+def _optional_int(values: HeaderValues, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
+        value = values.get(keyword)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{keyword} is not a valid integer string") from exc
     if value is None or value == "":

@@ -18,6 +18,8 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from dicom_node.header_values import HeaderValues
+
 __all__ = [
     "ReceivedHeader",
     "expected_native_bytes",
@@ -127,7 +129,7 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
     keyword = _PIXEL_TAGS[tag]
     if present < length:
         return ReceivedHeader(header, f"{keyword} cut: {present} of {length} B received", False)
-    problem = _length_problem(header, keyword, length, max_pixel_bytes)
+    problem = _length_problem(header, HeaderValues(header), keyword, length, max_pixel_bytes)
     return ReceivedHeader(header, problem, False)
 
 
@@ -208,10 +210,11 @@ def pixel_data_problem(ds: Dataset, *, max_pixel_bytes: int) -> str | None:
         return "no PixelData in an image instance" if needs_pixel_data(sop_class) else None
     value = ds[keyword].value
     length = 0 if value is None else len(value)
-    problem = _length_problem(ds, keyword, length, max_pixel_bytes)
+    values = HeaderValues(ds)
+    problem = _length_problem(ds, values, keyword, length, max_pixel_bytes)
     if problem is not None or not (keyword == "PixelData" and _is_encapsulated(ds)):
         return problem
-    return _fragment_problem(bytes(value), _int(ds, "NumberOfFrames", default=1) or 1)
+    return _fragment_problem(bytes(value), _int(values, "NumberOfFrames", default=1) or 1)
 
 
 def _is_encapsulated(ds: Dataset) -> bool:
@@ -219,27 +222,29 @@ def _is_encapsulated(ds: Dataset) -> bool:
     return syntax is not None and UID(syntax).is_encapsulated
 
 
-def _length_problem(ds: Dataset, keyword: str, length: int, max_pixel_bytes: int) -> str | None:
+def _length_problem(
+    ds: Dataset, values: HeaderValues, keyword: str, length: int, max_pixel_bytes: int
+) -> str | None:
     """Header checks plus, for native data, the value length against the header."""
     if length == 0:
         return f"{keyword} is empty"
-    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    rows, columns = _int(values, "Rows"), _int(values, "Columns")
     if not rows or not columns or rows < 0 or columns < 0:
         return f"Rows {rows} x Columns {columns} with {keyword}"
-    bits = _int(ds, "BitsAllocated")
+    bits = _int(values, "BitsAllocated")
     if keyword == "FloatPixelData":
         bits = 32 if bits is None else bits
     elif keyword == "DoubleFloatPixelData":
         bits = 64 if bits is None else bits
     if bits not in _ALLOWED_BITS:
         return f"BitsAllocated {bits} is not 1, 8, 16, 32 or 64"
-    samples = _int(ds, "SamplesPerPixel", default=1)
+    samples = _int(values, "SamplesPerPixel", default=1)
     if samples is None or not 1 <= samples <= 4:
         return f"SamplesPerPixel {samples} is not 1..4"
-    frames = _int(ds, "NumberOfFrames", default=1)
+    frames = _int(values, "NumberOfFrames", default=1)
     if frames is None or frames < 1:
         return f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not >= 1"
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    photometric = str(values.get("PhotometricInterpretation", "")).strip()
     expected = expected_native_bytes(rows, columns, frames, samples, bits, photometric)
     if expected > max_pixel_bytes:
         return f"{rows} x {columns} x {frames} frame(s) = {expected} B, over limit"[:64]
@@ -276,10 +281,11 @@ def _fragment_problem(value: bytes, frames: int) -> str | None:
     return None
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    if keyword not in ds or ds[keyword].value in (None, ""):
+def _int(values: HeaderValues, keyword: str, default: int | None = None) -> int | None:
+    value = values.value(keyword)
+    if value in (None, ""):
         return default
     try:
-        return int(ds[keyword].value)
+        return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return None
