@@ -19,6 +19,7 @@ __all__ = [
     "InstanceInfo",
     "OwnResultMarkers",
     "PseudonymKey",
+    "header_uids",
     "patient_key",
     "read_instance_info",
 ]
@@ -242,6 +243,36 @@ def patient_key(issuer_of_patient_id: str, patient_id: str, key: PseudonymKey) -
         raise TypeError(f"key must be a PseudonymKey, got {type(key).__name__}")
     raw = f"{issuer_of_patient_id.strip()}\\{patient_id.strip()}".encode()
     return hmac.new(key.secret, raw, hashlib.sha256).hexdigest()[:16]
+
+
+def header_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    """Return the Study, Series, SOP Instance and SOP Class UIDs of a header, checked.
+
+    The same values and errors as ``check_uid(ds.get(keyword), keyword)`` for each, read
+    cheaply (see :class:`dicom_node.header_values.HeaderValues`).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The instance's header.
+
+    Returns
+    -------
+    tuple of str
+        StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID.
+
+    Raises
+    ------
+    ValueError
+        If one of them is missing or not a valid UID (the first such, in that order).
+    """
+    values = HeaderValues(ds)
+    return (
+        check_uid(values.get("StudyInstanceUID"), "StudyInstanceUID"),
+        check_uid(values.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        check_uid(values.get("SOPInstanceUID"), "SOPInstanceUID"),
+        check_uid(values.get("SOPClassUID"), "SOPClassUID"),
+    )
 
 
 def read_instance_info(

@@ -110,7 +110,7 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
     if (
         syntax is None
         or syntax == DeflatedExplicitVRLittleEndian
-        or UID(syntax).is_encapsulated
+        or _as_uid(syntax).is_encapsulated
         or (found and found[0][1] == _UNDEFINED_LENGTH)
     ):
         whole = dcmread(BytesIO(encoded))  # encapsulated or deflated: read the value
@@ -122,14 +122,15 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
         return ReceivedHeader(header, problem, False)
     tag, length = found[0]
     start = stream.tell()  # pydicom rewinds to the start of the element
-    implicit = UID(syntax).is_implicit_VR
+    implicit = _as_uid(syntax).is_implicit_VR
     vr = encoded[start + 4 : start + 6]
     value_at = start + (8 if implicit or vr not in _LONG_HEADER_VRS else 12)
     present = max(len(encoded) - value_at, 0)
     keyword = _PIXEL_TAGS[tag]
     if present < length:
         return ReceivedHeader(header, f"{keyword} cut: {present} of {length} B received", False)
-    problem = _length_problem(header, HeaderValues(header), keyword, length, max_pixel_bytes)
+    values = HeaderValues(header)
+    problem = _length_problem(header, values, keyword, length, max_pixel_bytes, encapsulated=False)
     return ReceivedHeader(header, problem, False)
 
 
@@ -222,10 +223,24 @@ def _is_encapsulated(ds: Dataset) -> bool:
     return syntax is not None and UID(syntax).is_encapsulated
 
 
+def _as_uid(value: object) -> UID:
+    """``UID(value)``, without building it again when it is one already."""
+    return value if isinstance(value, UID) else UID(value)  # type: ignore[arg-type]
+
+
 def _length_problem(
-    ds: Dataset, values: HeaderValues, keyword: str, length: int, max_pixel_bytes: int
+    ds: Dataset,
+    values: HeaderValues,
+    keyword: str,
+    length: int,
+    max_pixel_bytes: int,
+    *,
+    encapsulated: bool | None = None,
 ) -> str | None:
-    """Header checks plus, for native data, the value length against the header."""
+    """Header checks plus, for native data, the value length against the header.
+
+    ``encapsulated`` is read from ``ds`` when ``None`` (the caller may know it already).
+    """
     if length == 0:
         return f"{keyword} is empty"
     rows, columns = _int(values, "Rows"), _int(values, "Columns")
@@ -248,7 +263,7 @@ def _length_problem(
     expected = expected_native_bytes(rows, columns, frames, samples, bits, photometric)
     if expected > max_pixel_bytes:
         return f"{rows} x {columns} x {frames} frame(s) = {expected} B, over limit"[:64]
-    if keyword == "PixelData" and _is_encapsulated(ds):
+    if keyword == "PixelData" and (_is_encapsulated(ds) if encapsulated is None else encapsulated):
         return None  # the caller walks the fragments
     if length < expected:
         return f"{keyword} {length} B, header needs {expected} B"
