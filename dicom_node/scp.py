@@ -33,14 +33,20 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, reserve_port
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
-from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey, read_instance_info
+from dicom_node.instance import (
+    InstanceInfo,
+    OwnResultMarkers,
+    PseudonymKey,
+    header_uids,
+    read_instance_info,
+)
 from dicom_node.part10 import part10_prefix
 from dicom_node.pixel_header import read_received_header
 from dicom_node.spool import PendingWrite, Spool
 from dicom_node.status import StoreStatus
 from dicom_node.store_response import AnsweredInline, use_fast_store_success
 from dicom_node.tls import ServerTls, TlsHandshakeError, accept_tls, describe_peer
-from dicom_node.validation import check_ae_title, check_uid
+from dicom_node.validation import check_ae_title
 
 __all__ = ["AssociationRecord", "ScpConfig", "StorageSCP", "StoreRefusal"]
 
@@ -1063,7 +1069,7 @@ class StorageSCP:
             # stops at native pixel data: only its element header is looked at
             header = read_received_header(encoded, max_pixel_bytes=self._config.max_pixel_bytes)
             ds = header.dataset
-            uids = _header_uids(ds)
+            uids = header_uids(ds)
         except Exception as exc:
             return self._quarantine(
                 encoded,
@@ -1173,15 +1179,6 @@ def _plainly_valid_store(message: object) -> bool:
         if value is None or value == "":
             return False
     return True
-
-
-def _header_uids(ds: Dataset) -> tuple[str, str, str, str]:
-    return (
-        check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
-        check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-        check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-        check_uid(ds.get("SOPClassUID"), "SOPClassUID"),
-    )
 
 
 def _resolve(host: str) -> frozenset[str]:

@@ -34,6 +34,16 @@ from dicom_node.pixel_header import (
 from dicom_node.validation import check_uid
 
 
+def reference_header_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    """The four UIDs as the storage SCP read them through pydicom before HeaderValues."""
+    return (
+        check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+        check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+        check_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+    )
+
+
 def reference_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHeader:
     """``read_received_header`` read with pydicom's conversion only."""
     found: list[tuple[int, int]] = []
