@@ -32,6 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, reserve_port
+from dicom_node.bulk_recv import use_bulk_reads
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import (
     InstanceInfo,
@@ -572,6 +573,7 @@ class StorageSCP:
         if hasattr(assoc.dul, "_run_loop_delay"):  # pynetdicom's idle poll, 1 ms by default
             assoc.dul._run_loop_delay = self._config.transport_poll_s
         use_fast_store_success(assoc)  # success answers without pydicom: 0.45 ms less CPU each
+        use_bulk_reads(assoc)  # whole pieces per read instead of pynetdicom's 4 KiB ones
         # C-STORE requests are answered in the network thread (_store_inline); the copy
         # pynetdicom then queues for its association thread is dropped
         assoc.dimse.msg_queue = AnsweredInline()
