@@ -7,8 +7,10 @@ import socket
 import threading
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
 
-from dicom_node.bulk_recv import read_exactly
+from dicom_node.socket_reads import read_exactly, use_blocking_waits
 
 
 def test_a_large_read_arrives_whole_and_in_order() -> None:
@@ -47,3 +49,10 @@ def test_a_closed_socket_and_a_negative_size_are_errors() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs, pytest.raises(ValueError, match=">= 0"):
         read_exactly(ours, -1)
+
+
+def test_waiting_needs_a_positive_time() -> None:
+    assoc = Association(AE(), "acceptor")
+    for wait_s in (0, -1.0):
+        with pytest.raises(ValueError, match="wait_s"):
+            use_blocking_waits(assoc, wait_s)

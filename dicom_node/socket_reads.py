@@ -1,0 +1,126 @@
+"""How the network thread of an association we accept reads its socket.
+
+**Whole pieces.** pynetdicom's ``AssociationSocket.recv`` reads at most 4096 bytes per
+system call and appends each piece to a growing ``bytearray``: a 128 KiB P-DATA PDU takes
+32 calls and as many copies, a 400 KB image about a hundred. :func:`read_exactly` reads
+into one buffer of the requested size, as much per call as the kernel has, and
+:func:`use_bulk_reads` makes an association's socket read that way. Same contract as
+pynetdicom's: block until ``nr_bytes`` have arrived, return less only when the peer closed
+the connection, let timeouts and socket errors propagate.
+
+**Waiting in the kernel.** pynetdicom's network thread polls: it sleeps a fixed delay,
+looks at the socket without waiting, and goes round again, thousands of times a second per
+open association, all taking turns at the GIL with the threads that do the work.
+:func:`use_blocking_waits` makes it wait in ``select`` for data instead (up to ``wait_s``,
+when it has nothing else to do), so it wakes as soon as a request arrives and costs no CPU
+while the peer is quiet. Messages queued by other threads (a C-ECHO answer, the release
+response) go out after at most ``wait_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+
+from pynetdicom.association import Association
+
+__all__ = ["read_exactly", "use_blocking_waits", "use_bulk_reads"]
+
+
+def read_exactly(sock: socket.socket | ssl.SSLSocket | None, nr_bytes: int) -> bytearray:
+    """Read ``nr_bytes`` from ``sock`` into one buffer.
+
+    Parameters
+    ----------
+    sock : socket.socket or ssl.SSLSocket
+        A connected (blocking or timed) socket.
+    nr_bytes : int
+        Bytes wanted (>= 0).
+
+    Returns
+    -------
+    bytearray
+        ``nr_bytes`` bytes, or fewer when the peer closed the connection first.
+
+    Raises
+    ------
+    OSError
+        If the socket is gone (``None``) or fails; ``TimeoutError`` on its timeout.
+    ValueError
+        If ``nr_bytes`` is negative.
+    """
+    if nr_bytes < 0:
+        raise ValueError(f"nr_bytes must be >= 0, got {nr_bytes}")
+    if sock is None:
+        raise OSError("the association's socket is closed")
+    buffer = bytearray(nr_bytes)
+    received = 0
+    with memoryview(buffer) as view:
+        while received < nr_bytes:
+            count = sock.recv_into(view[received:], nr_bytes - received)
+            if count == 0:
+                break  # the peer closed the connection
+            received += count
+    if received < nr_bytes:
+        del buffer[received:]
+    return buffer
+
+
+def use_bulk_reads(assoc: Association) -> None:
+    """Make ``assoc`` read from its socket with :func:`read_exactly`.
+
+    Call it from an ``EVT_REQUESTED`` handler (after any TLS wrapping of the socket); the
+    socket is looked up at every read, so a later close or re-wrap is seen.
+
+    Parameters
+    ----------
+    assoc : pynetdicom.association.Association
+        An association we accept.
+    """
+    transport = assoc.dul.socket
+    if transport is None:
+        return
+
+    def recv(nr_bytes: int) -> bytearray:
+        return read_exactly(transport.socket, nr_bytes)
+
+    transport.recv = recv  # type: ignore[method-assign]
+
+
+def use_blocking_waits(assoc: Association, wait_s: float) -> None:
+    """Make ``assoc``'s network thread wait in ``select`` instead of sleeping and polling.
+
+    Call it from an ``EVT_REQUESTED`` handler.
+
+    Parameters
+    ----------
+    assoc : pynetdicom.association.Association
+        An association we accept.
+    wait_s : float
+        Longest wait for data before the thread looks for messages to send (> 0).
+
+    Raises
+    ------
+    ValueError
+        If ``wait_s`` is not positive.
+    """
+    if not wait_s > 0:
+        raise ValueError(f"wait_s must be > 0, got {wait_s!r}")
+    dul = assoc.dul
+    look = dul._is_transport_event
+
+    def wait_then_look() -> bool:
+        transport = dul.socket
+        sock = transport.socket if transport is not None else None
+        idle = dul.to_provider_queue.empty() and dul.event_queue.empty()
+        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if sock is not None and idle and not buffered:
+            # a socket closed meanwhile raises here; pynetdicom's own look then sees it
+            with contextlib.suppress(OSError, ValueError):
+                select.select([sock], [], [], wait_s)
+        return look()
+
+    dul._is_transport_event = wait_then_look  # type: ignore[method-assign]
+    dul._run_loop_delay = 0.0
