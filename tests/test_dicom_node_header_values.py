@@ -407,6 +407,7 @@ def test_same_check_on_pydicom_test_files(reading_mode: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reading_mode", ["WARN"], indirect=True)  # the service's mode
 def test_same_info_on_whole_test_files(reading_mode: str) -> None:
     """The service reads headers from disk too (``dcmread``, ``stop_before_pixels``)."""
     for path in (Path(p) for p in get_testdata_files("*.dcm")):
