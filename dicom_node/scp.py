@@ -1023,9 +1023,14 @@ class StorageSCP:
                 if isinstance(checked, _Outcome):
                     return checked
                 info = checked
-                pending.commit(info.study_uid, info.series_uid, info.sop_instance_uid)
+                pending.commit(
+                    info.study_uid,
+                    info.series_uid,
+                    info.sop_instance_uid,
+                    timeout_s=self._disk_wait_s,
+                )
             finally:
-                pending.discard()  # no-op once committed
+                pending.discard(timeout_s=self._disk_wait_s)  # no-op once committed
         except OSError as exc:
             return self._write_failed(exc, sop_uid, calling_ae)
         except Exception as exc:
@@ -1049,10 +1054,25 @@ class StorageSCP:
             state.bytes_received += len(encoded)
         return _Outcome(StoreStatus.SUCCESS)
 
+    @property
+    def _disk_wait_s(self) -> float:
+        """Longest wait for the spool disk per instance: half the idle timeout.
+
+        The peer waits quietly for our answer, so pynetdicom's idle timer runs meanwhile;
+        a disk that hangs gets an A700 answer before that timer aborts the association.
+        """
+        return self._config.network_timeout_s / 2
+
     def _write_failed(self, exc: OSError, sop_uid: str, calling_ae: str) -> _Outcome:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             LOGGER.error("C-STORE %s from %r: spool disk full", sop_uid, calling_ae)
             return _Outcome(StoreStatus.OUT_OF_RESOURCES, "spool disk full while writing")
+        if isinstance(exc, TimeoutError):  # a hung or very slow disk: answer, do not hang
+            LOGGER.error("C-STORE %s from %r: %s", sop_uid, calling_ae, exc)
+            wait_s = self._disk_wait_s
+            return _Outcome(
+                StoreStatus.OUT_OF_RESOURCES, f"spool disk too slow: not written in {wait_s:g} s"
+            )
         LOGGER.error(
             "C-STORE %s from %r: spool write failed: %s", sop_uid, calling_ae, _short(exc)
         )

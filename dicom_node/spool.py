@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -240,7 +241,9 @@ class PendingWrite:
         self._future = future
         self._open = True
 
-    def commit(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    def commit(
+        self, study_uid: str, series_uid: str, sop_uid: str, *, timeout_s: float | None = None
+    ) -> Path:
         """Wait for the data to be on disk, rename it to its final name, fsync the folder.
 
         A second instance with the same UIDs replaces the first (idempotent re-send).
@@ -249,6 +252,10 @@ class PendingWrite:
         ----------
         study_uid, series_uid, sop_uid : str
             UIDs that name the folders and the file.
+        timeout_s : float, optional
+            Longest wait for the background write (``None``: no limit). A disk that does
+            not finish in time gets a :class:`TimeoutError`; the write is then abandoned
+            and its temporary file removed whenever the disk finishes it.
 
         Returns
         -------
@@ -259,6 +266,8 @@ class PendingWrite:
         ------
         ValueError
             If a UID is invalid (the temporary file is removed).
+        TimeoutError
+            If the write did not finish within ``timeout_s``.
         OSError
             If the write, the rename or a sync failed (the temporary file is removed).
         RuntimeError
@@ -268,6 +277,10 @@ class PendingWrite:
             raise RuntimeError("this pending write was already committed or discarded")
         try:
             target = self._spool.path_for(study_uid, series_uid, sop_uid)
+            done, _ = futures.wait([self._future], timeout=timeout_s)
+            if not done:
+                self.discard(timeout_s=0)  # abandoned: removed when the disk finishes
+                raise TimeoutError(f"the spool disk did not finish writing within {timeout_s:g} s")
             self._future.result()
             _make_dirs_durable(target.parent, stop_at=self._spool.root)
             os.replace(self._temp, target)
@@ -278,17 +291,22 @@ class PendingWrite:
         _fsync_dir(target.parent)
         return target
 
-    def discard(self) -> None:
-        """Wait for the background write to end and remove the temporary file."""
+    def discard(self, *, timeout_s: float | None = None) -> None:
+        """Remove the temporary file once the background write has ended.
+
+        Parameters
+        ----------
+        timeout_s : float, optional
+            Longest wait for the write (``None``: no limit). A write still running then is
+            abandoned; its file is removed whenever the disk finishes it.
+        """
         if not self._open:
             return
         self._open = False
-        try:
-            self._future.result()
-        except OSError:
-            pass  # the writer has removed what it wrote
-        finally:
-            self._temp.unlink(missing_ok=True)
+        futures.wait([self._future], timeout=timeout_s)
+        temp = self._temp
+        # the writer removes what it wrote when it fails; after success it is ours to remove
+        self._future.add_done_callback(lambda _: temp.unlink(missing_ok=True))
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.scu import Destination, SendError, echo, send
-from dicom_node.spool import Spool
+from dicom_node.spool import PendingWrite, Spool
 from dicom_node.status import StoreStatus
 from tests.test_dicom_node_factories import free_port, make_mr
 
@@ -342,3 +345,47 @@ def test_every_store_is_answered_exactly_once_even_with_reused_message_ids(
     )
     record = node.record()
     assert (record.instances, record.failures) == (3, 1)
+
+
+class _HungDiskSpool(Spool):
+    """A spool whose disk confirms each write only after ``finish_after_s``."""
+
+    def __init__(self, root: Path, finish_after_s: float) -> None:
+        super().__init__(root)
+        self.finish_after_s = finish_after_s
+        self.temps: list[Path] = []
+
+    def begin(self, encoded: bytes) -> PendingWrite:
+        temp = self.root / f".hung-{len(self.temps)}.part"
+        temp.write_bytes(encoded)
+        self.temps.append(temp)
+        write: Future[None] = Future()
+        threading.Timer(self.finish_after_s, write.set_result, args=(None,)).start()
+        return PendingWrite(self, temp, write)
+
+
+def test_a_hung_spool_disk_is_answered_a700_in_time_and_audited(tmp_path: Path) -> None:
+    spool = _HungDiskSpool(tmp_path / "spool", finish_after_s=3.0)
+    refusals: queue.Queue[StoreRefusal] = queue.Queue()
+    scp = StorageSCP(
+        ScpConfig(OUR_AE, host="127.0.0.1", port=0, min_free_bytes=0, network_timeout_s=1.0),
+        spool,
+        lambda info: None,
+        lambda record: None,
+        own_markers=MARKERS,
+        pseudonyms=PseudonymKey(b"test-site-secret-0123"),
+        on_refusal=refusals.put,
+    )
+    scp.start()
+    try:
+        assert scp.port is not None
+        with pytest.raises(SendError, match="0xA700"):
+            send([make_mr()], Destination(OUR_AE, "127.0.0.1", scp.port), calling_ae="SCANNER")
+    finally:
+        scp.stop()
+    refusal = refusals.get(timeout=5)
+    assert refusal.status == StoreStatus.OUT_OF_RESOURCES
+    assert "spool disk too slow" in refusal.reason
+    assert list(spool.iter_files()) == []
+    time.sleep(spool.finish_after_s)  # the disk finishes: the abandoned write is removed
+    assert not any(temp.exists() for temp in spool.temps)

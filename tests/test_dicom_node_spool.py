@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from dicom_node.spool import INCOMING_DIR, PARTIAL_SUFFIX, Spool
+from dicom_node.spool import INCOMING_DIR, PARTIAL_SUFFIX, PendingWrite, Spool
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
@@ -161,3 +162,23 @@ def test_remove_partial_cleans_interrupted_background_writes(tmp_path: Path) -> 
     leftover = spool.root / INCOMING_DIR / f".abc{PARTIAL_SUFFIX}"
     leftover.write_bytes(b"half")
     assert spool.remove_partial() == 1 and not leftover.exists()
+
+
+def test_a_write_the_disk_does_not_finish_times_out_and_is_cleaned_up_later(
+    tmp_path: Path,
+) -> None:
+    """A hung disk gets a TimeoutError, not a hang; its file goes when the disk finishes."""
+    spool = Spool(tmp_path / "spool")
+    temp = spool.root / INCOMING_DIR / f".slow{PARTIAL_SUFFIX}"
+    temp.parent.mkdir()
+    temp.write_bytes(b"written by a disk that has not confirmed it yet")
+    write: Future[None] = Future()
+    pending = PendingWrite(spool, temp, write)
+    with pytest.raises(TimeoutError, match=r"did not finish writing within 0\.05 s"):
+        pending.commit(STUDY, SERIES, SOP, timeout_s=0.05)
+    assert not spool.path_for(STUDY, SERIES, SOP).exists()
+    assert temp.exists()  # the disk still holds the write
+    write.set_result(None)  # the disk finishes
+    assert not temp.exists() and list(spool.iter_files()) == []
+    with pytest.raises(RuntimeError, match="already committed or discarded"):
+        pending.commit(STUDY, SERIES, SOP)
