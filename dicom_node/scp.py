@@ -311,8 +311,8 @@ class StorageSCP:
         Where instances go.
     on_instance : Callable[[InstanceInfo], None]
         Called (in the association's network thread; with acceptor processes in the
-        thread that talks to that process) after the file is on disk; keep it fast. If it raises, the
-        peer gets 0xC211 and the file stays spooled.
+        thread that talks to that process) after the file is on disk; keep it fast. If it
+        raises, the peer gets 0xC211 and the file stays spooled.
     on_association : Callable[[AssociationRecord], None] or None
         Called once per association when it ends or is rejected.
     on_refusal : Callable[[StoreRefusal], None] or None
