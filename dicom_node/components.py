@@ -111,8 +111,9 @@ def classify_header(values: HeaderValues) -> Component:
     # the first checks of is_multi_echo_gre, on values read cheaply (most series end here)
     if _NOT_T2STAR_DESCRIPTION.search(series_description):
         return Component.OTHER
-    scanning = _words(values.get("ScanningSequence"))
-    if "GR" not in scanning and "GRADIENT" not in _words(values.get("EchoPulseSequence")):
+    if not _declares_gradient_echo(
+        values.get("ScanningSequence"), values.get("EchoPulseSequence")
+    ):
         return Component.OTHER
     if is_multi_echo_gre([values.dataset]):
         return Component.T2STAR
@@ -216,11 +217,10 @@ def is_gradient_echo(ds: Dataset) -> bool:
     ScanningSequence ``IR``, InversionRecovery ``YES`` nor an inversion time is present (top
     level or in the functional groups of an Enhanced MR instance).
     """
-    scanning = _words(ds.get("ScanningSequence"))
-    echo_pulse = _words(ds.get("EchoPulseSequence"))
-    if "GR" not in scanning and "GRADIENT" not in echo_pulse:
+    scanning = ds.get("ScanningSequence")
+    if not _declares_gradient_echo(scanning, ds.get("EchoPulseSequence")):
         return False
-    if "IR" in scanning or "YES" in _words(ds.get("InversionRecovery")):
+    if "IR" in _words(scanning) or "YES" in _words(ds.get("InversionRecovery")):
         return False
     if ds.get("InversionTime") not in (None, ""):
         return False
@@ -230,6 +230,11 @@ def is_gradient_echo(ds: Dataset) -> bool:
         if any("YES" in _words(v) for v in _nested(ds, group_keyword, "InversionRecovery")):
             return False
     return True
+
+
+def _declares_gradient_echo(scanning_sequence: object, echo_pulse_sequence: object) -> bool:
+    """ScanningSequence contains ``GR`` or EchoPulseSequence is ``GRADIENT``."""
+    return "GR" in _words(scanning_sequence) or "GRADIENT" in _words(echo_pulse_sequence)
 
 
 def is_multi_echo_gre(headers: Sequence[Dataset]) -> bool:

@@ -266,7 +266,10 @@ def header_uids(ds: Dataset) -> tuple[str, str, str, str]:
     ValueError
         If one of them is missing or not a valid UID (the first such, in that order).
     """
-    values = HeaderValues(ds)
+    return _checked_uids(HeaderValues(ds))
+
+
+def _checked_uids(values: HeaderValues) -> tuple[str, str, str, str]:
     return (
         check_uid(values.get("StudyInstanceUID"), "StudyInstanceUID"),
         check_uid(values.get("SeriesInstanceUID"), "SeriesInstanceUID"),
@@ -317,10 +320,7 @@ def read_instance_info(
         invalid, or if a count attribute is not an integer.
     """
     values = HeaderValues(ds)
-    study_uid = check_uid(values.get("StudyInstanceUID"), "StudyInstanceUID")
-    series_uid = check_uid(values.get("SeriesInstanceUID"), "SeriesInstanceUID")
-    sop_uid = check_uid(values.get("SOPInstanceUID"), "SOPInstanceUID")
-    sop_class_uid = check_uid(values.get("SOPClassUID"), "SOPClassUID")
+    study_uid, series_uid, sop_uid, sop_class_uid = _checked_uids(values)
     file_meta = getattr(ds, "file_meta", None)
     ts_uid = check_uid(
         file_meta.get("TransferSyntaxUID") if file_meta is not None else None,

@@ -862,10 +862,17 @@ class StorageSCP:
             outcome = self._store(event.assoc, calling_ae, sop_uid, class_uid, encoded)
         response = Dataset()
         response.Status = int(outcome.status)
-        if outcome.status != StoreStatus.SUCCESS:
-            response.ErrorComment = _error_comment(outcome.reason)
-            self._refused(event.assoc, sop_uid, outcome)
+        comment = self._answered(event.assoc, sop_uid, outcome)
+        if comment is not None:
+            response.ErrorComment = comment
         return response
+
+    def _answered(self, assoc: Association, sop_uid: str, outcome: _Outcome) -> str | None:
+        """Record a C-STORE outcome about to be answered; the Error Comment of a refusal."""
+        if outcome.status == StoreStatus.SUCCESS:
+            return None
+        self._refused(assoc, sop_uid, outcome)
+        return _error_comment(outcome.reason)
 
     def _refused(self, assoc: Association, sop_uid: str, outcome: _Outcome) -> None:
         state = self._state(assoc)
@@ -924,9 +931,7 @@ class StorageSCP:
         response.AffectedSOPClassUID = class_uid
         response.AffectedSOPInstanceUID = sop_uid
         response.Status = int(outcome.status)
-        if outcome.status != StoreStatus.SUCCESS:
-            response.ErrorComment = _error_comment(outcome.reason)
-            self._refused(assoc, sop_uid, outcome)
+        response.ErrorComment = self._answered(assoc, sop_uid, outcome)
         answered.add(context_id, message_id)
         assoc.dimse.send_msg(response, context_id)
 
