@@ -240,6 +240,15 @@ def _lease_expired(now: float) -> Any:
     return or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now)
 
 
+def _held_by(job_id: int, owner: str) -> Any:
+    """SQL condition: job ``job_id`` is in a leased state and ``owner`` holds its lease."""
+    return and_(
+        jobs.c.id == job_id,
+        jobs.c.lease_owner == owner,
+        jobs.c.state.in_([s.value for s in LEASED]),
+    )
+
+
 def exam_moment_columns(result: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``study_date``/``study_time`` columns of a job with this result.
 
@@ -573,13 +582,7 @@ class JobStore:
         now = time.time()
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.lease_owner == owner,
-                    jobs.c.state.in_([s.value for s in LEASED]),
-                )
-                .values(lease_expires_at=now + lease_s)
+                update(jobs).where(_held_by(job_id, owner)).values(lease_expires_at=now + lease_s)
             )
         return result.rowcount == 1
 
@@ -605,15 +608,7 @@ class JobStore:
         values["lease_owner"] = ""
         values["lease_expires_at"] = now + wait_s if state in LEASED else None
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.lease_owner == owner,
-                    jobs.c.state.in_([s.value for s in LEASED]),
-                )
-                .values(**values)
-            )
+            updated = conn.execute(update(jobs).where(_held_by(job_id, owner)).values(**values))
             if updated.rowcount != 1:
                 return False
             message = f"job {job_id} {state.value}" + (f": {error}" if error else "")
