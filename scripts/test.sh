@@ -8,8 +8,16 @@ cd "$(dirname "$0")/.."
 VENV=${CORDT1_VENV:-$(pwd)/.venv}
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+# Two pytest processes by default (CORDT1_TEST_WORKERS=1 for one): most slow tests wait on
+# peers (DCMTK, Orthanc, Redis, a service) rather than compute. Each test file stays in one
+# process, so its module fixtures are built once.
+parallel=()
+workers=${CORDT1_TEST_WORKERS:-2}
+if [ "$workers" -gt 1 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
 set +e
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest "${parallel[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

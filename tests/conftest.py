@@ -21,6 +21,24 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("CORDT1_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give the schemathesis items their own node ids.
+
+    schemathesis 4 makes one item per API operation (``test_x[GET /healthz]``), but under
+    pytest 9 they all get the test function's node id; pytest-xdist, which the test command
+    uses, schedules by node id and would run only the first of them.
+    """
+    for item in items:
+        if not item.name.endswith("]") or item.nodeid.endswith("]"):
+            continue
+        params = item.name[item.name.index("[") + 1 : -1]
+        node_id = getattr(item, "_id", None)
+        if node_id is not None and hasattr(node_id, "with_params"):  # pytest >= 9
+            item._id = node_id.with_params(params)
+        else:
+            item._nodeid = f"{item.nodeid}[{params}]"
+
+
 @pytest.fixture(autouse=True)
 def _restore_cordt1_config() -> Iterator[None]:
     """``load_settings(config)`` exports ``$CORDT1_CONFIG`` for the worker processes it starts;
