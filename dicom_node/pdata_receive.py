@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
+import select
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from enum import Enum
 from pynetdicom.association import Association
 
 from dicom_node.part10 import part10_prefix
+from dicom_node.store_response import store_success_command
 
 __all__ = [
     "DirectPData",
@@ -60,6 +63,8 @@ _DATA_SET_TYPE = 0x0800
 _CLASS_UID = 0x0002
 _INSTANCE_UID = 0x1000
 _UID = re.compile(rb"[0-9.]{1,64}")
+_PDV_OVERHEAD = 6  # PDV item length (4) + context ID (1) + message control header (1)
+_MID_MESSAGE_WAIT_S = 0.05  # longest wait for the next PDU of a C-STORE being received
 _TRANSPORT_CLOSED = "Evt17"
 _INVALID_PDU = "Evt19"
 
@@ -340,6 +345,39 @@ class DirectPData:
         transport.recv = self._recv  # type: ignore[method-assign]
         dul._read_pdu_data = self._read_pdu  # type: ignore[method-assign]
 
+    def send_store_success(self, request: StoreRequest) -> bool:
+        """Send the success response of ``request`` straight to the socket.
+
+        The response (:func:`dicom_node.store_response.store_success_command`) goes out at
+        once as one P-DATA-TF PDU from the network thread, without pynetdicom's queue,
+        state machine and PDU encoding (and without their ``EVT_DIMSE_SENT`` and
+        ``EVT_PDU_SENT``). Call it from ``store`` (the network thread).
+
+        Parameters
+        ----------
+        request : StoreRequest
+            The request being answered.
+
+        Returns
+        -------
+        bool
+            ``False`` (nothing sent) when the response cannot go this way: a UID it does
+            not write, a peer whose maximum PDU is too small for it, no socket.
+        """
+        try:
+            command = store_success_command(
+                request.message_id, request.sop_class_uid, request.sop_instance_uid
+            )
+        except ValueError:
+            return False
+        limit = self._assoc.dimse.maximum_pdu_size
+        transport = self._assoc.dul.socket
+        if (limit and len(command) + _PDV_OVERHEAD > limit) or transport is None:
+            return False
+        control = _COMMAND_BIT | _LAST_BIT
+        transport.send(encode_pdata([Pdv(request.context_id, control, command)]))
+        return True
+
     # ------------------------------------------------------------------ reading
     def _recv(self, nr_bytes: int) -> bytearray:
         """The transport's ``recv``: bytes given back to pynetdicom first."""
@@ -362,7 +400,38 @@ class DirectPData:
             self._pushed_back.clear()
 
     def _read_pdu(self) -> None:
-        """Replaces the DUL's ``_read_pdu_data``: one PDU from the socket."""
+        """Replaces the DUL's ``_read_pdu_data``: a PDU, and the rest of a C-STORE.
+
+        While a C-STORE we take is incomplete, its next PDUs are read in the same call as
+        soon as they arrive (waiting at most ``_MID_MESSAGE_WAIT_S`` for each), instead
+        of going round pynetdicom's loop (which gives up the GIL once per round) for each.
+        """
+        self._read_one_pdu()
+        dul = self._assoc.dul
+        while (
+            self._mode in (_Mode.COMMAND, _Mode.OURS)
+            and not self._to_pynetdicom
+            and dul.event_queue.empty()
+            and self._more_soon()
+        ):
+            self._read_one_pdu()
+
+    def _more_soon(self) -> bool:
+        """Whether more data arrive within ``_MID_MESSAGE_WAIT_S``."""
+        transport = self._assoc.dul.socket
+        sock = transport.socket if transport is not None else None
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            return True
+        try:
+            ready, _, _ = select.select([sock], [], [], _MID_MESSAGE_WAIT_S)
+        except (OSError, ValueError):
+            return False  # closed meanwhile: pynetdicom's own look sees it
+        return bool(ready)
+
+    def _read_one_pdu(self) -> None:
+        """One PDU from the socket."""
         dul = self._assoc.dul
         if self._to_pynetdicom or dul.state_machine.current_state != _ESTABLISHED:
             self._forget_message()

@@ -587,11 +587,7 @@ class StorageSCP:
         # pynetdicom then queues for its association thread is dropped
         assoc.dimse.msg_queue = AnsweredInline()
         if self._config.direct_pdata:  # C-STORE PDUs read without pynetdicom's decoding
-            DirectPData(
-                assoc,
-                store=lambda request, instance: self._store_and_answer(assoc, request, instance),
-                on_protocol_error=lambda reason: self._protocol_error(assoc, reason),
-            ).install()
+            self._read_directly(assoc)
         # pynetdicom's debug-log handler for received messages raises on the malformed
         # requests _handle_dimse_recv answers, which would skip ours: run it after ours.
         if any(h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(_DIMSE_RECV)):
@@ -622,6 +618,18 @@ class StorageSCP:
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom does)
         self._finish(assoc)
+
+    def _read_directly(self, assoc: Association) -> None:
+        """Read C-STORE P-DATA of ``assoc`` ourselves (:mod:`dicom_node.pdata_receive`)."""
+        receiver: DirectPData
+
+        def store(request: StoreRequest, instance: bytes) -> None:
+            self._store_and_answer(assoc, request, instance, receiver.send_store_success)
+
+        receiver = DirectPData(
+            assoc, store, on_protocol_error=lambda reason: self._protocol_error(assoc, reason)
+        )
+        receiver.install()
 
     def _admission(self, assoc: Association, state: _AssocState) -> Rejection | None:
         if self._link is None:
@@ -940,8 +948,18 @@ class StorageSCP:
         answered.add(context_id, request.message_id)  # pynetdicom's copy is dropped
         self._store_and_answer(assoc, request, prefix + message.data_set.getvalue())
 
-    def _store_and_answer(self, assoc: Association, request: StoreRequest, encoded: bytes) -> None:
-        """Store one instance (Part-10 bytes) and send the C-STORE response, once."""
+    def _store_and_answer(
+        self,
+        assoc: Association,
+        request: StoreRequest,
+        encoded: bytes,
+        send_success: Callable[[StoreRequest], bool] | None = None,
+    ) -> None:
+        """Store one instance (Part-10 bytes) and send the C-STORE response, once.
+
+        ``send_success``, if given, sends a success response itself (``False``: it could
+        not, pynetdicom sends it); failures always go through pynetdicom.
+        """
         sop_uid = request.sop_instance_uid
         class_uid = request.sop_class_uid
         state = self._state(assoc)
@@ -951,6 +969,9 @@ class StorageSCP:
         except Exception as exc:  # _store answers its own errors; this is the last guard
             LOGGER.exception("C-STORE %s from %r failed", sop_uid, calling_ae)
             outcome = _Outcome(StoreStatus.PROCESSING_FAILURE, f"store failed: {_short(exc)}")
+        succeeded = outcome.status == StoreStatus.SUCCESS
+        if succeeded and send_success is not None and send_success(request):
+            return  # sent straight to the socket
         response = C_STORE()
         response.MessageIDBeingRespondedTo = request.message_id
         response.AffectedSOPClassUID = class_uid
