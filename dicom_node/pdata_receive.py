@@ -311,6 +311,10 @@ class DirectPData:
     on_protocol_error : Callable[[str], None]
         Called with the reason (no patient data) just before the association is aborted
         for a broken P-DATA-TF stream.
+    max_pdu_bytes : int, optional
+        The maximum PDU length we announced (0: none). A P-DATA-TF PDU longer than this
+        aborts the association before its body is read (no memory for a length a peer
+        merely claims).
     """
 
     def __init__(
@@ -318,8 +322,11 @@ class DirectPData:
         assoc: Association,
         store: Callable[[StoreRequest, bytes], None],
         on_protocol_error: Callable[[str], None],
+        *,
+        max_pdu_bytes: int = 0,
     ) -> None:
         self._assoc = assoc
+        self._max_pdu_bytes = max_pdu_bytes
         self._store = store
         self._on_protocol_error = on_protocol_error
         self._pushed_back = bytearray()
@@ -445,6 +452,11 @@ class DirectPData:
         if pdu_type != _P_DATA_TF:
             self._forget_message()  # release or abort: a message cut short is dropped
             self._hand_over(header)
+            return
+        if self._max_pdu_bytes and length > self._max_pdu_bytes:
+            self._abort(
+                f"P-DATA-TF PDU of {length} bytes, above our maximum {self._max_pdu_bytes}"
+            )
             return
         body = self._read(length)
         if body is None:

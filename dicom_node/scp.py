@@ -627,7 +627,10 @@ class StorageSCP:
             self._store_and_answer(assoc, request, instance, receiver.send_store_success)
 
         receiver = DirectPData(
-            assoc, store, on_protocol_error=lambda reason: self._protocol_error(assoc, reason)
+            assoc,
+            store,
+            on_protocol_error=lambda reason: self._protocol_error(assoc, reason),
+            max_pdu_bytes=self._config.maximum_pdu_size,
         )
         receiver.install()
 

@@ -286,6 +286,19 @@ def test_fragments_across_pdus_and_a_c_echo_behind_them_are_both_answered(
     assert node.record().instances == 1
 
 
+def test_a_pdu_longer_than_our_maximum_aborts_before_its_body_is_read(
+    start: Callable[..., Node],
+) -> None:
+    node = start()
+    assoc, _, _ = _associate(node)
+    _exchange(assoc, struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0) + b"\x00" * 64, answers=0)
+    _wait_aborted(assoc)
+    record = node.record()
+    assert record.reason == (
+        "aborted by us: P-DATA-TF PDU of 4294967280 bytes, above our maximum 131072"
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
