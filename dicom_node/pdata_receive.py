@@ -339,7 +339,6 @@ class DirectPData:
         self._command = bytearray()
         self._request: StoreRequest | None = None
         self._instance = bytearray()
-        self.stores_taken = 0
 
     def install(self) -> None:
         """Take over the association's PDU reads (no-op without a socket)."""
@@ -579,5 +578,4 @@ class DirectPData:
             return
         instance = bytes(self._instance)  # the header reader wants immutable bytes
         self._forget_message()
-        self.stores_taken += 1
         self._store(request, instance)
