@@ -404,3 +404,9 @@ def test_store_then_echo_use_the_message_ids_of_their_requests(
     finally:
         assoc.release()
     assert node.instances.get(timeout=5).sop_instance_uid == sop_uid
+
+
+def test_direct_pdata_setting_is_a_bool_and_on_by_default() -> None:
+    assert ScpConfig("CORDT1").direct_pdata is True
+    with pytest.raises(ValueError, match="direct_pdata"):
+        ScpConfig("CORDT1", direct_pdata="no")  # type: ignore[arg-type]
