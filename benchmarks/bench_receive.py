@@ -386,6 +386,7 @@ def serve_ours(spool_dir: str, db_url: str, acceptor_processes: str = "") -> Non
         max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
         network_timeout_s=node.idle_timeout_s,
         acceptor_processes=node.acceptor_processes,
+        direct_pdata=node.direct_pdata,
     )
     scp = StorageSCP(
         config,

@@ -4,7 +4,9 @@ The C-STORE handler does little: check free disk, read the header up to the pixe
 pixel data element's length is checked from its element header, never decoded), write the
 received Part-10 bytes to the spool (fdatasync + atomic rename + folder fsync), call
 ``on_instance`` (which should only queue work), answer. Every status it
-returns is listed in :mod:`dicom_node.status`.
+returns is listed in :mod:`dicom_node.status`. With ``ScpConfig.direct_pdata`` the
+P-DATA-TF PDUs of plainly valid C-STOREs are read by :mod:`dicom_node.pdata_receive`, not
+pynetdicom; both paths store and answer through the same code.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dicom_node.instance import (
     read_instance_info,
 )
 from dicom_node.part10 import part10_prefix
+from dicom_node.pdata_receive import DirectPData, StoreRequest
 from dicom_node.pixel_header import read_received_header
 from dicom_node.socket_reads import use_blocking_waits, use_bulk_reads
 from dicom_node.spool import PendingWrite, Spool
@@ -112,6 +115,11 @@ class ScpConfig:
     tls_port : int or None
         TCP port of DICOM over TLS (0: the OS picks, read :attr:`StorageSCP.tls_port`);
         ``None``: no TLS port. The same AE, policy and limits serve both ports.
+    direct_pdata : bool
+        Read the P-DATA-TF PDUs of C-STORE requests ourselves
+        (:mod:`dicom_node.pdata_receive`) instead of through pynetdicom's PDU decoding,
+        state machine and message assembly; every other message still goes through
+        pynetdicom. ``False``: pynetdicom reads everything.
     acceptor_processes : int
         Processes that take associations on the plain port (1..32). With 1 everything runs
         in this process. With N > 1, N child processes share the port (``SO_REUSEPORT``,
@@ -143,6 +151,7 @@ class ScpConfig:
     tls: ServerTls | None = None
     tls_port: int | None = None
     acceptor_processes: int = 1
+    direct_pdata: bool = True
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title, "ScpConfig.ae_title")
@@ -191,6 +200,8 @@ class ScpConfig:
             raise ValueError(f"ScpConfig.acceptor_processes must be 1..32, got {processes!r}")
         if not 1 <= processes <= 32:
             raise ValueError(f"ScpConfig.acceptor_processes must be 1..32, got {processes!r}")
+        if not isinstance(self.direct_pdata, bool):
+            raise ValueError(f"ScpConfig.direct_pdata must be a bool, got {self.direct_pdata!r}")
         poll = self.transport_poll_s
         if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 0.01:
             raise ValueError(f"ScpConfig.transport_poll_s must be in (0, 0.01], got {poll!r}")
@@ -577,6 +588,8 @@ class StorageSCP:
         # C-STORE requests are answered in the network thread (_store_inline); the copy
         # pynetdicom then queues for its association thread is dropped
         assoc.dimse.msg_queue = AnsweredInline()
+        if self._config.direct_pdata:  # C-STORE PDUs read without pynetdicom's decoding
+            self._read_directly(assoc)
         # pynetdicom's debug-log handler for received messages raises on the malformed
         # requests _handle_dimse_recv answers, which would skip ours: run it after ours.
         if any(h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(_DIMSE_RECV)):
@@ -607,6 +620,21 @@ class StorageSCP:
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom does)
         self._finish(assoc)
+
+    def _read_directly(self, assoc: Association) -> None:
+        """Read C-STORE P-DATA of ``assoc`` ourselves (:mod:`dicom_node.pdata_receive`)."""
+        receiver: DirectPData
+
+        def store(request: StoreRequest, instance: bytes) -> None:
+            self._store_and_answer(assoc, request, instance, receiver.send_store_success)
+
+        receiver = DirectPData(
+            assoc,
+            store,
+            on_protocol_error=lambda reason: self._protocol_error(assoc, reason),
+            max_pdu_bytes=self._config.maximum_pdu_size,
+        )
+        receiver.install()
 
     def _admission(self, assoc: Association, state: _AssocState) -> Rejection | None:
         if self._link is None:
@@ -912,13 +940,33 @@ class StorageSCP:
         if syntax is None:
             return  # pynetdicom aborts the association
         command = message.command_set
-        message_id = int(command.MessageID)
-        sop_uid = str(command.AffectedSOPInstanceUID)
-        class_uid = str(command.AffectedSOPClassUID)
+        request = StoreRequest(
+            context_id,
+            int(command.MessageID),
+            str(command.AffectedSOPClassUID),
+            str(command.AffectedSOPInstanceUID),
+        )
         try:
-            encoded = part10_prefix(class_uid, sop_uid, str(syntax)) + message.data_set.getvalue()
+            prefix = part10_prefix(request.sop_class_uid, request.sop_instance_uid, str(syntax))
         except ValueError:
             return
+        answered.add(context_id, request.message_id)  # pynetdicom's copy is dropped
+        self._store_and_answer(assoc, request, prefix + message.data_set.getvalue())
+
+    def _store_and_answer(
+        self,
+        assoc: Association,
+        request: StoreRequest,
+        encoded: bytes,
+        send_success: Callable[[StoreRequest], bool] | None = None,
+    ) -> None:
+        """Store one instance (Part-10 bytes) and send the C-STORE response, once.
+
+        ``send_success``, if given, sends a success response itself (``False``: it could
+        not, pynetdicom sends it); failures always go through pynetdicom.
+        """
+        sop_uid = request.sop_instance_uid
+        class_uid = request.sop_class_uid
         state = self._state(assoc)
         calling_ae = state.calling_ae if state is not None else ""
         try:
@@ -926,14 +974,22 @@ class StorageSCP:
         except Exception as exc:  # _store answers its own errors; this is the last guard
             LOGGER.exception("C-STORE %s from %r failed", sop_uid, calling_ae)
             outcome = _Outcome(StoreStatus.PROCESSING_FAILURE, f"store failed: {_short(exc)}")
+        succeeded = outcome.status == StoreStatus.SUCCESS
+        if succeeded and send_success is not None and send_success(request):
+            return  # sent straight to the socket
         response = C_STORE()
-        response.MessageIDBeingRespondedTo = message_id
+        response.MessageIDBeingRespondedTo = request.message_id
         response.AffectedSOPClassUID = class_uid
         response.AffectedSOPInstanceUID = sop_uid
         response.Status = int(outcome.status)
         response.ErrorComment = self._answered(assoc, sop_uid, outcome)
-        answered.add(context_id, message_id)
-        assoc.dimse.send_msg(response, context_id)
+        assoc.dimse.send_msg(response, request.context_id)
+
+    def _protocol_error(self, assoc: Association, reason: str) -> None:
+        """Record why the association is being aborted for a broken P-DATA-TF stream."""
+        state = self._state(assoc)
+        if state is not None:
+            state.reason = f"aborted by us: {reason}"
 
     def _handle_dimse_recv(self, event: evt.Event) -> None:
         """Answer received requests in the network thread: C-STOREs, and malformed ones.

@@ -267,6 +267,7 @@ class Service:
                 max_pixel_bytes=node.max_pixel_mb * 1024 * 1024,
                 network_timeout_s=node.idle_timeout_s,
                 acceptor_processes=node.acceptor_processes,
+                direct_pdata=node.direct_pdata,
             ),
             self.spool,
             on_instance=self.on_instance,

@@ -142,6 +142,12 @@ class NodeSettings(BaseModel):
         "concurrent senders then use several cores. 1: all in the service process. "
         "Admission, limits, job-store rows and the audit trail stay in the service process.",
     )
+    direct_pdata: bool = Field(
+        True,
+        description="Read the P-DATA-TF PDUs of C-STORE requests in our own code instead of "
+        "through pynetdicom's PDU decoding and message assembly (faster ingest); other "
+        "messages still go through pynetdicom. false: pynetdicom reads everything.",
+    )
 
     @field_validator("ae_title")
     @classmethod

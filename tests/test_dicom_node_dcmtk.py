@@ -85,7 +85,8 @@ def _write_exam(folder: Path, study_uid: str) -> list[Path]:
     return paths
 
 
-def test_dcmtk_storescu_directory_arrives_byte_correct(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct_pdata", [True, False], ids=["direct_pdata", "pynetdicom_pdata"])
+def test_dcmtk_storescu_directory_arrives_byte_correct(tmp_path: Path, direct_pdata: bool) -> None:
     study_uid = generate_uid()
     sources = _write_exam(tmp_path / "exam", study_uid)
     profile = tmp_path / "profile.cfg"
@@ -93,7 +94,11 @@ def test_dcmtk_storescu_directory_arrives_byte_correct(tmp_path: Path) -> None:
     received: queue.Queue[InstanceInfo] = queue.Queue()
     spool = Spool(tmp_path / "spool")
     config = ScpConfig(
-        "CORDT1", host="127.0.0.1", port=0, allowed_calling_aes={"SCANNER": "127.0.0.1"}
+        "CORDT1",
+        host="127.0.0.1",
+        port=0,
+        allowed_calling_aes={"SCANNER": "127.0.0.1"},
+        direct_pdata=direct_pdata,
     )
     with StorageSCP(
         config,

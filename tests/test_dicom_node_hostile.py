@@ -299,9 +299,11 @@ def test_service_wires_the_settings_and_audits_refusals(tmp_path: Path) -> None:
             "idle_timeout_s": 1.0,
             "max_associations_per_ae": 1,
             "max_pixel_mb": 1,
+            "direct_pdata": False,  # the default (on) is what the other tests run
         },
     )
     service = Service(settings)
+    assert service.scp._config.direct_pdata is False
     service.scp.start()
     try:
         port = service.scp.port

@@ -46,8 +46,9 @@ class Node:
         return self.records.get(timeout=10)
 
 
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+@pytest.fixture(params=[True, False], ids=["direct_pdata", "pynetdicom_pdata"])
+def start_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Node]]:
+    """Start nodes reading C-STORE P-DATA themselves, or through pynetdicom (both tested)."""
     started: list[StorageSCP] = []
 
     def _start(
@@ -58,7 +59,12 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         instances: queue.Queue[InstanceInfo] = queue.Queue()
         records: queue.Queue[AssociationRecord] = queue.Queue()
         spool = Spool(tmp_path / "spool")
-        settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "min_free_bytes": 0}
+        settings: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "min_free_bytes": 0,
+            "direct_pdata": request.param,
+        }
         settings.update(config)
         scp = StorageSCP(
             ScpConfig(OUR_AE, **settings),

@@ -41,7 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 class _Node:
-    def __init__(self, tmp_path: Path, pki: Pki) -> None:
+    def __init__(self, tmp_path: Path, pki: Pki, *, direct_pdata: bool = True) -> None:
         self.instances: queue.Queue[InstanceInfo] = queue.Queue()
         self.records: queue.Queue[AssociationRecord] = queue.Queue()
         self.spool = Spool(tmp_path / "spool")
@@ -52,6 +52,7 @@ class _Node:
             tls_port=0,
             min_free_bytes=0,
             allowed_calling_aes={"SCANNER": "127.0.0.1"},
+            direct_pdata=direct_pdata,
             tls=ServerTls(
                 pki.server_cert, pki.server_key, pki.ca_cert, require_client_certificate=True
             ),
@@ -84,8 +85,9 @@ class _Node:
 
 
 @pytest.fixture
-def node(tmp_path: Path, pki: Pki) -> Iterator[_Node]:
-    started = _Node(tmp_path, pki)
+def node(tmp_path: Path, pki: Pki, request: pytest.FixtureRequest) -> Iterator[_Node]:
+    """A TLS node; ``indirect`` parametrization gives its ``direct_pdata`` (default on)."""
+    started = _Node(tmp_path, pki, direct_pdata=getattr(request, "param", True))
     started.scp.start()
     yield started
     started.scp.stop()
@@ -108,6 +110,9 @@ def _exam_files(folder: Path, n: int = 3) -> list[Path]:
     return paths
 
 
+@pytest.mark.parametrize(
+    "node", [True, False], ids=["direct_pdata", "pynetdicom_pdata"], indirect=True
+)
 def test_dcmtk_storescu_over_tls_stores_and_is_audited_with_its_certificate(
     node: _Node, pki: Pki, tmp_path: Path
 ) -> None:
