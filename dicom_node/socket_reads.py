@@ -6,7 +6,9 @@ system call and appends each piece to a growing ``bytearray``: a 128 KiB P-DATA 
 into one buffer of the requested size, as much per call as the kernel has, and
 :func:`use_bulk_reads` makes an association's socket read that way. Same contract as
 pynetdicom's: block until ``nr_bytes`` have arrived, return less only when the peer closed
-the connection, let timeouts and socket errors propagate.
+the connection, let timeouts and socket errors propagate. The length comes from the peer's
+PDU header: at most 4 MiB is set aside ahead of the data, so a peer that claims 4 GiB and
+sends little holds little memory.
 
 **Waiting in the kernel.** pynetdicom's network thread polls: it sleeps a fixed delay,
 looks at the socket without waiting, and goes round again, thousands of times a second per
@@ -27,6 +29,9 @@ import ssl
 from pynetdicom.association import Association
 
 __all__ = ["read_exactly", "use_blocking_waits", "use_bulk_reads"]
+
+_GROW_BYTES = 4 * 2**20
+"""Most bytes :func:`read_exactly` sets aside before they have arrived."""
 
 
 def read_exactly(sock: socket.socket | ssl.SSLSocket | None, nr_bytes: int) -> bytearray:
@@ -55,14 +60,17 @@ def read_exactly(sock: socket.socket | ssl.SSLSocket | None, nr_bytes: int) -> b
         raise ValueError(f"nr_bytes must be >= 0, got {nr_bytes}")
     if sock is None:
         raise OSError("the association's socket is closed")
-    buffer = bytearray(nr_bytes)
+    # the length comes from the peer: memory grows with what arrives, not with what it claims
+    buffer = bytearray(min(nr_bytes, _GROW_BYTES))
     received = 0
-    with memoryview(buffer) as view:
-        while received < nr_bytes:
-            count = sock.recv_into(view[received:], nr_bytes - received)
-            if count == 0:
-                break  # the peer closed the connection
-            received += count
+    while received < nr_bytes:
+        if received == len(buffer):
+            buffer.extend(bytes(min(nr_bytes - received, _GROW_BYTES)))
+        with memoryview(buffer) as view:
+            count = sock.recv_into(view[received:], len(buffer) - received)
+        if count == 0:
+            break  # the peer closed the connection
+        received += count
     if received < nr_bytes:
         del buffer[received:]
     return buffer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import tracemalloc
 
 import pytest
 from pynetdicom import AE
@@ -32,6 +33,33 @@ def test_a_peer_that_closes_early_gives_what_arrived() -> None:
         theirs.close()
         assert read_exactly(ours, 10) == bytearray(b"abc")
         assert read_exactly(ours, 10) == bytearray()
+
+
+def test_a_claimed_length_far_beyond_what_arrives_sets_aside_little_memory() -> None:
+    """A PDU header may claim up to 4 GiB; only what the peer really sends is held."""
+    ours, theirs = socket.socketpair()
+    tracemalloc.start()
+    try:
+        with ours:
+            theirs.sendall(b"x" * 10_000)
+            theirs.close()
+            got = read_exactly(ours, 2**32 - 1)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == bytearray(b"x" * 10_000)
+    assert peak_bytes < 16 * 2**20
+
+
+def test_a_read_larger_than_one_growth_step_arrives_whole() -> None:
+    data = os.urandom(9 * 2**20 + 17)  # more than two steps of the buffer's growth
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sender = threading.Thread(target=theirs.sendall, args=(data,))
+        sender.start()
+        got = read_exactly(ours, len(data))
+        sender.join()
+    assert bytes(got) == data
 
 
 def test_a_silent_peer_times_out() -> None:
