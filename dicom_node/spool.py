@@ -1,9 +1,10 @@
 """Crash-safe files for received instances: ``root/<study>/<series>/<sop>.dcm``.
 
-Every write goes to a hidden temporary file, is flushed and fdatasynced (data and the size
-needed to read it back; not the timestamps), renamed over the final name with
-:func:`os.replace` and the folder is fsynced, so a reader sees either nothing or the whole
-file, and a file that exists survives a power cut. :meth:`Spool.write` does it in one go;
+Every write goes to a hidden temporary file, is written synchronously (``O_DSYNC`` or
+fdatasync: data and the size needed to read it back; not the timestamps), renamed over the
+final name with :func:`os.replace` and the folder is fsynced, so a reader sees either
+nothing or the whole file, and a file that exists survives a power cut.
+:meth:`Spool.write` does it in one go;
 :meth:`Spool.begin` writes and syncs the temporary file (in ``root/.incoming``) in a
 background thread while the caller still checks the header, and
 :meth:`PendingWrite.commit` renames it once the caller knows where it goes.
@@ -32,6 +33,8 @@ PARTIAL_SUFFIX = ".part"
 INCOMING_DIR = ".incoming"
 """Folder under the spool root for the temporary files of :meth:`Spool.begin`."""
 _WRITER_THREADS = 16
+_START_WAIT_S = 0.005
+"""Longest wait of :meth:`Spool.begin` for its writer to start (a hung disk may hold it)."""
 
 
 class Spool:
@@ -143,10 +146,14 @@ class Spool:
         incoming = self.root / INCOMING_DIR
         incoming.mkdir(exist_ok=True)
         temp = incoming / f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        started = threading.Event()
         with self._writer_lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="spool")
-            future = self._writer.submit(_write_synced, temp, encoded)
+            future = self._writer.submit(_write_synced, temp, encoded, started)
+        # Wait until the writer is in its system call, which needs no interpreter lock:
+        # otherwise it would start only when the caller's header check (pure Python) ends.
+        started.wait(_START_WAIT_S)
         return PendingWrite(self, temp, future)
 
     def quarantine(self, encoded: bytes, reason: str, *, calling_ae: str = "") -> Path:
@@ -309,15 +316,21 @@ class PendingWrite:
         self._future.add_done_callback(lambda _: temp.unlink(missing_ok=True))
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file and fdatasync it; remove the file on any error."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_synced(path: Path, data: bytes, started: threading.Event | None = None) -> None:
+    """Write ``data`` to a new file, synced; remove the file on any error.
+
+    The file is opened with ``O_DSYNC``: each ``write`` returns once the data and the size
+    needed to read them back are on disk (what ``fdatasync`` gives), all in one system call
+    during which the interpreter lock is free. ``started`` is set just before it.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
     try:
         try:
+            if started is not None:
+                started.set()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
         finally:
             os.close(fd)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from concurrent.futures import Future
@@ -147,13 +148,20 @@ def test_discarded_or_failed_pending_writes_leave_nothing(
     with pytest.raises(ValueError, match="StudyInstanceUID"):
         spool.begin(b"data").commit("1.2/../evil", SERIES, SOP)
 
-    def broken_fdatasync(fd: int) -> None:
+    real_write = os.write
+    synced_flags: list[bool] = []
+
+    def full_disk_write(fd: int, data: bytes | memoryview) -> int:
+        if INCOMING_DIR not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real_write(fd, data)
+        synced_flags.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fdatasync", broken_fdatasync)
+    monkeypatch.setattr(os, "write", full_disk_write)
     with pytest.raises(OSError, match="No space"):
         spool.begin(b"data").commit(STUDY, SERIES, SOP)
     assert _files(tmp_path / "spool") == []
+    assert synced_flags == [True]  # the write returns only once the disk has the data
 
 
 def test_remove_partial_cleans_interrupted_background_writes(tmp_path: Path) -> None:
