@@ -56,32 +56,38 @@ def start_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Calla
         on_refusal: Callable[[StoreRefusal], None] | None = None,
         **config: Any,
     ) -> Node:
-        instances: queue.Queue[InstanceInfo] = queue.Queue()
-        records: queue.Queue[AssociationRecord] = queue.Queue()
-        spool = Spool(tmp_path / "spool")
-        settings: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": 0,
-            "min_free_bytes": 0,
-            "direct_pdata": request.param,
-        }
-        settings.update(config)
-        scp = StorageSCP(
-            ScpConfig(OUR_AE, **settings),
-            spool,
-            on_instance or instances.put,
-            records.put,
-            own_markers=MARKERS,
-            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
-            on_refusal=on_refusal,
-        )
-        scp.start()
-        started.append(scp)
-        return Node(scp, spool, instances, records)
+        config.setdefault("direct_pdata", request.param)
+        node = start_scp(Spool(tmp_path / "spool"), on_instance, on_refusal, **config)
+        started.append(node.scp)
+        return node
 
     yield _start
     for scp in started:
         scp.stop()
+
+
+def start_scp(
+    spool: Spool,
+    on_instance: Callable[[InstanceInfo], None] | None = None,
+    on_refusal: Callable[[StoreRefusal], None] | None = None,
+    **config: Any,
+) -> Node:
+    """Start a node on a free port of 127.0.0.1 (no disk-space minimum); the caller stops it."""
+    instances: queue.Queue[InstanceInfo] = queue.Queue()
+    records: queue.Queue[AssociationRecord] = queue.Queue()
+    settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "min_free_bytes": 0}
+    settings.update(config)
+    scp = StorageSCP(
+        ScpConfig(OUR_AE, **settings),
+        spool,
+        on_instance or instances.put,
+        records.put,
+        own_markers=MARKERS,
+        pseudonyms=PseudonymKey(b"test-site-secret-0123"),
+        on_refusal=on_refusal,
+    )
+    scp.start()
+    return Node(scp, spool, instances, records)
 
 
 def test_sent_instances_arrive_byte_correct_in_the_spool(start_node: Callable[..., Node]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,6 @@ from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicom_node.instance import InstanceInfo, PseudonymKey
 from dicom_node.pdata_receive import (
     PDataError,
     Pdv,
@@ -30,10 +28,10 @@ from dicom_node.pdata_receive import (
     split_pdvs,
     store_request,
 )
-from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP
+from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.spool import Spool
 from tests.test_dicom_node_factories import make_mr
-from tests.test_dicom_node_network import MARKERS, OUR_AE, Node
+from tests.test_dicom_node_network import OUR_AE, Node, start_scp
 
 CLASS_UID = str(MRImageStorage)
 COMMAND_LAST = 0x03
@@ -155,22 +153,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[StorageSCP] = []
 
     def _start(direct_pdata: bool = True) -> Node:
-        instances: queue.Queue[InstanceInfo] = queue.Queue()
-        records: queue.Queue[AssociationRecord] = queue.Queue()
-        spool = Spool(tmp_path / f"spool-{len(started)}")
-        scp = StorageSCP(
-            ScpConfig(
-                OUR_AE, host="127.0.0.1", port=0, min_free_bytes=0, direct_pdata=direct_pdata
-            ),
-            spool,
-            instances.put,
-            records.put,
-            own_markers=MARKERS,
-            pseudonyms=PseudonymKey(b"test-site-secret-0123"),
-        )
-        scp.start()
-        started.append(scp)
-        return Node(scp, spool, instances, records)
+        node = start_scp(Spool(tmp_path / f"spool-{len(started)}"), direct_pdata=direct_pdata)
+        started.append(node.scp)
+        return node
 
     yield _start
     for scp in started:
