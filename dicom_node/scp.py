@@ -2,7 +2,7 @@
 
 The C-STORE handler does little: check free disk, read the header up to the pixel data (the
 pixel data element's length is checked from its element header, never decoded), write the
-received Part-10 bytes to the spool (fdatasync + atomic rename + folder fsync), call
+received Part-10 bytes to the spool (synced write + atomic rename + folder fsync), call
 ``on_instance`` (which should only queue work), answer. Every status it
 returns is listed in :mod:`dicom_node.status`. With ``ScpConfig.direct_pdata`` the
 P-DATA-TF PDUs of plainly valid C-STOREs are read by :mod:`dicom_node.pdata_receive`, not

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -122,7 +121,7 @@ class Spool:
         """Start writing one instance before its place is known (see :class:`PendingWrite`).
 
         The bytes go to a temporary file under ``root/.incoming`` that a background thread
-        writes and fdatasyncs; nothing appears under a final name before
+        writes synchronously (``O_DSYNC``); nothing appears under a final name before
         :meth:`PendingWrite.commit`.
 
         Parameters
@@ -239,7 +238,7 @@ class PendingWrite:
     temp : pathlib.Path
         Its temporary file.
     future : concurrent.futures.Future
-        The background write (fdatasync included).
+        The background write (synced).
     """
 
     def __init__(self, spool: Spool, temp: Path, future: Future[None]) -> None:
@@ -339,17 +338,13 @@ def _write_synced(path: Path, data: bytes, started: threading.Event | None = Non
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.stem[:40]}.", suffix=PARTIAL_SUFFIX
-    )
+    """Write ``data`` synced to a temporary file beside ``target``, rename it, fsync the folder."""
+    temp = target.parent / f".{target.stem[:40]}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    _write_synced(temp, data)  # removes its file on any error
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fdatasync(handle.fileno())
-        os.replace(tmp_name, target)
+        os.replace(temp, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
 
