@@ -45,6 +45,7 @@ from dicom_node.instance import (
 from dicom_node.part10 import part10_prefix
 from dicom_node.pdata_receive import DirectPData, StoreRequest
 from dicom_node.pixel_header import read_received_header
+from dicom_node.reactor_wakeups import use_reactor_wakeups
 from dicom_node.socket_reads import use_blocking_waits, use_bulk_reads
 from dicom_node.spool import PendingWrite, Spool
 from dicom_node.status import StoreStatus
@@ -66,6 +67,8 @@ _DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
 _DIAG_NO_REASON = 0x01
 _STATUS_MISTYPED_ARGUMENT = 0x0212
 _ERROR_COMMENT_MAX = 64  # LO
+_REACTOR_MAX_WAIT_S = 0.01
+"""Longest sleep of an accepted association's reactor thread (see reactor_wakeups)."""
 _DIMSE_RECV = evt.EVT_DIMSE_RECV
 _STORE_RQ_KEYWORDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority")
 
@@ -106,10 +109,9 @@ class ScpConfig:
         timeout: an association on which nothing arrives for that long is aborted.
         ``acse_timeout_s`` also bounds the TLS handshake.
     transport_poll_s : float
-        Longest time an association's network thread waits for data (in ``select``, see
-        :func:`dicom_node.socket_reads.use_blocking_waits`) before it looks for messages
-        other threads queued (a C-ECHO answer, the release response); C-STORE answers go
-        out at once. 0 < value <= 0.01.
+        Longest time an association's network thread waits in ``select`` (see
+        :func:`dicom_node.socket_reads.use_blocking_waits`) when neither data nor a
+        message queued by another thread wakes it. 0 < value <= 0.01.
     tls : ServerTls or None
         Certificates of the TLS port; required with ``tls_port``.
     tls_port : int or None
@@ -147,7 +149,7 @@ class ScpConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
-    transport_poll_s: float = 0.0002
+    transport_poll_s: float = 0.01
     tls: ServerTls | None = None
     tls_port: int | None = None
     acceptor_processes: int = 1
@@ -588,6 +590,8 @@ class StorageSCP:
         # C-STORE requests are answered in the network thread (_store_inline); the copy
         # pynetdicom then queues for its association thread is dropped
         assoc.dimse.msg_queue = AnsweredInline()
+        # its association thread sleeps until a message or a release comes, not 1 ms at a time
+        use_reactor_wakeups(assoc, _REACTOR_MAX_WAIT_S)
         if self._config.direct_pdata:  # C-STORE PDUs read without pynetdicom's decoding
             self._read_directly(assoc)
         # pynetdicom's debug-log handler for received messages raises on the malformed

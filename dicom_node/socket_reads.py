@@ -13,10 +13,11 @@ sends little holds little memory.
 **Waiting in the kernel.** pynetdicom's network thread polls: it sleeps a fixed delay,
 looks at the socket without waiting, and goes round again, thousands of times a second per
 open association, all taking turns at the GIL with the threads that do the work.
-:func:`use_blocking_waits` makes it wait in ``select`` for data instead (up to ``wait_s``,
-when it has nothing else to do), so it wakes as soon as a request arrives and costs no CPU
-while the peer is quiet. Messages queued by other threads (a C-ECHO answer, the release
-response) go out after at most ``wait_s``.
+:func:`use_blocking_waits` makes it wait in ``select`` instead, on the socket and on a
+wake-up socket that other threads write to when they queue a message for the peer (a
+C-ECHO answer, the release response, an abort) or stop the thread. So it wakes as soon as
+a request arrives or an answer is queued, and costs no CPU while the peer is quiet; it still
+looks round every ``wait_s`` (for pynetdicom's ARTIM timer).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import contextlib
 import select
 import socket
 import ssl
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 from pynetdicom.association import Association
 
@@ -100,14 +104,16 @@ def use_bulk_reads(assoc: Association) -> None:
 def use_blocking_waits(assoc: Association, wait_s: float) -> None:
     """Make ``assoc``'s network thread wait in ``select`` instead of sleeping and polling.
 
-    Call it from an ``EVT_REQUESTED`` handler.
+    Call it from an ``EVT_REQUESTED`` handler. The wake-up socket pair is closed when the
+    association's connection has closed (or, at the latest, when the association is
+    garbage).
 
     Parameters
     ----------
     assoc : pynetdicom.association.Association
         An association we accept.
     wait_s : float
-        Longest wait for data before the thread looks for messages to send (> 0).
+        Longest wait before the thread looks round although nothing woke it (> 0).
 
     Raises
     ------
@@ -118,17 +124,49 @@ def use_blocking_waits(assoc: Association, wait_s: float) -> None:
         raise ValueError(f"wait_s must be > 0, got {wait_s!r}")
     dul = assoc.dul
     look = dul._is_transport_event
+    wake_in, wake_out = socket.socketpair()
+    wake_in.setblocking(False)
+    wake_out.setblocking(False)
+    weakref.finalize(dul, _close_pair, wake_in, wake_out)
+
+    def wake() -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            wake_out.send(b"\0")
+
+    queue_for_peer = dul.to_provider_queue
+    queue_for_peer.put = _then(queue_for_peer.put, wake)  # type: ignore[method-assign]
+    dul.kill_dul = _then(dul.kill_dul, wake)  # type: ignore[method-assign]
 
     def wait_then_look() -> bool:
         transport = dul.socket
         sock = transport.socket if transport is not None else None
+        if sock is None:
+            _close_pair(wake_in, wake_out)  # the connection has closed: no more waits
+            return look()
         idle = dul.to_provider_queue.empty() and dul.event_queue.empty()
         buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-        if sock is not None and idle and not buffered:
+        if idle and not buffered and wake_in.fileno() != -1:
             # a socket closed meanwhile raises here; pynetdicom's own look then sees it
             with contextlib.suppress(OSError, ValueError):
-                select.select([sock], [], [], wait_s)
+                ready, _, _ = select.select([sock, wake_in], [], [], wait_s)
+                if wake_in in ready:
+                    wake_in.recv(4096)
         return look()
 
     dul._is_transport_event = wait_then_look  # type: ignore[method-assign]
     dul._run_loop_delay = 0.0
+
+
+def _then(method: Callable[..., Any], after: Callable[[], None]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            after()
+
+    return call
+
+
+def _close_pair(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()
