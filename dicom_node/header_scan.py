@@ -7,10 +7,8 @@ with ``struct.unpack_from`` and builds the very objects ``read_partial`` builds:
 ``FileDataset`` whose top-level elements are ``RawDataElement`` s with the same tag, VR
 (``None`` in implicit VR, as pydicom leaves it), length, value bytes, value position and
 flags, in the same order, and the same file meta, with the elements pydicom converts while
-reading (group length, transfer syntax, Specific Character Set) converted. Two devices keep
-the pydicom objects cheap, both checked against pydicom's own results in the tests: new data
-sets get the attributes pydicom's constructors gave a blank one (made once, by pydicom), and
-those three conversions are remembered per raw element and pydicom settings.
+reading (group length, transfer syntax, Specific Character Set) converted by pydicom itself.
+The data set objects are made by pydicom's own constructors.
 
 It reads only what it can reproduce exactly and returns ``None`` for anything else, so the
 caller reads those instances with pydicom itself: no 'DICM' prefix, a file meta that does
@@ -29,20 +27,18 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from io import BytesIO
 from struct import Struct
 
 import pydicom.uid
 from pydicom import config as pydicom_config
-from pydicom import hooks as pydicom_hooks
 from pydicom.charset import STAND_ALONE_ENCODINGS, python_encoding
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.dataelem import RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import ENCODED_VR
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_string
 
 __all__ = ["ScannedHeader", "scan_header"]
@@ -68,7 +64,6 @@ _EXPLICIT_VRS: dict[bytes, tuple[str, bool]] = {
 }
 _VALID_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 _CS_TERM = re.compile(r"[A-Z0-9 _]{0,16}")
-_IMMUTABLE_TYPES = (bool, int, float, str, bytes, BaseTag, UID, VR)
 _RAW_ELEMENT = tuple.__new__  # RawDataElement(...) without its Python-level __new__
 _EMPTY = empty_value_for_VR
 
@@ -138,7 +133,7 @@ def scan_header(encoded: bytes) -> ScannedHeader | None:
         return None
     elements, pixel_tag, pixel_length, stop_at = scanned
     file_meta = _file_meta(meta_elements)
-    _CONVERTED.convert(file_meta, _TRANSFER_SYNTAX_TAG)  # read_partial reads it: converted
+    file_meta[_TRANSFER_SYNTAX_TAG]  # read_partial reads it: converted
     if file_meta.get("TransferSyntaxUID") != syntax:
         return None  # not reached with pydicom's own hooks
     return ScannedHeader(
@@ -283,16 +278,11 @@ def _plain_charset(vr: str | None, value: bytes | None) -> bool:
 
 def _file_meta(elements: dict[BaseTag, RawDataElement]) -> FileMetaDataset:
     """The file meta as pydicom's ``_read_file_meta_info`` leaves it."""
-    blanks = _blanks(getattr(pydicom_config, "_use_future", None))
-    if blanks is None:
-        read = Dataset(elements, parent_encoding=_DEFAULT_ENCODING)
-        file_meta = FileMetaDataset(read)
-        file_meta.set_original_encoding(
-            is_implicit_vr=False, is_little_endian=True, character_encoding=_DEFAULT_ENCODING
-        )
-    else:
-        file_meta = blanks.meta.fresh(_dict=elements)
-    _CONVERTED.convert(file_meta, _GROUP_LENGTH_TAG)  # pydicom's check converts the first one
+    file_meta = FileMetaDataset(Dataset(elements, parent_encoding=_DEFAULT_ENCODING))
+    file_meta.set_original_encoding(
+        is_implicit_vr=False, is_little_endian=True, character_encoding=_DEFAULT_ENCODING
+    )
+    file_meta[_GROUP_LENGTH_TAG]  # pydicom's check converts the first one
     return file_meta
 
 
@@ -307,143 +297,9 @@ def _file_dataset(
     stream = BytesIO(encoded)
     stream.seek(stop_at)  # where read_partial leaves it
     preamble = encoded[:_PREAMBLE_BYTES]
-    blanks = _blanks(getattr(pydicom_config, "_use_future", None))
-    if blanks is None:
-        header = FileDataset(stream, Dataset(elements), preamble, file_meta, implicit, True)
-    else:
-        blank = blanks.implicit if implicit else blanks.explicit
-        header = blank.fresh(_dict=elements, preamble=preamble, file_meta=file_meta, buffer=stream)
+    header = FileDataset(stream, Dataset(elements), preamble, file_meta, implicit, True)
     if _CHARSET_TAG in elements:
-        _CONVERTED.convert(header, _CHARSET_TAG)  # as header._character_set converts it
+        header[_CHARSET_TAG]  # as header._character_set converts it
     # read_dataset's data set has the same elements and parent encoding: same character set
     header.set_original_encoding(implicit, True, header._character_set)
     return header
-
-
-@dataclass(frozen=True)
-class _Blank:
-    """The attributes pydicom's constructor gives a new (empty) data set of one class."""
-
-    cls: type[Dataset]
-    state: dict[str, object]
-    fresh_dicts: tuple[str, ...]  # attributes holding a dict each instance needs its own of
-
-    def fresh(self, **fields: object) -> Dataset:
-        """A new instance: the constructor's attributes, with ``fields`` replacing some."""
-        instance = object.__new__(self.cls)
-        state = instance.__dict__
-        state.update(self.state)
-        for name in self.fresh_dicts:
-            state[name] = dict(self.state[name])  # type: ignore[call-overload]
-        state.update(fields)
-        return instance
-
-
-@dataclass(frozen=True)
-class _Blanks:
-    meta: _Blank
-    explicit: _Blank
-    implicit: _Blank
-
-
-@cache
-def _blanks(_use_future: object) -> _Blanks | None:
-    """New file meta and file data sets made once by pydicom, to copy (per config).
-
-    ``None`` when an attribute holds something other than plain immutable values or flat
-    dicts of them (a pydicom version that this copying might not reproduce): then the
-    constructors are called for every instance.
-    """
-    meta = FileMetaDataset(Dataset({}))
-    meta.set_original_encoding(
-        is_implicit_vr=False, is_little_endian=True, character_encoding=_DEFAULT_ENCODING
-    )
-    made = [_blank(meta, ("_dict",))]
-    for implicit in (False, True):
-        header = FileDataset(BytesIO(b""), Dataset({}), b"", meta, implicit, True)
-        made.append(_blank(header, ("_dict", "preamble", "file_meta", "buffer")))
-    if any(blank is None for blank in made):
-        return None
-    return _Blanks(*made)  # type: ignore[arg-type]
-
-
-def _blank(instance: Dataset, replaced: tuple[str, ...]) -> _Blank | None:
-    state = {name: value for name, value in vars(instance).items() if name not in replaced}
-    if set(replaced) - set(vars(instance)):
-        return None
-    fresh_dicts = []
-    for name, value in state.items():
-        if type(value) is dict:
-            if not all(_immutable(item) for pair in value.items() for item in pair):
-                return None
-            fresh_dicts.append(name)
-        elif not _immutable(value) and value is not BytesIO:
-            return None
-    return _Blank(type(instance), state, tuple(fresh_dicts))
-
-
-def _immutable(value: object) -> bool:
-    return value is None or type(value) in _IMMUTABLE_TYPES
-
-
-class _Conversions:
-    """pydicom's conversion of a few raw elements (``ds[tag]``), remembered and copied.
-
-    The file meta group length, the transfer syntax and the Specific Character Set are
-    converted for every instance, and a sender sends the same ones over and over. A
-    converted element whose attributes are all immutable is remembered by its raw element
-    and the pydicom settings that could change the conversion; an equal raw element gets a
-    new ``DataElement`` with the same attributes. With a data element callback or
-    customised conversion hooks, pydicom converts every time.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
-        self._seen: dict[tuple[object, ...], dict[str, object]] = {}
-
-    def convert(self, ds: Dataset, tag: BaseTag) -> None:
-        """Do to ``ds`` what ``ds[tag]`` does to it: replace the raw element by its conversion.
-
-        Parameters
-        ----------
-        ds : pydicom.dataset.Dataset
-            Holds the (raw) element ``tag``; only non-private tags outside the pixel module.
-        tag : pydicom.tag.BaseTag
-            The element to convert.
-        """
-        raw = ds._dict[tag]
-        settings = _conversion_settings()
-        if settings is None or not isinstance(raw, RawDataElement):
-            ds[tag]
-            return
-        key = (raw, settings)
-        state = self._seen.get(key)
-        if state is not None:
-            converted = object.__new__(DataElement)
-            converted.__dict__.update(state)
-            ds._dict[tag] = converted
-            return
-        converted = ds[tag]
-        state = dict(vars(converted))
-        if type(converted) is DataElement and all(map(_immutable, state.values())):
-            if len(self._seen) >= self._max_entries:
-                self._seen.clear()
-            self._seen[key] = state
-
-
-def _conversion_settings() -> tuple[object, ...] | None:
-    """The pydicom settings a conversion depends on, or ``None`` when it is customised."""
-    if (
-        pydicom_config.data_element_callback is not None
-        or pydicom_hooks.hooks.raw_element_vr is not pydicom_hooks.raw_element_vr
-        or pydicom_hooks.hooks.raw_element_value is not pydicom_hooks.raw_element_value
-        or pydicom_hooks.hooks.raw_element_kwargs
-    ):
-        return None
-    return (
-        pydicom_config.settings.reading_validation_mode,
-        pydicom_config.use_none_as_empty_text_VR_value,
-    )
-
-
-_CONVERTED = _Conversions(max_entries=256)

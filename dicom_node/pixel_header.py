@@ -80,7 +80,7 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
     must be present in ``encoded`` (a cut-off stream is refused). Encapsulated pixel data
     (fragments are walked) and deflated data sets are read whole. The header is read by
     :func:`dicom_node.header_scan.scan_header` (the same objects as pydicom's
-    ``read_partial``, several times faster) or, for anything unusual, by ``read_partial``.
+    ``read_partial``, in about half the time) or, for anything unusual, by ``read_partial``.
 
     Parameters
     ----------
