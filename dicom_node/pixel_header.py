@@ -18,6 +18,7 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from dicom_node.header_scan import scan_header
 from dicom_node.header_values import HeaderValues
 
 __all__ = [
@@ -77,7 +78,9 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
     and takes its length from the element header; the value is neither copied nor decoded.
     The checks are those of :func:`pixel_data_problem`, plus: the declared value length
     must be present in ``encoded`` (a cut-off stream is refused). Encapsulated pixel data
-    (fragments are walked) and deflated data sets are read whole.
+    (fragments are walked) and deflated data sets are read whole. The header is read by
+    :func:`dicom_node.header_scan.scan_header` (the same objects as pydicom's
+    ``read_partial``, in about half the time) or, for anything unusual, by ``read_partial``.
 
     Parameters
     ----------
@@ -96,32 +99,27 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
         Whatever pydicom raises for a header it cannot parse (the caller refuses the
         instance as not understood).
     """
-    found: list[tuple[int, int]] = []
-
-    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
-        if int(tag) in _PIXEL_TAGS:
-            found.append((int(tag), int(length)))
-            return True
-        return False
-
-    stream = BytesIO(encoded)
-    header = read_partial(stream, stop_when=at_pixels)
+    scanned = scan_header(encoded)  # the usual syntaxes, read cheaply; None: ask pydicom
+    if scanned is None:
+        header, pixel, start = _read_partial(encoded)
+    else:
+        header, start = scanned.dataset, scanned.pixel_at
+        pixel = None if scanned.pixel_tag is None else (scanned.pixel_tag, scanned.pixel_length)
     syntax = header.file_meta.get("TransferSyntaxUID")
     if (
         syntax is None
         or syntax == DeflatedExplicitVRLittleEndian
         or _as_uid(syntax).is_encapsulated
-        or (found and found[0][1] == _UNDEFINED_LENGTH)
+        or (pixel is not None and pixel[1] == _UNDEFINED_LENGTH)
     ):
         whole = dcmread(BytesIO(encoded))  # encapsulated or deflated: read the value
         return ReceivedHeader(
             whole, pixel_data_problem(whole, max_pixel_bytes=max_pixel_bytes), True
         )
-    if not found:
+    if pixel is None:
         problem = pixel_data_problem(header, max_pixel_bytes=max_pixel_bytes)
         return ReceivedHeader(header, problem, False)
-    tag, length = found[0]
-    start = stream.tell()  # pydicom rewinds to the start of the element
+    tag, length = pixel
     implicit = _as_uid(syntax).is_implicit_VR
     vr = encoded[start + 4 : start + 6]
     value_at = start + (8 if implicit or vr not in _LONG_HEADER_VRS else 12)
@@ -132,6 +130,25 @@ def read_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHea
     values = HeaderValues(header)
     problem = _length_problem(header, values, keyword, length, max_pixel_bytes, encapsulated=False)
     return ReceivedHeader(header, problem, False)
+
+
+def _read_partial(encoded: bytes) -> tuple[Dataset, tuple[int, int] | None, int]:
+    """pydicom's ``read_partial`` up to a pixel tag.
+
+    Returns the data set, the first pixel tag met with its header length (``None``: none)
+    and the offset the stream was left at (pydicom rewinds to the start of the element).
+    """
+    found: list[tuple[int, int]] = []
+
+    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
+        if int(tag) in _PIXEL_TAGS:
+            found.append((int(tag), int(length)))
+            return True
+        return False
+
+    stream = BytesIO(encoded)
+    header = read_partial(stream, stop_when=at_pixels)
+    return header, (found[0] if found else None), stream.tell()
 
 
 def needs_pixel_data(sop_class_uid: str) -> bool:
