@@ -34,6 +34,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, reserve_port
+from dicom_node.context_copies import use_cheap_context_copies
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_node.instance import (
     InstanceInfo,
@@ -413,6 +414,7 @@ class StorageSCP:
             title: None if host is None else _resolve(host)
             for title, host in self._config.allowed_calling_aes.items()
         }
+        use_cheap_context_copies()  # pynetdicom deep-copies 171 contexts per association
         ae = AE(ae_title=self._config.ae_title)
         ae.acse_timeout = self._config.acse_timeout_s
         ae.dimse_timeout = self._config.dimse_timeout_s
