@@ -84,3 +84,16 @@ def redis_url() -> str:
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     client.ping()
     return REDIS_URL
+
+
+@pytest.fixture(params=["IGNORE", "RAISE", "WARN"])
+def reading_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test under one pydicom ``reading_validation_mode``; restore it after."""
+    from tests.header_check_reference import READING_MODES
+
+    before = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = READING_MODES[request.param]
+    try:
+        yield request.param
+    finally:
+        pydicom.config.settings.reading_validation_mode = before

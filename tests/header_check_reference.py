@@ -10,6 +10,7 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
@@ -33,6 +34,28 @@ from dicom_node.pixel_header import (
 )
 from dicom_node.validation import check_uid
 
+READING_MODES = {"WARN": pydicom_config.WARN, "IGNORE": pydicom_config.IGNORE, "RAISE": 2}
+"""pydicom's ``reading_validation_mode`` values by name (the ``reading_mode`` fixture)."""
+
+
+def reference_read_partial(encoded: bytes) -> tuple[Dataset, tuple[int, int] | None, int]:
+    """pydicom's ``read_partial`` up to the first pixel tag, as the header check used it.
+
+    Returns the data set, that tag with its header length (``None``: none) and the offset
+    the stream was left at (pydicom rewinds to the start of the element).
+    """
+    found: list[tuple[int, int]] = []
+
+    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
+        if int(tag) in _PIXEL_TAGS:
+            found.append((int(tag), int(length)))
+            return True
+        return False
+
+    stream = BytesIO(encoded)
+    header = read_partial(stream, stop_when=at_pixels)
+    return header, (found[0] if found else None), stream.tell()
+
 
 def reference_header_uids(ds: Dataset) -> tuple[str, str, str, str]:
     """The four UIDs as the storage SCP read them through pydicom before HeaderValues."""
@@ -46,29 +69,19 @@ def reference_header_uids(ds: Dataset) -> tuple[str, str, str, str]:
 
 def reference_received_header(encoded: bytes, *, max_pixel_bytes: int) -> ReceivedHeader:
     """``read_received_header`` read with pydicom's conversion only."""
-    found: list[tuple[int, int]] = []
-
-    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
-        if int(tag) in _PIXEL_TAGS:
-            found.append((int(tag), int(length)))
-            return True
-        return False
-
-    stream = BytesIO(encoded)
-    header = read_partial(stream, stop_when=at_pixels)
+    header, pixel, start = reference_read_partial(encoded)
     syntax = header.file_meta.get("TransferSyntaxUID")
     if (
         syntax is None
         or syntax == DeflatedExplicitVRLittleEndian
         or UID(syntax).is_encapsulated
-        or (found and found[0][1] == _UNDEFINED_LENGTH)
+        or (pixel is not None and pixel[1] == _UNDEFINED_LENGTH)
     ):
         whole = dcmread(BytesIO(encoded))
         return ReceivedHeader(whole, reference_pixel_problem(whole, max_pixel_bytes), True)
-    if not found:
+    if pixel is None:
         return ReceivedHeader(header, reference_pixel_problem(header, max_pixel_bytes), False)
-    tag, length = found[0]
-    start = stream.tell()
+    tag, length = pixel
     implicit = UID(syntax).is_implicit_VR
     vr = encoded[start + 4 : start + 6]
     value_at = start + (8 if implicit or vr not in _LONG_HEADER_VRS else 12)

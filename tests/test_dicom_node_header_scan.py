@@ -18,7 +18,6 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +26,18 @@ from pydicom import config as pydicom_config
 from pydicom.data import get_testdata_files
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag
 
 from benchmarks.bench_receive import make_instances
 from dicom_node import pixel_header
-from dicom_node.header_scan import PIXEL_TAGS, scan_header
+from dicom_node.header_scan import scan_header
 from dicom_node.pixel_header import read_received_header
 from reports.identity import ResultIdentity
 from reports.parametric_map import MapKind, build_parametric_map
 from tests.dicom_factory import make_legacy_series
+from tests.header_check_reference import reference_read_partial
 from tests.test_dicom_node_header_values import (
     EXPLICIT_LE,
     IMPLICIT_LE,
-    MODES,
     _classic_mr,
     _element,
     _encoded,
@@ -74,21 +71,6 @@ def _dataset_state(ds: Dataset) -> tuple[object, ...]:
     buffer = vars(ds).get("buffer")
     stream = None if buffer is None else (type(buffer), buffer.tell(), buffer.getvalue())
     return type(ds), sorted(attributes.items()), elements, meta, stream
-
-
-def _read_partial(encoded: bytes) -> tuple[Dataset, tuple[int, int] | None, int]:
-    """pydicom's reading, as ``read_received_header`` did it before the scanner."""
-    found: list[tuple[int, int]] = []
-
-    def at_pixels(tag: BaseTag, _vr: str | None, length: int) -> bool:
-        if int(tag) in PIXEL_TAGS:
-            found.append((int(tag), int(length)))
-            return True
-        return False
-
-    stream = BytesIO(encoded)
-    header = read_partial(stream, stop_when=at_pixels)
-    return header, (found[0] if found else None), stream.tell()
 
 
 @contextmanager
@@ -135,7 +117,7 @@ def _check(encoded: bytes, label: str, monkeypatch: pytest.MonkeyPatch) -> bool:
     if scanned is not None:
         with warnings.catch_warnings(record=True) as caught, _pydicom_records() as records:
             warnings.simplefilter("always")
-            header, pixel, position = _read_partial(encoded)
+            header, pixel, position = reference_read_partial(encoded)
         assert not caught, f"{label}: pydicom warned on an input the scanner read"
         assert not records, f"{label}: pydicom logged on an input the scanner read"
         assert _dataset_state(scanned.dataset) == _dataset_state(header), label
@@ -149,17 +131,6 @@ def _check(encoded: bytes, label: str, monkeypatch: pytest.MonkeyPatch) -> bool:
             old = _verdict(encoded)
     assert new == old, label
     return scanned is not None
-
-
-@pytest.fixture(params=sorted(MODES))
-def reading_mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test under one pydicom ``reading_validation_mode``; restore it after."""
-    before = pydicom_config.settings.reading_validation_mode
-    pydicom_config.settings.reading_validation_mode = MODES[request.param]
-    try:
-        yield request.param
-    finally:
-        pydicom_config.settings.reading_validation_mode = before
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 from pydicom.datadict import dictionary_VR
@@ -32,6 +31,7 @@ from dicom_node.instance import OwnResultMarkers, PseudonymKey, header_uids, rea
 from dicom_node.pixel_header import read_received_header
 from tests.dicom_factory import make_enhanced_mr, make_legacy_series
 from tests.header_check_reference import (
+    READING_MODES,
     reference_classify,
     reference_header_uids,
     reference_instance_info,
@@ -41,7 +41,7 @@ from tests.header_check_reference import (
 from tests.hostile_factory import BROKEN, broken_mr
 from tests.test_dicom_node_factories import make_mr
 
-MODES = {"WARN": pydicom_config.WARN, "IGNORE": pydicom_config.IGNORE, "RAISE": 2}
+MODES = READING_MODES
 SITE = PseudonymKey(b"site-secret-0123456789")
 MARKERS = (
     OwnResultMarkers(manufacturer="cordt1", software_name="cordt1"),
@@ -54,17 +54,6 @@ EXPLICIT_LE = b"1.2.840.10008.1.2.1"
 IMPLICIT_LE = b"1.2.840.10008.1.2"
 EXPLICIT_BE = b"1.2.840.10008.1.2.2"
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UN", "UT", "UC", "UR"}
-
-
-@pytest.fixture(params=sorted(MODES))
-def reading_mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test under one pydicom ``reading_validation_mode``; restore it after."""
-    before = pydicom_config.settings.reading_validation_mode
-    pydicom_config.settings.reading_validation_mode = MODES[request.param]
-    try:
-        yield request.param
-    finally:
-        pydicom_config.settings.reading_validation_mode = before
 
 
 def _outcome(call: Callable[[], object]) -> tuple[str, object]:
