@@ -41,10 +41,14 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_string
 
-__all__ = ["ScannedHeader", "scan_header"]
+__all__ = ["PIXEL_TAGS", "ScannedHeader", "scan_header"]
 
-#: The tags ``read_received_header`` stops at (pixel data, float and double float pixel data).
-PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: The tags ``read_received_header`` stops at, with their keywords.
+PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
 
 _PREAMBLE_BYTES = 128
 _META_AT = 132  # preamble + b"DICM"

@@ -18,7 +18,7 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from dicom_node.header_scan import scan_header
+from dicom_node.header_scan import PIXEL_TAGS, scan_header
 from dicom_node.header_values import HeaderValues
 
 __all__ = [
@@ -41,11 +41,7 @@ _PIXEL_CLASSES_WITHOUT_IMAGE_IN_NAME = frozenset(
     }
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_PIXEL_TAGS = {
-    0x7FE00010: "PixelData",
-    0x7FE00008: "FloatPixelData",
-    0x7FE00009: "DoubleFloatPixelData",
-}
+_PIXEL_TAGS = PIXEL_TAGS  # tag -> keyword, the tags the header reading stops at
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (12-byte element header).
 _LONG_HEADER_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UN", b"UT"})

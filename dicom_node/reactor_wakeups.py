@@ -30,7 +30,7 @@ from typing import Any
 import pynetdicom.association as pynetdicom_association
 from pynetdicom.association import Association
 
-__all__ = ["use_reactor_wakeups"]
+__all__ = ["call_then", "use_reactor_wakeups"]
 
 _REACTOR_SLEEP_S = 0.001
 """The fixed sleep of pynetdicom's acceptor reactor loop."""
@@ -68,12 +68,17 @@ def _install() -> None:
             pynetdicom_association.time = _ReactorClock()  # type: ignore[assignment]
 
 
-def _also_wake(method: Callable[..., Any], wake: threading.Event) -> Callable[..., Any]:
+def call_then(method: Callable[..., Any], after: Callable[[], object]) -> Callable[..., Any]:
+    """Return ``method`` wrapped so that ``after()`` runs after every call (also on errors).
+
+    Used to wake a sleeping association thread whenever pynetdicom queues work for it.
+    """
+
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
         finally:
-            wake.set()
+            after()
 
     return call
 
@@ -100,10 +105,10 @@ def use_reactor_wakeups(assoc: Association, max_wait_s: float) -> None:
     _install()
     wake = threading.Event()
     msg_queue = assoc.dimse.msg_queue
-    msg_queue.put = _also_wake(msg_queue.put, wake)  # type: ignore[method-assign]
+    msg_queue.put = call_then(msg_queue.put, wake.set)  # type: ignore[method-assign]
     to_user = assoc.dul.to_user_queue
-    to_user.put = _also_wake(to_user.put, wake)  # type: ignore[method-assign]
+    to_user.put = call_then(to_user.put, wake.set)  # type: ignore[method-assign]
     checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear = _also_wake(checkpoint.clear, wake)  # type: ignore[method-assign]
-    assoc.kill = _also_wake(assoc.kill, wake)  # type: ignore[method-assign]
+    checkpoint.clear = call_then(checkpoint.clear, wake.set)  # type: ignore[method-assign]
+    assoc.kill = call_then(assoc.kill, wake.set)  # type: ignore[method-assign]
     _WAKE_EVENTS[assoc] = (wake, max_wait_s)

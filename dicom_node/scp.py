@@ -68,8 +68,6 @@ _DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
 _DIAG_NO_REASON = 0x01
 _STATUS_MISTYPED_ARGUMENT = 0x0212
 _ERROR_COMMENT_MAX = 64  # LO
-_REACTOR_MAX_WAIT_S = 0.01
-"""Longest sleep of an accepted association's reactor thread (see reactor_wakeups)."""
 _DIMSE_RECV = evt.EVT_DIMSE_RECV
 _STORE_RQ_KEYWORDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority")
 
@@ -110,9 +108,10 @@ class ScpConfig:
         timeout: an association on which nothing arrives for that long is aborted.
         ``acse_timeout_s`` also bounds the TLS handshake.
     transport_poll_s : float
-        Longest time an association's network thread waits in ``select`` (see
-        :func:`dicom_node.socket_reads.use_blocking_waits`) when neither data nor a
-        message queued by another thread wakes it. 0 < value <= 0.01.
+        Longest time an accepted association's threads sleep when nothing wakes them: the
+        network thread in ``select`` (:func:`dicom_node.socket_reads.use_blocking_waits`)
+        and the association thread (:func:`dicom_node.reactor_wakeups.use_reactor_wakeups`).
+        0 < value <= 0.01.
     tls : ServerTls or None
         Certificates of the TLS port; required with ``tls_port``.
     tls_port : int or None
@@ -593,7 +592,7 @@ class StorageSCP:
         # pynetdicom then queues for its association thread is dropped
         assoc.dimse.msg_queue = AnsweredInline()
         # its association thread sleeps until a message or a release comes, not 1 ms at a time
-        use_reactor_wakeups(assoc, _REACTOR_MAX_WAIT_S)
+        use_reactor_wakeups(assoc, self._config.transport_poll_s)
         if self._config.direct_pdata:  # C-STORE PDUs read without pynetdicom's decoding
             self._read_directly(assoc)
         # pynetdicom's debug-log handler for received messages raises on the malformed

@@ -27,10 +27,10 @@ import select
 import socket
 import ssl
 import weakref
-from collections.abc import Callable
-from typing import Any
 
 from pynetdicom.association import Association
+
+from dicom_node.reactor_wakeups import call_then
 
 __all__ = ["read_exactly", "use_blocking_waits", "use_bulk_reads"]
 
@@ -134,8 +134,8 @@ def use_blocking_waits(assoc: Association, wait_s: float) -> None:
             wake_out.send(b"\0")
 
     queue_for_peer = dul.to_provider_queue
-    queue_for_peer.put = _then(queue_for_peer.put, wake)  # type: ignore[method-assign]
-    dul.kill_dul = _then(dul.kill_dul, wake)  # type: ignore[method-assign]
+    queue_for_peer.put = call_then(queue_for_peer.put, wake)  # type: ignore[method-assign]
+    dul.kill_dul = call_then(dul.kill_dul, wake)  # type: ignore[method-assign]
 
     def wait_then_look() -> bool:
         transport = dul.socket
@@ -155,16 +155,6 @@ def use_blocking_waits(assoc: Association, wait_s: float) -> None:
 
     dul._is_transport_event = wait_then_look  # type: ignore[method-assign]
     dul._run_loop_delay = 0.0
-
-
-def _then(method: Callable[..., Any], after: Callable[[], None]) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        finally:
-            after()
-
-    return call
 
 
 def _close_pair(*sockets: socket.socket) -> None:
