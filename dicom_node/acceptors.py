@@ -1,19 +1,23 @@
-"""Acceptor processes: several processes take associations on one plain DICOM port.
+"""Acceptor processes: several processes serve the associations of one plain DICOM port.
 
 pynetdicom handles an association in Python threads, so one process uses one core however
 many senders are connected. With ``ScpConfig.acceptor_processes = N > 1`` the storage SCP
-starts N child processes (``spawn``) that each listen on the same port (``SO_REUSEPORT``:
-the kernel spreads new connections over them). Each child receives, checks and spools
-instances exactly as a single-process SCP does (the crash-safe write happens before the
-answer, in the child). Everything that needs the whole node stays in the parent, which
-the children talk to over a pipe:
+starts N child processes (``spawn``). The service process listens on the port and accepts;
+it hands each connection to the child with the fewest open connections
+(:mod:`dicom_node.handoff`), so four senders on two children are served two and two (the
+kernel's ``SO_REUSEPORT`` hash, used before, put three or all four on one child in more
+than half of the cases). Each child receives, checks and spools instances exactly as a
+single-process SCP does (the crash-safe write happens before the answer, in the child).
+Everything that needs the whole node stays in the parent, which the children talk to over
+a pipe:
 
 - association admission (allowed AEs, the pause switch, ``max_associations`` and
   ``max_associations_per_ae`` counted over all processes): a round trip per association;
 - ``on_instance``: a round trip per instance, after the file is durable and before the
   answer, so a failing callback in the parent (job store refusing rows) is answered
   0xC211 as in a single process;
-- ``on_association`` and ``on_refusal`` (the audit trail), and the children's log records.
+- ``on_association`` and ``on_refusal`` (the audit trail), the end of each connection
+  (for the choice of child), and the children's log records.
 
 The TLS port, when configured, stays in the parent process. An acceptor process that ends
 unexpectedly is started again; the slots of its open associations are freed and the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import selectors
 import socket
 import threading
 import time
@@ -34,18 +39,24 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.handoff import hand_over
+
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from multiprocessing.process import BaseProcess
 
     from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
     from dicom_node.scp import AssociationRecord, ScpConfig, StoreRefusal
 
-__all__ = ["AcceptorPool", "Admission", "ParentLink", "Rejection", "reserve_port"]
+__all__ = ["AcceptorPool", "Admission", "ParentLink", "Rejection", "listen"]
 
 LOGGER = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+HANDOFF_TIMEOUT_S = 5.0
+"""Longest wait to hand a connection to a child that does not read its channel."""
+_BACKLOG = 64
+_NOT_READY_LOOK_S = 0.1  # while no child takes connections: look again this often
 
 
 @dataclass(frozen=True)
@@ -89,34 +100,33 @@ class Rejection:
     diagnostic: int
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) a ``SO_REUSEPORT`` socket so the acceptors can share its port.
+def listen(host: str, port: int) -> socket.socket:
+    """Listen on ``(host, port)`` for the acceptor processes (non-blocking accepts).
 
     Parameters
     ----------
     host : str
-        Address the acceptors listen on.
+        Address to listen on.
     port : int
         Port; 0 lets the OS choose (read it from ``getsockname()``).
 
     Returns
     -------
     socket.socket
-        The bound socket; close it once the acceptors listen.
+        The listening socket (``SO_REUSEADDR`` set, as pynetdicom's server sets it).
 
     Raises
     ------
     OSError
-        If the port cannot be bound, or the platform has no ``SO_REUSEPORT``.
+        If the port cannot be bound.
     """
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise OSError("acceptor_processes > 1 needs SO_REUSEPORT (Linux, BSD, macOS)")
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(info[4])
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
@@ -184,6 +194,10 @@ class ParentLink:
         """Report an association's end (the parent frees its slot and audits it)."""
         self.send(("finished", token, record))
 
+    def connection_closed(self) -> None:
+        """Report that a handed-over connection has closed (one fewer open here)."""
+        self.send(("closed",))
+
 
 class _PipeLogHandler(logging.Handler):
     """Sends the child's log records to the parent, which logs them with its handlers."""
@@ -206,6 +220,7 @@ class _PipeLogHandler(logging.Handler):
 def acceptor_main(
     conn: Connection,
     control: Connection,
+    handoff: socket.socket,
     config: ScpConfig,
     spool_root: Path,
     quarantine_dir: Path,
@@ -213,7 +228,7 @@ def acceptor_main(
     pseudonyms: PseudonymKey,
     log_level: int,
 ) -> None:
-    """Entry point of an acceptor process: serve the shared port until told to stop.
+    """Entry point of an acceptor process: serve handed-over connections until told to stop.
 
     Parameters
     ----------
@@ -221,6 +236,9 @@ def acceptor_main(
         Pipe for admissions, instances, audit records and log records.
     control : Connection
         Pipe on which the parent says stop (or closes: the parent has gone).
+    handoff : socket.socket
+        Channel on which the parent hands over accepted connections
+        (:func:`dicom_node.handoff.take_over`).
     config : ScpConfig
         The node's settings with ``acceptor_processes = 1`` and no TLS port.
     spool_root, quarantine_dir : pathlib.Path
@@ -256,13 +274,28 @@ def acceptor_main(
         pseudonyms=pseudonyms,
         on_refusal=link.refusal,
     )
-    scp.serve_for_parent(link)
+    scp.serve_for_parent(link, handoff)
     try:
         link.send(("ready", scp.port))
         with contextlib.suppress(EOFError, OSError):
             control.recv()  # "stop", or EOF when the parent has gone
     finally:
         scp.stop()
+
+
+@dataclass(eq=False)
+class _Child:
+    """One acceptor process and the parent's ends of its channels."""
+
+    proc: BaseProcess
+    conn: Connection  # admissions, instances, records, log lines
+    control: Connection  # "stop"
+    handoff: socket.socket  # accepted connections
+    ready: bool = False  # it has said it serves: connections may be handed to it
+
+    def close(self) -> None:
+        for end in (self.conn, self.control, self.handoff):
+            end.close()
 
 
 class AcceptorPool:
@@ -272,9 +305,12 @@ class AcceptorPool:
     ----------
     n_processes : int
         Number of acceptor processes (>= 2).
+    listener : socket.socket
+        The listening socket of the plain port (:func:`listen`); the pool accepts on it
+        and closes it in :meth:`stop`.
     config : ScpConfig
-        Settings each child serves with (``acceptor_processes = 1``, no TLS port, the port
-        reserved by :func:`reserve_port`).
+        Settings each child serves with (``acceptor_processes = 1``, no TLS port, the
+        listener's port).
     spool_root, quarantine_dir : pathlib.Path
         The node's spool.
     own_markers : OwnResultMarkers
@@ -297,6 +333,7 @@ class AcceptorPool:
     def __init__(
         self,
         n_processes: int,
+        listener: socket.socket,
         config: ScpConfig,
         spool_root: Path,
         quarantine_dir: Path,
@@ -318,10 +355,16 @@ class AcceptorPool:
         self._on_finished = on_finished
         self._on_refusal = on_refusal
         self._on_lost = on_lost
-        self._children: list[tuple[BaseProcess, Connection, Connection]] = []
+        self._listener = listener
+        self._children: list[_Child] = []
+        self._open = [0] * n_processes  # handed-over connections not yet closed, per child
+        self._turn = 0  # where the search for the least busy child starts (ties rotate)
         self._readers: list[threading.Thread] = []
+        self._acceptor: threading.Thread | None = None
+        self._wake_accept, self._accept_woken = socket.socketpair()
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # the list of children
+        self._lock = threading.Lock()  # the list of children and their open connections
+        self._ready_changed = threading.Condition(self._lock)
         self._context = multiprocessing.get_context("spawn")
         self._level = logging.INFO
 
@@ -329,7 +372,7 @@ class AcceptorPool:
     def pids(self) -> list[int]:
         """Process ids of the acceptor processes."""
         with self._lock:
-            return [int(proc.pid) for proc, _, _ in self._children if proc.pid is not None]
+            return [int(child.proc.pid) for child in self._children if child.proc.pid is not None]
 
     def start(self) -> None:
         """Start the children; return once every one listens.
@@ -346,28 +389,100 @@ class AcceptorPool:
                 self._children = [self._spawn(index) for index in range(self._n)]
             for index in range(self._n):
                 self._activate(index)
+            self._acceptor = threading.Thread(
+                target=self._accept_loop, name="acceptor-accept", daemon=True
+            )
+            self._acceptor.start()
         except BaseException:
             self.stop()
             raise
 
-    def _spawn(self, index: int) -> tuple[BaseProcess, Connection, Connection]:
+    @property
+    def open_connections(self) -> list[int]:
+        """Handed-over connections not yet closed, per child (in child order)."""
+        with self._lock:
+            return list(self._open)
+
+    def _accept_loop(self) -> None:
+        """Accept on the plain port; hand each connection to the least busy child."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._accept_woken, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self._accept_woken:
+                        return
+                    try:
+                        connection, _ = self._listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue  # another look got it, or the peer gave up
+                    except OSError as exc:  # out of descriptors, say: let it pass, retry
+                        LOGGER.error("accepting a connection on the plain port failed: %s", exc)
+                        time.sleep(0.1)
+                        continue
+                    with connection:  # our copy; the child has its own
+                        self._hand_out(connection)
+
+    def _hand_out(self, connection: socket.socket) -> None:
+        """Give ``connection`` to the ready child with the fewest open connections.
+
+        While no child is ready (all are being started again) it waits up to
+        ``HANDOFF_TIMEOUT_S``; the peer meanwhile waits for its association answer.
+        """
+        deadline = time.monotonic() + HANDOFF_TIMEOUT_S
+        while not self._stopping.is_set():
+            for index, child in self._candidates():
+                try:
+                    hand_over(child.handoff, connection)
+                except OSError as exc:  # it has just ended (it is being replaced), or hangs
+                    LOGGER.warning("acceptor process %d did not take a connection: %s", index, exc)
+                    continue
+                with self._lock:
+                    if index < len(self._children) and self._children[index] is child:
+                        self._open[index] += 1
+                        self._turn = (index + 1) % len(self._children)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._ready_changed:
+                self._ready_changed.wait(min(remaining, _NOT_READY_LOOK_S))
+        LOGGER.error("no acceptor process took a connection on the plain port; closing it")
+
+    def _candidates(self) -> list[tuple[int, _Child]]:
+        """Ready children, fewest open connections first (ties: in turn)."""
+        with self._lock:
+            n = len(self._children)
+            order = sorted(range(n), key=lambda i: (self._open[i], (i - self._turn) % n))
+            return [(i, self._children[i]) for i in order if self._children[i].ready]
+
+    def _spawn(self, index: int) -> _Child:
         conn, child_conn = self._context.Pipe()
         control, child_control = self._context.Pipe()
+        handoff, child_handoff = socket.socketpair()
+        handoff.settimeout(HANDOFF_TIMEOUT_S)
         proc = self._context.Process(
             target=acceptor_main,
-            args=(child_conn, child_control, *self._args, self._level),
+            args=(child_conn, child_control, child_handoff, *self._args, self._level),
             name=f"dicom-acceptor-{index}",
             daemon=True,
         )
-        proc.start()
-        child_conn.close()
-        child_control.close()
-        return proc, conn, control
+        try:
+            proc.start()
+        finally:
+            child_conn.close()
+            child_control.close()
+            child_handoff.close()
+        return _Child(proc, conn, control, handoff)
 
     def _activate(self, index: int) -> None:
         """Wait until child ``index`` listens, then read its messages in a thread."""
-        proc, conn, _ = self._children[index]
+        child = self._children[index]
+        proc, conn = child.proc, child.conn
         self._wait_ready(index, proc, conn)
+        with self._ready_changed:
+            child.ready = True
+            self._ready_changed.notify_all()
         reader = threading.Thread(
             target=self._read, args=(index, proc, conn), name=f"acceptor-link-{index}"
         )
@@ -388,7 +503,7 @@ class AcceptorPool:
                 break
             if message[0] == "ready":
                 return
-            self._dispatch(conn, message)  # log lines written while starting
+            self._dispatch(index, conn, message)  # log lines written while starting
         raise RuntimeError(
             f"acceptor process {index} did not start (exit code {proc.exitcode}); see the log"
         )
@@ -402,11 +517,11 @@ class AcceptorPool:
                     self._replace(index, proc)
                 return
             try:
-                self._dispatch(conn, message)
+                self._dispatch(index, conn, message)
             except Exception:
                 LOGGER.exception("handling a message of acceptor process %d failed", index)
 
-    def _dispatch(self, conn: Connection, message: tuple[Any, ...]) -> None:
+    def _dispatch(self, index: int, conn: Connection, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "admit":
             try:
@@ -426,6 +541,9 @@ class AcceptorPool:
             self._on_finished(message[1], message[2])
         elif kind == "refusal":
             self._on_refusal(message[1])
+        elif kind == "closed":
+            with self._lock:
+                self._open[index] = max(self._open[index] - 1, 0)
         elif kind == "log":
             record = logging.makeLogRecord(message[1])
             logging.getLogger(record.name).handle(record)
@@ -445,32 +563,43 @@ class AcceptorPool:
             if self._stopping.is_set():
                 return
             old = self._children[index]
+            old.ready = False
             try:
                 self._children[index] = self._spawn(index)
-                self._activate(index)
             except Exception:
                 LOGGER.exception("acceptor process %d could not be started again", index)
-            for end in old[1:]:
-                end.close()
+                return
+            self._open[index] = 0
+        old.close()
+        try:  # the other children take the connections meanwhile
+            self._activate(index)
+        except Exception:
+            LOGGER.exception("acceptor process %d could not be started again", index)
 
     def stop(self) -> None:
         """Tell every child to stop, wait for them (kill after ``STOP_TIMEOUT_S``)."""
         self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_accept.send(b"x")
+        if self._acceptor is not None and self._acceptor is not threading.current_thread():
+            self._acceptor.join(timeout=STOP_TIMEOUT_S)
+        self._listener.close()  # new connections are refused from here on
         with self._lock:
             children, self._children = self._children, []
-        for _, _, control in children:
+        for child in children:
             with contextlib.suppress(OSError):
-                control.send("stop")
-        for proc, _conn, control in children:
-            proc.join(timeout=STOP_TIMEOUT_S)
-            if proc.is_alive():
-                LOGGER.error("acceptor process %s did not stop; killing it", proc.pid)
-                proc.kill()
-                proc.join(timeout=STOP_TIMEOUT_S)
-            control.close()
+                child.control.send("stop")
+        for child in children:
+            child.proc.join(timeout=STOP_TIMEOUT_S)
+            if child.proc.is_alive():
+                LOGGER.error("acceptor process %s did not stop; killing it", child.proc.pid)
+                child.proc.kill()
+                child.proc.join(timeout=STOP_TIMEOUT_S)
         for reader in list(self._readers):
             if reader is not threading.current_thread():
                 reader.join(timeout=STOP_TIMEOUT_S)
         self._readers = []
-        for _, conn, _ in children:
-            conn.close()
+        for child in children:
+            child.close()
+        self._wake_accept.close()
+        self._accept_woken.close()

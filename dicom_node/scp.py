@@ -11,6 +11,7 @@ pynetdicom; both paths store and answer through the same code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -33,9 +34,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, reserve_port
+from dicom_node.acceptors import AcceptorPool, Admission, ParentLink, Rejection, listen
 from dicom_node.context_copies import use_cheap_context_copies
 from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
+from dicom_node.handoff import HandedConnectionServer
 from dicom_node.instance import (
     InstanceInfo,
     OwnResultMarkers,
@@ -124,8 +126,9 @@ class ScpConfig:
         pynetdicom. ``False``: pynetdicom reads everything.
     acceptor_processes : int
         Processes that take associations on the plain port (1..32). With 1 everything runs
-        in this process. With N > 1, N child processes share the port (``SO_REUSEPORT``,
-        see :mod:`dicom_node.acceptors`): concurrent senders use several cores; admission,
+        in this process. With N > 1, this process listens and hands each connection to
+        the one of N child processes with the fewest open connections (see
+        :mod:`dicom_node.acceptors`): concurrent senders use several cores; admission,
         limits, ``on_instance`` and the audit callbacks stay in this process, the TLS
         port too.
 
@@ -384,6 +387,7 @@ class StorageSCP:
         self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._link: ParentLink | None = None  # set in an acceptor process
+        self._handoff: socket.socket | None = None  # set in an acceptor process
         self._pool: AcceptorPool | None = None  # acceptor processes of this parent
         self._remote: dict[str, tuple[Admission, float]] = {}  # children's associations
         self._tokens = itertools.count(1)
@@ -466,8 +470,13 @@ class StorageSCP:
         address = (self._config.host, self._config.port)
         if self._link is None:
             server = ae.start_server(address, block=False, evt_handlers=handlers)
-        else:  # an acceptor process: share the port with the other acceptors
-            server = ae.make_server(address, evt_handlers=handlers, server_class=_ReusePortServer)
+        else:  # an acceptor process: the parent accepts and hands connections over
+            server = ae.make_server(
+                address,
+                evt_handlers=handlers,
+                server_class=HandedConnectionServer,
+                handoff=self._handoff,  # set by serve_for_parent
+            )
             ae._servers.append(server)  # as start_server does; ae.shutdown() stops it
             threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         self._servers.append(server)
@@ -475,14 +484,15 @@ class StorageSCP:
 
     def _start_pool(self) -> None:
         assert self._config.port is not None
-        placeholder = reserve_port(self._config.host, self._config.port)
+        listener = listen(self._config.host, self._config.port)
         try:
-            port = int(placeholder.getsockname()[1])
+            port = int(listener.getsockname()[1])
             child_config = dataclasses.replace(
                 self._config, port=port, tls=None, tls_port=None, acceptor_processes=1
             )
             pool = AcceptorPool(
                 self._config.acceptor_processes,
+                listener,
                 child_config,
                 self._spool.root,
                 self._spool.quarantine_dir,
@@ -494,23 +504,29 @@ class StorageSCP:
                 on_refusal=self._remote_refusal,
                 on_lost=self._remote_lost,
             )
-            pool.start()
-        finally:
-            placeholder.close()
+            pool.start()  # it closes the listener when it stops (or fails to start)
+        except BaseException:
+            listener.close()
+            raise
         self._pool = pool
         self.port = port
 
-    def serve_for_parent(self, link: ParentLink) -> None:
+    def serve_for_parent(self, link: ParentLink, handoff: socket.socket) -> None:
         """Start as one acceptor process of a parent (see :mod:`dicom_node.acceptors`).
 
-        Admission goes to the parent; association records go there with their token.
+        Admission goes to the parent; association records go there with their token; the
+        connections come from the parent over ``handoff``.
 
         Parameters
         ----------
         link : ParentLink
             This process's end of the pipe to the parent.
+        handoff : socket.socket
+            This process's end of the connection hand-over channel
+            (:mod:`dicom_node.handoff`).
         """
         self._link = link
+        self._handoff = handoff
         self.start()
 
     @property
@@ -810,6 +826,9 @@ class StorageSCP:
 
     def _handle_conn_close(self, event: evt.Event) -> None:
         assoc = event.assoc
+        if self._link is not None:  # the parent hands the next connection to the least busy
+            with contextlib.suppress(OSError, EOFError):
+                self._link.connection_closed()
         state = self._state(assoc)
         if state is None:
             with self._lock:
@@ -1223,14 +1242,6 @@ class StorageSCP:
             "C-STORE %s from %r quarantined as %s: %s", sop_uid, calling_ae, kept.name, reason
         )
         return _Outcome(status, reason, kept.name)
-
-
-class _ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with ``SO_REUSEPORT`` (one of several acceptors)."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 def _encoded_dataset(event: evt.Event, sop_uid: str) -> bytes:

@@ -138,8 +138,9 @@ class NodeSettings(BaseModel):
         2,
         ge=1,
         le=32,
-        description="Processes that take associations on the plain port (SO_REUSEPORT); "
-        "concurrent senders then use several cores. 1: all in the service process. "
+        description="Processes that serve the associations of the plain port; the service "
+        "process accepts and hands each connection to the one with the fewest open "
+        "connections, so concurrent senders use several cores. 1: all in the service process. "
         "Admission, limits, job-store rows and the audit trail stay in the service process.",
     )
     direct_pdata: bool = Field(

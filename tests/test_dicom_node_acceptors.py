@@ -7,6 +7,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
@@ -106,7 +108,7 @@ def _clean(pool: Pool) -> Iterator[None]:
 def test_associations_are_spread_over_the_processes_and_reported_here(pool: Pool) -> None:
     assert len(pool.scp.acceptor_pids) == 2
     sent = [make_mr() for _ in range(16)]
-    for ds in sent:  # 16 connections: all on one process by chance with p = 2 / 2**16
+    for ds in sent:  # one after the other: the children take turns
         send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)
     infos = [pool.instances.get(timeout=10) for _ in sent]
     assert {i.sop_instance_uid for i in infos} == {ds.SOPInstanceUID for ds in sent}
@@ -118,6 +120,55 @@ def test_associations_are_spread_over_the_processes_and_reported_here(pool: Pool
     assert len(records) == 16 and all(r.accepted and r.instances == 1 for r in records)
     served_by = {r.acceptor_pid for r in records}
     assert served_by == set(pool.scp.acceptor_pids) and os.getpid() not in served_by
+
+
+def _hold(pool: Pool, n: int, calling_ae: str = "SCANNER") -> list[Association]:
+    holder = AE(ae_title=calling_ae)
+    holder.add_requested_context(Verification)
+    port = pool.destination.port
+    held = [holder.associate("127.0.0.1", port, ae_title=OUR_AE) for _ in range(n)]
+    assert all(assoc.is_established for assoc in held)
+    return held
+
+
+def _wait_open(pool: Pool, wanted: list[int]) -> None:
+    assert pool.scp._pool is not None
+    deadline = time.monotonic() + 10
+    while sorted(pool.scp._pool.open_connections) != wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(pool.scp._pool.open_connections) == wanted
+
+
+def test_concurrent_senders_are_spread_evenly_over_the_processes(pool: Pool) -> None:
+    # The kernel's SO_REUSEPORT hash put 3 or 4 of 4 senders on one of two processes in
+    # 10 of 16 cases; the least busy process now takes each new connection.
+    for _ in range(3):
+        held = _hold(pool, 2) + _hold(pool, 2, calling_ae="OTHER")
+        _wait_open(pool, [2, 2])
+        for assoc in held:
+            assoc.release()
+        _wait_open(pool, [0, 0])
+        records = pool.drain_records()
+        assert len(records) == 4 and all(r.accepted for r in records)
+        per_process = Counter(r.acceptor_pid for r in records)
+        assert sorted(per_process.values()) == [2, 2]
+        assert set(per_process) == set(pool.scp.acceptor_pids)
+
+
+def test_a_new_connection_goes_to_the_process_whose_association_ended(pool: Pool) -> None:
+    first, second = _hold(pool, 2)
+    _wait_open(pool, [1, 1])
+    first.release()
+    _wait_open(pool, [0, 1])
+    (ended,) = pool.drain_records()
+    assert pool.scp._pool is not None
+    idle_pid = pool.scp.acceptor_pids[pool.scp._pool.open_connections.index(0)]
+    assert ended.acceptor_pid == idle_pid
+    send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    (sent,) = pool.drain_records()
+    assert sent.acceptor_pid == idle_pid and sent.instances == 1
+    second.release()
+    _wait_open(pool, [0, 0])
 
 
 def test_refusals_in_an_acceptor_process_reach_the_audit_trail_here(pool: Pool) -> None:
