@@ -64,6 +64,8 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["config"]["instances"] == 20
     assert report["config"]["senders"] == [1, 4]
+    # no receiver pays for the previous one's deletions: the files stay until the end
+    assert report["config"]["received_files"] == "kept until the end of the run"
     assert {"cpu_count", "pydicom", "pynetdicom", "dcmtk"} <= set(report["machine"])
     for receiver in ("ours", "dcmtk", "orthanc"):
         for senders in ("1", "4"):
