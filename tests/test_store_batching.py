@@ -152,3 +152,36 @@ def test_instances_acknowledged_before_a_crash_are_recorded_at_the_next_start(
     (exam,) = restarted.tracker.ready(time.time() + 3600)  # the tracker knows them again
     assert sorted(i.sop_instance_uid for infos in exam.series.values() for i in infos) == sent
     assert record_unrecorded_files(restarted.store, restarted.spool, restarted.pseudonyms) == 0
+
+
+def test_flush_and_close_do_not_wait_out_a_long_flush_interval(tmp_path: Path) -> None:
+    store = _CountingStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    batcher = InstanceBatcher(store, flush_ms=60_000, max_batch=10)
+    batcher.start()
+    for i in range(35):
+        batcher.submit(_row(i))
+    started = time.monotonic()
+    assert batcher.flush(timeout_s=20)
+    assert time.monotonic() - started < 10  # the batch was due in a minute
+    assert len(store.instance_infos()) == 35
+    assert store.transactions == 4  # 10 + 10 + 10 + 5: max_batch holds, no wait between
+    batcher.submit(_row(35))
+    started = time.monotonic()
+    batcher.close(timeout_s=20)
+    assert time.monotonic() - started < 10
+    assert len(store.instance_infos()) == 36
+
+
+def test_rows_trickling_in_within_the_interval_share_one_transaction(tmp_path: Path) -> None:
+    store = _CountingStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    batcher = InstanceBatcher(store, flush_ms=1000)
+    batcher.start()
+    for i in range(10):
+        batcher.submit(_row(i))
+        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while len(store.instance_infos()) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(store.instance_infos()) == 10
+    assert store.transactions == 1
+    batcher.close()

@@ -1135,6 +1135,7 @@ class InstanceBatcher:
         self._flush_s = flush_ms / 1000.0
         self._max_batch = max_batch
         self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
+        self._hurry = threading.Event()  # flush() or close() waits: commit now
         self._thread: threading.Thread | None = None
         self._closed = False
         self._unsaved: list[dict[str, Any]] = []  # rows of failed commits, retried first
@@ -1188,6 +1189,7 @@ class InstanceBatcher:
             return not self._unsaved
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         return done.wait(timeout_s) and self.healthy
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -1197,35 +1199,35 @@ class InstanceBatcher:
         self._closed = True
         if self._thread is not None:
             self._queue.put(None)
+            self._hurry.set()
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
         stop = False
+        backlog = False  # more than max_batch rows were queued: go on without waiting
         while not stop:
-            rows: list[dict[str, Any]] = []
-            waiters: list[threading.Event] = []
-            deadline: float | None = time.monotonic() + self._flush_s if self._unsaved else None
-            while not stop and not waiters and len(rows) < self._max_batch:
-                if deadline is None:
-                    item = self._queue.get()  # idle: wait for the first row
-                    deadline = time.monotonic() + self._flush_s
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    rows.append(item)
-            self._commit(rows)
-            for waiter in waiters:
-                waiter.set()
+            items: list[dict[str, Any] | threading.Event | None] = []
+            if not self._unsaved and not backlog:
+                items.append(self._queue.get())  # idle: wait for the first item
+            if not backlog and not any(not isinstance(item, dict) for item in items):
+                # Rows arriving meanwhile join this batch: the writer sleeps until the batch
+                # is due instead of waking for every row (flush() and close() cut it short).
+                self._hurry.wait(self._flush_s)
+            self._hurry.clear()
+            n_rows = sum(isinstance(item, dict) for item in items)
+            while n_rows < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+                n_rows += isinstance(item, dict)
+            backlog = not self._queue.empty()
+            stop = any(item is None for item in items)
+            self._commit([item for item in items if isinstance(item, dict)])
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
 
     def _commit(self, rows: list[dict[str, Any]]) -> None:
         pending = self._unsaved + rows
