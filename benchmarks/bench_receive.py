@@ -828,16 +828,17 @@ def measure(
 def _settle_s() -> float:
     """How long file creation stays slower after many deletions (ext4 without journal).
 
-    Without a journal, ext4 skips every inode of the block group freed in the last
-    ``dirty_expire`` interval when it allocates one (``recently_deleted``), each skip a
-    buffer-cache lookup: after a receiver's 1000 files are deleted, the next receiver's
-    creations cost several times more CPU (28 % of our acceptor's CPU in a ``perf`` profile).
+    Without a journal, ext4 skips every inode of the block group freed in the last 60 s
+    when it allocates one (``recently_deleted``; 300 s more while the inode's table block
+    is dirty, which writeback ends after ``dirty_expire``), each skip a buffer-cache lookup:
+    after a receiver's 1000 files are deleted, the next receiver's creations cost several
+    times more CPU (28 % of our acceptor's CPU in a ``perf`` profile).
     """
     try:
         centis = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
     except (OSError, ValueError):
         centis = 3000
-    return centis / 100 + 5.0
+    return max(centis / 100 + 5.0, 60.0) + 5.0
 
 
 def _default_acceptors() -> int:
