@@ -421,7 +421,10 @@ class AcceptorPool:
                         time.sleep(0.1)
                         continue
                     with connection:  # our copy; the child has its own
-                        self._hand_out(connection)
+                        try:
+                            self._hand_out(connection)
+                        except Exception:  # never stop accepting: log, drop this one
+                            LOGGER.exception("handing a connection to an acceptor failed")
 
     def _hand_out(self, connection: socket.socket) -> None:
         """Give ``connection`` to the ready child with the fewest open connections.
@@ -432,15 +435,14 @@ class AcceptorPool:
         deadline = time.monotonic() + HANDOFF_TIMEOUT_S
         while not self._stopping.is_set():
             for index, child in self._candidates():
+                # counted before it goes: its "closed" may come back before hand_over returns
+                self._count(index, child, +1)
                 try:
                     hand_over(child.handoff, connection)
                 except OSError as exc:  # it has just ended (it is being replaced), or hangs
+                    self._count(index, child, -1)
                     LOGGER.warning("acceptor process %d did not take a connection: %s", index, exc)
                     continue
-                with self._lock:
-                    if index < len(self._children) and self._children[index] is child:
-                        self._open[index] += 1
-                        self._turn = (index + 1) % len(self._children)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -448,6 +450,14 @@ class AcceptorPool:
             with self._ready_changed:
                 self._ready_changed.wait(min(remaining, _NOT_READY_LOOK_S))
         LOGGER.error("no acceptor process took a connection on the plain port; closing it")
+
+    def _count(self, index: int, child: _Child, change: int) -> None:
+        """Change child ``index``'s open connections, if it is still ``child``."""
+        with self._lock:
+            if index < len(self._children) and self._children[index] is child:
+                self._open[index] = max(self._open[index] + change, 0)
+                if change > 0:
+                    self._turn = (index + 1) % len(self._children)
 
     def _candidates(self) -> list[tuple[int, _Child]]:
         """Ready children, fewest open connections first (ties: in turn)."""

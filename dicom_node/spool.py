@@ -3,7 +3,11 @@
 Every write goes to a hidden temporary file, is written synchronously (``O_DSYNC`` or
 fdatasync: data and the size needed to read it back; not the timestamps), renamed over the
 final name with :func:`os.replace` and the folder is fsynced, so a reader sees either
-nothing or the whole file, and a file that exists survives a power cut.
+nothing or the whole file, and a file that exists survives a power cut. The writes of
+:meth:`Spool.begin` bypass the page cache where the file system allows it (``O_DIRECT``
+for the whole 4 KiB blocks, the rest buffered, all ``O_DSYNC``): copying into new page
+cache pages was the largest single cost of receiving on a virtual machine whose page cache
+had grown (see :func:`_write_direct`).
 :meth:`Spool.write` does it in one go;
 :meth:`Spool.begin` writes and syncs the temporary file (in ``root/.incoming``) in a
 background thread while the caller still checks the header, and
@@ -12,7 +16,10 @@ background thread while the caller still checks the header, and
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import mmap
 import os
 import shutil
 import threading
@@ -34,6 +41,8 @@ INCOMING_DIR = ".incoming"
 _WRITER_THREADS = 16
 _START_WAIT_S = 0.005
 """Longest wait of :meth:`Spool.begin` for its writer to start (a hung disk may hold it)."""
+_DIRECT_BLOCK = 4096  # direct I/O alignment of offsets, lengths and memory (512-byte disks too)
+_DIRECT_CHUNK = 4 * 2**20  # bytes per direct write (the size of each writer thread's buffer)
 
 
 class Spool:
@@ -45,6 +54,9 @@ class Spool:
         Spool folder; created if missing.
     quarantine_dir : pathlib.Path, optional
         Where undecodable input goes; default ``root.parent / "quarantine"``.
+    direct_writes : bool, optional
+        Let :meth:`begin` write around the page cache (``O_DIRECT``) where the file system
+        allows it (default); ``False``: always through the page cache.
 
     Raises
     ------
@@ -52,7 +64,9 @@ class Spool:
         If ``root`` exists and is not a folder.
     """
 
-    def __init__(self, root: Path, quarantine_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, quarantine_dir: Path | None = None, *, direct_writes: bool = True
+    ) -> None:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise ValueError(f"spool root {root} exists and is not a folder")
@@ -63,6 +77,8 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         self._writer: ThreadPoolExecutor | None = None
         self._writer_lock = threading.Lock()
+        self._direct_writes = direct_writes
+        self._direct_buffers = threading.local()  # each writer thread's aligned buffer
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Return where an instance is (or would be) spooled.
@@ -149,11 +165,21 @@ class Spool:
         with self._writer_lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="spool")
-            future = self._writer.submit(_write_synced, temp, encoded, started)
+            future = self._writer.submit(self._write_begun, temp, encoded, started)
         # Wait until the writer is in its system call, which needs no interpreter lock:
         # otherwise it would start only when the caller's header check (pure Python) ends.
         started.wait(_START_WAIT_S)
         return PendingWrite(self, temp, future)
+
+    def _write_begun(self, temp: Path, encoded: bytes, started: threading.Event) -> None:
+        """The background write of :meth:`begin` (in a writer thread)."""
+        buffer: mmap.mmap | None = None
+        if self._direct_writes and len(encoded) >= _DIRECT_BLOCK:
+            buffer = getattr(self._direct_buffers, "buffer", None)
+            if buffer is None:
+                buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned, reused by this thread
+                self._direct_buffers.buffer = buffer
+        _write_synced(temp, encoded, started, direct_buffer=buffer)
 
     def quarantine(self, encoded: bytes, reason: str, *, calling_ae: str = "") -> Path:
         """Keep input that could not be understood, with a JSON sidecar.
@@ -315,19 +341,28 @@ class PendingWrite:
         self._future.add_done_callback(lambda _: temp.unlink(missing_ok=True))
 
 
-def _write_synced(path: Path, data: bytes, started: threading.Event | None = None) -> None:
+def _write_synced(
+    path: Path,
+    data: bytes,
+    started: threading.Event | None = None,
+    *,
+    direct_buffer: mmap.mmap | None = None,
+) -> None:
     """Write ``data`` to a new file, synced; remove the file on any error.
 
     The file is opened with ``O_DSYNC``: each ``write`` returns once the data and the size
     needed to read them back are on disk (what ``fdatasync`` gives), all in one system call
-    during which the interpreter lock is free. ``started`` is set just before it.
+    during which the interpreter lock is free. ``started`` is set just before it. With
+    ``direct_buffer`` the whole 4 KiB blocks go around the page cache (:func:`_write_direct`).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
     try:
         try:
             if started is not None:
                 started.set()
-            view = memoryview(data)
+            view = memoryview(data).cast("B")
+            if direct_buffer is not None:
+                view = view[_write_direct(fd, view, direct_buffer) :]
             while view:
                 view = view[os.write(fd, view) :]
         finally:
@@ -335,6 +370,50 @@ def _write_synced(path: Path, data: bytes, started: threading.Event | None = Non
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def _write_direct(fd: int, view: memoryview, buffer: mmap.mmap) -> int:
+    """Write the whole 4 KiB blocks at the start of ``view`` with ``O_DIRECT``.
+
+    Buffered writes copy every byte into new page cache pages. On the virtual machines we
+    measured, that copy grew from 0.2 to 0.9 ms of system time per 400 KB file as the page
+    cache grew (memory the host had taken back is touched again); direct writes stayed at
+    0.2 ms. ``fd`` keeps ``O_DSYNC``, so each write still returns only once the disk has
+    the data. The bytes go through ``buffer`` (page-aligned, as direct I/O requires).
+
+    Returns
+    -------
+    int
+        Bytes written from the start of ``view``; 0 where the file system does not take
+        direct writes (the caller writes everything buffered).
+    """
+    head = len(view) - len(view) % _DIRECT_BLOCK
+    if head == 0:
+        return 0
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:
+        return 0  # no direct I/O on this file system (tmpfs, say)
+    written = 0
+    try:
+        chunk_bytes = len(buffer) - len(buffer) % _DIRECT_BLOCK
+        while written < head:
+            size = min(chunk_bytes, head - written)
+            buffer[:size] = view[written : written + size]
+            with memoryview(buffer) as aligned:
+                try:
+                    count = os.write(fd, aligned[:size])
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL and written == 0:
+                        return 0  # refused after all (alignment): the caller writes buffered
+                    raise
+            written += count
+            if count != size:
+                break  # a short direct write: the rest goes buffered
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return written
 
 
 def _atomic_write(target: Path, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -169,6 +170,28 @@ def test_a_new_connection_goes_to_the_process_whose_association_ended(pool: Pool
     assert sent.acceptor_pid == idle_pid and sent.instances == 1
     second.release()
     _wait_open(pool, [0, 0])
+
+
+def test_a_failure_while_handing_over_drops_that_connection_only(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pool.scp._pool is not None
+    real = pool.scp._pool._hand_out
+    calls: list[int] = []
+
+    def fail_once(connection: socket.socket) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the hand-over")
+        real(connection)
+
+    monkeypatch.setattr(pool.scp._pool, "_hand_out", fail_once)
+    with pytest.raises(SendError):
+        send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)
+    ds = make_mr()
+    send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # still accepting
+    assert pool.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
+    assert len(calls) == 2
 
 
 def test_refusals_in_an_acceptor_process_reach_the_audit_trail_here(pool: Pool) -> None:
