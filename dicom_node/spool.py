@@ -377,7 +377,7 @@ def _write_direct(fd: int, view: memoryview, buffer: mmap.mmap) -> int:
 
     Buffered writes copy every byte into new page cache pages. On the virtual machines we
     measured, that copy grew from 0.2 to 0.9 ms of system time per 400 KB file as the page
-    cache grew (memory the host had taken back is touched again); direct writes stayed at
+    cache grew (probably memory the host had taken back, touched again); direct writes stayed at
     0.2 ms. ``fd`` keeps ``O_DSYNC``, so each write still returns only once the disk has
     the data. The bytes go through ``buffer`` (page-aligned, as direct I/O requires).
 
