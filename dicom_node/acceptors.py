@@ -436,11 +436,11 @@ class AcceptorPool:
         while not self._stopping.is_set():
             for index, child in self._candidates():
                 # counted before it goes: its "closed" may come back before hand_over returns
-                self._count(index, child, +1)
+                self._count(index, +1, child)
                 try:
                     hand_over(child.handoff, connection)
                 except OSError as exc:  # it has just ended (it is being replaced), or hangs
-                    self._count(index, child, -1)
+                    self._count(index, -1, child)
                     LOGGER.warning("acceptor process %d did not take a connection: %s", index, exc)
                     continue
                 return
@@ -451,10 +451,12 @@ class AcceptorPool:
                 self._ready_changed.wait(min(remaining, _NOT_READY_LOOK_S))
         LOGGER.error("no acceptor process took a connection on the plain port; closing it")
 
-    def _count(self, index: int, child: _Child, change: int) -> None:
-        """Change child ``index``'s open connections, if it is still ``child``."""
+    def _count(self, index: int, change: int, child: _Child | None = None) -> None:
+        """Change child ``index``'s open connections (if given, only while it is ``child``)."""
         with self._lock:
-            if index < len(self._children) and self._children[index] is child:
+            if index >= len(self._children):
+                return
+            if child is None or self._children[index] is child:
                 self._open[index] = max(self._open[index] + change, 0)
                 if change > 0:
                     self._turn = (index + 1) % len(self._children)
@@ -552,8 +554,7 @@ class AcceptorPool:
         elif kind == "refusal":
             self._on_refusal(message[1])
         elif kind == "closed":
-            with self._lock:
-                self._open[index] = max(self._open[index] - 1, 0)
+            self._count(index, -1)
         elif kind == "log":
             record = logging.makeLogRecord(message[1])
             logging.getLogger(record.name).handle(record)

@@ -1209,7 +1209,7 @@ class InstanceBatcher:
             items: list[dict[str, Any] | threading.Event | None] = []
             if not self._unsaved and not backlog:
                 items.append(self._queue.get())  # idle: wait for the first item
-            if not backlog and not any(not isinstance(item, dict) for item in items):
+            if not backlog and all(isinstance(item, dict) for item in items):
                 # Rows arriving meanwhile join this batch: the writer sleeps until the batch
                 # is due instead of waking for every row (flush() and close() cut it short).
                 self._hurry.wait(self._flush_s)
