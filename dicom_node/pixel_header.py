@@ -2,9 +2,10 @@
 
 The storage SCP calls :func:`pixel_data_problem` on every received data set and refuses the
 instance when it returns a text: image SOP classes without pixel data, Rows/Columns 0,
-BitsAllocated not in 1/8/16/32/64, a declared size beyond a limit (65535 x 65535 x 16 bit is
-8 GiB for one frame), native pixel data shorter than Rows x Columns x frames x samples x
-BitsAllocated / 8, or encapsulated pixel data with no (or too few, or cut) fragments.
+BitsAllocated not in 1/8/16/32/64, SamplesPerPixel not in 1..4, NumberOfFrames below 1, a
+declared size beyond a limit (65535 x 65535 x 16 bit is 8 GiB for one frame), native pixel
+data shorter than Rows x Columns x frames x samples x BitsAllocated / 8, or encapsulated
+pixel data with no (or too few, or cut) fragments.
 """
 
 from __future__ import annotations

@@ -19,12 +19,15 @@ Code      Meaning and when we return it (every failure carries an Error Comment)
           dataset differs from the one in the C-STORE request. Nothing is kept.
 0xC210    Error, cannot understand: the header could not be decoded or lacks a valid
           Study/Series/SOP Instance UID. The bytes are kept in the quarantine folder.
+          Also a C-STORE request without a data set, or without Affected SOP Class UID
+          (answered at once). A request without Priority is not refused: it is stored
+          like any other (Priority is not used).
 0xC211    Error, cannot understand (processing failure): any other exception while
           spooling or in the ``on_instance`` callback; logged with UIDs only. When the
-          callback failed the file stays in the spool (a re-send overwrites it). Also
-          a C-STORE request lacking another required command element (e.g. Priority).
+          callback failed the file stays in the spool (a re-send overwrites it).
 0xC220    Error, pixel data do not match the header: no PixelData in an image SOP class,
-          Rows/Columns 0, BitsAllocated not 1/8/16/32/64, declared size above
+          Rows/Columns 0, BitsAllocated not 1/8/16/32/64, SamplesPerPixel not 1..4,
+          NumberOfFrames below 1, declared size above
           ``ScpConfig.max_pixel_bytes``, native pixel data shorter than the header needs,
           or encapsulated pixel data without (enough) fragments. Kept in quarantine.
 ========  ===========================================================================

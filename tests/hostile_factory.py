@@ -32,6 +32,22 @@ def _bits_zero(ds: Dataset) -> None:
     ds.BitsAllocated = 0
 
 
+def _rows_zero(ds: Dataset) -> None:
+    ds.Rows = 0
+
+
+def _columns_zero(ds: Dataset) -> None:
+    ds.Columns = 0
+
+
+def _samples_zero(ds: Dataset) -> None:
+    ds.SamplesPerPixel = 0
+
+
+def _samples_five(ds: Dataset) -> None:
+    ds.SamplesPerPixel = 5  # the pixel data would be long enough for 1 sample only
+
+
 def _one_byte_short(ds: Dataset) -> None:
     ds.Rows = ds.Rows + 1  # the data now lack one row
 
@@ -46,6 +62,10 @@ BROKEN: dict[str, tuple[Callable[[Dataset], None], str]] = {
     "missing PixelData": (_no_pixel_data, "no PixelData in an image instance"),
     "65535 x 65535": (_huge, "65535 x 65535 x 1 frame(s)"),
     "BitsAllocated 0": (_bits_zero, "BitsAllocated 0 is not 1, 8, 16, 32 or 64"),
+    "Rows 0": (_rows_zero, "Rows 0 x Columns 16 with PixelData"),
+    "Columns 0": (_columns_zero, "Rows 16 x Columns 0 with PixelData"),
+    "SamplesPerPixel 0": (_samples_zero, "SamplesPerPixel 0 is not 1..4"),
+    "SamplesPerPixel 5": (_samples_five, "SamplesPerPixel 5 is not 1..4"),
     "one row short": (_one_byte_short, "PixelData 512 B, header needs 544 B"),
     "no fragments": (_no_fragments, "encapsulated PixelData has no fragments"),
 }
@@ -65,12 +85,15 @@ def send_raw_c_store(
     *,
     sop_instance_uid: str | None,
     message_id: int | None = 1,
+    priority: int | None = 2,
     with_data_set: bool = True,
     timeout_s: float = 10.0,
 ) -> tuple[C_STORE | None, float]:
     """Send a C-STORE request built field by field (fields may be missing) and wait.
 
-    Returns the response primitive (``None`` if none came) and the seconds it took.
+    ``priority=None`` leaves Priority (0000,0700) out of the command set (pynetdicom's
+    primitive would otherwise send its default, 2). Returns the response primitive
+    (``None`` if none came) and the seconds it took.
     The association's reactor is paused meanwhile, as pynetdicom's own ``send_c_store`` does.
     """
     request = C_STORE()
@@ -79,7 +102,10 @@ def send_raw_c_store(
     request.AffectedSOPClassUID = ds.SOPClassUID
     if sop_instance_uid is not None:
         request.AffectedSOPInstanceUID = sop_instance_uid
-    request.Priority = 2
+    if priority is None:
+        request._priority = None  # the setter refuses None; the encoder then drops it
+    else:
+        request.Priority = priority
     if with_data_set:
         request.DataSet = BytesIO(encode(ds, False, True))
     context_id = next(

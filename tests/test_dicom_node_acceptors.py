@@ -55,8 +55,11 @@ class Pool:
                 return out
 
 
-def _start(root: Path) -> Pool:
+def _start(root: Path, **limits: int) -> Pool:
+    """A pooled SCP (2 processes); ``limits`` replace max_associations(_per_ae)."""
     spool = Spool(root / "spool")
+    config: dict[str, int] = {"max_associations_per_ae": 2}
+    config.update(limits)
     holder: dict[str, Pool] = {}
 
     def on_instance(info: InstanceInfo) -> None:
@@ -71,8 +74,8 @@ def _start(root: Path) -> Pool:
             port=0,
             min_free_bytes=0,
             allowed_calling_aes={"SCANNER": None, "OTHER": None},
-            max_associations_per_ae=2,
             acceptor_processes=2,
+            **config,  # type: ignore[arg-type]
         ),
         spool,
         on_instance,
@@ -224,6 +227,71 @@ def test_per_ae_limit_counts_the_associations_of_every_process(pool: Pool) -> No
     reasons = [r.reason for r in pool.drain_records() if not r.accepted]
     assert reasons == ["too many associations from this calling AE (max_associations_per_ae 2)"]
     send([make_mr()], pool.destination, calling_ae="SCANNER", timeout_s=20)  # slots freed
+
+
+MAX_REACHED = "too many associations (max_associations reached)"
+PER_AE_REACHED = "too many associations from this calling AE (max_associations_per_ae 2)"
+TRANSIENT_LOCAL_LIMIT = (2, 3, 2)  # rejected-transient, service-provider (presentation), limit
+
+
+def _rejection(pool: Pool, calling_ae: str) -> tuple[tuple[int, int, int], str]:
+    """Ask for one more association, which must be rejected: (result, source, reason), why."""
+    asker = AE(ae_title=calling_ae)
+    asker.add_requested_context(Verification)
+    assoc = asker.associate("127.0.0.1", pool.destination.port, ae_title=OUR_AE)
+    assert assoc.is_rejected, f"association from {calling_ae} not rejected"
+    primitive = assoc.acceptor.primitive
+    assert primitive is not None
+    (record,) = pool.drain_records()
+    assert not record.accepted and record.calling_ae == calling_ae
+    return (primitive.result, primitive.result_source, primitive.diagnostic), record.reason
+
+
+def test_max_associations_counts_every_process_and_a_freed_slot_serves_again(
+    tmp_path: Path,
+) -> None:
+    started = _start(tmp_path, max_associations=3, max_associations_per_ae=10)
+    held: list[Association] = []
+    try:
+        held = _hold(started, 2) + _hold(started, 1, calling_ae="OTHER")
+        _wait_open(started, [1, 2])  # the three are spread over both processes
+        assert _rejection(started, "OTHER") == (TRANSIENT_LOCAL_LIMIT, MAX_REACHED)
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], started.destination, calling_ae="SCANNER", timeout_s=20)
+        assert [r.reason for r in started.drain_records()] == [MAX_REACHED]
+        held.pop(0).release()
+        (ended,) = started.drain_records()
+        assert ended.accepted and ended.reason == "released"
+        ds = make_mr()
+        report = send([ds], started.destination, calling_ae="SCANNER", timeout_s=20)
+        assert report.n_stored == 1
+        assert started.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
+    finally:
+        for assoc in held:
+            assoc.release()
+        started.scp.stop()
+
+
+def test_max_associations_is_checked_before_the_per_ae_cap(tmp_path: Path) -> None:
+    started = _start(tmp_path, max_associations=3, max_associations_per_ae=2)
+    held: list[Association] = []
+    try:
+        held = _hold(started, 2)
+        _wait_open(started, [1, 1])  # one SCANNER association in each process
+        assert _rejection(started, "SCANNER") == (TRANSIENT_LOCAL_LIMIT, PER_AE_REACHED)
+        held += _hold(started, 1, calling_ae="OTHER")  # the last slot of max_associations
+        _wait_open(started, [1, 2])
+        # a third SCANNER association is over both limits: the audit names max_associations
+        assert _rejection(started, "SCANNER") == (TRANSIENT_LOCAL_LIMIT, MAX_REACHED)
+        assert _rejection(started, "OTHER") == (TRANSIENT_LOCAL_LIMIT, MAX_REACHED)
+        held.pop().release()  # OTHER's
+        (ended,) = started.drain_records()
+        assert ended.calling_ae == "OTHER" and ended.reason == "released"
+        assert _rejection(started, "SCANNER") == (TRANSIENT_LOCAL_LIMIT, PER_AE_REACHED)
+    finally:
+        for assoc in held:
+            assoc.release()
+        started.scp.stop()
 
 
 def test_pause_switch_of_this_process_rejects_in_every_acceptor(pool: Pool) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from dicom_node.pixel_header import expected_native_bytes, needs_pixel_data, pixel_data_problem
@@ -168,6 +170,42 @@ def test_c_store_without_data_set_is_answered_c210_at_once(
     assert "header not understood" in str(response.ErrorComment) and seconds < 2
     (refusal,) = _refusals(node)
     assert refusal.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_c_store_without_priority_is_stored_and_answered_success(
+    hostile_node: Callable[..., Node],
+) -> None:
+    """Priority (0000,0700) is required in a C-STORE-RQ, but its absence is tolerated."""
+    node = hostile_node()
+    sent_commands: list[Dataset] = []
+
+    def on_sent(event: evt.Event) -> None:
+        sent_commands.append(event.message.command_set)
+
+    ae = AE(ae_title="NOPRIO")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assert assoc.is_established
+    # pynetdicom's debug-log handler raises on a missing Priority, and would skip ours
+    if any(h[0] is standard_dimse_sent_handler for h in assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
+    assoc.bind(evt.EVT_DIMSE_SENT, on_sent)
+    ds = make_mr()
+    try:
+        response, seconds = send_raw_c_store(
+            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, priority=None
+        )
+    finally:
+        assoc.release()
+    (command,) = sent_commands
+    assert "Priority" not in command and command.CommandField == 0x0001  # really without it
+    assert response is not None and response.Status == StoreStatus.SUCCESS and seconds < 2
+    info = node.instances.get(timeout=5)
+    assert info.sop_instance_uid == ds.SOPInstanceUID and info.calling_ae == "NOPRIO"
+    assert dcmread(info.path) == ds
+    assert _refusals(node) == []
+    record = node.record()
+    assert (record.instances, record.failures, record.reason) == (1, 0, "released")
 
 
 def test_request_without_message_id_is_aborted_at_once(
