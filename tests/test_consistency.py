@@ -207,6 +207,8 @@ def test_a_t1_map_off_the_grid_is_dropped_with_a_note(phantom: Path, tmp_path: P
         (("UNI",), "INV1 and INV2 series missing for slab 1: received UNI"),
         (("UNI", "T1MAP"), "INV1 and INV2 series missing for slab 1: received UNI, T1 map"),
         (("INV1", "UNI"), "INV2 series missing for slab 1: received INV1, UNI"),
+        # UNI and T1 map carry INV1's flip angle: not a mismatch with INV2's
+        (("INV2", "UNI", "T1MAP"), "INV1 series missing for slab 1: received INV2, UNI, T1 map"),
     ],
 )
 def test_a_missing_inversion_series_is_named_not_the_site_profile(

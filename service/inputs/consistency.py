@@ -12,6 +12,9 @@ agree on what that acquisition was:
 - **FlipAngle**: INV1 carries the first flip angle, INV2 the second (they may differ). UNI
   and the T1 map, when they carry one, must carry one of the two (within
   :data:`FLIP_ATOL_DEG`).
+- UNI and the T1 map are compared (InversionTime, FlipAngle) only when INV1 and INV2 both
+  carry the value: without one of them, the value it would have carried is unknown (a
+  derived series carrying the missing INV1's flip angle is not a mismatch with INV2's).
 - **Geometry**: every series on the same grid (matrix, pixel spacing, slice spacing,
   orientation, position, frame of reference); see :func:`grid_differences` for the
   tolerances. Series are paired to a slab by grid, so a series of a slab that is off the grid
@@ -168,9 +171,14 @@ def _derived_agree(
     *,
     relative: bool,
 ) -> list[str]:
-    """UNI/T1 map values of ``tag`` that are neither INV1's nor INV2's."""
+    """UNI/T1 map values of ``tag`` that are neither INV1's nor INV2's.
+
+    Judged only when INV1 and INV2 both carry ``tag``: a derived series may carry the value of
+    the inversion series that is missing (or silent), so with one of the two it cannot be
+    told apart from a mismatch (the missing series is reported where T1 needs it).
+    """
     sources = [k for k in ("inv1", "inv2") if k in values]
-    if not sources:
+    if len(sources) < 2:
         return []
     problems = []
     for key in ("uni", "t1map"):
