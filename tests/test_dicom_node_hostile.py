@@ -208,6 +208,37 @@ def test_c_store_without_priority_is_stored_and_answered_success(
     assert (record.instances, record.failures, record.reason) == (1, 0, "released")
 
 
+def test_a_data_set_whose_uids_differ_from_the_request_gets_a900(
+    hostile_node: Callable[..., Node],
+) -> None:
+    """The request names one instance, the data set is another: refused, nothing kept."""
+    node = hostile_node()
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assert assoc.is_established
+    ds = make_mr()
+    named = "1.2.826.0.1.3680043.8.498.1"  # a valid UID, not the data set's
+    try:
+        response, seconds = send_raw_c_store(assoc, ds, sop_instance_uid=named)
+        good, _ = send_raw_c_store(assoc, ds, sop_instance_uid=ds.SOPInstanceUID, message_id=2)
+    finally:
+        assoc.release()
+    assert response is not None and seconds < 2
+    assert response.Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "differ from the request" in str(response.ErrorComment)
+    assert good is not None and good.Status == StoreStatus.SUCCESS  # the association goes on
+    info = node.instances.get(timeout=5)
+    assert info.sop_instance_uid == ds.SOPInstanceUID
+    assert [path.name for path in node.spool.iter_files()] == [info.path.name]
+    assert list(node.spool.quarantine_dir.glob("*.dcm")) == []
+    (refusal,) = _refusals(node)
+    assert refusal.sop_instance_uid == named
+    assert refusal.status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    record = node.record()
+    assert (record.instances, record.failures) == (1, 1)
+
+
 def test_request_without_message_id_is_aborted_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
