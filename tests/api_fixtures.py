@@ -74,7 +74,14 @@ def seed(
     if summary is None:
         summary = {
             "timings_s": {"load": 1.25, "compute": 7.5, "write_results": 3.0},
-            "qc": {"verdict": "pass", "reasons": [], "metrics": {}},
+            "qc": {
+                "verdict": "warn",
+                "reasons": [
+                    "warn: slab 1: scanner T1 map not used: T1 map series 7: no value is "
+                    "positive (all values <= 0)"
+                ],
+                "metrics": {},
+            },
         }
     for n, (study, ae) in enumerate([("1.2.3.100", "SCANNER"), ("1.2.3.200", "SCANNER")]):
         for i in range(3):

@@ -198,7 +198,11 @@ def test_job_detail_has_timings_outputs_and_the_report_files(
     login(client, "vera")
     job = client.get(f"/api/jobs/{seeded.done_id}").json()
     assert job["timings_s"] == {"load": 1.25, "compute": 7.5, "write_results": 3.0}
-    assert job["qc_verdict"] == "pass"
+    assert job["qc_verdict"] == "warn"
+    assert job["qc_reasons"] == [
+        "warn: slab 1: scanner T1 map not used: T1 map series 7: no value is positive "
+        "(all values <= 0)"
+    ]
     assert job["dicom_outputs"] == ["t1_map.dcm"]
     assert job["sent"] == {"PACS@127.0.0.1:11112": True}
     assert job["patient_key"] == "key100"

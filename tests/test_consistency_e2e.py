@@ -203,6 +203,9 @@ def test_an_unusable_scanner_t1_map_is_dropped_with_a_qc_note_and_results_delive
     # what the API and web page show: done, QC passed with warnings, results sent
     assert detail["state"] == "done" and detail["error"] == ""
     assert detail["qc_verdict"] == "warn"
+    assert [r for r in detail["qc_reasons"] if note in r] == [
+        f"warn: {note}: {why} (all values <= 0)"
+    ]
     assert any(e["kind"] == "results.sent" for e in detail["events"])
     # every result object reached the PACS, once; the report there says why
     delivered = {

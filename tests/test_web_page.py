@@ -104,6 +104,10 @@ def test_operator_logs_in_sees_the_report_and_retries_a_failed_job(
         done_row.click()
         expect(page.locator("#detail-title")).to_have_text(f"Job #{s.done_id}")
         expect(page.locator("#detail-facts")).to_contain_text("compute")
+        # why QC warned, not only that it did (this exam has no B1 map)
+        expect(page.locator("#detail-facts")).to_contain_text(
+            "warn: T1 is not corrected for B1+ inhomogeneity (no B1 map)"
+        )
         figures = page.locator("#detail-figures img")
         expect(figures.first).to_be_visible()
         assert figures.count() >= 2

@@ -94,6 +94,11 @@ class JobDetail(JobSummary):
     queue_wait_s: float | None
     timings_s: dict[str, float] = Field(description="summary.json timings_s of the run.")
     qc_verdict: str | None
+    qc_reasons: list[str] = Field(
+        default_factory=list,
+        description="Why the QC verdict is not a plain pass, one line each (summary.json "
+        "qc.reasons), e.g. a scanner T1 map that was not used.",
+    )
     dicom_outputs: list[str]
     files: list[JobFile]
     sent: dict[str, bool] = Field(description="Destination -> results delivered.")

@@ -78,6 +78,7 @@ def job_detail(store: JobStore, job: Job, now: float) -> JobDetail:
         ),
         timings_s={k: float(v) for k, v in timings.items()},
         qc_verdict=qc.get("verdict") if isinstance(qc, dict) else None,
+        qc_reasons=_qc_reasons(qc),
         dicom_outputs=[Path(p).name for p in job.result.get("dicom", [])],
         files=files,
         sent={str(k): bool(v) for k, v in job.result.get("sent", {}).items()},
@@ -87,6 +88,12 @@ def job_detail(store: JobStore, job: Job, now: float) -> JobDetail:
             for e in store.events(job_id=job.id, limit=100)
         ],
     )
+
+
+def _qc_reasons(qc: object) -> list[str]:
+    """The QC reasons of a run's summary (``qc.reasons``), as text lines."""
+    reasons = qc.get("reasons") if isinstance(qc, dict) else None
+    return [str(reason) for reason in reasons] if isinstance(reasons, list) else []
 
 
 def control_view(controls: Controls) -> Control:

@@ -176,7 +176,7 @@ async function showJob(jobId) {
     ["Started because", job.reason],
     ["Waited in queue", duration(job.queue_wait_s)],
     ["Stage timings", timings.length ? timings.join(", ") : "—"],
-    ["QC", job.qc_verdict || "—"],
+    ["QC", job.qc_reasons.length ? job.qc_reasons.join("; ") : job.qc_verdict || "—"],
     ["Attempts", job.attempts],
     ["Failure reason", job.error || "—"],
     ["Delivered", Object.entries(job.sent).map(([d, ok]) => `${d}: ${ok ? "yes" : "no"}`)
