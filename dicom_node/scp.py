@@ -699,13 +699,15 @@ class StorageSCP:
         return None
 
     def _limits(self, state: _AssocState, *, exclude: Association | None) -> Rejection | None:
-        """max_associations (with acceptor processes) and max_associations_per_ae.
+        """max_associations, then max_associations_per_ae, over every acceptor process.
 
-        The caller holds ``self._lock``; ``exclude`` is the association being decided.
+        The same order with one process and with several (pynetdicom's own total limit,
+        checked after this handler, then never decides first). The caller holds
+        ``self._lock``; ``exclude`` is the association being decided.
         """
         local = [s for other, s in self._states.items() if other is not exclude]
         remote = [admission.calling_ae for admission, _ in self._remote.values()]
-        if self._pool is not None and len(local) + len(remote) >= self._config.max_associations:
+        if len(local) + len(remote) >= self._config.max_associations:
             reason = "too many associations (max_associations reached)"
         else:
             others = sum(1 for s in local if s.calling_ae == state.calling_ae)

@@ -233,6 +233,33 @@ def test_associations_beyond_the_limit_are_rejected_and_recorded(
         held.release()
 
 
+def test_max_associations_is_checked_before_the_per_ae_cap_in_one_process(
+    start_node: Callable[..., Node],
+) -> None:
+    """As with acceptor processes: an association over both limits is audited as the total."""
+    node = start_node(max_associations=2, max_associations_per_ae=1)
+    held = []
+    for calling_ae in ("SCANNER", "OTHER"):
+        holder = AE(ae_title=calling_ae)
+        holder.add_requested_context(Verification)
+        held.append(holder.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE))
+    assert all(assoc.is_established for assoc in held)
+    try:
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], node.destination, calling_ae="SCANNER", timeout_s=10)
+        assert node.record().reason == "too many associations (max_associations reached)"
+        held.pop().release()  # OTHER's: the total is below the limit again
+        assert node.record().reason == "released"
+        with pytest.raises(SendError, match="rejected"):
+            send([make_mr()], node.destination, calling_ae="SCANNER", timeout_s=10)
+        assert node.record().reason == (
+            "too many associations from this calling AE (max_associations_per_ae 1)"
+        )
+    finally:
+        for assoc in held:
+            assoc.release()
+
+
 def test_echo_reports_reachability(start_node: Callable[..., Node]) -> None:
     node = start_node()
     assert echo(node.destination, "SCANNER", timeout_s=5) is True
