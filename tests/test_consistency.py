@@ -5,11 +5,9 @@ missing series is reported as a missing series."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -27,9 +25,9 @@ from service.inputs.t1_map import slab_t1
 from service.inputs.volumes import SeriesVolume
 from service.phantom import PhantomOptions, write_cohort
 from service.pipeline.run import with_series_notes
+from tests.exam_edits import Edit, copy_exam_series
 
 TINY = PhantomOptions(matrix=32, voxel_mm=0.6, slices_per_slab=3, slabs=1)
-Edit = Callable[[str, Dataset], None]
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +42,7 @@ def _exam(
 ) -> list[Slab]:
     """Copy the series whose folder names contain one of ``keep``, edit them, pair slabs."""
     source = phantom / "control-001" / "exam-1" / "dicom"
-    target = tmp_path / "dicom"
-    for folder in sorted(source.iterdir()):
-        if not any(k in folder.name for k in keep):
-            continue
-        shutil.copytree(folder, target / folder.name)
-        if edit is None:
-            continue
-        for path in sorted((target / folder.name).glob("*.dcm")):
-            ds = pydicom.dcmread(path)
-            edit(folder.name, ds)
-            ds.save_as(path)
+    target = copy_exam_series(source, tmp_path / "dicom", keep, edit)
     exams = find_exam_series(dicom_files(target))
     assert len(exams) == 1
     return match_slabs(next(iter(exams.values())))

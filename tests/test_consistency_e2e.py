@@ -9,9 +9,8 @@ with a QC note; a missing inversion series is named as such, not as a site-profi
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from pydicom.dataset import Dataset
 from service.jobs.store import Job, JobState
 from tests.api_fixtures import PASSWORDS, users
 from tests.counting_pacs import CountingPacs
+from tests.exam_edits import Edit, copy_exam_series
 from tests.service_harness import PhantomExam, ServiceProcess, finished, make_exams, storescu
 
 pytestmark = pytest.mark.slow
 
-Edit = Callable[[str, Dataset], None]
 ALL = ("INV1", "INV2", "UNI", "T1MAP")
 
 
@@ -44,19 +43,8 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomExam:
 def _exam_copy(
     phantom: PhantomExam, target: Path, keep: tuple[str, ...] = ALL, edit: Edit | None = None
 ) -> Path:
-    """Copy the series whose folder names contain one of ``keep``, rewriting each file with
-    ``edit(folder name, dataset)``; returns the folder to send."""
-    for folder in sorted(phantom.dicom_dir.iterdir()):
-        if not any(k in folder.name for k in keep):
-            continue
-        shutil.copytree(folder, target / folder.name)
-        if edit is None:
-            continue
-        for path in sorted((target / folder.name).glob("*.dcm")):
-            ds = pydicom.dcmread(path)
-            edit(folder.name, ds)
-            ds.save_as(path)
-    return target
+    """The phantom's series whose folder names contain one of ``keep``, edited; to send."""
+    return copy_exam_series(phantom.dicom_dir, target, keep, edit)
 
 
 def _header(phantom: PhantomExam, component: str) -> Dataset:
