@@ -272,7 +272,8 @@ def _length_problem(
         return f"SamplesPerPixel {samples} is not 1..4"
     frames = _int(values, "NumberOfFrames", default=1)
     if frames is None or frames < 1:
-        return f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not >= 1"
+        shown = frames if frames is not None else repr(ds.get("NumberOfFrames"))[:30]
+        return f"NumberOfFrames {shown} is not >= 1"
     photometric = str(values.get("PhotometricInterpretation", "")).strip()
     expected = expected_native_bytes(rows, columns, frames, samples, bits, photometric)
     if expected > max_pixel_bytes:

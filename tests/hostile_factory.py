@@ -48,6 +48,10 @@ def _samples_five(ds: Dataset) -> None:
     ds.SamplesPerPixel = 5  # the pixel data would be long enough for 1 sample only
 
 
+def _frames_zero(ds: Dataset) -> None:
+    ds.NumberOfFrames = 0
+
+
 def _one_byte_short(ds: Dataset) -> None:
     ds.Rows = ds.Rows + 1  # the data now lack one row
 
@@ -66,6 +70,7 @@ BROKEN: dict[str, tuple[Callable[[Dataset], None], str]] = {
     "Columns 0": (_columns_zero, "Rows 16 x Columns 0 with PixelData"),
     "SamplesPerPixel 0": (_samples_zero, "SamplesPerPixel 0 is not 1..4"),
     "SamplesPerPixel 5": (_samples_five, "SamplesPerPixel 5 is not 1..4"),
+    "NumberOfFrames 0": (_frames_zero, "NumberOfFrames 0 is not >= 1"),
     "one row short": (_one_byte_short, "PixelData 512 B, header needs 544 B"),
     "no fragments": (_no_fragments, "encapsulated PixelData has no fragments"),
 }
