@@ -31,6 +31,8 @@ def test_demo_sends_an_exam_and_finds_the_results_in_the_pacs(
     ):
         assert kind in output
     assert "abnormal voxels in the cord" in output
+    # the demo's exam has no B1 map: QC says so, not only "warn"
+    assert "QC note: warn: T1 is not corrected for B1+ inhomogeneity (no B1 map)" in output
     results = list((tmp_path / "service" / "results").glob("job-*/current/dicom/*.dcm"))
     assert len(results) >= 9  # 2 T1 + 2 Z maps, 2 SEG, SR, >= 2 figures, PDF
 

@@ -255,6 +255,8 @@ def run_demo(
             f"mean T1 in the cord {t1.get('cord')} ms (white matter {t1.get('wm')} ms, "
             f"grey matter {t1.get('gm')} ms); QC {summary['qc']['verdict']}"
         )
+        for reason in summary["qc"].get("reasons", []):
+            _say(f"  QC note: {reason}")
         if "abnormal_percent" in summary:
             lesions = summary.get("lesion_summary", {})
             _say(
