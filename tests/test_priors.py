@@ -204,7 +204,9 @@ def test_a_move_to_an_unknown_destination_fails_with_a_reason(orthanc: OrthancPa
         )
 
 
-def _service_with_priors(tmp_path: Path, source: str) -> tuple[Service, list[int]]:
+def _service_with_priors(
+    tmp_path: Path, source: str, wait_s: float = 3600
+) -> tuple[Service, list[int]]:
     settings = load_settings(
         data_dir=tmp_path / "data",
         node={
@@ -215,7 +217,7 @@ def _service_with_priors(tmp_path: Path, source: str) -> tuple[Service, list[int
             "settle_s": 0.1,
             "stale_s": 0.2,
         },
-        priors={"source": source, "max_age_days": 400, "timeout_s": 30},
+        priors={"source": source, "max_age_days": 400, "timeout_s": 30, "wait_s": wait_s},
     )
     service = Service(settings)
     queued: list[int] = []
@@ -254,6 +256,58 @@ def test_a_new_exam_waits_for_its_prior_to_be_fetched_and_processed(
         assert queued == [prior_job, current_job]
         (fetched,) = [e["message"] for e in service.store.iter_events("prior.fetched")]
         assert prior[0].StudyInstanceUID in fetched and patient not in fetched
+    finally:
+        service.scp.stop()
+        service.batcher.close()
+
+
+def test_a_patient_without_an_earlier_exam_is_released_and_audited_as_no_prior(
+    orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    patient = f"FIRST-{generate_uid()[-8:]}"
+    later = _exam(patient, "20250101")  # on the PACS, but taken after the current exam
+    assert send(later, Destination.parse(orthanc.destination), calling_ae="X").n_stored == 3
+    service, queued = _service_with_priors(tmp_path, orthanc.destination)
+    try:
+        assert service.scp.port is not None
+        ours = Destination(service.settings.node.ae_title, "127.0.0.1", service.scp.port)
+        current = _exam(patient, "20240601")
+        send(current, ours, calling_ae="SCANNER")
+        assert service.dispatch_ready(_later()) == []  # held while the PACS is asked
+        assert service._held[current[0].StudyInstanceUID].done.wait(30)
+        (job,) = service.dispatch_ready(_later())
+        assert queued == [job]
+        assert service.store.get_job(job).study_uid == current[0].StudyInstanceUID
+        (none,) = [e["message"] for e in service.store.iter_events("prior.none")]
+        assert current[0].StudyInstanceUID in none and "no prior on the PACS" in none
+        assert list(service.store.iter_events("prior.fetched")) == []
+        assert patient not in none
+    finally:
+        service.scp.stop()
+        service.batcher.close()
+
+
+def test_an_exam_whose_prior_is_not_processed_in_time_goes_on_without_it(
+    orthanc: OrthancPacs, tmp_path: Path
+) -> None:
+    patient = f"LATE-{generate_uid()[-8:]}"
+    prior, current = _exam(patient, "20240101"), _exam(patient, "20240601")
+    assert send(prior, Destination.parse(orthanc.destination), calling_ae="X").n_stored == 3
+    service, queued = _service_with_priors(tmp_path, orthanc.destination, wait_s=60)
+    try:
+        assert service.scp.port is not None
+        _put_modality(orthanc, service.settings.node.ae_title, service.scp.port)
+        ours = Destination(service.settings.node.ae_title, "127.0.0.1", service.scp.port)
+        send(current, ours, calling_ae="SCANNER")
+        assert service.dispatch_ready(_later()) == []
+        assert service._held[current[0].StudyInstanceUID].done.wait(30)
+        (prior_job,) = service.dispatch_ready(_later())  # the prior's job, never finished
+        assert service.dispatch_ready(_later()) == []  # within wait_s: still held
+        (current_job,) = service.dispatch_ready(time.time() + 70)  # past wait_s
+        assert service.store.get_job(current_job).study_uid == current[0].StudyInstanceUID
+        assert queued == [prior_job, current_job]
+        (late,) = [e["message"] for e in service.store.iter_events("prior.late")]
+        assert current[0].StudyInstanceUID in late and "without its prior after 60 s" in late
     finally:
         service.scp.stop()
         service.batcher.close()
