@@ -15,13 +15,14 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.query import QueryError, find_studies, move_study
-from dicom_node.scu import Destination, send
+from dicom_node.scu import Destination, SendError, send
 from service.jobs.priors import fetch_prior
-from service.phantom.pacs import OrthancPacs, free_port, orthanc_binary
+from service.phantom.pacs import OrthancPacs, OrthancTls, free_port, orthanc_binary
 from service.pipeline.history import choose_prior_study, prior_search_dates
 from service.server import Service
 from service.settings import load_settings
 from tests.test_dicom_node_factories import make_mr
+from tests.tls_factory import OPENSSL, make_pki
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,9 @@ def _exam(patient_id: str, study_date: str, n: int = 3) -> list:
     return exam
 
 
-def _put_modality(pacs: OrthancPacs, ae_title: str, port: int) -> None:
-    body = json.dumps({"AET": ae_title, "Host": "127.0.0.1", "Port": port}).encode()
+def _put_modality(pacs: OrthancPacs, ae_title: str, port: int, *, tls: bool = False) -> None:
+    modality = {"AET": ae_title, "Host": "127.0.0.1", "Port": port, "UseDicomTls": tls}
+    body = json.dumps(modality).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{pacs.http_port}/modalities/{ae_title}", data=body, method="PUT"
     )
@@ -187,6 +189,81 @@ def test_the_prior_is_found_and_moved_from_orthanc_into_our_store(
     finally:
         service.scp.stop()
         service.batcher.close()
+
+
+@pytest.mark.slow
+def test_the_prior_is_fetched_from_orthanc_over_tls(tmp_path: Path) -> None:
+    """C-FIND and C-MOVE over DICOM TLS; the moved instances come back over TLS too."""
+    if orthanc_binary() is None or OPENSSL is None:
+        pytest.skip("Orthanc or openssl is not installed")
+    pki = make_pki(tmp_path / "pki")
+    pacs = OrthancPacs.start(
+        tmp_path / "orthanc",
+        tls=OrthancTls(pki.server_cert, pki.server_key, pki.ca_cert),
+    )
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        node={
+            "host": "127.0.0.1",
+            "port": 0,
+            "min_free_mb": 0,
+            "record_flush_ms": 10,
+            "tls": {
+                "port": 0,
+                "certificate": str(pki.server_cert),
+                "private_key": str(pki.server_key),
+                "ca_certificates": str(pki.ca_cert),
+                "require_client_certificate": True,
+            },
+        },
+        send={
+            "tls": {
+                "ca_certificates": str(pki.ca_cert),
+                "certificate": str(pki.client_cert),
+                "private_key": str(pki.client_key),
+            }
+        },
+        priors={"source": f"tls://{pacs.destination}", "max_age_days": 400, "timeout_s": 30},
+    )
+    patient = f"TLS-{generate_uid()[-8:]}"
+    prior = _exam(patient, "20240101")
+    service = Service(settings)
+    service.scp.start()
+    try:
+        source = settings.priors.destination()
+        assert source is not None and source.tls
+        assert service.scp.tls_port is not None
+        _put_modality(pacs, settings.node.ae_title, service.scp.tls_port, tls=True)
+        tls = settings.send.client_tls()
+        assert send(prior, source, calling_ae="CORDT1", tls=tls).n_stored == 3
+        with pytest.raises(SendError):  # the PACS speaks TLS only
+            send(prior, Destination.parse(pacs.destination), calling_ae="CORDT1", timeout_s=5)
+        fetched = fetch_prior(
+            settings,
+            patient_id=patient,
+            issuer_of_patient_id="HOSP",
+            current_study_uid=generate_uid(),
+            moment=("20240601", "100000"),
+        )
+        assert fetched is not None and fetched.study_uid == prior[0].StudyInstanceUID
+        assert fetched.instances == 3
+        assert service.batcher.flush()
+        arrived = {i["sop_instance_uid"] for i in service.store.instance_infos()}
+        assert arrived == {ds.SOPInstanceUID for ds in prior}
+        # Orthanc's C-STORE sub-operations came in on our TLS port, with its certificate
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [e["message"] for e in service.store.iter_events("association")]
+            if any("ORTHANC@127.0.0.1 accepted" in line for line in lines):
+                break
+            time.sleep(0.1)
+        (moved,) = [line for line in lines if "ORTHANC@127.0.0.1 accepted" in line]
+        assert "3 instance(s) stored" in moved and "TLS (TLSv1." in moved, moved
+        assert "CN=cordt1-server" in moved, moved
+    finally:
+        service.scp.stop()
+        service.batcher.close()
+        pacs.stop()
 
 
 def test_a_move_to_an_unknown_destination_fails_with_a_reason(orthanc: OrthancPacs) -> None:

@@ -25,7 +25,15 @@ from dicom_node.instance import InstanceInfo, PseudonymKey
 from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.spool import Spool
 
-__all__ = ["FolderPacs", "OrthancPacs", "Pacs", "free_port", "start_pacs", "wait_for_port"]
+__all__ = [
+    "FolderPacs",
+    "OrthancPacs",
+    "OrthancTls",
+    "Pacs",
+    "free_port",
+    "start_pacs",
+    "wait_for_port",
+]
 
 ORTHANC_BINARY = "Orthanc"
 ORTHANC_SEARCH = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
@@ -89,6 +97,23 @@ def orthanc_binary() -> str | None:
     return next((p for p in ORTHANC_SEARCH if Path(p).exists()), None)
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """PEM files of a DICOM TLS Orthanc (Orthanc's ``DicomTls*`` settings).
+
+    Attributes
+    ----------
+    certificate, private_key : pathlib.Path
+        Orthanc's certificate and its unencrypted key, used as server and as client.
+    trusted_certificates : pathlib.Path
+        CA certificates the peers' certificates must chain to (peers must present one).
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+
+
 @dataclass
 class OrthancPacs:
     """A throw-away Orthanc on free ports with its own storage folder."""
@@ -103,12 +128,19 @@ class OrthancPacs:
 
     @classmethod
     def start(
-        cls, folder: Path, *, ae_title: str = "ORTHANC", dicomweb: bool = False
+        cls,
+        folder: Path,
+        *,
+        ae_title: str = "ORTHANC",
+        dicomweb: bool = False,
+        tls: OrthancTls | None = None,
     ) -> OrthancPacs:
         """Start Orthanc and wait until both its HTTP and DICOM ports answer.
 
         ``dicomweb`` loads the DICOMweb plugin (Debian ``orthanc-dicomweb``) with its REST root
-        at ``/dicom-web/`` and WADO-URI at ``/wado``, as a web viewer needs them.
+        at ``/dicom-web/`` and WADO-URI at ``/wado``, as a web viewer needs them. With
+        ``tls`` its DICOM port speaks DICOM TLS only, and it uses TLS towards modalities
+        registered with ``UseDicomTls``.
         """
         binary = orthanc_binary()
         if binary is None:
@@ -135,6 +167,14 @@ class OrthancPacs:
             "SaveJobs": False,
             "StableAge": 2,
         }
+        if tls is not None:
+            config.update(
+                DicomTlsEnabled=True,
+                DicomTlsCertificate=str(tls.certificate),
+                DicomTlsPrivateKey=str(tls.private_key),
+                DicomTlsTrustedCertificates=str(tls.trusted_certificates),
+                DicomTlsRemoteCertificateRequired=True,
+            )
         if dicomweb:
             config["Plugins"] = [str(DICOMWEB_PLUGIN)]
             config["DicomWeb"] = DICOMWEB_CONFIG
