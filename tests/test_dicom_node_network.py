@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
@@ -265,6 +265,35 @@ def test_echo_reports_reachability(start_node: Callable[..., Node]) -> None:
     assert echo(node.destination, "SCANNER", timeout_s=5) is True
     node.scp.stop()
     assert echo(node.destination, "SCANNER", timeout_s=5) is False
+
+
+def test_our_scu_reports_a_peer_warning_per_instance_as_stored() -> None:
+    """A PACS that stores with a warning (0xB000, coerced elements): stored, and said so."""
+
+    def store(event: evt.Event) -> Dataset:
+        status = Dataset()
+        coerce = event.request.AffectedSOPInstanceUID == warned.SOPInstanceUID
+        status.Status = 0xB000 if coerce else 0x0000
+        if coerce:
+            status.ErrorComment = "PatientName coerced"
+        return status
+
+    warned, plain = make_mr(), make_mr()
+    peer = AE(ae_title="WARNPACS")
+    peer.add_supported_context(MRImageStorage)
+    server = peer.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    try:
+        destination = Destination("WARNPACS", "127.0.0.1", server.server_address[1])
+        report = send([warned, plain], destination, calling_ae="CORDT1", timeout_s=10)
+    finally:
+        server.shutdown()
+    assert (report.n_stored, report.n_warnings, report.failed) == (2, 1, ())
+    first, second = report.outcomes
+    assert first.status == 0xB000 and first.stored
+    assert first.detail == "0xB000 warning: coercion of data elements (PatientName coerced)"
+    assert (second.status, second.detail) == (0x0000, "0x0000 success")
 
 
 def test_send_to_a_closed_port_raises_send_error_naming_destination() -> None:
