@@ -91,6 +91,7 @@ def send_raw_c_store(
     sop_instance_uid: str | None,
     message_id: int | None = 1,
     priority: int | None = 2,
+    with_class_uid: bool = True,
     with_data_set: bool = True,
     timeout_s: float = 10.0,
 ) -> tuple[C_STORE | None, float]:
@@ -104,7 +105,8 @@ def send_raw_c_store(
     request = C_STORE()
     if message_id is not None:
         request.MessageID = message_id
-    request.AffectedSOPClassUID = ds.SOPClassUID
+    if with_class_uid:
+        request.AffectedSOPClassUID = ds.SOPClassUID
     if sop_instance_uid is not None:
         request.AffectedSOPInstanceUID = sop_instance_uid
     if priority is None:

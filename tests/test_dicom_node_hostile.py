@@ -172,6 +172,30 @@ def test_c_store_without_data_set_is_answered_c210_at_once(
     assert refusal.sop_instance_uid == ds.SOPInstanceUID
 
 
+def test_c_store_without_affected_sop_class_uid_is_answered_c210_at_once(
+    hostile_node: Callable[..., Node],
+) -> None:
+    node = hostile_node()
+    ae = AE(ae_title="BROKEN")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    ds = make_mr()
+    try:
+        response, seconds = send_raw_c_store(
+            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, with_class_uid=False
+        )
+        good, _ = send_raw_c_store(assoc, ds, sop_instance_uid=ds.SOPInstanceUID, message_id=2)
+    finally:
+        assoc.release()
+    assert response is not None and seconds < 2
+    assert response.Status == StoreStatus.CANNOT_UNDERSTAND
+    assert "AffectedSOPClassUID" in str(response.ErrorComment)
+    assert good is not None and good.Status == StoreStatus.SUCCESS  # the association goes on
+    (refusal,) = _refusals(node)
+    assert refusal.sop_instance_uid == ds.SOPInstanceUID
+    assert node.instances.get(timeout=5).sop_instance_uid == ds.SOPInstanceUID
+
+
 def test_c_store_without_priority_is_stored_and_answered_success(
     hostile_node: Callable[..., Node],
 ) -> None:
