@@ -146,6 +146,32 @@ def test_plain_port_still_works_beside_the_tls_port(
     assert node.record().tls == ""
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one_process", "acceptor_processes"])
+def test_the_per_ae_cap_counts_tls_and_plain_associations_together(
+    start_tls_node: Callable[..., TlsNode], pki: Pki, processes: int
+) -> None:
+    """A scanner holding its one allowed association over TLS gets no second on either port."""
+    node = start_tls_node(max_associations_per_ae=1, acceptor_processes=processes)
+    scanner = AE(ae_title="SCANNER")
+    scanner.add_requested_context(Verification)
+    tls_args = (client(pki).context(), "127.0.0.1")
+    held = scanner.associate(
+        "127.0.0.1", node.scp.tls_port or 0, ae_title=OUR_AE, tls_args=tls_args
+    )
+    assert held.is_established
+    cap = "too many associations from this calling AE (max_associations_per_ae 1)"
+    try:
+        assert not echo(node.destination(tls=False), "SCANNER")
+        assert not echo(node.destination(), "SCANNER", tls=client(pki))
+        assert echo(node.destination(tls=False), "OTHER")  # another AE is not capped
+        reasons = sorted(node.record().reason for _ in range(3))
+        assert reasons == ["released", cap, cap]
+    finally:
+        held.release()
+    assert node.record().reason == "released"  # the held one
+    assert echo(node.destination(), "SCANNER", tls=client(pki))  # a free slot again
+
+
 def test_tls_only_node_has_no_plain_port(start_tls_node: Callable[..., TlsNode], pki: Pki) -> None:
     node = start_tls_node(port=None)
     assert node.scp.port is None and node.scp.tls_port
