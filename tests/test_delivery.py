@@ -15,7 +15,7 @@ from service.jobs.delivery import deliver, result_objects
 from service.jobs.operator import OperatorError, cancel_job, lease_text, resend_job, retry_job
 from service.jobs.store import DeliveryStatus, JobState, JobStore
 from service.jobs.tasks import JobRunner, SendOutcome
-from service.phantom.pacs import free_port
+from service.phantom.pacs import FolderPacs, free_port
 from service.settings import Settings
 from tests.counting_pacs import CountingPacs
 
@@ -105,6 +105,28 @@ def test_an_object_in_doubt_is_looked_up_and_not_sent_twice(
     report = deliver(store, 1, 1, pacs.destination, objects, calling_ae="CORDT1", timeout_s=10)
     assert (report.found_in_doubt, report.sent) == (1, 3)
     assert sorted(pacs.counts().values()) == [1, 1, 1, 1]
+
+
+def test_an_object_in_doubt_is_sent_again_when_the_destination_answers_no_query(
+    store: JobStore, files: list[Path], tmp_path: Path
+) -> None:
+    """A storage-only destination (no C-FIND): nothing can be confirmed, so all are sent."""
+    objects = result_objects(files)
+    in_doubt = objects[0]
+    pacs = FolderPacs.start(tmp_path / "folder-pacs")
+    try:
+        send([in_doubt.path], Destination.parse(pacs.destination), calling_ae="CORDT1")
+        store.record_delivery(
+            1, 1, in_doubt.sop_instance_uid, pacs.destination, DeliveryStatus.SENDING
+        )
+        report = deliver(store, 1, 1, pacs.destination, objects, calling_ae="CORDT1", timeout_s=10)
+        held = pacs.sop_instance_uids(STUDY)
+    finally:
+        pacs.stop()
+    assert (report.found_in_doubt, report.sent, report.complete) == (0, 4, True)
+    assert held == {obj.sop_instance_uid for obj in objects}  # once each: re-sent, replaced
+    statuses = {r.sop_instance_uid: r.status for r in store.delivery_records(1)}
+    assert set(statuses.values()) == {DeliveryStatus.SENT}
 
 
 def test_an_unreachable_destination_records_failures_and_sends_nothing(
