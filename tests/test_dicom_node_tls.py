@@ -275,6 +275,31 @@ def test_tls_below_1_2_is_refused(start_tls_node: Callable[..., TlsNode], pki: P
     assert not record.accepted and "TLS handshake failed" in record.reason
 
 
+def test_the_null_profile_without_encryption_is_refused(
+    start_tls_node: Callable[..., TlsNode], pki: Pki
+) -> None:
+    """The retired null profile (TLS without encryption) finds no common cipher suite."""
+    node = start_tls_node(require_client_certificate=False)
+    null = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    null.load_verify_locations(pki.ca_cert)
+    null.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 has no null suites
+    try:
+        null.set_ciphers("eNULL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pytest.skip("this OpenSSL cannot offer a null cipher suite")
+    assert all(
+        "NULL" in suite["name"] for suite in null.get_ciphers() if "TLS_" not in suite["name"]
+    )
+    with (
+        socket.create_connection(("127.0.0.1", node.scp.tls_port or 0), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        null.wrap_socket(raw, server_hostname="localhost")
+    record = node.record()
+    assert not record.accepted
+    assert record.reason == "TLS handshake failed: no common cipher suite"
+
+
 def test_failed_handshakes_and_a_silent_client_do_not_lock_out_a_good_client(
     start_tls_node: Callable[..., TlsNode], pki: Pki
 ) -> None:
