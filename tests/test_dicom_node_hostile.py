@@ -19,7 +19,7 @@ from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[at
 
 from dicom_node.pixel_header import expected_native_bytes, needs_pixel_data, pixel_data_problem
 from dicom_node.scp import ScpConfig, StoreRefusal
-from dicom_node.scu import Destination, SendError, send
+from dicom_node.scu import Destination, SendError, echo, send
 from dicom_node.status import StoreStatus
 from service.jobs.store import JobStore
 from service.server import Service, record_association, record_refusal
@@ -350,6 +350,36 @@ def test_ten_bad_clients_do_not_lock_out_the_scanner(hostile_node: Callable[...,
     finally:
         for assoc in holders:
             assoc.release()
+
+
+def test_silent_clients_with_other_ae_titles_hold_every_slot_until_the_idle_timeout(
+    hostile_node: Callable[..., Node],
+) -> None:
+    """The limit of an empty allow-list: only the idle timeout frees the slots."""
+    node = hostile_node(max_associations=3, network_timeout_s=1.5)
+    holders = []
+    for n in range(3):
+        ae = AE(ae_title=f"SILENT{n}")
+        ae.add_requested_context(Verification)
+        holders.append(ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE))
+    try:
+        assert all(assoc.is_established for assoc in holders)
+        assert not echo(node.destination, "SCANNER", timeout_s=5)  # every slot is held
+        deadline = time.monotonic() + 10
+        while any(not a.is_aborted for a in holders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(assoc.is_aborted for assoc in holders)  # dropped as idle
+        # the slots are free once each is finished (audited), a moment after the abort
+        records = [node.record() for _ in range(4)]
+        assert sorted((r.calling_ae, r.reason) for r in records) == [
+            ("SCANNER", "too many associations (max_associations reached)"),
+            *[(f"SILENT{n}", "aborted by us: idle for 1.5 s") for n in range(3)],
+        ]
+        assert echo(node.destination, "SCANNER", timeout_s=5)
+    finally:
+        for assoc in holders:
+            if assoc.is_established:
+                assoc.release()
 
 
 def test_scp_config_validates_the_new_limits() -> None:
