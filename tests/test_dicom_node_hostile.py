@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -380,6 +381,17 @@ def test_silent_clients_with_other_ae_titles_hold_every_slot_until_the_idle_time
         for assoc in holders:
             if assoc.is_established:
                 assoc.release()
+
+
+def test_a_connection_that_never_asks_for_an_association_is_closed_after_the_acse_timeout(
+    hostile_node: Callable[..., Node],
+) -> None:
+    node = hostile_node(acse_timeout_s=1.0)
+    with socket.create_connection(("127.0.0.1", node.destination.port), timeout=10) as raw:
+        started = time.monotonic()
+        assert raw.recv(1024) == b""  # closed by us, nothing sent
+        assert 0.8 < time.monotonic() - started < 5
+    assert echo(node.destination, "SCANNER", timeout_s=5)
 
 
 def test_scp_config_validates_the_new_limits() -> None:
