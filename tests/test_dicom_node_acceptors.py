@@ -6,6 +6,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -195,6 +196,39 @@ def test_a_failure_while_handing_over_drops_that_connection_only(
     send([ds], pool.destination, calling_ae="SCANNER", timeout_s=20)  # still accepting
     assert pool.instances.get(timeout=10).sop_instance_uid == ds.SOPInstanceUID
     assert len(calls) == 2
+
+
+def test_a_connection_reset_before_its_acceptor_reads_it_is_not_counted_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A health check or an impatient sender that connects and resets: the acceptor process
+    # gets a connection that is already dead (no peer address) and never serves it.
+    started = _start(tmp_path)
+    try:
+        assert started.scp._pool is not None
+        real = started.scp._pool._hand_out
+        reset, handed = threading.Event(), threading.Event()
+
+        def after_the_reset(connection: socket.socket) -> None:
+            reset.wait(10)
+            real(connection)
+            handed.set()
+
+        monkeypatch.setattr(started.scp._pool, "_hand_out", after_the_reset)
+        probe = socket.create_connection(("127.0.0.1", started.destination.port))
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        probe.close()  # RST
+        time.sleep(0.1)
+        reset.set()
+        assert handed.wait(10)
+        _wait_open(started, [0, 0])  # not counted as open for ever
+        monkeypatch.undo()
+        held = _hold(started, 2)  # and two senders are still spread over both processes
+        _wait_open(started, [1, 1])
+        for assoc in held:
+            assoc.release()
+    finally:
+        started.scp.stop()
 
 
 def test_refusals_in_an_acceptor_process_reach_the_audit_trail_here(pool: Pool) -> None:
