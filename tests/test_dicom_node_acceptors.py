@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import signal
@@ -377,6 +378,41 @@ def test_a_killed_acceptor_is_replaced_and_its_slots_freed(tmp_path: Path) -> No
         # both SCANNER slots (max_associations_per_ae 2) are free again
         send([make_mr()], started.destination, calling_ae="SCANNER", timeout_s=20)
         assert started.instances.get(timeout=10).calling_ae == "SCANNER"
+    finally:
+        started.scp.stop()
+
+
+def test_an_acceptor_that_cannot_be_started_again_at_once_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _start(tmp_path)
+    try:
+        pool = started.scp._pool
+        assert pool is not None
+        real_spawn = pool._spawn
+        refused: list[int] = []
+
+        def refuse_once(index: int) -> object:
+            if not refused:  # a passing shortage: too many processes, say
+                refused.append(index)
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+            return real_spawn(index)
+
+        monkeypatch.setattr(pool, "_spawn", refuse_once)
+        old = started.scp.acceptor_pids
+        os.kill(old[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = started.scp.acceptor_pids
+            ready = all(child.ready for child in pool._children)
+            if len(pids) == 2 and old[0] not in pids and ready:
+                break
+            time.sleep(0.1)
+        assert refused and old[0] not in started.scp.acceptor_pids
+        held = _hold(started, 2)  # both processes serve again
+        _wait_open(started, [1, 1])
+        for assoc in held:
+            assoc.release()
     finally:
         started.scp.stop()
 
