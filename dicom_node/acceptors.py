@@ -57,6 +57,8 @@ HANDOFF_TIMEOUT_S = 5.0
 """Longest wait to hand a connection to a child that does not read its channel."""
 _BACKLOG = 64
 _NOT_READY_LOOK_S = 0.1  # while no child takes connections: look again this often
+_RESTART_PAUSE_S = 1.0  # before starting a child again whose restart failed (doubling, to 30 s)
+_RESTART_PAUSE_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -560,7 +562,12 @@ class AcceptorPool:
             logging.getLogger(record.name).handle(record)
 
     def _replace(self, index: int, proc: BaseProcess) -> None:
-        """Child ``index`` ended without being asked: audit, then start another."""
+        """Child ``index`` ended without being asked: audit, then start another.
+
+        A restart that fails (no process could be started, or it did not become ready) is
+        tried again, after a pause that doubles up to ``_RESTART_PAUSE_MAX_S``, until the
+        pool stops.
+        """
         proc.join(timeout=STOP_TIMEOUT_S)
         LOGGER.error(
             "acceptor process %d (pid %s) ended unexpectedly with exit code %s; starting another",
@@ -570,22 +577,32 @@ class AcceptorPool:
         )
         if proc.pid is not None:
             self._on_lost(int(proc.pid))
-        with self._lock:
-            if self._stopping.is_set():
+        pause = _RESTART_PAUSE_S
+        while True:
+            new: _Child | None = None
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                old = self._children[index]
+                old.ready = False
+                try:
+                    new = self._children[index] = self._spawn(index)
+                except Exception:
+                    LOGGER.exception("acceptor process %d could not be started again", index)
+                else:
+                    self._open[index] = 0
+            if new is not None:
+                old.close()
+                try:  # the other children take the connections meanwhile
+                    self._activate(index)
+                    return
+                except Exception:
+                    LOGGER.exception("acceptor process %d could not be started again", index)
+                    new.proc.kill()  # if it still starts: it is replaced by the next try
+                    new.proc.join(timeout=STOP_TIMEOUT_S)
+            if self._stopping.wait(pause):
                 return
-            old = self._children[index]
-            old.ready = False
-            try:
-                self._children[index] = self._spawn(index)
-            except Exception:
-                LOGGER.exception("acceptor process %d could not be started again", index)
-                return
-            self._open[index] = 0
-        old.close()
-        try:  # the other children take the connections meanwhile
-            self._activate(index)
-        except Exception:
-            LOGGER.exception("acceptor process %d could not be started again", index)
+            pause = min(2 * pause, _RESTART_PAUSE_MAX_S)
 
     def stop(self) -> None:
         """Tell every child to stop, wait for them (kill after ``STOP_TIMEOUT_S``)."""

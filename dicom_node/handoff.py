@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -90,12 +91,22 @@ class HandedConnectionServer(ThreadedAssociationServer):
         As :class:`pynetdicom.transport.AssociationServer`.
     handoff : socket.socket
         This process's end of the hand-over channel (see :func:`take_over`).
+    on_dropped : Callable[[], None], optional
+        Called when a handed-over connection is closed here without being served (the
+        peer reset it before it got here): it then gets no ``EVT_CONN_CLOSE``.
     **kwargs
         As :class:`pynetdicom.transport.AssociationServer`.
     """
 
-    def __init__(self, *args: Any, handoff: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        handoff: socket.socket,
+        on_dropped: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._handoff = handoff
+        self._on_dropped = on_dropped
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -125,5 +136,10 @@ class HandedConnectionServer(ThreadedAssociationServer):
             peer = connection.getpeername()
         except OSError:
             connection.close()
+            if self._on_dropped is not None:
+                try:
+                    self._on_dropped()
+                except Exception:
+                    LOGGER.exception("reporting a dropped connection failed")
             raise
         return connection, (str(peer[0]), int(peer[1]))

@@ -476,11 +476,18 @@ class StorageSCP:
                 evt_handlers=handlers,
                 server_class=HandedConnectionServer,
                 handoff=self._handoff,  # set by serve_for_parent
+                on_dropped=self._handed_connection_dropped,
             )
             ae._servers.append(server)  # as start_server does; ae.shutdown() stops it
             threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         self._servers.append(server)
         self.port = int(server.server_address[1])
+
+    def _handed_connection_dropped(self) -> None:
+        """A handed-over connection closed before it was served: report it as closed."""
+        if self._link is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self._link.connection_closed()
 
     def _start_pool(self) -> None:
         assert self._config.port is not None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -197,6 +199,39 @@ def test_a_failure_while_handing_over_drops_that_connection_only(
     assert len(calls) == 2
 
 
+def test_a_connection_reset_before_its_acceptor_reads_it_is_not_counted_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A health check or an impatient sender that connects and resets: the acceptor process
+    # gets a connection that is already dead (no peer address) and never serves it.
+    started = _start(tmp_path)
+    try:
+        assert started.scp._pool is not None
+        real = started.scp._pool._hand_out
+        reset, handed = threading.Event(), threading.Event()
+
+        def after_the_reset(connection: socket.socket) -> None:
+            reset.wait(10)
+            real(connection)
+            handed.set()
+
+        monkeypatch.setattr(started.scp._pool, "_hand_out", after_the_reset)
+        probe = socket.create_connection(("127.0.0.1", started.destination.port))
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        probe.close()  # RST
+        time.sleep(0.1)
+        reset.set()
+        assert handed.wait(10)
+        _wait_open(started, [0, 0])  # not counted as open for ever
+        monkeypatch.undo()
+        held = _hold(started, 2)  # and two senders are still spread over both processes
+        _wait_open(started, [1, 1])
+        for assoc in held:
+            assoc.release()
+    finally:
+        started.scp.stop()
+
+
 def test_refusals_in_an_acceptor_process_reach_the_audit_trail_here(pool: Pool) -> None:
     with pytest.raises(SendError, match=r"rejected.*[Cc]alling AE"):
         send([make_mr()], pool.destination, calling_ae="INTRUDER", timeout_s=20)
@@ -343,6 +378,41 @@ def test_a_killed_acceptor_is_replaced_and_its_slots_freed(tmp_path: Path) -> No
         # both SCANNER slots (max_associations_per_ae 2) are free again
         send([make_mr()], started.destination, calling_ae="SCANNER", timeout_s=20)
         assert started.instances.get(timeout=10).calling_ae == "SCANNER"
+    finally:
+        started.scp.stop()
+
+
+def test_an_acceptor_that_cannot_be_started_again_at_once_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _start(tmp_path)
+    try:
+        pool = started.scp._pool
+        assert pool is not None
+        real_spawn = pool._spawn
+        refused: list[int] = []
+
+        def refuse_once(index: int) -> object:
+            if not refused:  # a passing shortage: too many processes, say
+                refused.append(index)
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+            return real_spawn(index)
+
+        monkeypatch.setattr(pool, "_spawn", refuse_once)
+        old = started.scp.acceptor_pids
+        os.kill(old[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = started.scp.acceptor_pids
+            ready = all(child.ready for child in pool._children)
+            if len(pids) == 2 and old[0] not in pids and ready:
+                break
+            time.sleep(0.1)
+        assert refused and old[0] not in started.scp.acceptor_pids
+        held = _hold(started, 2)  # both processes serve again
+        _wait_open(started, [1, 1])
+        for assoc in held:
+            assoc.release()
     finally:
         started.scp.stop()
 
