@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,10 +294,22 @@ class _Child:
     control: Connection  # "stop"
     handoff: socket.socket  # accepted connections
     ready: bool = False  # it has said it serves: connections may be handed to it
+    sending: threading.Lock = field(default_factory=threading.Lock)  # guards handoff's use
+
+    def hand(self, connection: socket.socket) -> None:
+        """Hand ``connection`` to this child (see :func:`hand_over`); ``OSError`` if not."""
+        with self.sending:
+            hand_over(self.handoff, connection)
 
     def close(self) -> None:
-        for end in (self.conn, self.control, self.handoff):
-            end.close()
+        """Close the parent's ends, never while a connection is being handed over.
+
+        Closing ``handoff`` during a send could let its descriptor number be reused by a
+        file opened meanwhile, and the send go there; a send after this fails cleanly.
+        """
+        with self.sending:
+            for end in (self.conn, self.control, self.handoff):
+                end.close()
 
 
 class AcceptorPool:
@@ -440,7 +452,7 @@ class AcceptorPool:
                 # counted before it goes: its "closed" may come back before hand_over returns
                 self._count(index, +1, child)
                 try:
-                    hand_over(child.handoff, connection)
+                    child.hand(connection)
                 except OSError as exc:  # it has just ended (it is being replaced), or hangs
                     self._count(index, -1, child)
                     LOGGER.warning("acceptor process %d did not take a connection: %s", index, exc)

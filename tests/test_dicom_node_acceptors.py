@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import multiprocessing
 import os
 import queue
 import signal
@@ -21,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node import acceptors as acceptors_module
 from dicom_node.instance import InstanceInfo, OwnResultMarkers, PseudonymKey
 from dicom_node.scp import AssociationRecord, ScpConfig, StorageSCP, StoreRefusal
 from dicom_node.scu import Destination, SendError, send
@@ -431,3 +434,36 @@ def test_acceptor_processes_is_validated() -> None:
     for bad in (0, 33, True, 2.0):
         with pytest.raises(ValueError, match="acceptor_processes"):
             ScpConfig(OUR_AE, acceptor_processes=bad)  # type: ignore[arg-type]
+
+
+def test_a_child_channel_is_not_closed_while_a_connection_is_being_handed_to_it() -> None:
+    """Closing waits for the hand-over in progress; a later hand-over fails cleanly."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(b"x" * 65536)  # the child reads nothing: its buffer fills
+    ours.settimeout(1.0)  # the hand-over now waits this long, then fails
+    conn, child_conn = multiprocessing.Pipe()
+    control, child_control = multiprocessing.Pipe()
+    child = acceptors_module._Child(None, conn, control, ours)  # type: ignore[arg-type]
+    events: list[str] = []
+    with socket.socket() as connection:
+
+        def hand() -> None:
+            try:
+                child.hand(connection)
+            except OSError as exc:
+                events.append(f"hand-over failed: {type(exc).__name__}")
+
+        sender = threading.Thread(target=hand)
+        sender.start()
+        time.sleep(0.2)  # the send is under way (blocked)
+        child.close()
+        events.append("closed")
+        sender.join(timeout=5)
+        assert events == ["hand-over failed: TimeoutError", "closed"]
+        with pytest.raises(OSError):  # closed: no descriptor number is written to
+            child.hand(connection)
+    for end in (theirs, child_conn, child_control):
+        end.close()
