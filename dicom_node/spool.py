@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,12 +33,14 @@ from pathlib import Path
 
 from dicom_node.validation import check_uid
 
-__all__ = ["INCOMING_DIR", "PARTIAL_SUFFIX", "PendingWrite", "Spool"]
+__all__ = ["DURABLE_FOLDERS_KEPT", "INCOMING_DIR", "PARTIAL_SUFFIX", "PendingWrite", "Spool"]
 
 PARTIAL_SUFFIX = ".part"
 """Suffix of temporary files; they are never valid instances (see :meth:`Spool.remove_partial`)."""
 INCOMING_DIR = ".incoming"
 """Folder under the spool root for the temporary files of :meth:`Spool.begin`."""
+DURABLE_FOLDERS_KEPT = 4096
+"""Folders a process remembers as synced up to the root (older ones are synced again)."""
 _WRITER_THREADS = 16
 _START_WAIT_S = 0.005
 """Longest wait of :meth:`Spool.begin` for its writer to start (a hung disk may hold it)."""
@@ -79,6 +82,37 @@ class Spool:
         self._writer_lock = threading.Lock()
         self._direct_writes = direct_writes
         self._direct_buffers = threading.local()  # each writer thread's aligned buffer
+        # folders whose entries up to root this process has synced (most recent last)
+        self._durable_folders: OrderedDict[Path, None] = OrderedDict()
+        self._durable_lock = threading.Lock()
+
+    def make_durable_folder(self, folder: Path) -> None:
+        """Create ``folder`` (below root) if needed, with its entries up to root on disk.
+
+        The first time this process stores into a folder it fsyncs every folder from the
+        parent of ``folder`` up to root, also when the folder already existed: another
+        thread or acceptor process may have created it and not yet synced the entries, and
+        a file acknowledged in it must not be lost with them. Later stores into it skip
+        this (the most recent ``DURABLE_FOLDERS_KEPT`` folders are remembered).
+
+        Parameters
+        ----------
+        folder : pathlib.Path
+            A folder below ``root`` (a study's series folder).
+        """
+        if folder in self._durable_folders:
+            return
+        with self._durable_lock:
+            if folder in self._durable_folders:
+                return
+            folder.mkdir(parents=True, exist_ok=True)
+            current = folder
+            while current != self.root and current.parent != current:
+                _fsync_dir(current.parent)
+                current = current.parent
+            self._durable_folders[folder] = None
+            if len(self._durable_folders) > DURABLE_FOLDERS_KEPT:
+                self._durable_folders.popitem(last=False)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Return where an instance is (or would be) spooled.
@@ -129,7 +163,7 @@ class Spool:
         if not encoded:
             raise ValueError("refusing to spool an empty instance")
         target = self.path_for(study_uid, series_uid, sop_uid)
-        _make_dirs_durable(target.parent, stop_at=self.root)
+        self.make_durable_folder(target.parent)
         _atomic_write(target, encoded)
         return target
 
@@ -314,7 +348,7 @@ class PendingWrite:
                 self.discard(timeout_s=0)  # abandoned: removed when the disk finishes
                 raise TimeoutError(f"the spool disk did not finish writing within {timeout_s:g} s")
             self._future.result()
-            _make_dirs_durable(target.parent, stop_at=self._spool.root)
+            self._spool.make_durable_folder(target.parent)
             os.replace(self._temp, target)
         except BaseException:
             self.discard()
@@ -426,19 +460,6 @@ def _atomic_write(target: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
-
-
-def _make_dirs_durable(folder: Path, *, stop_at: Path) -> None:
-    if folder.is_dir():
-        return
-    missing: list[Path] = []
-    current = folder
-    while not current.exists() and current != stop_at:
-        missing.append(current)
-        current = current.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    for created in reversed(missing):
-        _fsync_dir(created.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

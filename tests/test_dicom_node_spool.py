@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node import spool as spool_module
 from dicom_node.spool import INCOMING_DIR, PARTIAL_SUFFIX, PendingWrite, Spool
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -58,6 +59,33 @@ def test_failed_write_leaves_no_file_and_no_temp(
     with pytest.raises(OSError, match="No space"):
         spool.write(b"data", STUDY, SERIES, SOP)
     assert _files(tmp_path / "spool") == []
+
+
+@pytest.mark.parametrize("how", ["write", "begin"])
+def test_a_folder_made_by_someone_else_is_synced_up_to_the_root_before_the_first_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Another acceptor process may have created the folders and not yet synced them."""
+    spool = Spool(tmp_path / "spool")
+    root = tmp_path / "spool"
+    (root / STUDY / SERIES).mkdir(parents=True)  # made elsewhere, entries maybe not on disk
+    synced: list[Path] = []
+    real_fsync_dir = spool_module._fsync_dir
+    monkeypatch.setattr(
+        spool_module, "_fsync_dir", lambda folder: (synced.append(folder), real_fsync_dir(folder))
+    )
+
+    def store(sop: str) -> Path:
+        if how == "write":
+            return spool.write(os.urandom(5000), STUDY, SERIES, sop)
+        return spool.begin(os.urandom(5000)).commit(STUDY, SERIES, sop)
+
+    first = store(SOP)
+    assert synced == [root / STUDY, root, root / STUDY / SERIES]  # parents, then the file's
+    synced.clear()
+    store(SOP + ".1")  # known now: only the new file's folder entry
+    assert synced == [root / STUDY / SERIES]
+    assert first.parent == root / STUDY / SERIES
 
 
 def test_duplicate_instance_overwrites_idempotently(tmp_path: Path) -> None:
