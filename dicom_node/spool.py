@@ -93,17 +93,18 @@ class Spool:
         parent of ``folder`` up to root, also when the folder already existed: another
         thread or acceptor process may have created it and not yet synced the entries, and
         a file acknowledged in it must not be lost with them. Later stores into it skip
-        this (the most recent ``DURABLE_FOLDERS_KEPT`` folders are remembered).
+        this (the most recent ``DURABLE_FOLDERS_KEPT`` folders are remembered) while the
+        folder exists; one deleted meanwhile (retention) is made again.
 
         Parameters
         ----------
         folder : pathlib.Path
             A folder below ``root`` (a study's series folder).
         """
-        if folder in self._durable_folders:
+        if folder in self._durable_folders and folder.is_dir():
             return
         with self._durable_lock:
-            if folder in self._durable_folders:
+            if folder in self._durable_folders and folder.is_dir():
                 return
             folder.mkdir(parents=True, exist_ok=True)
             current = folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def test_a_folder_made_by_someone_else_is_synced_up_to_the_root_before_the_first
     store(SOP + ".1")  # known now: only the new file's folder entry
     assert synced == [root / STUDY / SERIES]
     assert first.parent == root / STUDY / SERIES
+    shutil.rmtree(root / STUDY)  # retention purged the study: a re-sent instance still lands
+    synced.clear()
+    again = store(SOP)
+    assert again.is_file() and synced == [root / STUDY, root, root / STUDY / SERIES]
 
 
 def test_duplicate_instance_overwrites_idempotently(tmp_path: Path) -> None:
