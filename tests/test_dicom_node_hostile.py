@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom._handlers import standard_dimse_sent_handler
+from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from dicom_node.pixel_header import expected_native_bytes, needs_pixel_data, pixel_data_problem
@@ -34,6 +35,13 @@ LIMIT = 2 * 1024**3
 
 def _refusals(node: Node) -> list[StoreRefusal]:
     return node.refusals  # type: ignore[attr-defined, no-any-return]
+
+
+def _associate(node: Node, calling_ae: str) -> Association:
+    """An association of ``calling_ae`` with the node, proposing MR Image Storage."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(MRImageStorage)
+    return ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
 
 
 @pytest.fixture
@@ -134,9 +142,7 @@ def test_empty_affected_sop_instance_uid_is_answered_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
     node = hostile_node()
-    ae = AE(ae_title="BROKEN")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "BROKEN")
     try:
         response, seconds = send_raw_c_store(assoc, make_mr(), sop_instance_uid=None)
         assert response is not None, "no answer to a C-STORE without Affected SOP Instance UID"
@@ -157,9 +163,7 @@ def test_c_store_without_data_set_is_answered_c210_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
     node = hostile_node()
-    ae = AE(ae_title="BROKEN")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "BROKEN")
     ds = make_mr()
     try:
         response, seconds = send_raw_c_store(
@@ -177,9 +181,7 @@ def test_c_store_without_affected_sop_class_uid_is_answered_c210_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
     node = hostile_node()
-    ae = AE(ae_title="BROKEN")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "BROKEN")
     ds = make_mr()
     try:
         response, seconds = send_raw_c_store(
@@ -207,9 +209,7 @@ def test_c_store_without_priority_is_stored_and_answered_success(
     def on_sent(event: evt.Event) -> None:
         sent_commands.append(event.message.command_set)
 
-    ae = AE(ae_title="NOPRIO")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "NOPRIO")
     assert assoc.is_established
     # pynetdicom's debug-log handler raises on a missing Priority, and would skip ours
     if any(h[0] is standard_dimse_sent_handler for h in assoc.get_handlers(evt.EVT_DIMSE_SENT)):
@@ -238,9 +238,7 @@ def test_a_data_set_whose_uids_differ_from_the_request_gets_a900(
 ) -> None:
     """The request names one instance, the data set is another: refused, nothing kept."""
     node = hostile_node()
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "SCANNER")
     assert assoc.is_established
     ds = make_mr()
     named = "1.2.826.0.1.3680043.8.498.1"  # a valid UID, not the data set's
@@ -268,9 +266,7 @@ def test_request_without_message_id_is_aborted_at_once(
     hostile_node: Callable[..., Node],
 ) -> None:
     node = hostile_node()
-    ae = AE(ae_title="BROKEN")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.destination.port, ae_title=OUR_AE)
+    assoc = _associate(node, "BROKEN")
     ds = make_mr()
     started = time.monotonic()
     response, _ = send_raw_c_store(
