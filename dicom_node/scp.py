@@ -476,15 +476,18 @@ class StorageSCP:
                 evt_handlers=handlers,
                 server_class=HandedConnectionServer,
                 handoff=self._handoff,  # set by serve_for_parent
-                on_dropped=self._handed_connection_dropped,
+                on_dropped=self._report_connection_closed,
             )
             ae._servers.append(server)  # as start_server does; ae.shutdown() stops it
             threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         self._servers.append(server)
         self.port = int(server.server_address[1])
 
-    def _handed_connection_dropped(self) -> None:
-        """A handed-over connection closed before it was served: report it as closed."""
+    def _report_connection_closed(self) -> None:
+        """Tell the parent a handed-over connection is closed (served, or dropped unserved).
+
+        The parent hands the next connection to the acceptor with the fewest open ones.
+        """
         if self._link is not None:
             with contextlib.suppress(OSError, EOFError):
                 self._link.connection_closed()
@@ -835,9 +838,7 @@ class StorageSCP:
 
     def _handle_conn_close(self, event: evt.Event) -> None:
         assoc = event.assoc
-        if self._link is not None:  # the parent hands the next connection to the least busy
-            with contextlib.suppress(OSError, EOFError):
-                self._link.connection_closed()
+        self._report_connection_closed()
         state = self._state(assoc)
         if state is None:
             with self._lock:

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,27 @@ def _pacs_objects(pacs: CountingPacs) -> dict[Path, Dataset]:
     return {p: pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.folder.glob("*.dcm")}
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a user sees after the scanner sent an exam: the job, its API view, the PACS."""
+
+    job: Job
+    detail: dict[str, Any]
+    stored: int  # C-STOREs the test PACS received
+    in_pacs: dict[Path, Dataset]
+
+
+def _send_exam(
+    tmp_path: Path, phantom: PhantomExam, exam: Path, *, stale_s: float | None = None
+) -> Outcome:
+    """DCMTK storescu sends ``exam`` to `cordt1 serve`; wait until its one job has ended."""
+    with _serve(tmp_path, phantom, stale_s=stale_s) as (service, pacs, api):
+        sent = storescu(service.port, [exam])
+        assert sent.returncode == 0, sent.stderr
+        job = _only_job(service)
+        return Outcome(job, api.job(job.id), sum(pacs.counts().values()), _pacs_objects(pacs))
+
+
 def test_an_inv2_with_another_repetition_time_fails_naming_series_tag_and_values(
     phantom: PhantomExam, tmp_path: Path
 ) -> None:
@@ -143,12 +165,8 @@ def test_an_inv2_with_another_repetition_time_fails_naming_series_tag_and_values
             ds.RepetitionTime = tr_inv2
 
     exam = _exam_copy(phantom, tmp_path / "exam", edit=edit)
-    with _serve(tmp_path, phantom) as (service, pacs, api):
-        sent = storescu(service.port, [exam])
-        assert sent.returncode == 0, sent.stderr
-        job = _only_job(service)
-        detail = api.job(job.id)
-        stored = sum(pacs.counts().values())
+    outcome = _send_exam(tmp_path, phantom, exam)
+    job, detail, stored = outcome.job, outcome.detail, outcome.stored
     assert job.state is JobState.FAILED, job.error
     assert detail["state"] == "failed" and detail["complete"] is True
     error = detail["error"]
@@ -172,12 +190,8 @@ def test_an_unusable_scanner_t1_map_is_dropped_with_a_qc_note_and_results_delive
             ds.RescaleIntercept, ds.RescaleSlope = "-1000", "1"
 
     exam = _exam_copy(phantom, tmp_path / "exam", edit=edit)
-    with _serve(tmp_path, phantom) as (service, pacs, api):
-        sent = storescu(service.port, [exam])
-        assert sent.returncode == 0, sent.stderr
-        job = _only_job(service)
-        detail = api.job(job.id)
-        in_pacs = _pacs_objects(pacs)
+    outcome = _send_exam(tmp_path, phantom, exam)
+    job, detail, in_pacs = outcome.job, outcome.detail, outcome.in_pacs
     assert job.state is JobState.DONE, job.error
     note = "slab 1: scanner T1 map not used: T1 map series 7 ('mp2rage_cspine_0.3_T1_Images')"
     why = "no value is positive"
@@ -212,12 +226,8 @@ def test_an_exam_without_inv1_reports_the_missing_series_not_the_site_profile(
     phantom: PhantomExam, tmp_path: Path
 ) -> None:
     exam = _exam_copy(phantom, tmp_path / "exam", keep=("INV2", "UNI", "T1MAP"))
-    with _serve(tmp_path, phantom, stale_s=3.0) as (service, pacs, api):
-        sent = storescu(service.port, [exam])
-        assert sent.returncode == 0, sent.stderr
-        job = _only_job(service)
-        detail = api.job(job.id)
-        stored = sum(pacs.counts().values())
+    outcome = _send_exam(tmp_path, phantom, exam, stale_s=3.0)
+    job, detail, stored = outcome.job, outcome.detail, outcome.stored
     assert job.state is JobState.FAILED
     # judged by the stale fallback: incomplete, and why
     assert detail["complete"] is False

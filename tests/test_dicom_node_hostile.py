@@ -159,40 +159,30 @@ def test_empty_affected_sop_instance_uid_is_answered_at_once(
     assert (node.record().failures, len(list(node.spool.iter_files()))) == (1, 1)
 
 
-def test_c_store_without_data_set_is_answered_c210_at_once(
-    hostile_node: Callable[..., Node],
+@pytest.mark.parametrize(
+    ("left_out", "comment"),
+    [
+        ({"with_data_set": False}, "header not understood"),
+        ({"with_class_uid": False}, "AffectedSOPClassUID"),
+    ],
+    ids=["no data set", "no Affected SOP Class UID"],
+)
+def test_c_store_without_a_required_part_is_answered_c210_at_once(
+    hostile_node: Callable[..., Node], left_out: dict[str, bool], comment: str
 ) -> None:
     node = hostile_node()
     assoc = _associate(node, "BROKEN")
     ds = make_mr()
     try:
         response, seconds = send_raw_c_store(
-            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, with_data_set=False
-        )
-    finally:
-        assoc.release()
-    assert response is not None and response.Status == StoreStatus.CANNOT_UNDERSTAND
-    assert "header not understood" in str(response.ErrorComment) and seconds < 2
-    (refusal,) = _refusals(node)
-    assert refusal.sop_instance_uid == ds.SOPInstanceUID
-
-
-def test_c_store_without_affected_sop_class_uid_is_answered_c210_at_once(
-    hostile_node: Callable[..., Node],
-) -> None:
-    node = hostile_node()
-    assoc = _associate(node, "BROKEN")
-    ds = make_mr()
-    try:
-        response, seconds = send_raw_c_store(
-            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, with_class_uid=False
+            assoc, ds, sop_instance_uid=ds.SOPInstanceUID, **left_out
         )
         good, _ = send_raw_c_store(assoc, ds, sop_instance_uid=ds.SOPInstanceUID, message_id=2)
     finally:
         assoc.release()
     assert response is not None and seconds < 2
     assert response.Status == StoreStatus.CANNOT_UNDERSTAND
-    assert "AffectedSOPClassUID" in str(response.ErrorComment)
+    assert comment in str(response.ErrorComment)
     assert good is not None and good.Status == StoreStatus.SUCCESS  # the association goes on
     (refusal,) = _refusals(node)
     assert refusal.sop_instance_uid == ds.SOPInstanceUID
